@@ -1,0 +1,69 @@
+"""Request-scoped dependencies: settings, the database session (the request owns the transaction), the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.config import Settings
+from threadline.services import auth
+from threadline.services.auth import Principal
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return maker
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the route returns, rolled back on any error."""
+    async with get_sessionmaker(request)() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+# scope="function": the commit happens before the response is sent, so a client never reads its own write late.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def credential_of(request: Request) -> str | None:
+    """`X-API-Key: <key>` or `Authorization: Bearer <key or token>` (header names are case-insensitive)."""
+    api_key = request.headers.get("x-api-key")
+    if api_key:
+        return api_key.strip()
+    authorization = request.headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def get_principal(request: Request, session: SessionDep) -> Principal:
+    return await auth.authenticate(session, credential_of(request))
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_query_organization(
+    principal: PrincipalDep,
+    organization_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> str:
+    return principal.organization(organization_id)
+
+
+OrganizationDep = Annotated[str, Depends(get_query_organization)]

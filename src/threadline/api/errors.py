@@ -1,0 +1,118 @@
+"""The one error → HTTP map. Every error leaves as {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from threadline import errors
+
+logger = logging.getLogger("threadline.api")
+
+# Most specific first: the first class in an error's MRO found here decides the status.
+_STATUS: dict[type[errors.ThreadlineError], tuple[int, str]] = {
+    errors.InvalidRequest: (400, "invalid_request_error"),
+    errors.AuthenticationFailed: (401, "authentication_error"),
+    errors.PermissionDenied: (403, "permission_error"),
+    errors.NotFound: (404, "not_found_error"),
+    errors.Conflict: (409, "conflict_error"),
+    errors.PayloadTooLarge: (413, "invalid_request_error"),
+    errors.RateLimited: (429, "rate_limit_error"),
+    errors.UpstreamTimeout: (504, "api_error"),
+    errors.UpstreamError: (502, "api_error"),
+}
+
+# pydantic error types → stable codes. Anything else is an invalid value.
+_PYDANTIC_CODES = {
+    "missing": "missing_required_parameter",
+    "extra_forbidden": "unknown_parameter",
+    "json_invalid": "invalid_json",
+    "json_type": "invalid_json",
+    "model_attributes_type": "invalid_type",
+    "model_type": "invalid_type",
+    "dict_type": "invalid_type",
+    "list_type": "invalid_type",
+    "string_type": "invalid_type",
+    "int_type": "invalid_type",
+    "int_parsing": "invalid_type",
+    "float_type": "invalid_type",
+    "float_parsing": "invalid_type",
+    "bool_type": "invalid_type",
+    "bool_parsing": "invalid_type",
+    "string_too_long": "string_too_long",
+    "too_long": "too_many_items",
+}
+
+
+def status_of(error: errors.ThreadlineError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        found = _STATUS.get(cls)
+        if found is not None:
+            return found
+    return 500, "api_error"
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(error: errors.ThreadlineError) -> JSONResponse:
+    status, type_ = status_of(error)
+    # The openai SDK retries 409/429/5xx unless told otherwise (reference §1.6): say when it cannot help.
+    headers = {"x-should-retry": "true" if error.retryable else "false"}
+    return JSONResponse(error_body(error.message, type_, error.code, error.param), status, headers=headers)
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"type": "invalid", "loc": (), "msg": "Invalid request."}
+    kind = str(first.get("type", "invalid"))
+    code = _PYDANTIC_CODES.get(kind, "invalid_value")
+    param = _param(tuple(first.get("loc", ())))
+    if code == "invalid_json":
+        message = "The request body is not valid JSON."
+        param = None
+    elif code == "missing_required_parameter":
+        message = f"Missing required parameter '{param}'."
+    elif code == "unknown_parameter":
+        message = f"Unknown parameter '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(first.get("msg"))
+    return JSONResponse(
+        error_body(message, "invalid_request_error", code, param), 400, headers={"x-should-retry": "false"}
+    )
+
+
+def install(app: FastAPI) -> None:
+    async def on_threadline_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.ThreadlineError)
+        return error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _validation_response(exc)
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = "No such route." if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse(error_body(message, type_, code), exc.status_code, headers={"x-should-retry": "false"})
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("Internal server error.", "api_error", "internal_error"), 500)
+
+    app.add_exception_handler(errors.ThreadlineError, on_threadline_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,86 @@
+"""Small ASGI middlewares: body size limit and camelCase query parameters."""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from threadline.api.errors import error_body
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def snake_case(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+class QueryCaseMiddleware:
+    """Requests accept camelCase as well as snake_case (DESIGN.md §4): `?organizationId=` ≡ `?organization_id=`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            raw = scope["query_string"].decode("latin-1")
+            pairs = parse_qsl(raw, keep_blank_values=True)
+            if any(_CAMEL.search(k) for k, _ in pairs):
+                normalized = urlencode([(snake_case(k), v) for k, v in pairs])
+                scope = dict(scope, query_string=normalized.encode("latin-1"))
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `max_bytes` with 413 before parsing them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                f"The request body is larger than {self.max_bytes} bytes.",
+                "invalid_request_error",
+                "payload_too_large",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"x-should-retry", b"false")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,64 @@
+"""Login, the caller, and API key management."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
+from threadline.api.schemas.auth import (
+    ApiKeyCreate,
+    ApiKeyList,
+    ApiKeyRead,
+    MeRead,
+    OrganizationRead,
+    TokenCreate,
+    TokenRead,
+    UserRead,
+)
+from threadline.api.schemas.common import iso
+from threadline.services import auth
+
+router = APIRouter(prefix="/v1", tags=["auth"])
+
+
+@router.post("/auth/token", response_model=TokenRead)
+async def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) -> TokenRead:
+    token, secret = await auth.login(session, settings, body.email, body.password)
+    return TokenRead(access_token=secret, expires_at=iso(token.expires_at) or "")
+
+
+@router.post("/auth/logout", status_code=204)
+async def logout(session: SessionDep, principal: PrincipalDep) -> Response:
+    """Revoke the user token this request came with (API keys are revoked through /v1/api-keys)."""
+    principal.require_user_token("the session")
+    await auth.revoke_user_token(session, principal.credential_id)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=MeRead)
+async def me(session: SessionDep, principal: PrincipalDep) -> MeRead:
+    user, orgs = await auth.describe(session, principal)
+    return MeRead(
+        user=UserRead(id=user.id, email=user.email),
+        organizations=[OrganizationRead.of(o) for o in orgs],
+        auth_method=principal.auth_method,
+        credential_id=principal.credential_id,
+    )
+
+
+@router.get("/api-keys", response_model=ApiKeyList)
+async def list_api_keys(session: SessionDep, organization_id: OrganizationDep) -> ApiKeyList:
+    return ApiKeyList(data=[ApiKeyRead.of(k) for k in await auth.list_api_keys(session, organization_id)])
+
+
+@router.post("/api-keys", response_model=ApiKeyRead)
+async def create_api_key(body: ApiKeyCreate, session: SessionDep, principal: PrincipalDep) -> ApiKeyRead:
+    principal.require_user_token("API keys")
+    org = principal.organization(body.organization_id)
+    key, secret = await auth.create_api_key(session, org, principal.email, body.name)
+    return ApiKeyRead.of(key, secret)
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyRead)
+async def revoke_api_key(key_id: str, session: SessionDep, organization_id: OrganizationDep) -> ApiKeyRead:
+    return ApiKeyRead.of(await auth.revoke_api_key(session, organization_id, key_id))

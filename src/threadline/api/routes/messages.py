@@ -1,0 +1,98 @@
+"""Message history of a thread: page, append, edit (audited), delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
+from threadline.api.schemas.freddy import (
+    Deleted,
+    MessageCreate,
+    MessageEditList,
+    MessageEditRead,
+    MessageList,
+    MessageRead,
+    MessagesDeleted,
+    MessageUpdate,
+)
+from threadline.domain.messages import NewMessage
+from threadline.services import messages
+from threadline.storage.repositories.pagination import PageRequest
+
+router = APIRouter(prefix="/v1/threads/{thread_id}/messages", tags=["messages"])
+
+
+@router.get("", response_model=MessageList)
+async def list_messages(
+    thread_id: str,
+    session: SessionDep,
+    organization_id: OrganizationDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    before: Annotated[str | None, Query(max_length=64)] = None,
+    include_total: bool = False,
+) -> MessageList:
+    page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
+    return MessageList.of(await messages.list_messages(session, organization_id, thread_id, page), limit)
+
+
+@router.post("", response_model=MessageRead)
+async def add_message(
+    thread_id: str, body: MessageCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> MessageRead:
+    message = await messages.add_message(
+        session,
+        settings,
+        principal.organization(body.organization_id),
+        thread_id,
+        NewMessage(role=body.role, content=body.text, metadata=body.metadata or {}),
+        user_id=principal.user_id,
+    )
+    return MessageRead.of(message)
+
+
+@router.delete("", response_model=MessagesDeleted)
+async def delete_all_messages(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> MessagesDeleted:
+    count = await messages.delete_all_messages(session, organization_id, thread_id)
+    return MessagesDeleted(thread_id=thread_id, deleted_count=count)
+
+
+@router.get("/{message_id}", response_model=MessageRead)
+async def get_message(
+    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+) -> MessageRead:
+    return MessageRead.of(await messages.get_message(session, organization_id, thread_id, message_id))
+
+
+@router.patch("/{message_id}", response_model=MessageRead)
+async def update_message(
+    thread_id: str, message_id: str, body: MessageUpdate, session: SessionDep, principal: PrincipalDep
+) -> MessageRead:
+    message = await messages.update_message(
+        session,
+        principal.organization(body.organization_id),
+        thread_id,
+        message_id,
+        body.model_dump(exclude_unset=True, exclude={"organization_id"}),
+        edited_by=principal.user_id,
+    )
+    return MessageRead.of(message)
+
+
+@router.get("/{message_id}/edits", response_model=MessageEditList)
+async def list_message_edits(
+    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+) -> MessageEditList:
+    message, edits = await messages.message_edits(session, organization_id, thread_id, message_id)
+    return MessageEditList(message=MessageRead.of(message), data=[MessageEditRead.of(e) for e in edits])
+
+
+@router.delete("/{message_id}", response_model=Deleted)
+async def delete_message(
+    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+) -> Deleted:
+    message = await messages.delete_message(session, organization_id, thread_id, message_id)
+    return Deleted(id=message.id, object="thread.message.deleted")

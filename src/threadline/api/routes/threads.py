@@ -1,0 +1,129 @@
+"""Freddy Threads API: /v1/threads and /v1/user/threads (seeds 001–004)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
+from threadline.api.schemas.freddy import (
+    Deleted,
+    MetadataPatch,
+    ThreadCreate,
+    ThreadList,
+    ThreadRead,
+    ThreadRename,
+    ThreadUpdate,
+)
+from threadline.services import threads
+from threadline.storage.repositories.pagination import PageRequest
+from threadline.storage.repositories.threads import ThreadFilter
+
+router = APIRouter(prefix="/v1", tags=["threads"])
+
+
+class ThreadListQuery:
+    """The list parameters of seed 003 (camelCase spellings are normalized before they get here)."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+        after: Annotated[str | None, Query(max_length=128)] = None,
+        before: Annotated[str | None, Query(max_length=128)] = None,
+        assistant_id: Annotated[str | None, Query(max_length=128)] = None,
+        include_deleted: bool = False,
+        visible_in_ui: bool = True,
+        include_total: bool = False,
+        workflow_id: Annotated[str | None, Query(max_length=128)] = None,
+        is_pinned: bool | None = None,
+    ) -> None:
+        self.page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
+        self.assistant_id = assistant_id
+        self.include_deleted = include_deleted
+        self.visible_in_ui = visible_in_ui
+        self.workflow_id = workflow_id
+        self.is_pinned = is_pinned
+
+    def filter(self, organization_id: str, user_id: str | None = None) -> ThreadFilter:
+        return ThreadFilter(
+            organization_id=organization_id,
+            user_id=user_id,
+            assistant_id=self.assistant_id,
+            workflow_id=self.workflow_id,
+            visible_in_ui=self.visible_in_ui,
+            is_pinned=self.is_pinned,
+            include_deleted=self.include_deleted,
+        )
+
+
+ListQueryDep = Annotated[ThreadListQuery, Depends()]
+
+
+@router.post("/threads", response_model=ThreadRead)
+async def create_thread(body: ThreadCreate, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+    thread = await threads.create_thread(
+        session,
+        principal,
+        principal.organization(body.organization_id),
+        thread_id=body.id,
+        metadata=body.metadata,
+        title=body.title,
+        assistant_id=body.assistant_id,
+        visible_in_ui=body.visible_in_ui,
+        workflow_id=body.workflow_id,
+        space_ids=body.space_ids,
+    )
+    return ThreadRead.of(thread)
+
+
+@router.get("/threads", response_model=ThreadList)
+async def list_threads(session: SessionDep, organization_id: OrganizationDep, query: ListQueryDep) -> ThreadList:
+    page = await threads.list_threads(session, query.filter(organization_id), query.page)
+    return ThreadList.of(page, query.page.limit)
+
+
+@router.get("/user/threads", response_model=ThreadList)
+async def list_user_threads(
+    session: SessionDep, principal: PrincipalDep, organization_id: OrganizationDep, query: ListQueryDep
+) -> ThreadList:
+    page = await threads.list_threads(session, query.filter(organization_id, principal.user_id), query.page)
+    return ThreadList.of(page, query.page.limit)
+
+
+@router.get("/threads/{thread_id}", response_model=ThreadRead)
+async def get_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> ThreadRead:
+    return ThreadRead.of(await threads.get_thread(session, organization_id, thread_id))
+
+
+@router.post("/threads/{thread_id}", response_model=ThreadRead)
+@router.patch("/threads/{thread_id}", response_model=ThreadRead)
+async def update_thread(thread_id: str, body: ThreadUpdate, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+    changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
+    thread = await threads.update_thread(
+        session, principal, principal.organization(body.organization_id), thread_id, changes
+    )
+    return ThreadRead.of(thread)
+
+
+@router.delete("/threads/{thread_id}", response_model=Deleted)
+async def delete_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
+    thread = await threads.delete_thread(session, organization_id, thread_id)
+    return Deleted(id=thread.id, object="thread.deleted")
+
+
+@router.patch("/threads/{thread_id}/metadata", response_model=ThreadRead)
+async def patch_metadata(
+    thread_id: str, body: MetadataPatch, session: SessionDep, principal: PrincipalDep
+) -> ThreadRead:
+    thread = await threads.patch_metadata(
+        session, principal.organization(body.organization_id), thread_id, body.metadata
+    )
+    return ThreadRead.of(thread)
+
+
+@router.put("/threads/{thread_id}/rename", response_model=ThreadRead)
+async def rename_thread(thread_id: str, body: ThreadRename, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+    thread = await threads.rename_thread(session, principal.organization(body.organization_id), thread_id, body.title)
+    return ThreadRead.of(thread)

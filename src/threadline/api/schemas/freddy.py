@@ -1,0 +1,238 @@
+"""Freddy-shaped wire schemas (seeds 000–004): snake_case, ISO-8601 timestamps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.storage.repositories.pagination import Page
+from threadline.storage.tables import Message, MessageEdit, Thread
+
+ThreadStateField = Literal["open", "locked", "archived"]
+
+
+class ThreadCreate(RequestModel):
+    id: str | None = Field(default=None, max_length=128)
+    metadata: dict[str, Any] | None = None
+    assistant_id: str | None = Field(default=None, max_length=128)
+    visible_in_ui: bool | None = None
+    title: str | None = Field(default=None, max_length=2000)
+    organization_id: str | None = Field(default=None, max_length=64)
+    workflow_id: str | None = Field(default=None, max_length=128)
+    space_ids: list[str] | None = Field(default=None, max_length=100)
+
+
+class ThreadUpdate(RequestModel):
+    metadata: dict[str, Any] | None = None
+    title: str | None = Field(default=None, max_length=2000)
+    assistant_id: str | None = Field(default=None, max_length=128)
+    visible_in_ui: bool | None = None
+    is_pinned: bool | None = None
+    state: ThreadStateField | None = None
+    workflow_id: str | None = Field(default=None, max_length=128)
+    space_ids: list[str] | None = Field(default=None, max_length=100)
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
+class MetadataPatch(RequestModel):
+    metadata: dict[str, Any]
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
+class ThreadRename(RequestModel):
+    title: str | None = Field(max_length=2000)
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
+class TextPart(RequestModel):
+    text: str
+
+
+class MessageCreate(RequestModel):
+    role: Literal["user", "assistant", "system"] = "user"
+    content: str | None = None
+    texts: list[TextPart] | None = Field(default=None, min_length=1, max_length=100)
+    metadata: dict[str, Any] | None = None
+    organization_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_body(self) -> MessageCreate:
+        if (self.content is None) == (self.texts is None):
+            raise ValueError("give the message as 'content' (a string) or 'texts' ([{text}]), not both")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.content if self.content is not None else "".join(p.text for p in self.texts or [])
+
+
+class MessageUpdate(RequestModel):
+    content: str | None = None
+    metadata: dict[str, Any] | None = None
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
+class ThreadRead(ResponseModel):
+    id: str
+    object: Literal["thread"] = "thread"
+    created_at: str
+    updated_at: str
+    last_message_at: str | None
+    metadata: dict[str, Any]
+    assistant_id: str | None
+    organization_id: str
+    user_id: str | None
+    title: str | None
+    status: str
+    state: str
+    message_count: int
+    visible_in_ui: bool
+    last_model_used: str | None
+    is_pinned: bool
+    pinned_at: str | None
+    space_ids: list[Any]
+    workflow_id: str | None
+    deleted_at: str | None = None
+
+    @classmethod
+    def of(cls, thread: Thread) -> ThreadRead:
+        return cls(
+            id=thread.id,
+            created_at=iso(thread.created_at) or "",
+            updated_at=iso(thread.updated_at) or "",
+            last_message_at=iso(thread.last_message_at),
+            metadata=thread.metadata_,
+            assistant_id=thread.assistant_id,
+            organization_id=thread.organization_id,
+            user_id=thread.user_id,
+            title=thread.title,
+            status=thread.status,
+            state=thread.state,
+            message_count=thread.message_count,
+            visible_in_ui=thread.visible_in_ui,
+            last_model_used=thread.last_model_used,
+            is_pinned=thread.is_pinned,
+            pinned_at=iso(thread.pinned_at),
+            space_ids=thread.space_ids,
+            workflow_id=thread.workflow_id,
+            deleted_at=iso(thread.deleted_at),
+        )
+
+
+class ListEnvelope(ResponseModel):
+    object: Literal["list"] = "list"
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    limit: int
+    total: int | None = None
+
+
+class ThreadList(ListEnvelope):
+    data: list[ThreadRead]
+
+    @classmethod
+    def of(cls, page: Page[Thread], limit: int) -> ThreadList:
+        data = [ThreadRead.of(t) for t in page.items]
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=page.has_more,
+            limit=limit,
+            total=page.total,
+        )
+
+
+class TextRead(ResponseModel):
+    text: str
+
+
+class MessageRead(ResponseModel):
+    id: str
+    object: Literal["thread.message"] = "thread.message"
+    thread_id: str
+    role: str
+    content: str
+    texts: list[TextRead]
+    metadata: dict[str, Any]
+    created_at: str
+    edited_at: str | None
+    edit_count: int
+    token_count: int | None
+    model: str | None
+    response_id: str | None
+
+    @classmethod
+    def of(cls, message: Message) -> MessageRead:
+        return cls(
+            id=message.id,
+            thread_id=message.thread_id,
+            role=message.role,
+            content=message.content,
+            texts=[TextRead(text=message.content)],
+            metadata=message.metadata_,
+            created_at=iso(message.created_at) or "",
+            edited_at=iso(message.edited_at),
+            edit_count=message.edit_count,
+            token_count=message.token_count,
+            model=message.model,
+            response_id=message.response_id,
+        )
+
+
+class MessageList(ListEnvelope):
+    data: list[MessageRead]
+
+    @classmethod
+    def of(cls, page: Page[Message], limit: int) -> MessageList:
+        data = [MessageRead.of(m) for m in page.items]
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=page.has_more,
+            limit=limit,
+            total=page.total,
+        )
+
+
+class MessageEditRead(ResponseModel):
+    id: str
+    object: Literal["thread.message.edit"] = "thread.message.edit"
+    message_id: str
+    previous_content: str
+    previous_metadata: dict[str, Any]
+    edited_by: str | None
+    edited_at: str
+
+    @classmethod
+    def of(cls, edit: MessageEdit) -> MessageEditRead:
+        return cls(
+            id=edit.id,
+            message_id=edit.message_id,
+            previous_content=edit.previous_content,
+            previous_metadata=edit.previous_metadata,
+            edited_by=edit.edited_by,
+            edited_at=iso(edit.edited_at) or "",
+        )
+
+
+class MessageEditList(ResponseModel):
+    object: Literal["list"] = "list"
+    message: MessageRead
+    data: list[MessageEditRead]
+
+
+class Deleted(ResponseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class MessagesDeleted(ResponseModel):
+    thread_id: str
+    object: Literal["thread.messages.deleted"] = "thread.messages.deleted"
+    deleted_count: int

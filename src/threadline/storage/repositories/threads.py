@@ -1,0 +1,114 @@
+"""SQL for threads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.storage.tables import Thread
+
+
+@dataclass(frozen=True)
+class ThreadFilter:
+    organization_id: str
+    user_id: str | None = None
+    assistant_id: str | None = None
+    workflow_id: str | None = None
+    visible_in_ui: bool | None = True
+    is_pinned: bool | None = None
+    include_deleted: bool = False
+
+
+class ThreadRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(
+        self, organization_id: str, thread_id: str, *, include_deleted: bool = False, for_update: bool = False
+    ) -> Thread | None:
+        query = sa.select(Thread).where(Thread.organization_id == organization_id, Thread.id == thread_id)
+        if not include_deleted:
+            query = query.where(Thread.deleted_at.is_(None))
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def exists(self, organization_id: str, thread_id: str) -> bool:
+        """Whether the id is taken in the organization, deleted threads included."""
+        query = sa.select(sa.literal(1)).where(Thread.organization_id == organization_id, Thread.id == thread_id)
+        return (await self.session.execute(query)).first() is not None
+
+    async def add(self, thread: Thread) -> Thread:
+        self.session.add(thread)
+        await self.session.flush()
+        return thread
+
+    async def list_page(self, where: ThreadFilter, page: PageRequest) -> Page[Thread]:
+        query = sa.select(Thread).where(Thread.organization_id == where.organization_id)
+        if where.user_id is not None:
+            query = query.where(Thread.user_id == where.user_id)
+        if where.assistant_id is not None:
+            query = query.where(Thread.assistant_id == where.assistant_id)
+        if where.workflow_id is not None:
+            query = query.where(Thread.workflow_id == where.workflow_id)
+        if where.visible_in_ui is not None:
+            query = query.where(Thread.visible_in_ui.is_(where.visible_in_ui))
+        if where.is_pinned is not None:
+            query = query.where(Thread.is_pinned.is_(where.is_pinned))
+        if not where.include_deleted:
+            query = query.where(Thread.deleted_at.is_(None))
+        cursors = {
+            "after": await self._sort_key(where.organization_id, page.after),
+            "before": await self._sort_key(where.organization_id, page.before),
+        }
+        return await fetch_page(self.session, query, (Thread.created_at, Thread.id), page, cursors)
+
+    async def cursor_exists(self, organization_id: str, thread_id: str) -> bool:
+        return await self._sort_key(organization_id, thread_id) is not None
+
+    async def _sort_key(self, organization_id: str, thread_id: str | None) -> tuple[Any, ...] | None:
+        if thread_id is None:
+            return None
+        row = (
+            await self.session.execute(
+                sa.select(Thread.created_at, Thread.id).where(
+                    Thread.organization_id == organization_id, Thread.id == thread_id
+                )
+            )
+        ).first()
+        return tuple(row) if row is not None else None
+
+    async def reserve_seqs(self, thread: Thread, count: int, now: datetime) -> int:
+        """Hand out `count` consecutive message seqs; returns the first. Row-locks the thread until commit."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == thread.organization_id, Thread.id == thread.id)
+            .values(
+                next_seq=Thread.next_seq + count,
+                message_count=Thread.message_count + count,
+                updated_at=now,
+                last_message_at=now,
+            )
+            .returning(Thread.next_seq, Thread.message_count)
+            .execution_options(synchronize_session=False)
+        )
+        next_seq, message_count = result.one()
+        thread.next_seq, thread.message_count = next_seq, message_count
+        thread.updated_at = thread.last_message_at = now
+        return int(next_seq) - count
+
+    async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == thread.organization_id, Thread.id == thread.id)
+            .values(message_count=Thread.message_count + delta, updated_at=now)
+            .returning(Thread.message_count)
+            .execution_options(synchronize_session=False)
+        )
+        thread.message_count = int(result.scalar_one())
+        thread.updated_at = now

@@ -1,0 +1,286 @@
+"""ORM tables. Every key starts with `organization_id` (DESIGN.md §3); the schema itself comes from migrations.
+
+Portable column types only: `UTCDateTime` keeps timestamps as naive UTC on SQLite and `timestamptz` on
+PostgreSQL, and always hands back aware UTC datetimes; `JSONType` is JSONB on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[datetime]
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+
+    organization_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(sa.String(20), default="member")
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key belongs to one organization and one user. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    organization_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    display_prefix: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class UserToken(Base):
+    """A login session: spans the user's organizations. Only its SHA-256 is stored."""
+
+    __tablename__ = "user_tokens"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Assistant(Base):
+    __tablename__ = "assistants"
+
+    organization_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(sa.String(64))
+    name: Mapped[str | None] = mapped_column(sa.String(256))
+    description: Mapped[str | None] = mapped_column(sa.String(512))
+    model: Mapped[str | None] = mapped_column(sa.String(200))
+    instructions: Mapped[str | None] = mapped_column(sa.Text)
+    thread_context_mode: Mapped[str | None] = mapped_column(sa.String(16))
+    temperature: Mapped[float | None]
+    max_output_tokens: Mapped[int | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (sa.Index(None, "organization_id", "created_at", "id"),)
+
+
+class Thread(Base):
+    """A conversation. `state` is the lifecycle, `status` the streaming status (DESIGN.md §4).
+
+    `next_seq` hands out message sequence numbers; `message_count` counts live (not deleted) messages.
+    `lease_owner`/`lease_expires_at` serialize turns across processes: a lease that expires frees the thread.
+    """
+
+    __tablename__ = "threads"
+
+    organization_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(sa.String(64))
+    title: Mapped[str | None] = mapped_column(sa.String(200))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    assistant_id: Mapped[str | None] = mapped_column(sa.String(128))
+    workflow_id: Mapped[str | None] = mapped_column(sa.String(128))
+    space_ids: Mapped[list[Any]] = mapped_column(default=list)
+    visible_in_ui: Mapped[bool] = mapped_column(default=True)
+    # What created it: "thread" (Freddy API / responses), "chain" (a previousResponseId chain),
+    # "conversation" (OpenAI Conversations API).
+    kind: Mapped[str] = mapped_column(sa.String(16), default="thread")
+    state: Mapped[str] = mapped_column(sa.String(16), default="open")
+    status: Mapped[str] = mapped_column(sa.String(16), default="inactive")
+    is_pinned: Mapped[bool] = mapped_column(default=False)
+    pinned_at: Mapped[datetime | None]
+    message_count: Mapped[int] = mapped_column(default=0)
+    next_seq: Mapped[int] = mapped_column(default=1)
+    last_model_used: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_message_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.Index(None, "organization_id", "created_at", "id"),
+        sa.Index(None, "organization_id", "user_id", "created_at", "id"),
+        sa.Index(None, "organization_id", "assistant_id", "created_at", "id"),
+        sa.Index(None, "last_message_at"),
+    )
+
+
+class Message(Base):
+    """One message of a thread, ordered by the per-thread `seq`, with its token count stored on the row."""
+
+    __tablename__ = "messages"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(sa.String(128))
+    seq: Mapped[int]
+    role: Mapped[str] = mapped_column(sa.String(16))
+    content: Mapped[str] = mapped_column(sa.Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    token_count: Mapped[int | None]
+    # The tokenizer that produced token_count ("o200k", "llama:<model>", "estimate"…): counts are reused
+    # only when the tokenizer matches.
+    tokenizer: Mapped[str | None] = mapped_column(sa.String(100))
+    model: Mapped[str | None] = mapped_column(sa.String(200))
+    response_id: Mapped[str | None] = mapped_column(sa.String(64))
+    assistant_id: Mapped[str | None] = mapped_column(sa.String(128))
+    user_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    edited_at: Mapped[datetime | None]
+    edit_count: Mapped[int] = mapped_column(default=0)
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["organization_id", "thread_id"], ["threads.organization_id", "threads.id"], ondelete="CASCADE"
+        ),
+        sa.UniqueConstraint("organization_id", "thread_id", "seq"),
+    )
+
+
+class MessageEdit(Base):
+    """Audit trail: the content and metadata a message had before an edit, who edited it and when."""
+
+    __tablename__ = "message_edits"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(sa.String(128))
+    message_id: Mapped[str] = mapped_column(sa.String(64))
+    previous_content: Mapped[str] = mapped_column(sa.Text)
+    previous_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    edited_by: Mapped[str | None] = mapped_column(sa.String(64))
+    edited_at: Mapped[datetime]
+
+    __table_args__ = (sa.Index(None, "organization_id", "message_id", "edited_at"),)
+
+
+class Response(Base):
+    """A model response. It never copies history: it points into a thread by `seq` range (DESIGN.md §3).
+
+    `context_first_seq..context_last_seq` (plus `context_seqs` when the selection has gaps) say which
+    messages the model saw; `input_first_seq..input_last_seq` are this turn's inputs, `output_seq` its answer.
+    """
+
+    __tablename__ = "responses"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    thread_id: Mapped[str | None] = mapped_column(sa.String(128))
+    previous_response_id: Mapped[str | None] = mapped_column(sa.String(64))
+    user_id: Mapped[str | None] = mapped_column(sa.String(64))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    input_first_seq: Mapped[int | None]
+    input_last_seq: Mapped[int | None]
+    output_seq: Mapped[int | None]
+    output_text: Mapped[str | None] = mapped_column(sa.Text)
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.Index(None, "organization_id", "thread_id", "created_at"),
+        sa.Index(None, "created_at"),
+    )
+
+
+class IdempotencyKey(Base):
+    """A remembered POST: a retry with the same key and body gets the first result (issue: retry safety)."""
+
+    __tablename__ = "idempotency_keys"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))  # in_progress | completed
+    response_status: Mapped[int | None]
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    response_body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Lease(Base):
+    """A named, expiring lock shared by all processes (e.g. one retention sweep at a time)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64))
+    expires_at: Mapped[datetime]

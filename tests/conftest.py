@@ -1,0 +1,161 @@
+"""Test fixtures: every storage and API test runs on SQLite and on PostgreSQL, against the real ASGI app.
+
+Each backend's database is created and migrated with Alembic once per session; tables are emptied after each
+test. PostgreSQL comes from THREADLINE_TEST_POSTGRES_URL (default: the local server, trust auth). Without a
+reachable PostgreSQL a local run skips those tests and says so; CI (CI=true) fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from threadline.api.app import create_app
+from threadline.config import Settings
+from threadline.services import auth
+from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
+from threadline.storage.tables import Base
+
+POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_available() -> str | None:
+    async def probe() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _create_pg_database(name: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _drop_pg_database(name: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _asyncpg_url(admin_url: str, database: str) -> str:
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {problem}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({problem}); skipping PostgreSQL runs")
+    name = f"threadline_test_{uuid.uuid4().hex[:12]}"
+    _create_pg_database(name)
+    url = _asyncpg_url(POSTGRES_ADMIN_URL, name)
+    upgrade(url)
+    yield url
+    _drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("db") / "threadline.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The database under test: each test using it runs once per backend."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+async def _empty_all_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                await conn.execute(sa.delete(table))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for a test app: the database under test, no embedded model (tests that need it ask)."""
+    return Settings(database_url=database_url, local_model_enabled=False, retention_enabled=False)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+    await _empty_all_tables(settings.database_url)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://threadline.test") as c:
+        yield c
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An organization member with an API key (and the headers to use it)."""
+
+    organization_id: str
+    user_id: str
+    api_key: str
+    email: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+
+async def make_caller(app: FastAPI, org: str = "acme", email: str = "ada@acme.test") -> Caller:
+    async with create_sessionmaker(app.state.engine)() as session:
+        key, secret = await auth.create_api_key(session, org, email, "test")
+        await session.commit()
+    return Caller(key.organization_id, key.user_id, secret, email)
+
+
+@pytest.fixture
+async def caller(app: FastAPI) -> Caller:
+    return await make_caller(app)
+
+
+@pytest.fixture
+async def other_caller(app: FastAPI) -> Caller:
+    """A member of a different organization."""
+    return await make_caller(app, org="globex", email="hank@globex.test")
