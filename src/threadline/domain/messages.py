@@ -13,6 +13,14 @@ MAX_MESSAGE_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """A message as a model sees it."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message about to be appended to a thread."""
 
