@@ -72,6 +72,10 @@ class MessageNotFound(NotFound):
         super().__init__(f"No message found with id '{message_id}'.", param="message_id")
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
 class Conflict(ThreadlineError):
     code = "conflict"
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from threadline.errors import NotFound
+from threadline.errors import ModelNotFound
 from threadline.providers.base import ModelInfo, Provider
-
-
-class ModelNotFound(NotFound):
-    code = "model_not_found"
 
 
 class ModelRegistry:
