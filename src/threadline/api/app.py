@@ -12,10 +12,12 @@ from threadline.api import errors
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import auth, messages, threads
 from threadline.config import Settings
+from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
+    """Build the app. `models` replaces the registry built from settings (tests pass fakes)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -23,9 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        registry = models if models is not None else ModelRegistry(settings.default_model)
+        app.state.models = registry
         try:
             yield
         finally:
+            await registry.aclose()
             await engine.dispose()
 
     app = FastAPI(
