@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from threadline import __version__
 from threadline.api import errors
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
-from threadline.api.routes import auth, messages, threads
+from threadline.api.routes import auth, conversations, messages, openai_threads, threads
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (auth, threads, messages):
+    # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
+    # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
+    for module in (auth, openai_threads, threads, messages, conversations):
         app.include_router(module.router)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +13,8 @@ from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, validate_content
 from threadline.errors import MessageNotFound, ThreadFull, ValidationFailed
 from threadline.ids import new_id
-from threadline.services.threads import get_thread
+from threadline.services.auth import Principal
+from threadline.services.threads import create_thread, get_thread
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
@@ -21,8 +22,16 @@ from threadline.storage.tables import Message, MessageEdit, Thread
 
 
 async def list_messages(
-    session: AsyncSession, organization_id: str, thread_id: str, page: PageRequest
+    session: AsyncSession,
+    organization_id: str,
+    thread_id: str,
+    page: PageRequest,
+    *,
+    roles: Collection[str] | None = None,
+    response_id: str | None = None,
 ) -> Page[Message]:
+    """A page of the thread's messages; `roles`/`response_id` narrow it (the Assistants view shows no system
+    messages, a run lists its own)."""
     await get_thread(session, organization_id, thread_id)
     repo = MessageRepository(session)
     for name in ("after", "before"):
@@ -31,12 +40,20 @@ async def list_messages(
             raise ValidationFailed(
                 f"Cursor '{cursor}' names no message of this thread.", code="invalid_cursor", param=name
             )
-    return await repo.list_page(organization_id, thread_id, page)
+    return await repo.list_page(organization_id, thread_id, page, roles=roles, response_id=response_id)
 
 
-async def get_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:
+async def get_message(
+    session: AsyncSession,
+    organization_id: str,
+    thread_id: str,
+    message_id: str,
+    *,
+    roles: Collection[str] | None = None,
+) -> Message:
+    """A live message of the thread; with `roles`, a message of another role is as missing as no message."""
     await get_thread(session, organization_id, thread_id)
-    message = await MessageRepository(session).get(organization_id, thread_id, message_id)
+    message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
         raise MessageNotFound(message_id)
     return message
@@ -103,6 +120,42 @@ async def add_message(
     return row
 
 
+async def add_messages(
+    session: AsyncSession,
+    settings: Settings,
+    organization_id: str,
+    thread_id: str,
+    new: Sequence[NewMessage],
+    *,
+    user_id: str | None,
+) -> list[Message]:
+    """Append several messages at once (OpenAI `conversations.items.create`): all or none."""
+    for i, message in enumerate(new):
+        rules.validate_metadata(message.metadata, param=f"items.{i}.metadata")
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    return await append_messages(session, settings, thread, new, user_id=user_id) if new else []
+
+
+async def create_thread_with_messages(
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    organization_id: str,
+    new: Sequence[NewMessage],
+    *,
+    thread_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    kind: str = "thread",
+) -> tuple[Thread, list[Message]]:
+    """Create a thread and its first messages in one transaction (OpenAI `threads.create(messages=…)`,
+    `conversations.create(items=…)`)."""
+    for i, message in enumerate(new):
+        rules.validate_metadata(message.metadata, param=f"messages.{i}.metadata")
+    thread = await create_thread(session, principal, organization_id, thread_id=thread_id, metadata=metadata, kind=kind)
+    rows = await append_messages(session, settings, thread, new, user_id=principal.user_id) if new else []
+    return thread, rows
+
+
 async def update_message(
     session: AsyncSession,
     organization_id: str,
@@ -111,12 +164,13 @@ async def update_message(
     changes: Mapping[str, Any],
     *,
     edited_by: str | None,
+    roles: Collection[str] | None = None,
 ) -> Message:
     """Edit content and/or metadata; the previous version goes to the audit trail."""
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
     rules.ensure_writable(thread.id, thread.state)
     repo = MessageRepository(session)
-    message = await repo.get(organization_id, thread_id, message_id)
+    message = await repo.get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
         raise MessageNotFound(message_id)
     new_content = changes.get("content")
@@ -159,17 +213,32 @@ async def message_edits(
     return message, await MessageRepository(session).edits(organization_id, message_id)
 
 
-async def delete_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:
+async def delete_message(
+    session: AsyncSession,
+    organization_id: str,
+    thread_id: str,
+    message_id: str,
+    *,
+    roles: Collection[str] | None = None,
+) -> Message:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
     rules.ensure_writable(thread.id, thread.state)
     repo = MessageRepository(session)
-    message = await repo.get(organization_id, thread_id, message_id)
+    message = await repo.get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
         raise MessageNotFound(message_id)
     now = utcnow()
     await repo.soft_delete(message, now)
     await ThreadRepository(session).adjust_message_count(thread, -1, now)
     return message
+
+
+async def delete_message_of_thread(
+    session: AsyncSession, organization_id: str, thread_id: str, message_id: str
+) -> Thread:
+    """Delete a message and return its thread (OpenAI `conversations.items.delete` answers with the parent)."""
+    await delete_message(session, organization_id, thread_id, message_id)
+    return await get_thread(session, organization_id, thread_id)
 
 
 async def delete_all_messages(session: AsyncSession, organization_id: str, thread_id: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,21 +21,38 @@ class MessageRepository:
         self.session.add_all(messages)
         await self.session.flush()
 
-    async def get(self, organization_id: str, thread_id: str, message_id: str) -> Message | None:
+    async def get(
+        self, organization_id: str, thread_id: str, message_id: str, *, roles: Collection[str] | None = None
+    ) -> Message | None:
         query = sa.select(Message).where(
             Message.organization_id == organization_id,
             Message.id == message_id,
             Message.thread_id == thread_id,
             Message.deleted_at.is_(None),
         )
+        if roles is not None:
+            query = query.where(Message.role.in_(roles))
         return (await self.session.execute(query)).scalar_one_or_none()
 
-    async def list_page(self, organization_id: str, thread_id: str, page: PageRequest) -> Page[Message]:
+    async def list_page(
+        self,
+        organization_id: str,
+        thread_id: str,
+        page: PageRequest,
+        *,
+        roles: Collection[str] | None = None,
+        response_id: str | None = None,
+    ) -> Page[Message]:
+        """One page of live messages, optionally only some roles or one response's messages."""
         query = sa.select(Message).where(
             Message.organization_id == organization_id,
             Message.thread_id == thread_id,
             Message.deleted_at.is_(None),
         )
+        if roles is not None:
+            query = query.where(Message.role.in_(roles))
+        if response_id is not None:
+            query = query.where(Message.response_id == response_id)
         cursors = {
             "after": await self._sort_key(organization_id, thread_id, page.after),
             "before": await self._sort_key(organization_id, thread_id, page.before),

@@ -1,0 +1,335 @@
+"""OpenAI-shaped wire schemas: Assistants v2 threads/messages and the Conversations API.
+
+Same rows as the Freddy shapes (`freddy.py`), another projection: integer Unix-second timestamps, the exact
+`object` literals, `[]` rather than null for lists. Requests ignore unknown keys, because the official SDK merges
+`extra_body` into the JSON body; the values we do read are validated here, and anything we cannot honour (image
+parts, files, tool items) is a 400 with a stable code rather than silently dropped.
+
+Role mapping: the Assistants view shows `user` and `assistant` messages only (its `role` has no other value;
+system prompts belong to assistants there). Conversation items take `developer` as well and store it as
+`system`; it reads back as `system`.
+
+All conversions between rows and OpenAI shapes live in this module (`…Read.of`, `new_message`, `new_item`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from threadline.api.schemas.common import ResponseModel
+from threadline.domain.messages import NewMessage, Role
+from threadline.errors import ValidationFailed
+from threadline.storage.repositories.pagination import Page
+from threadline.storage.tables import Message, Thread
+
+# The roles the Assistants v2 view of a thread shows (services filter on it).
+ASSISTANTS_ROLES: tuple[Role, ...] = ("user", "assistant")
+
+_CONVERSATION_ROLES: dict[str, Role] = {
+    "user": "user",
+    "assistant": "assistant",
+    "system": "system",
+    "developer": "system",
+}
+_IMAGE_PARTS = {"image_file", "image_url", "input_image", "input_file", "computer_screenshot"}
+_TEXT_PARTS_ITEMS = {"input_text", "output_text", "text"}
+
+
+class OpenAIRequest(BaseModel):
+    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="ignore")
+
+
+def unix(value: Any) -> int:
+    """OpenAI timestamps: integer Unix seconds."""
+    return int(value.timestamp())
+
+
+def string_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """OpenAI metadata is {str: str}; structured values set through the Freddy API read back as JSON text."""
+    return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in metadata.items()}
+
+
+def _unsupported_part(kind: str, param: str) -> ValidationFailed:
+    if kind in _IMAGE_PARTS:
+        return ValidationFailed(
+            f"Content parts of type '{kind}' are not supported: Threadline stores text only.",
+            code="unsupported_content_type",
+            param=param,
+        )
+    return ValidationFailed(f"Unknown content part type '{kind}'.", code="invalid_content_type", param=param)
+
+
+def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> str:
+    """The text of a string or of a list of text parts (joined as written, like `output_text`)."""
+    if isinstance(content, str):
+        return content
+    if not content:
+        raise ValidationFailed("Content needs at least one part.", code="empty_content", param=param)
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise ValidationFailed(
+                "Each content part is an object with a 'type'.", code="invalid_type", param=f"{param}.{i}"
+            )
+        if kind not in text_types:
+            raise _unsupported_part(kind, f"{param}.{i}.type")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ValidationFailed(
+                f"A '{kind}' part needs 'text' as a string.", code="invalid_type", param=f"{param}.{i}.text"
+            )
+        texts.append(text)
+    return "".join(texts)
+
+
+def _reject_files(value: Any, param: str) -> None:
+    """File attachments and tool resources name files Threadline does not have: refuse rather than ignore."""
+    if value:
+        raise ValidationFailed(
+            f"'{param}' is not supported: Threadline stores text only and has no files or vector stores.",
+            code="unsupported_parameter",
+            param=param,
+        )
+
+
+# ---- Assistants v2: requests ------------------------------------------------------------------------------
+
+
+class OpenAIMessageCreate(OpenAIRequest):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+    attachments: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+
+    def new_message(self, param: str = "") -> NewMessage:
+        _reject_files(self.attachments, f"{param}attachments")
+        text = _parts_text(self.content, f"{param}content", {"text"})
+        return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}))
+
+
+class OpenAIThreadCreate(OpenAIRequest):
+    messages: list[OpenAIMessageCreate] | None = None
+    metadata: dict[str, str] | None = None
+    tool_resources: dict[str, Any] | None = None
+
+    def new_messages(self) -> list[NewMessage]:
+        _reject_files(self.tool_resources, "tool_resources")
+        return [m.new_message(f"messages.{i}.") for i, m in enumerate(self.messages or [])]
+
+
+class OpenAIThreadUpdate(OpenAIRequest):
+    metadata: dict[str, str] | None = None
+    tool_resources: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        _reject_files(self.tool_resources, "tool_resources")
+        return {"metadata": self.metadata} if "metadata" in self.model_fields_set else {}
+
+
+class OpenAIMessageUpdate(OpenAIRequest):
+    metadata: dict[str, str] | None = None
+
+
+# ---- Assistants v2: objects --------------------------------------------------------------------------------
+
+
+class OpenAIThreadRead(ResponseModel):
+    id: str
+    object: Literal["thread"] = "thread"
+    created_at: int
+    metadata: dict[str, str]
+    tool_resources: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, thread: Thread) -> OpenAIThreadRead:
+        return cls(id=thread.id, created_at=unix(thread.created_at), metadata=string_metadata(thread.metadata_))
+
+
+class TextValueRead(ResponseModel):
+    value: str
+    annotations: list[Any] = Field(default_factory=list)
+
+
+class TextContentRead(ResponseModel):
+    type: Literal["text"] = "text"
+    text: TextValueRead
+
+
+class OpenAIMessageRead(ResponseModel):
+    id: str
+    object: Literal["thread.message"] = "thread.message"
+    created_at: int
+    thread_id: str
+    role: Literal["user", "assistant"]
+    content: list[TextContentRead]
+    status: Literal["completed"] = "completed"
+    assistant_id: str | None
+    run_id: str | None = None
+    attachments: list[Any] = Field(default_factory=list)
+    metadata: dict[str, str]
+    completed_at: int | None
+    incomplete_at: int | None = None
+    incomplete_details: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> OpenAIMessageRead:
+        created = unix(message.created_at)
+        return cls(
+            id=message.id,
+            created_at=created,
+            thread_id=message.thread_id,
+            role="assistant" if message.role == "assistant" else "user",
+            content=[TextContentRead(text=TextValueRead(value=message.content))],
+            assistant_id=message.assistant_id,
+            metadata=string_metadata(message.metadata_),
+            completed_at=created,
+        )
+
+
+class OpenAIList(ResponseModel):
+    object: Literal["list"] = "list"
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class OpenAIMessageList(OpenAIList):
+    data: list[OpenAIMessageRead]
+
+    @classmethod
+    def of(cls, page: Page[Message]) -> OpenAIMessageList:
+        data = [OpenAIMessageRead.of(m) for m in page.items]
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=page.has_more,
+        )
+
+
+class OpenAIDeletedRead(ResponseModel):
+    """`thread.deleted`, `thread.message.deleted`, `conversation.deleted`."""
+
+    id: str
+    object: str
+    deleted: bool = True
+
+
+# ---- Conversations: requests -------------------------------------------------------------------------------
+
+
+def new_item(item: Any, param: str) -> NewMessage:
+    """A conversation input item as a message to store. Only message items (text) are stored."""
+    if not isinstance(item, dict):
+        raise ValidationFailed("Each item is an object.", code="invalid_type", param=param)
+    kind = item.get("type", "message")
+    if kind != "message":
+        raise ValidationFailed(
+            f"Items of type '{kind}' are not supported: a conversation stores message items with text.",
+            code="unsupported_item_type",
+            param=f"{param}.type",
+        )
+    role = item.get("role")
+    if role not in _CONVERSATION_ROLES:
+        raise ValidationFailed(
+            f"Invalid role '{role}': use one of user, assistant, system, developer.",
+            code="invalid_role",
+            param=f"{param}.role",
+        )
+    content = item.get("content")
+    if not isinstance(content, str | list):
+        raise ValidationFailed(
+            "'content' is a string or a list of parts.", code="invalid_type", param=f"{param}.content"
+        )
+    text = _parts_text(content, f"{param}.content", _TEXT_PARTS_ITEMS)
+    return NewMessage(role=_CONVERSATION_ROLES[role], content=text)
+
+
+class ConversationCreate(OpenAIRequest):
+    items: list[Any] | None = Field(default=None, max_length=20)
+    metadata: dict[str, str] | None = None
+
+    def new_messages(self) -> list[NewMessage]:
+        return [new_item(item, f"items.{i}") for i, item in enumerate(self.items or [])]
+
+
+class ConversationUpdate(OpenAIRequest):
+    # Required by the SDK's signature; `null` clears it.
+    metadata: dict[str, str] | None
+
+
+class ConversationItemsCreate(OpenAIRequest):
+    items: list[Any] = Field(min_length=1, max_length=20)
+
+    def new_messages(self) -> list[NewMessage]:
+        return [new_item(item, f"items.{i}") for i, item in enumerate(self.items)]
+
+
+# ---- Conversations: objects --------------------------------------------------------------------------------
+
+
+class ConversationRead(ResponseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    created_at: int
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, thread: Thread) -> ConversationRead:
+        return cls(id=thread.id, created_at=unix(thread.created_at), metadata=dict(thread.metadata_))
+
+
+class InputTextRead(ResponseModel):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class OutputTextRead(ResponseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class ConversationItemRead(ResponseModel):
+    """A stored message as a conversation `message` item (user/system text in, assistant text out)."""
+
+    type: Literal["message"] = "message"
+    id: str
+    role: Literal["user", "assistant", "system"]
+    status: Literal["completed"] = "completed"
+    content: list[InputTextRead | OutputTextRead]
+
+    @classmethod
+    def of(cls, message: Message) -> ConversationItemRead:
+        role: Literal["user", "assistant", "system"] = (
+            "assistant" if message.role == "assistant" else "system" if message.role == "system" else "user"
+        )
+        part = OutputTextRead(text=message.content) if role == "assistant" else InputTextRead(text=message.content)
+        return cls(id=message.id, role=role, content=[part])
+
+
+class ConversationItemList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationItemRead]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+    @classmethod
+    def of(cls, messages: list[Message], has_more: bool = False) -> ConversationItemList:
+        data = [ConversationItemRead.of(m) for m in messages]
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=has_more,
+        )
