@@ -62,7 +62,7 @@ async def update_conversation(
     organization_id: OrganizationDep,
 ) -> ConversationRead:
     thread = await threads.update_thread(
-        session, principal, organization_id, conversation_id, {"metadata": body.metadata}
+        session, principal, organization_id, conversation_id, {"metadata": body.metadata or {}}
     )
     return ConversationRead.of(thread)
 

@@ -145,10 +145,14 @@ async def update_message(
     principal: PrincipalDep,
     organization_id: OrganizationDep,
 ) -> OpenAIMessageRead:
-    # `metadata: null` clears it, as on the thread.
-    changes = {"metadata": body.metadata or {}} if "metadata" in body.model_fields_set else {}
     message = await messages.update_message(
-        session, organization_id, thread_id, message_id, changes, edited_by=principal.user_id, roles=ASSISTANTS_ROLES
+        session,
+        organization_id,
+        thread_id,
+        message_id,
+        body.changes(),
+        edited_by=principal.user_id,
+        roles=ASSISTANTS_ROLES,
     )
     return OpenAIMessageRead.of(message)
 

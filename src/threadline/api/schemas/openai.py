@@ -131,11 +131,16 @@ class OpenAIThreadUpdate(OpenAIRequest):
 
     def changes(self) -> dict[str, Any]:
         _reject_files(self.tool_resources, "tool_resources")
-        return {"metadata": self.metadata} if "metadata" in self.model_fields_set else {}
+        # `metadata: null` clears it.
+        return {"metadata": self.metadata or {}} if "metadata" in self.model_fields_set else {}
 
 
 class OpenAIMessageUpdate(OpenAIRequest):
     metadata: dict[str, str] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        # `metadata: null` clears it, as on the thread.
+        return {"metadata": self.metadata or {}} if "metadata" in self.model_fields_set else {}
 
 
 # ---- Assistants v2: objects --------------------------------------------------------------------------------
