@@ -145,6 +145,13 @@ async def test_same_path_two_shapes_and_the_same_rows(
         "metadata": {},
         "tool_resources": None,
     }
+    # The header may list several betas; another Assistants version is not this dialect.
+    several = await client.get(
+        f"/v1/threads/{thread.id}", headers={**caller.headers, "openai-beta": "realtime=v1, Assistants=v2"}
+    )
+    assert several.json()["object"] == "thread" and isinstance(several.json()["created_at"], int)
+    v1 = await client.get(f"/v1/threads/{thread.id}", headers={**caller.headers, "OpenAI-Beta": "assistants=v1"})
+    assert v1.json()["created_at"] == freddy["created_at"]
 
     # Created through the Freddy API: the SDK sees it; its system message has no place in the Assistants view.
     created = await client.post(
