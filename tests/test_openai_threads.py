@@ -218,6 +218,12 @@ async def test_errors_map_to_sdk_exceptions(
     assert files.value.code == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError):
         await oa.beta.threads.messages.list(thread.id, limit=0)
+    with pytest.raises(openai.BadRequestError) as resources:
+        await oa.beta.threads.update(thread.id, tool_resources={"file_search": {"vector_store_ids": ["vs_1"]}})
+    assert (resources.value.code, resources.value.param) == ("unsupported_parameter", "tool_resources")
+    # Tool resources that name nothing are harmless.
+    empty = await oa.beta.threads.create(tool_resources={"code_interpreter": {"file_ids": []}})
+    assert empty.tool_resources is None
 
     # Unknown body keys (extra_body) are tolerated on the OpenAI surface.
     extra = await oa.beta.threads.messages.create(

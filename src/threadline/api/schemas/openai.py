@@ -90,14 +90,20 @@ def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> s
     return "".join(texts)
 
 
-def _reject_files(value: Any, param: str) -> None:
+def _names_files(value: Any) -> bool:
+    """Whether tool resources name any file or vector store (`{"code_interpreter": {"file_ids": []}}` does not)."""
+    if isinstance(value, dict):
+        return any(_names_files(v) for v in value.values())
+    return bool(value) if isinstance(value, list) else False
+
+
+def _files_unsupported(param: str) -> ValidationFailed:
     """File attachments and tool resources name files Threadline does not have: refuse rather than ignore."""
-    if value:
-        raise ValidationFailed(
-            f"'{param}' is not supported: Threadline stores text only and has no files or vector stores.",
-            code="unsupported_parameter",
-            param=param,
-        )
+    return ValidationFailed(
+        f"'{param}' is not supported: Threadline stores text only and has no files or vector stores.",
+        code="unsupported_parameter",
+        param=param,
+    )
 
 
 # ---- Assistants v2: requests ------------------------------------------------------------------------------
@@ -110,7 +116,8 @@ class OpenAIMessageCreate(OpenAIRequest):
     metadata: dict[str, str] | None = None
 
     def new_message(self, param: str = "") -> NewMessage:
-        _reject_files(self.attachments, f"{param}attachments")
+        if self.attachments:
+            raise _files_unsupported(f"{param}attachments")
         text = _parts_text(self.content, f"{param}content", {"text"})
         return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}))
 
@@ -121,7 +128,8 @@ class OpenAIThreadCreate(OpenAIRequest):
     tool_resources: dict[str, Any] | None = None
 
     def new_messages(self) -> list[NewMessage]:
-        _reject_files(self.tool_resources, "tool_resources")
+        if _names_files(self.tool_resources):
+            raise _files_unsupported("tool_resources")
         return [m.new_message(f"messages.{i}.") for i, m in enumerate(self.messages or [])]
 
 
@@ -130,7 +138,8 @@ class OpenAIThreadUpdate(OpenAIRequest):
     tool_resources: dict[str, Any] | None = None
 
     def changes(self) -> dict[str, Any]:
-        _reject_files(self.tool_resources, "tool_resources")
+        if _names_files(self.tool_resources):
+            raise _files_unsupported("tool_resources")
         # `metadata: null` clears it.
         return {"metadata": self.metadata or {}} if "metadata" in self.model_fields_set else {}
 
