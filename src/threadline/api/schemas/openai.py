@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +37,16 @@ _CONVERSATION_ROLES: dict[str, Role] = {
     "system": "system",
     "developer": "system",
 }
-_IMAGE_PARTS = {"image_file", "image_url", "input_image", "input_file", "computer_screenshot"}
+# Known OpenAI part types that carry something other than plain text.
+_NON_TEXT_PARTS = {
+    "image_file",
+    "image_url",
+    "input_image",
+    "input_file",
+    "input_audio",
+    "computer_screenshot",
+    "refusal",
+}
 _TEXT_PARTS_ITEMS = {"input_text", "output_text", "text"}
 
 
@@ -46,7 +56,7 @@ class OpenAIRequest(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="ignore")
 
 
-def unix(value: Any) -> int:
+def unix(value: datetime) -> int:
     """OpenAI timestamps: integer Unix seconds."""
     return int(value.timestamp())
 
@@ -57,9 +67,9 @@ def string_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _unsupported_part(kind: str, param: str) -> ValidationFailed:
-    if kind in _IMAGE_PARTS:
+    if kind in _NON_TEXT_PARTS:
         return ValidationFailed(
-            f"Content parts of type '{kind}' are not supported: Threadline stores text only.",
+            f"Content parts of type '{kind}' are not supported: Threadline stores plain text only.",
             code="unsupported_content_type",
             param=param,
         )
