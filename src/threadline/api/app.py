@@ -14,6 +14,7 @@ from threadline.api.routes import auth, messages, threads
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
+from threadline.web import ui_router
 
 
 def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
@@ -50,4 +51,6 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
 
     for module in (auth, threads, messages):
         app.include_router(module.router)
+    if settings.web_ui_enabled:
+        app.include_router(ui_router())
     return app
