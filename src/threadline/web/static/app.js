@@ -56,7 +56,8 @@ function openThread(thread) {
   header.show(thread);
   composer.open(thread);
   window.history.replaceState(null, "", `#${encodeURIComponent(thread.id)}`);
-  return messages.open(thread);
+  // The list's copy may be stale (another client wrote meanwhile): fetch the thread along with its messages.
+  return Promise.all([messages.open(thread), refreshThread(thread)]);
 }
 
 function closeThread() {

@@ -57,6 +57,9 @@ export class Composer {
     this.input.disabled = Boolean(closed) || this.streaming;
     this.sendButton.disabled = Boolean(closed) || this.streaming;
     this.input.placeholder = closed || "Write a message… (Ctrl+Enter to send)";
+    const note = $("composer-note");
+    note.textContent = closed || "";
+    note.hidden = !closed;
   }
 
   get streaming() {

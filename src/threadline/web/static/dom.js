@@ -1,5 +1,5 @@
 // DOM helpers. Text from the API only ever reaches the page through textContent or attribute values set
-// with setAttribute, never through innerHTML, so nothing the server stores can become markup.
+// with setAttribute, never as parsed HTML, so nothing the server stores can become markup.
 
 /**
  * Build an element: h("button", {type: "button", class: "x", onClick: fn}, "Label", child).

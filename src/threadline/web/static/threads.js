@@ -17,7 +17,7 @@ export function threadPath(thread) {
 /** The small markers shown next to a thread's title: state, pinned, hidden, deleted. */
 export function threadBadges(thread) {
   const badges = [h("span", { class: `badge badge-${thread.state}` }, STATE_LABELS[thread.state] ?? thread.state)];
-  if (thread.is_pinned) badges.push(h("span", { class: "badge badge-pinned", title: "Pinned" }, "📌 Pinned"));
+  if (thread.is_pinned) badges.push(h("span", { class: "badge badge-pinned" }, "Pinned"));
   if (!thread.visible_in_ui) badges.push(h("span", { class: "badge badge-hidden" }, "Hidden"));
   if (thread.deleted_at) badges.push(h("span", { class: "badge badge-deleted" }, "Deleted"));
   return badges;
