@@ -353,3 +353,39 @@ def test_password_sign_in_with_several_organizations(page: Page, server: Server)
     assert page.evaluate("sessionStorage.getItem('threadline.session')") is None
     response = httpx.get(f"{server.base_url}/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
+
+
+def test_sse_parser_survives_any_chunking(page: Page) -> None:
+    """The composer's SSE parser, fed the same stream in awkward chunks: split mid-field, between "\\r" and
+    "\\n", with comments and multi-line data. Every split yields the same events."""
+    page.goto("/")
+    events = page.evaluate(
+        """async () => {
+          const { parseSSE } = await import("/static/api.js");
+          const wire = ": keepalive\\r\\nevent: response.output_text.delta\\r\\ndata: {\\"delta\\": \\"Hel\\"}\\r\\n\\r\\n"
+            + "event: response.output_text.delta\\ndata: {\\"delta\\":\\n"
+            + "data: \\"lo\\"}\\n\\n"
+            + "event: response.completed\\ndata: {}\\n\\n";
+          const results = [];
+          for (let size = 1; size <= wire.length; size += 1) {
+            const chunks = [];
+            for (let i = 0; i < wire.length; i += size) chunks.push(wire.slice(i, i + size));
+            const body = new ReadableStream({
+              start(controller) {
+                for (const chunk of chunks) controller.enqueue(new TextEncoder().encode(chunk));
+                controller.close();
+              },
+            });
+            const got = [];
+            for await (const event of parseSSE(body)) got.push([event.event, event.data]);
+            results.push(JSON.stringify(got));
+          }
+          return [...new Set(results)];
+        }"""
+    )
+    assert len(events) == 1, events
+    assert json.loads(events[0]) == [
+        ["response.output_text.delta", '{"delta": "Hel"}'],
+        ["response.output_text.delta", '{"delta":\n"lo"}'],
+        ["response.completed", "{}"],
+    ]
