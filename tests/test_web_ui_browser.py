@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:  # Playwright is imported at run time only once the browser is known to be there
-    from playwright.sync_api import Browser, ConsoleMessage, Page
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Route
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
@@ -220,34 +220,63 @@ def test_a_person_manages_a_thread(page: Page, server: Server) -> None:
     expect(history.nth(1)).to_contain_text("Hello from the API")
     page.locator("#history-dialog").get_by_role("button", name="Close").click()
 
-    # A streamed answer renders delta by delta; a response.failed event shows its error verbatim.
+    # A turn goes to POST /v1/model/response as the contract says, and its streamed answer renders delta by
+    # delta. (The endpoint is stubbed in the browser here: the real one is exercised below.)
+    sent: list[dict[str, object]] = []
+
+    def stream(events: str) -> Callable[[Route], None]:
+        def handle(route: Route) -> None:
+            sent.append(route.request.post_data_json)
+            route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=events)
+
+        return handle
+
+    delta = "response.output_text.delta"
     page.route(
         "**/v1/model/response",
-        lambda route: route.fulfill(
-            status=200,
-            headers={"content-type": "text/event-stream"},
-            body=_sse(
+        stream(
+            _sse(
                 ("response.created", {"type": "response.created", "response": {"status": "in_progress"}}),
-                ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Streamed "}),
-                ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "answer"}),
-                (
-                    "response.failed",
-                    {
-                        "type": "response.failed",
-                        "response": {
-                            "status": "failed",
-                            "error": {"code": "server_error", "message": "Model fell over."},
-                        },
-                    },
-                ),
-            ),
+                (delta, {"type": delta, "delta": "Streamed "}),
+                (delta, {"type": delta, "delta": "answer"}),
+                ("response.completed", {"type": "response.completed", "response": {"status": "completed"}}),
+            )
+        ),
+    )
+    page.get_by_label("Context", exact=True).select_option("smart")
+    page.get_by_label("Message", exact=True).fill("First turn")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_label("Message", exact=True)).to_have_value("")  # cleared once the response completed
+    assert sent == [
+        {
+            "thread": thread_id,
+            "inputs": [{"role": "user", "texts": [{"text": "First turn"}]}],
+            "stream": True,
+            "thread_context_mode": "smart",
+        }
+    ]
+    expect(page.locator("#notice")).to_be_hidden()
+    page.unroute("**/v1/model/response")
+
+    # A response.failed event keeps what was written and shows its error verbatim.
+    failed = {"status": "failed", "error": {"code": "server_error", "message": "Model fell over."}}
+    page.route(
+        "**/v1/model/response",
+        stream(
+            _sse(
+                (delta, {"type": delta, "delta": "Partial "}),
+                (delta, {"type": delta, "delta": "answer"}),
+                ("response.failed", {"type": "response.failed", "response": failed}),
+            )
         ),
     )
     page.get_by_label("Message", exact=True).fill("Tell me more")
     page.get_by_role("button", name="Send").click()
     pending = page.locator("#messages .message-pending.message-assistant")
-    expect(pending.locator(".message-content")).to_have_text("Streamed answer")
+    expect(pending.locator(".message-content")).to_have_text("Partial answer")
+    expect(pending.locator(".message-error")).to_have_text("Model fell over. (server_error)")
     expect(page.locator("#notice-text")).to_have_text("Model fell over. server_error")
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Tell me more")  # kept, to retry
     page.unroute("**/v1/model/response")
 
     # Against the real endpoint: whatever the API answers to this turn (here, before /v1/model/response
@@ -362,7 +391,8 @@ def test_sse_parser_survives_any_chunking(page: Page) -> None:
     events = page.evaluate(
         """async () => {
           const { parseSSE } = await import("/static/api.js");
-          const wire = ": keepalive\\r\\nevent: response.output_text.delta\\r\\ndata: {\\"delta\\": \\"Hel\\"}\\r\\n\\r\\n"
+          const wire = ": keepalive\\r\\n"
+            + "event: response.output_text.delta\\r\\ndata: {\\"delta\\": \\"Hel\\"}\\r\\n\\r\\n"
             + "event: response.output_text.delta\\ndata: {\\"delta\\":\\n"
             + "data: \\"lo\\"}\\n\\n"
             + "event: response.completed\\ndata: {}\\n\\n";
