@@ -413,9 +413,26 @@ def test_sse_parser_survives_any_chunking(page: Page) -> None:
           return [...new Set(results)];
         }"""
     )
-    assert len(events) == 1, events
+    assert len(events) == 1, events  # one outcome whatever the chunking
     assert json.loads(events[0]) == [
         ["response.output_text.delta", '{"delta": "Hel"}'],
         ["response.output_text.delta", '{"delta":\n"lo"}'],
         ["response.completed", "{}"],
     ]
+
+
+def test_stream_errors_are_read_in_every_shape(page: Page) -> None:
+    """An error inside the stream may come as response.failed, an error envelope, or a flat `error` event."""
+    page.goto("/")
+    described = page.evaluate(
+        """async () => {
+          const { errorOfEvent } = await import("/static/api.js");
+          return [
+            {type: "response.failed", response: {status: "failed", error: {code: "a", message: "One."}}},
+            {error: {code: "b", message: "Two.", type: "api_error"}},
+            {type: "error", code: "c", message: "Three.", param: null},
+            {type: "response.failed", response: {status: "failed"}},
+          ].map((data) => { const e = errorOfEvent(data); return [e.message, e.code]; });
+        }"""
+    )
+    assert described == [["One.", "a"], ["Two.", "b"], ["Three.", "c"], ["The response failed.", None]]

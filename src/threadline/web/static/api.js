@@ -29,9 +29,13 @@ export async function errorFrom(response) {
   return new ApiError(response.status, `HTTP ${response.status} ${response.statusText || ""}`.trim());
 }
 
-/** The error carried by a streamed event (`response.failed`, `error`, or any payload with an "error" key). */
+/**
+ * The error carried by a streamed event, in any of its shapes: `response.failed` ({response: {error}}),
+ * an envelope ({error: {message, code}}), or the Responses API's flat `error` event ({type: "error", message}).
+ */
 export function errorOfEvent(data) {
-  const error = (data && (data.error || (data.response && data.response.error))) || null;
+  let error = data && (data.error || (data.response && data.response.error));
+  if (!error && data && data.type === "error") error = data;
   if (error && typeof error === "object") {
     return new ApiError(0, String(error.message ?? "The response failed."), error.code ?? null, error.param ?? null);
   }

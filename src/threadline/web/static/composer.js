@@ -92,7 +92,8 @@ export class Composer {
           written += data.delta;
           answer.content.textContent = written;
           this.messages.scrollToEnd();
-        } else if (event.event === "response.completed") {
+        } else if (event.event === "response.completed" || event.event === "response.incomplete") {
+          // Incomplete (e.g. the output token limit) is still a saved turn: the reload below shows it.
           completed = true;
         } else if (event.event === "response.failed" || event.event === "error" || (data && data.error)) {
           throw errorOfEvent(data);
