@@ -308,9 +308,13 @@ def test_a_person_manages_a_thread(page: Page, server: Server) -> None:
     with server.api() as api:
         assert api.get(f"/v1/threads/{thread_id}").json()["state"] == "locked"
 
-    # The thread view as it stands, clean (reopened from the list): kept for a person to look at.
-    item.click()
+    # A reload keeps the session (sessionStorage) and reopens the thread named in the URL fragment.
+    page.reload()
+    expect(page.locator("#thread-title")).to_have_text("Quarterly plan")
+    expect(page.locator("#thread-badges .badge-locked")).to_have_text("Locked")
     expect(messages).to_have_count(2)
+
+    # The thread view as it stands: kept for a person to look at.
     shot = Path(tempfile.gettempdir()) / "threadline-ui-thread-view.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
@@ -436,3 +440,51 @@ def test_stream_errors_are_read_in_every_shape(page: Page) -> None:
         }"""
     )
     assert described == [["One.", "a"], ["Two.", "b"], ["Three.", "c"], ["The response failed.", None]]
+
+
+def test_paging_and_deleting(page: Page, server: Server) -> None:
+    """Keyset pages in both lists ("Load more" threads, "Load older" messages), then deletes."""
+    from playwright.sync_api import expect
+
+    key = server.cli("keys", "create", "--org", "pager", "--email", "pat@pager.test").strip().splitlines()[-1]
+    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": key}, timeout=10) as api:
+        ids = [api.post("/v1/threads", json={"title": f"T{n:02d}"}).json()["id"] for n in range(25)]
+        for n in range(35):
+            api.post(f"/v1/threads/{ids[-1]}/messages", json={"role": "user", "content": f"m{n:02d}"})
+
+    page.goto("/")
+    page.get_by_label("API key", exact=True).fill(key)
+    page.get_by_role("button", name="Sign in with key").click()
+    titles = page.locator("#thread-list .thread-item-title")
+    expect(titles).to_have_count(20)
+    page.get_by_role("button", name="Load more").click()
+    expect(titles).to_have_count(25)
+    expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+    assert titles.all_inner_texts() == [f"T{n:02d}" for n in reversed(range(25))]  # newest first, no repeats
+
+    # The newest thread's 35 messages: the last 30 first, then the older 5 above them, oldest → newest.
+    page.locator("#thread-list .thread-item").first.click()
+    contents = page.locator("#messages .message-content")
+    expect(contents).to_have_count(30)
+    expect(contents.first).to_have_text("m05")
+    page.get_by_role("button", name="Load older").click()
+    expect(contents).to_have_count(35)
+    assert contents.all_inner_texts() == [f"m{n:02d}" for n in range(35)]
+
+    # Delete a message, then the thread (both confirmed in a dialog).
+    page.locator("#messages .message").nth(0).get_by_role("button", name="Delete message").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete").click()
+    expect(contents).to_have_count(34)
+    expect(contents.first).to_have_text("m01")
+    expect(page.locator("#thread-meta")).to_contain_text("34 messages")
+
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Delete").click()
+    expect(titles).to_have_count(24)
+    expect(page.locator("#thread-empty")).to_be_visible()
+    expect(titles.first).to_have_text("T23")
+
+    # "Include deleted" brings it back, marked.
+    page.get_by_label("Include deleted", exact=True).check()
+    deleted = page.locator("#thread-list .thread-item").filter(has_text="T24")
+    expect(deleted.locator(".badge-deleted")).to_have_text("Deleted")
