@@ -56,7 +56,7 @@ export class Composer {
     const closed = thread.deleted_at ? "This thread is deleted." : CLOSED_HINTS[thread.state];
     this.input.disabled = Boolean(closed) || this.streaming;
     this.sendButton.disabled = Boolean(closed) || this.streaming;
-    this.input.placeholder = closed || "Write a message… (Ctrl+Enter to send)";
+    this.input.placeholder = closed ? "" : "Write a message… (Ctrl+Enter to send)";
     const note = $("composer-note");
     note.textContent = closed || "";
     note.hidden = !closed;
