@@ -14,6 +14,7 @@ from threadline.api.routes import auth, conversations, messages, openai_threads,
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
+from threadline.web import ui_router
 
 
 def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
@@ -52,4 +53,6 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
     for module in (auth, openai_threads, threads, messages, conversations):
         app.include_router(module.router)
+    if settings.web_ui_enabled:
+        app.include_router(ui_router())
     return app
