@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from threadline import __version__
 from threadline.api import errors
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import auth, messages, threads
+from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
@@ -25,12 +28,28 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         engine = create_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        registry = models if models is not None else ModelRegistry(settings.default_model)
+        # The one HTTP client for every upstream model call; per-provider timeouts override these defaults.
+        http_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(120.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        try:
+            # In a thread: building the embedded provider reads the GGUF's vocabulary.
+            registry = (
+                models
+                if models is not None
+                else await asyncio.to_thread(ModelRegistry.from_settings, settings, http_client)
+            )
+        except BaseException:
+            await http_client.aclose()
+            await engine.dispose()
+            raise
         app.state.models = registry
         try:
             yield
         finally:
             await registry.aclose()
+            await http_client.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -48,6 +67,6 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (auth, threads, messages):
+    for module in (auth, threads, messages, models_routes):
         app.include_router(module.router)
     return app

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -79,13 +79,15 @@ def _counting_llama_class() -> type[Any]:
     """
     import llama_cpp
 
-    class CountingLlama(llama_cpp.Llama):  # type: ignore[misc]
+    class CountingLlama(llama_cpp.Llama):
         cancel: threading.Event | None = None
         prompt_tokens = 0
         sampled_tokens = 0
         ended_on_eog = False
 
-        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        def generate(  # the same parameters, passed through untouched
+            self, tokens: Sequence[int], *args: Any, **kwargs: Any
+        ) -> Generator[int, Sequence[int] | None, None]:
             # create_chat_completion passes the whole formatted prompt here: its length is the exact input count.
             self.prompt_tokens, self.sampled_tokens, self.ended_on_eog = len(tokens), 0, False
             inner = super().generate(tokens, *args, **kwargs)
@@ -202,9 +204,10 @@ class LocalProvider:
         self._closed = True
         for job in list(self._jobs):
             job.cancel.set()
-        await asyncio.to_thread(self._shutdown)
+        await asyncio.to_thread(self.shutdown)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Stop the worker thread (after its current job) and free the model; blocking."""
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._llama is not None:
             self._llama.close()

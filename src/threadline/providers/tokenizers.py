@@ -63,7 +63,7 @@ class EstimateTokenizer:
 
 
 def encoding_for_model(model: str) -> str | None:
-    """"o200k" or "cl100k" for OpenAI model names (an "openai/" style prefix is ignored), else None."""
+    """ "o200k" or "cl100k" for OpenAI model names (an "openai/" style prefix is ignored), else None."""
     name = model.rsplit("/", 1)[-1].lower()
     if name.startswith(_O200K_PREFIXES) or _O_SERIES.match(name):
         return "o200k"
