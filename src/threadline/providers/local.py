@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from threadline.domain.messages import ChatMessage
-from threadline.domain.tokens import REPLY_PRIMING_TOKENS, message_token_count
+from threadline.domain.tokens import message_token_count, reply_overhead
 from threadline.errors import ContextLengthExceeded, ModelNotFound, ThreadlineError, UpstreamError
 from threadline.providers.base import Finished, GenerationParams, ModelInfo, StreamEvent, TextDelta
 
@@ -224,7 +224,7 @@ class LocalProvider:
         """What the chat template adds beyond the messages' own counts (e.g. SmolLM2's default system prompt)."""
         template = self._vocab.metadata.get("tokenizer.chat_template")
         if not template or self._vocab.chat_format != "chat_template.default":
-            return REPLY_PRIMING_TOKENS
+            return reply_overhead(self._tokenizer)
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         vocab_model = self._vocab._model
@@ -239,7 +239,7 @@ class LocalProvider:
         # Tokenized exactly as llama-cpp-python's chat handler tokenizes the prompt it generates from.
         prompt = self._vocab.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         overhead = len(prompt) - message_token_count(self._tokenizer, "user", probe)
-        return max(overhead, REPLY_PRIMING_TOKENS)
+        return max(overhead, reply_overhead(self._tokenizer))
 
     # ---- the worker thread -------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from threadline.domain.messages import ChatMessage
+from threadline.domain.tokens import reply_overhead
 from threadline.errors import ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
 from threadline.providers.base import Finished, GenerationParams, ModelInfo, StreamEvent, TextDelta
 from threadline.providers.tokenizers import BpeTokenizer, EstimateTokenizer, make_tokenizer, tokenizer_name_for
@@ -56,16 +57,18 @@ class OpenAICompatProvider:
         self._timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)) if timeout_seconds else None
         self._max_tokens_param = max_tokens_param
         windows = dict(model_context_windows or {})
+        names = {model: tokenizer_name_for(model, tokenizer) for model in models}
+        self._tokenizers = {name: make_tokenizer(name) for name in set(names.values())}
         self._infos = {
             model: ModelInfo(
                 name=model,
                 provider=name,
                 context_window=windows.get(model, context_window),
-                tokenizer=tokenizer_name_for(model, tokenizer),
+                tokenizer=names[model],
+                request_overhead_tokens=reply_overhead(self._tokenizers[names[model]]),
             )
             for model in models
         }
-        self._tokenizers = {info.tokenizer: make_tokenizer(info.tokenizer) for info in self._infos.values()}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatProvider(name={self.name!r}, base_url={self.base_url!r}, models={list(self._infos)!r})"
