@@ -116,7 +116,7 @@ async def test_max_completion_tokens_and_usage_absent(monkeypatch: pytest.Monkey
 async def test_multiline_data_comments_and_crlf_are_parsed() -> None:
     body = (
         b": keep-alive\r\n\r\n"
-        b"event: message\r\ndata: {\"choices\": [{\"index\": 0,\r\ndata:  \"delta\": {\"content\": \"A\"}}]}\r\n\r\n"
+        b'event: message\r\ndata: {"choices": [{"index": 0,\r\ndata:  "delta": {"content": "A"}}]}\r\n\r\n'
         b"data: " + json.dumps(chunk(finish_reason="stop")).encode() + b"\r\n\r\ndata: [DONE]\r\n\r\n"
     )
     events = await collect(provider_for(lambda _: stream_response(body)))

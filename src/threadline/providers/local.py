@@ -84,16 +84,21 @@ def _counting_llama_class() -> type[Any]:
         prompt_tokens = 0
         sampled_tokens = 0
         ended_on_eog = False
+        stopped_by_cancel = False
 
         def generate(  # the same parameters, passed through untouched
             self, tokens: Sequence[int], *args: Any, **kwargs: Any
         ) -> Generator[int, Sequence[int] | None, None]:
             # create_chat_completion passes the whole formatted prompt here: its length is the exact input count.
-            self.prompt_tokens, self.sampled_tokens, self.ended_on_eog = len(tokens), 0, False
+            self.prompt_tokens, self.sampled_tokens = len(tokens), 0
+            self.ended_on_eog = self.stopped_by_cancel = False
             inner = super().generate(tokens, *args, **kwargs)
             sent: Any = None
             try:
-                while self.cancel is None or not self.cancel.is_set():
+                while True:
+                    if self.cancel is not None and self.cancel.is_set():
+                        self.stopped_by_cancel = True
+                        return
                     try:
                         token = inner.send(sent)
                     except StopIteration:
@@ -289,6 +294,7 @@ class LocalProvider:
         try:
             for chunk in chunks:
                 if job.cancel.is_set():
+                    llama.stopped_by_cancel = True
                     return
                 choice = chunk["choices"][0]
                 text = choice.get("delta", {}).get("content")
