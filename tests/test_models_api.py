@@ -35,7 +35,9 @@ UPSTREAMS = [
         context_window=128000,
         model_context_windows={"meta-llama/Llama-3.1-8B-Instruct": 32000},
     ),
-    ProviderConfig(name="second", base_url="http://127.0.0.1:9/other/v1", models=["gpt-4.1", "qwen"], tokenizer="o200k"),
+    ProviderConfig(
+        name="second", base_url="http://127.0.0.1:9/other/v1", models=["gpt-4.1", "qwen"], tokenizer="o200k"
+    ),
 ]
 
 
@@ -66,7 +68,7 @@ async def test_registry_from_settings_builds_every_provider() -> None:
             # First registration of a name wins: the second upstream's gpt-4.1 is shadowed.
             assert names == ["smollm2-135m-instruct", "gpt-4.1", "meta-llama/Llama-3.1-8B-Instruct", "qwen"]
             assert registry.default_model == "smollm2-135m-instruct"
-            provider, info = registry.resolve("gpt-4.1")
+            provider, _ = registry.resolve("gpt-4.1")
             assert isinstance(provider, OpenAICompatProvider) and provider.name == "upstream"
             assert registry.resolve("qwen")[1].tokenizer == "o200k"
             assert registry.resolve(None)[1].tokenizer == "llama:smollm2-135m-instruct"
