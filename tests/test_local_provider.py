@@ -117,3 +117,20 @@ async def test_unknown_model_and_oversized_input(provider: LocalProvider) -> Non
     huge = "word " * 5000  # > the 2,048-token window of this fixture
     with pytest.raises(errors.ContextLengthExceeded):
         await generate(provider, huge, max_tokens=4)
+
+
+async def test_shutdown_ends_queued_streams_with_an_error() -> None:
+    local = LocalProvider(model_name=MODEL, context_window=512)
+    try:
+        params = GenerationParams(max_output_tokens=64)
+        first = local.stream(MODEL, [ChatMessage("user", "Tell me a story.")], params)
+        second = local.stream(MODEL, [ChatMessage("user", "Tell me another.")], params)
+        waiting = asyncio.gather(anext(first), anext(second), return_exceptions=True)
+        await asyncio.sleep(0)  # both jobs are submitted: the first loads the model, the second waits behind it
+        await local.aclose()
+        results = await waiting
+        assert any(isinstance(r, errors.UpstreamError) and r.code == "local_model_unavailable" for r in results)
+        with pytest.raises(errors.UpstreamError):
+            await anext(local.stream(MODEL, [ChatMessage("user", "x")], params))
+    finally:
+        local.shutdown()

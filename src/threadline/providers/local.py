@@ -209,6 +209,10 @@ class LocalProvider:
         self._closed = True
         for job in list(self._jobs):
             job.cancel.set()
+            # A job still queued never runs once the executor shuts down: end its stream here (a running job's
+            # own end arrives after this one and is never read).
+            job.queue.put_nowait(UpstreamError("The embedded model is shutting down.", code="local_model_unavailable"))
+            job.queue.put_nowait(_END)
         await asyncio.to_thread(self.shutdown)
 
     def shutdown(self) -> None:
