@@ -138,6 +138,24 @@ async def test_timeout_is_upstream_timeout() -> None:
     await expect_error(provider_for(handler), errors.UpstreamTimeout, "upstream_timeout")
 
 
+async def test_timeout_mid_stream_is_upstream_timeout() -> None:
+    class Stalling(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield sse(chunk("Hel"))
+            raise httpx.ReadTimeout("no chunk within the read timeout")
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalling(), headers={"content-type": "text/event-stream"})
+
+    await expect_error(provider_for(handler), errors.UpstreamTimeout, "upstream_timeout")
+
+
+def test_a_base_url_that_is_not_http_is_refused_at_start() -> None:
+    client = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAICompatProvider(name="bad", base_url="ftp://example.test/v1", models=["m"], http_client=client)
+
+
 async def test_connection_error_is_upstream_unavailable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

@@ -188,8 +188,11 @@ class LocalProvider:
         if self._closed:
             raise UpstreamError("The embedded model is shut down.", code="local_model_unavailable")
         job = _Job(asyncio.get_running_loop(), [{"role": m.role, "content": m.content} for m in messages], params)
+        try:
+            future: Future[None] = self._executor.submit(self._run, job)
+        except RuntimeError as exc:  # shut down between the check above and now
+            raise UpstreamError("The embedded model is shut down.", code="local_model_unavailable") from exc
         self._jobs.add(job)
-        future: Future[None] = self._executor.submit(self._run, job)
         try:
             while True:
                 item = await job.queue.get()

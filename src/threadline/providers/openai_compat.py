@@ -51,6 +51,12 @@ class OpenAICompatProvider:
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        try:
+            scheme = httpx.URL(self.base_url).scheme
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"provider {name!r}: base_url {base_url!r} is not a URL ({exc})") from exc
+        if scheme not in ("http", "https"):
+            raise ValueError(f"provider {name!r}: base_url must start with http:// or https://, not {base_url!r}")
         self._client = http_client
         # The key is this upstream's alone: it is only ever sent to self.base_url (redirects are not followed).
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
