@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     local_model_name: str = "smollm2-135m-instruct"
     local_context_window: int = Field(default=8192, ge=256)
     local_threads: int | None = None
-    # llama.cpp's micro-batch for prompt evaluation. None: 512, except 1 on CPUs that advertise AMX, where the
-    # natively built ggml AMX matmul crashes on multi-token batches in sandboxed VMs (see providers/local.py).
+    # llama.cpp's micro-batch for prompt evaluation. None: 512, except 1 when llama.cpp was built with AMX kernels,
+    # which crash on multi-token batches in VMs that advertise AMX without providing it (see providers/local.py).
     local_ubatch_size: int | None = Field(default=None, ge=1)
     default_max_output_tokens: int = Field(default=512, ge=1)
 

@@ -29,24 +29,22 @@ from threadline.providers.base import Finished, GenerationParams, ModelInfo, Str
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cpu_has_amx() -> bool:
-    """Whether the CPU advertises AMX (Linux /proc/cpuinfo flags)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return any(line.startswith("flags") and " amx_int8" in line for line in cpuinfo)
-    except OSError:
-        return False
+def llama_uses_amx() -> bool:
+    """Whether this llama.cpp build runs its AMX kernels (it says so in its system info)."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
 def default_ubatch_size() -> int:
-    """llama.cpp's prompt micro-batch: 512, or 1 where AMX is advertised.
+    """llama.cpp's prompt micro-batch: 512, or 1 when the build uses AMX.
 
     A llama.cpp built natively on an AMX CPU routes multi-token matmuls through ggml's AMX kernels, which crash
     (SIGSEGV in ggml_backend_amx_mul_mat) where the VM does not really provide AMX tiles, as on this project's
     CI machines. One-token micro-batches take the non-tile path: correct everywhere, slower prompt evaluation.
-    Set `local_ubatch_size` (THREADLINE_LOCAL_UBATCH_SIZE) to override.
+    Set `local_ubatch_size` (THREADLINE_LOCAL_UBATCH_SIZE) to override, or build llama-cpp-python without AMX.
     """
-    return 1 if cpu_has_amx() else 512
+    return 1 if llama_uses_amx() else 512
 
 
 def default_model_path() -> Path:
