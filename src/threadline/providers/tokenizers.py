@@ -49,12 +49,14 @@ class BpeTokenizer:
         if name not in ENCODINGS:
             raise ValueError(f"unknown encoding {name!r}: use one of {', '.join(ENCODINGS)}")
         self.name = name
+        # Built here, not on the first count: providers are built at start (off the event loop), requests count.
+        with _encoding_lock:
+            self._encoding = bpe_encoding(name)
 
     def count(self, text: str) -> int:
         if not text:
             return 0
-        with _encoding_lock:  # the first call builds the tables; later calls are lock-and-go
-            encoding = bpe_encoding(self.name)
+        encoding = self._encoding
         # encode_ordinary: text that looks like "<|endoftext|>" is ordinary text in a message, never a special token.
         return len(encoding.encode_ordinary(text))
 
