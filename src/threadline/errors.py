@@ -11,7 +11,8 @@
     ├── PayloadTooLarge           body over the limit (413)
     ├── RateLimited               (429)
     └── UpstreamError             the model provider failed (502)
-        └── UpstreamTimeout       the model provider did not answer in time (504)
+        ├── UpstreamTimeout       the model provider did not answer in time (504)
+        └── UpstreamRejected      the model provider refused the request (4xx upstream; retrying cannot help)
 
 `retryable` tells clients (through `x-should-retry`) whether the same request can succeed later.
 """
@@ -127,3 +128,8 @@ class UpstreamError(ThreadlineError):
 
 class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
+
+
+class UpstreamRejected(UpstreamError):
+    code = "upstream_rejected"
+    retryable = False

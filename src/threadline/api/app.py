@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from threadline import __version__
 from threadline.api import errors
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import auth, conversations, messages, openai_threads, threads
+from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
@@ -26,12 +29,28 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         engine = create_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        registry = models if models is not None else ModelRegistry(settings.default_model)
+        # The one HTTP client for every upstream model call; per-provider timeouts override these defaults.
+        http_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(120.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        try:
+            # In a thread: building the embedded provider reads the GGUF's vocabulary.
+            registry = (
+                models
+                if models is not None
+                else await asyncio.to_thread(ModelRegistry.from_settings, settings, http_client)
+            )
+        except BaseException:
+            await http_client.aclose()
+            await engine.dispose()
+            raise
         app.state.models = registry
         try:
             yield
         finally:
             await registry.aclose()
+            await http_client.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -51,7 +70,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
-    for module in (auth, openai_threads, threads, messages, conversations):
+    for module in (auth, openai_threads, threads, messages, conversations, models_routes):
         app.include_router(module.router)
     if settings.web_ui_enabled:
         app.include_router(ui_router())

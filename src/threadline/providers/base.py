@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from threadline.domain.messages import ChatMessage
+from threadline.domain.tokens import REPLY_PRIMING_TOKENS
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class ModelInfo:
     context_window: int
     # Which tokenizer gives exact counts: "o200k", "cl100k", "llama:<model>", or "estimate".
     tokenizer: str
+    # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
+    # prompt…): the context builder reserves them. See domain/tokens.py.
+    request_overhead_tokens: int = REPLY_PRIMING_TOKENS
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class TextDelta:
 class Finished:
     """The last event of a successful stream."""
 
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "content_filter"
     input_tokens: int | None = None
     output_tokens: int | None = None
 

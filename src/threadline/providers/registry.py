@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from threadline.config import ProviderConfig, Settings
 from threadline.errors import ModelNotFound
 from threadline.providers.base import ModelInfo, Provider
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class ModelRegistry:
@@ -13,6 +19,41 @@ class ModelRegistry:
         self.default_model = default_model
         self._providers: list[Provider] = []
         self._models: dict[str, tuple[Provider, ModelInfo]] = {}
+        # Unix seconds: the "created" of every model in /v1/models (when this process started serving it).
+        self.created = int(time.time())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http_client: httpx.AsyncClient) -> ModelRegistry:
+        """The embedded model (unless disabled) and every configured upstream, in that order.
+
+        A configured `default_model` must be one of them (checked at start, not on the first request).
+        """
+        registry = cls(settings.default_model)
+        try:
+            if settings.local_model_enabled:
+                from threadline.providers.local import LocalProvider
+
+                registry.register(
+                    LocalProvider(
+                        model_name=settings.local_model_name,
+                        model_path=settings.local_model_path,
+                        context_window=settings.local_context_window,
+                        n_threads=settings.local_threads,
+                        ubatch_size=settings.local_ubatch_size,
+                    )
+                )
+            for config in settings.providers:
+                registry.register(_provider_from_config(config, settings, http_client))
+        except BaseException:
+            for provider in registry._providers:  # no worker thread outlives a failed start
+                _close_now(provider)
+            raise
+        if settings.default_model is not None and settings.default_model not in registry._models:
+            available = ", ".join(sorted(registry._models)) or "none configured"
+            for provider in registry._providers:
+                _close_now(provider)
+            raise ValueError(f"default_model {settings.default_model!r} is not served by any provider ({available})")
+        return registry
 
     def register(self, provider: Provider) -> None:
         """Add a provider; its models become resolvable (first registration of a name wins)."""
@@ -36,3 +77,42 @@ class ModelRegistry:
     async def aclose(self) -> None:
         for provider in self._providers:
             await provider.aclose()
+
+
+def _provider_from_config(config: ProviderConfig, settings: Settings, http_client: httpx.AsyncClient) -> Provider:
+    if config.type == "local":
+        from pathlib import Path
+
+        from threadline.providers.local import LocalProvider
+
+        model_name = config.models[0] if config.models else Path(config.model_path or "local").stem
+        return LocalProvider(
+            model_name=model_name,
+            model_path=config.model_path,
+            context_window=config.model_context_windows.get(model_name, config.context_window),
+            n_threads=settings.local_threads,
+            ubatch_size=settings.local_ubatch_size,
+            name=config.name,
+        )
+    from threadline.providers.openai_compat import OpenAICompatProvider
+
+    assert config.base_url is not None  # ProviderConfig requires it for type "openai"
+    return OpenAICompatProvider(
+        name=config.name,
+        base_url=config.base_url,
+        models=config.models,
+        http_client=http_client,
+        api_key_env=config.api_key_env,
+        context_window=config.context_window,
+        model_context_windows=config.model_context_windows,
+        tokenizer=config.tokenizer,
+        timeout_seconds=config.timeout_seconds,
+        max_tokens_param=config.max_tokens_param,
+    )
+
+
+def _close_now(provider: Provider) -> None:
+    """Release a provider's threads without an event loop at hand (a failed start)."""
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
