@@ -9,8 +9,9 @@ from fastapi import FastAPI
 
 from threadline import __version__
 from threadline.api import errors
+from threadline.api.idempotency import IdempotencyMiddleware
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
-from threadline.api.routes import auth, messages, threads
+from threadline.api.routes import assistants, auth, messages, search, threads
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     )
     app.state.settings = settings
     errors.install(app)
+    # Innermost first: Idempotency-Key sees normalized query strings and only bodies within the size limit.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (auth, threads, messages):
+    # `search` before `threads`: /v1/threads/search must not be read as a thread id.
+    for module in (auth, search, threads, messages, assistants):
         app.include_router(module.router)
     return app

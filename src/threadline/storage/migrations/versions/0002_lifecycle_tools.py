@@ -30,8 +30,7 @@ _SQLITE_FTS = (("messages_fts", "messages", "content"), ("threads_fts", "threads
 
 def _sqlite_fts_up(fts: str, table: str, column: str) -> None:
     op.execute(
-        f"CREATE VIRTUAL TABLE {fts} USING fts5({column}, content='{table}', "
-        "tokenize='unicode61 remove_diacritics 2')"
+        f"CREATE VIRTUAL TABLE {fts} USING fts5({column}, content='{table}', tokenize='unicode61 remove_diacritics 2')"
     )
     op.execute(
         f"CREATE TRIGGER {fts}_ai AFTER INSERT ON {table} BEGIN "
