@@ -23,6 +23,12 @@ _MESSAGES_FTS = sa.table("messages_fts", sa.column("rowid"))
 _THREADS_FTS = sa.table("threads_fts", sa.column("rowid"))
 
 
+def _fts_match(table: str, terms: Sequence[str]) -> sa.TextClause:
+    """`<fts table> MATCH '"t1"* "t2"*'`: every term, each as a quoted (literal) prefix."""
+    query = " ".join(f'"{t}"*' for t in terms)
+    return sa.text(f"{table} MATCH :{table}_q").bindparams(sa.bindparam(f"{table}_q", query, type_=sa.String))
+
+
 @dataclass(frozen=True)
 class MessageHit:
     thread_id: str
@@ -40,16 +46,14 @@ class SearchRepository:
 
     def _message_match(self, terms: Sequence[str]) -> sa.ColumnElement[bool]:
         if self.sqlite:
-            fts = sa.select(_MESSAGES_FTS.c.rowid).where(sa.text("messages_fts MATCH :fts_q"))
-            fts = fts.params(fts_q=" ".join(f'"{t}"*' for t in terms))
+            fts = sa.select(_MESSAGES_FTS.c.rowid).where(_fts_match("messages_fts", terms))
             return sa.literal_column("messages.rowid").in_(fts)
         vector = sa.func.to_tsvector(_SIMPLE, Message.content)
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
 
     def _title_match(self, terms: Sequence[str]) -> sa.ColumnElement[bool]:
         if self.sqlite:
-            fts = sa.select(_THREADS_FTS.c.rowid).where(sa.text("threads_fts MATCH :fts_title_q"))
-            fts = fts.params(fts_title_q=" ".join(f'"{t}"*' for t in terms))
+            fts = sa.select(_THREADS_FTS.c.rowid).where(_fts_match("threads_fts", terms))
             return sa.literal_column("threads.rowid").in_(fts)
         vector = sa.func.to_tsvector(_SIMPLE, Thread.title)
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
