@@ -8,8 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from threadline import __version__
-from threadline.api import errors
-from threadline.api.idempotency import IdempotencyMiddleware
+from threadline.api import errors, idempotency
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import assistants, auth, messages, search, threads
 from threadline.config import Settings
@@ -42,8 +41,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     )
     app.state.settings = settings
     errors.install(app)
-    # Innermost first: Idempotency-Key sees normalized query strings and only bodies within the size limit.
-    app.add_middleware(IdempotencyMiddleware)
+    idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 

@@ -1,31 +1,29 @@
 """`Idempotency-Key` on creating POSTs: a small ASGI layer plus a one-line opt-in per route.
 
-A route opts in with `dependencies=[Idempotent]` (or a router with `APIRouter(dependencies=[Idempotent])`); the
-dependency documents the header in OpenAPI and marks the route. The layer sits outside the routes because it
-must see the whole response — status, headers and every body chunk, SSE streams included — to store and replay
-it. It authenticates through `services.auth` (keys are scoped to the organization) in its own short transaction,
-claims the key before the route runs, and stores the result before the last body chunk leaves, so a client never
-sees a result that a retry could not replay. The rules live in `services/idempotency.py`.
+A route opts in with `dependencies=[Idempotent]` (or a router with `APIRouter(dependencies=[Idempotent])`).
+The dependency documents the header in OpenAPI, authenticates through `services.auth` (keys are scoped to the
+organization) and claims the key before the route runs — or answers with the stored result. The middleware
+buffers the body of a POST that carries the header (the request hash needs it) and, once a key is claimed,
+records the whole response — status, headers and every body chunk, SSE streams included — storing it before the
+last chunk leaves, so a client never sees a result that a retry could not replay. The rules live in
+`services/idempotency.py`; routes that do not opt in ignore the header.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Header
-from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline.api.deps import credential_of
-from threadline.api.errors import error_response
 from threadline.config import Settings
 from threadline.errors import ThreadlineError
 from threadline.services import auth, idempotency
@@ -35,9 +33,28 @@ logger = logging.getLogger("threadline.idempotency")
 
 # Not replayed: recomputed for the replay, or about the connection rather than the result.
 _UNSTORED_HEADERS = {"content-length", "date", "server", "set-cookie", "transfer-encoding", "connection"}
+_SCOPE_KEY = "threadline.idempotency"
+
+
+@dataclass
+class _Pending:
+    """What the middleware hands the route's dependency: the key and the buffered body; the claim comes back."""
+
+    key: str
+    body: bytes
+    claim: idempotency.Claim | None = None
+
+
+class _Replay(Exception):
+    """Raised by the dependency to answer with the stored result instead of running the route."""
+
+    def __init__(self, stored: idempotency.Stored) -> None:
+        super().__init__("replay")
+        self.stored = stored
 
 
 async def idempotency_key_header(
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -47,26 +64,47 @@ async def idempotency_key_header(
         ),
     ] = None,
 ) -> None:
-    """Marks a route as idempotent (the middleware does the work) and documents the header."""
+    """Claim the key before the route runs (or replay the first result).
+
+    It runs before the route's other dependencies open the request's transaction, and uses its own short ones:
+    SQLite allows one writer, so a second transaction inside the request's would wait on itself.
+    """
+    pending: _Pending | None = request.scope.get(_SCOPE_KEY)
+    if idempotency_key is None or pending is None:
+        return
+    idempotency.validate_key(idempotency_key)
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    settings: Settings = request.app.state.settings
+    organization_id = await _organization(maker, request, pending.body)
+    if organization_id is None:
+        # Unauthenticated or no organization: the route answers with the error; nothing to remember.
+        return
+    digest = idempotency.request_hash(request.method, request.url.path, request.url.query, pending.body)
+    outcome = await idempotency.begin(maker, settings, organization_id, pending.key, digest)
+    if isinstance(outcome, idempotency.Stored):
+        raise _Replay(outcome)
+    pending.claim = outcome
 
 
 Idempotent = Depends(idempotency_key_header)
 
 
-def _opted_in(scope: Scope) -> bool:
-    app = scope.get("app")
-    if not isinstance(app, FastAPI):
-        return False
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return isinstance(route, APIRoute) and any(
-                getattr(d, "dependency", None) is idempotency_key_header for d in route.dependencies
-            )
-    return False
+def install(app: FastAPI) -> None:
+    """Add the middleware and the replay handler (innermost: it sees normalized queries, limited bodies)."""
+
+    async def on_replay(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _Replay)
+        headers = {k: v for k, v in exc.stored.headers.items() if k not in _UNSTORED_HEADERS}
+        headers["idempotent-replayed"] = "true"
+        return Response(exc.stored.body, exc.stored.status, headers=headers)
+
+    app.add_exception_handler(_Replay, on_replay)
+    app.add_middleware(IdempotencyMiddleware)
 
 
 class IdempotencyMiddleware:
+    """Buffers the body of a POST that carries the header, and records the response of a claimed key."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -75,47 +113,13 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         key = Headers(scope=scope).get(idempotency.HEADER)
-        if key is None or not _opted_in(scope):
+        if key is None:
             await self.app(scope, receive, send)
             return
-        try:
-            idempotency.validate_key(key)
-        except ThreadlineError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        body = await _read_body(receive)
-        replay_receive = _replaying(body, receive)
+        pending = _Pending(key=key, body=await _read_body(receive))
+        scope[_SCOPE_KEY] = pending
         fastapi_app: FastAPI = scope["app"]
         maker: async_sessionmaker[AsyncSession] = fastapi_app.state.sessionmaker
-        settings: Settings = fastapi_app.state.settings
-        organization_id = await _organization(maker, scope, body)
-        if organization_id is None:
-            # Unauthenticated or no organization: the route answers with the error; nothing to remember.
-            await self.app(scope, replay_receive, send)
-            return
-        raw_query: bytes = scope.get("query_string", b"")
-        query = raw_query.decode("latin-1")
-        digest = idempotency.request_hash(scope["method"], scope["path"], query, body)
-        try:
-            outcome = await idempotency.begin(maker, settings, organization_id, key, digest)
-        except ThreadlineError as exc:
-            await error_response(exc)(scope, replay_receive, send)
-            return
-        if isinstance(outcome, idempotency.Stored):
-            headers = {k: v for k, v in outcome.headers.items() if k not in _UNSTORED_HEADERS}
-            headers["idempotent-replayed"] = "true"
-            await Response(outcome.body, outcome.status, headers=headers)(scope, replay_receive, send)
-            return
-        await self._run(scope, replay_receive, send, maker, outcome)
-
-    async def _run(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        maker: async_sessionmaker[AsyncSession],
-        claim: idempotency.Claim,
-    ) -> None:
         status = 500
         headers: dict[str, Any] = {}
         chunks: list[bytes] = []
@@ -123,6 +127,10 @@ class IdempotencyMiddleware:
 
         async def recording_send(message: Message) -> None:
             nonlocal status, headers, settled
+            claim = pending.claim
+            if claim is None:  # a route that did not opt in, or a refusal before the claim
+                await send(message)
+                return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
@@ -131,30 +139,30 @@ class IdempotencyMiddleware:
                 if not message.get("more_body", False):
                     # Store before the client sees the end, so whatever it saw can be replayed.
                     settled = True
-                    await self._settle(maker, claim, status, headers, b"".join(chunks))
+                    await _settle(maker, claim, status, headers, b"".join(chunks))
             await send(message)
 
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, _replaying(pending.body, receive), recording_send)
         finally:
-            if not settled:
+            if pending.claim is not None and not settled:
                 # An exception or a stream cut short: nothing final to remember; a retry runs again.
-                await _quietly(idempotency.abandon(maker, claim))
+                await _quietly(idempotency.abandon(maker, pending.claim))
 
-    async def _settle(
-        self,
-        maker: async_sessionmaker[AsyncSession],
-        claim: idempotency.Claim,
-        status: int,
-        headers: dict[str, Any],
-        body: bytes,
-    ) -> None:
-        # 5xx and retryable refusals (thread_busy, rate_limited…) are not final: a retry may succeed.
-        if status >= 500 or headers.get("x-should-retry") == "true":
-            await _quietly(idempotency.abandon(maker, claim))
-            return
-        stored = {k: v for k, v in headers.items() if k not in _UNSTORED_HEADERS}
-        await _quietly(idempotency.finish(maker, claim, status, stored, body))
+
+async def _settle(
+    maker: async_sessionmaker[AsyncSession],
+    claim: idempotency.Claim,
+    status: int,
+    headers: dict[str, Any],
+    body: bytes,
+) -> None:
+    # 5xx and retryable refusals (thread_busy, rate_limited…) are not final: a retry may succeed.
+    if status >= 500 or headers.get("x-should-retry") == "true":
+        await _quietly(idempotency.abandon(maker, claim))
+        return
+    stored = {k: v for k, v in headers.items() if k not in _UNSTORED_HEADERS}
+    await _quietly(idempotency.finish(maker, claim, status, stored, body))
 
 
 async def _quietly(work: Any) -> None:
@@ -191,24 +199,23 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _organization(maker: async_sessionmaker[AsyncSession], scope: Scope, body: bytes) -> str | None:
+async def _organization(maker: async_sessionmaker[AsyncSession], request: Request, body: bytes) -> str | None:
     """The organization the request acts in, as the route will resolve it; None when it will fail anyway."""
-    credential = credential_of(Request(scope))
+    credential = credential_of(request)
     try:
         async with maker() as session:
             principal: Principal = await auth.authenticate(session, credential)
             await session.commit()
-        organization_id: str = principal.organization(_requested_organization(scope, body))
+        organization_id: str = principal.organization(_requested_organization(request, body))
         return organization_id
     except ThreadlineError:
         return None
 
 
-def _requested_organization(scope: Scope, body: bytes) -> str | None:
-    raw: bytes = scope.get("query_string", b"")
-    query = parse_qs(raw.decode("latin-1"))
-    if query.get("organization_id"):
-        return query["organization_id"][0]
+def _requested_organization(request: Request, body: bytes) -> str | None:
+    requested = request.query_params.get("organization_id")
+    if requested:
+        return requested
     try:
         parsed = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
