@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +15,7 @@ from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import assistants, auth, messages, search, threads
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
+from threadline.services import retention
 from threadline.storage.engine import create_engine, create_sessionmaker
 
 
@@ -27,9 +30,19 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         app.state.sessionmaker = create_sessionmaker(engine)
         registry = models if models is not None else ModelRegistry(settings.default_model)
         app.state.models = registry
+        # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
+        sweeper = (
+            asyncio.create_task(retention.run_periodically(app.state.sessionmaker, settings), name="retention")
+            if settings.retention_enabled
+            else None
+        )
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await registry.aclose()
             await engine.dispose()
 

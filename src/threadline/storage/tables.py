@@ -245,7 +245,10 @@ class MessageEdit(Base):
     edited_by: Mapped[str | None] = mapped_column(sa.String(64))
     edited_at: Mapped[datetime]
 
-    __table_args__ = (sa.Index(None, "organization_id", "message_id", "edited_at"),)
+    __table_args__ = (
+        sa.Index(None, "organization_id", "message_id", "edited_at"),
+        sa.Index(None, "organization_id", "thread_id"),  # retention purges a thread's history (0002)
+    )
 
 
 class Response(Base):

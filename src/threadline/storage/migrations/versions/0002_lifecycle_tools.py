@@ -11,7 +11,8 @@ Search (GET /v1/threads/search) never scans a table:
 - PostgreSQL: GIN expression indexes on `to_tsvector('simple', …)`; queries must use the same expression.
 
 Retention (the sweeper) finds its rows through partial indexes instead of scanning: threads by age, inactive
-threads that still hold messages, hidden `previousResponseId` chains, soft-deleted messages.
+threads that still hold messages, hidden `previousResponseId` chains, soft-deleted messages, the edit history
+of a thread.
 """
 
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ def upgrade() -> None:
         sqlite_where=sa.text("kind = 'chain'"),
         postgresql_where=sa.text("kind = 'chain'"),
     )
+    op.create_index("ix_message_edits_organization_id_thread_id", "message_edits", ["organization_id", "thread_id"])
     op.create_index(
         "ix_messages_deleted_at",
         "messages",
@@ -92,6 +94,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_messages_deleted_at", table_name="messages")
+    op.drop_index("ix_message_edits_organization_id_thread_id", table_name="message_edits")
     op.drop_index("ix_threads_chain_last_message_at", table_name="threads")
     op.drop_index("ix_threads_last_message_at_with_messages", table_name="threads")
     op.drop_index("ix_threads_created_at", table_name="threads")
