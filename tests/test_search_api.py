@@ -206,6 +206,10 @@ async def test_plan_uses_the_full_text_index(app: FastAPI, caller: Caller) -> No
         assert "messages_fts VIRTUAL TABLE" in plan, plan
         assert "threads_fts VIRTUAL TABLE" in plan, plan
         assert "SCAN messages " not in plan and "SCAN threads " not in plan, plan
+        # Messages and titled threads are reached from the hits by rowid, never by walking the organization.
+        assert "SEARCH messages USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+        assert "SEARCH titled USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+        assert "ix_threads_organization_id_created_at_id" not in plan, plan
     else:
         assert "ix_messages_content_fts" in plan, plan
         assert "ix_threads_title_fts" in plan, plan

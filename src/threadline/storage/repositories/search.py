@@ -21,6 +21,8 @@ from threadline.storage.tables import Message, Thread
 _SIMPLE: sa.ColumnElement[Any] = sa.literal_column("'simple'::regconfig")
 _MESSAGES_FTS = sa.table("messages_fts", sa.column("rowid"))
 _THREADS_FTS = sa.table("threads_fts", sa.column("rowid"))
+# Threads found by title, under their own name: the outer query selects from `threads` too.
+_TITLED = sa.alias(Thread.__table__, name="titled")
 
 
 def _fts_match(table: str, terms: Sequence[str]) -> sa.TextClause:
@@ -54,18 +56,35 @@ class SearchRepository:
     def _title_match(self, terms: Sequence[str]) -> sa.ColumnElement[bool]:
         if self.sqlite:
             fts = sa.select(_THREADS_FTS.c.rowid).where(_fts_match("threads_fts", terms))
-            return sa.literal_column("threads.rowid").in_(fts)
-        vector = sa.func.to_tsvector(_SIMPLE, Thread.title)
+            return sa.literal_column(f"{_TITLED.name}.rowid").in_(fts)
+        vector = sa.func.to_tsvector(_SIMPLE, _TITLED.c.title)
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
+
+    def _same(self, column: Any, value: str) -> sa.ColumnElement[bool]:
+        """`column = value`, but on SQLite as an expression no index serves: the planner must then start from
+        the full-text hits (rowid lookups) instead of walking the organization's whole index."""
+        return (sa.cast(column, sa.Text) if self.sqlite else column) == value
+
+    def _sort_columns(self) -> tuple[Any, ...]:
+        """(created_at, id), the list's order. On SQLite as expressions, for the same reason as `_same`: sorting
+        the hits beats walking every thread of the organization in index order to find them."""
+        if not self.sqlite:
+            return (Thread.created_at, Thread.id)
+        return (
+            sa.type_coerce(sa.cast(Thread.created_at, sa.Text), Thread.created_at.type),
+            sa.cast(Thread.id, sa.Text),
+        )
 
     def matching_threads(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Select[Any]:
         """Threads whose title, or one of whose live messages, contains every term."""
         by_message = sa.select(Message.thread_id).where(
-            Message.organization_id == where.organization_id,
+            self._same(Message.organization_id, where.organization_id),
             Message.deleted_at.is_(None),
             self._message_match(terms),
         )
-        by_title = sa.select(Thread.id).where(Thread.organization_id == where.organization_id, self._title_match(terms))
+        by_title = sa.select(_TITLED.c.id).where(
+            self._same(_TITLED.c.organization_id, where.organization_id), self._title_match(terms)
+        )
         query = sa.select(Thread).where(
             Thread.organization_id == where.organization_id,
             Thread.id.in_(sa.union(by_message, by_title)),
@@ -90,7 +109,7 @@ class SearchRepository:
             "before": await self.sort_key(where.organization_id, page.before),
         }
         query = self.matching_threads(where, terms)
-        return await fetch_page(self.session, query, (Thread.created_at, Thread.id), page, cursors)
+        return await fetch_page(self.session, query, self._sort_columns(), page, cursors)
 
     async def sort_key(self, organization_id: str, thread_id: str | None) -> tuple[Any, ...] | None:
         if thread_id is None:
@@ -134,7 +153,7 @@ class SearchRepository:
 
     async def explain(self, where: ThreadFilter, terms: Sequence[str]) -> str:
         """The database's plan for the search query (tests check that it goes through the full-text index)."""
-        query = self.matching_threads(where, terms).order_by(Thread.created_at.desc()).limit(21)
+        query = self.matching_threads(where, terms).order_by(*(c.desc() for c in self._sort_columns())).limit(21)
         compiled = query.compile(self.session.get_bind(), compile_kwargs={"literal_binds": True})
         prefix = "EXPLAIN QUERY PLAN " if self.sqlite else "EXPLAIN "
         rows = (await self.session.execute(sa.text(prefix + str(compiled)))).all()
