@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
@@ -226,3 +226,30 @@ def test_snippet_cuts_around_the_first_match() -> None:
     assert len(cut) <= 62
     assert snippet("short text", ["zzz"]) == "short text"
     assert parse_query("Hello, wörld_2 hello") == ["hello", "wörld", "2"]
+
+
+async def test_index_follows_edits_and_purges(app: FastAPI, client: httpx.AsyncClient, caller: Caller) -> None:
+    """Rows the sweeper purges leave the index too, and the SQLite index stays consistent with its table."""
+    from threadline.services import retention
+
+    keep = await _thread(client, caller, "keep this kiwi", title="fruit basket")
+    purge = await _thread(client, caller, "purge this kiwi", title="fruit salad")
+    await client.patch(f"/v1/threads/{purge}", json={"title": "fruit punch"}, headers=caller.headers)
+    await client.delete(f"/v1/threads/{purge}", headers=caller.headers)
+    maker = app.state.sessionmaker
+    async with maker() as session:
+        await session.execute(
+            sa.update(Thread).where(Thread.id == purge).values(deleted_at=datetime.now(UTC) - timedelta(days=60))
+        )
+        await session.commit()
+    assert set(_ids(await _search(client, caller, "q=kiwi&include_deleted=true"))) == {keep, purge}
+    report = await retention.sweep(maker, app.state.settings)
+    assert report.counts["deleted_threads"] == 1
+    assert _ids(await _search(client, caller, "q=kiwi&include_deleted=true")) == [keep]
+    assert _ids(await _search(client, caller, "q=fruit&include_deleted=true")) == [keep]
+    if app.state.engine.dialect.name == "sqlite":
+        async with maker() as session:
+            for table in ("messages_fts", "threads_fts"):
+                # Raises "database disk image is malformed" if the index and its table disagree.
+                await session.execute(sa.text(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)"))
+            await session.commit()
