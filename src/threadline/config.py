@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     deleted_thread_grace_days: float = Field(default=30, ge=0)
     retention_interval_seconds: float = Field(default=3600, gt=0)
     retention_enabled: bool = True
+    # Rows deleted per transaction: one sweep never holds a large transaction.
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    # Retry safety: `Idempotency-Key` records live this long; a retry waits this long for a first request that is
+    # still running; a claim older than `idempotency_stale_seconds` (its process died) may be run again.
+    idempotency_ttl_hours: float = Field(default=24, gt=0)
+    idempotency_wait_seconds: float = Field(default=30, ge=0)
+    idempotency_stale_seconds: float = Field(default=600, gt=0)
 
     web_ui_enabled: bool = True
 

@@ -112,6 +112,19 @@ class AlreadyExists(Conflict):
     code = "already_exists"
 
 
+class IdempotencyKeyReused(Conflict):
+    """The same Idempotency-Key came with another request (body, path or method)."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInProgress(Conflict):
+    """The first request with this Idempotency-Key is still running: retry later to get its result."""
+
+    code = "idempotency_key_in_progress"
+    retryable = True
+
+
 class PayloadTooLarge(ThreadlineError):
     code = "payload_too_large"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,12 +11,13 @@ import httpx
 from fastapi import FastAPI
 
 from threadline import __version__
-from threadline.api import errors
+from threadline.api import errors, idempotency
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
-from threadline.api.routes import auth, conversations, messages, openai_threads, threads
+from threadline.api.routes import assistants, auth, conversations, messages, openai_threads, search, threads
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
+from threadline.services import retention
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.web import ui_router
 
@@ -46,9 +48,19 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             await engine.dispose()
             raise
         app.state.models = registry
+        # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
+        sweeper = (
+            asyncio.create_task(retention.run_periodically(app.state.sessionmaker, settings), name="retention")
+            if settings.retention_enabled
+            else None
+        )
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await registry.aclose()
             await http_client.aclose()
             await engine.dispose()
@@ -61,6 +73,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     )
     app.state.settings = settings
     errors.install(app)
+    idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
@@ -70,7 +83,9 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
-    for module in (auth, openai_threads, threads, messages, conversations, models_routes):
+    # `search` before `threads`: /v1/threads/search must not be read as a thread id.
+    routers = (auth, openai_threads, search, threads, messages, conversations, assistants, models_routes)
+    for module in routers:
         app.include_router(module.router)
     if settings.web_ui_enabled:
         app.include_router(ui_router())

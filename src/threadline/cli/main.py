@@ -13,16 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.config import Settings
 from threadline.errors import ThreadlineError
-from threadline.services import auth
+from threadline.services import auth, retention
 from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
 
 app = typer.Typer(help="Threadline: persistent LLM conversation threads.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+retention_app = typer.Typer(help="Retention: purge what the limits say is due.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
+app.add_typer(retention_app, name="retention")
 
 T = TypeVar("T")
 
@@ -144,6 +146,31 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     settings = _settings()
     upgrade(settings.database_url, revision)
     typer.echo(f"Database at {revision}.")
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what is due; change nothing.")] = False,
+) -> None:
+    """Run one retention sweep now (the server also runs one every retention_interval_seconds)."""
+    settings = _settings()
+    upgrade(settings.database_url)
+
+    async def _run() -> retention.RetentionReport:
+        engine = create_engine(settings.database_url)
+        try:
+            return await retention.sweep(create_sessionmaker(engine), settings, dry_run=dry_run)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(_run())
+    if not report.ran:
+        typer.echo("error: another retention sweep is running; nothing done", err=True)
+        raise typer.Exit(4)
+    verb = "would purge" if dry_run else "purged"
+    for category, count in report.counts.items():
+        typer.echo(f"{category}\t{count}")
+    typer.echo(f"{'Dry run: ' if dry_run else ''}{verb} {report.total} in all.")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,21 @@ class Thread(Base):
         sa.Index(None, "organization_id", "user_id", "created_at", "id"),
         sa.Index(None, "organization_id", "assistant_id", "created_at", "id"),
         sa.Index(None, "last_message_at"),
+        # Retention (migration 0002): threads by age, inactive threads that still hold messages, idle chains.
+        sa.Index(None, "created_at"),
+        sa.Index(
+            "ix_threads_last_message_at_with_messages",
+            "last_message_at",
+            sqlite_where=sa.text("message_count > 0"),
+            postgresql_where=sa.text("message_count > 0"),
+        ),
+        sa.Index(
+            "ix_threads_chain_last_message_at",
+            "last_message_at",
+            sqlite_where=sa.text("kind = 'chain'"),
+            postgresql_where=sa.text("kind = 'chain'"),
+        ),
+        # Full-text search over titles lives in migration 0002 only (FTS5 table / GIN expression index).
     )
 
 
@@ -206,6 +221,13 @@ class Message(Base):
             ["organization_id", "thread_id"], ["threads.organization_id", "threads.id"], ondelete="CASCADE"
         ),
         sa.UniqueConstraint("organization_id", "thread_id", "seq"),
+        sa.Index(
+            "ix_messages_deleted_at",
+            "deleted_at",
+            sqlite_where=sa.text("deleted_at IS NOT NULL"),
+            postgresql_where=sa.text("deleted_at IS NOT NULL"),
+        ),
+        # Full-text search over content lives in migration 0002 only (FTS5 table / GIN expression index).
     )
 
 
@@ -223,7 +245,10 @@ class MessageEdit(Base):
     edited_by: Mapped[str | None] = mapped_column(sa.String(64))
     edited_at: Mapped[datetime]
 
-    __table_args__ = (sa.Index(None, "organization_id", "message_id", "edited_at"),)
+    __table_args__ = (
+        sa.Index(None, "organization_id", "message_id", "edited_at"),
+        sa.Index(None, "organization_id", "thread_id"),  # retention purges a thread's history (0002)
+    )
 
 
 class Response(Base):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
+from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
     Deleted,
     MessageCreate,
@@ -39,7 +40,7 @@ async def list_messages(
     return MessageList.of(await messages.list_messages(session, organization_id, thread_id, page), limit)
 
 
-@router.post("", response_model=MessageRead)
+@router.post("", response_model=MessageRead, dependencies=[Idempotent])
 async def add_message(
     thread_id: str, body: MessageCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> MessageRead:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
+from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
     Deleted,
     MetadataPatch,
@@ -61,7 +62,7 @@ class ThreadListQuery:
 ListQueryDep = Annotated[ThreadListQuery, Depends()]
 
 
-@router.post("/threads", response_model=ThreadRead)
+@router.post("/threads", response_model=ThreadRead, dependencies=[Idempotent])
 async def create_thread(body: ThreadCreate, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
     thread = await threads.create_thread(
         session,

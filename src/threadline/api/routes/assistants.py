@@ -1,0 +1,62 @@
+"""Assistants: a stored configuration that threads bind to with `assistant_id` (seeds 001, 002, 004)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
+from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
+from threadline.api.schemas.freddy import Deleted
+from threadline.services import assistants
+from threadline.storage.repositories.pagination import PageRequest
+
+router = APIRouter(prefix="/v1/assistants", tags=["assistants"])
+
+
+@router.post("", response_model=AssistantRead, dependencies=[Idempotent])
+async def create_assistant(body: AssistantCreate, session: SessionDep, principal: PrincipalDep) -> AssistantRead:
+    values = body.model_dump(exclude_unset=True, exclude={"organization_id"})
+    assistant = await assistants.create_assistant(
+        session, principal, principal.organization(body.organization_id), values
+    )
+    return AssistantRead.of(assistant)
+
+
+@router.get("", response_model=AssistantList)
+async def list_assistants(
+    session: SessionDep,
+    organization_id: OrganizationDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=128)] = None,
+    before: Annotated[str | None, Query(max_length=128)] = None,
+    include_total: bool = False,
+) -> AssistantList:
+    page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
+    return AssistantList.of(await assistants.list_assistants(session, organization_id, page), limit)
+
+
+@router.get("/{assistant_id}", response_model=AssistantRead)
+async def get_assistant(assistant_id: str, session: SessionDep, organization_id: OrganizationDep) -> AssistantRead:
+    return AssistantRead.of(await assistants.get_assistant(session, organization_id, assistant_id))
+
+
+@router.post("/{assistant_id}", response_model=AssistantRead)
+@router.patch("/{assistant_id}", response_model=AssistantRead)
+async def update_assistant(
+    assistant_id: str, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep
+) -> AssistantRead:
+    changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
+    assistant = await assistants.update_assistant(
+        session, principal.organization(body.organization_id), assistant_id, changes
+    )
+    return AssistantRead.of(assistant)
+
+
+@router.delete("/{assistant_id}", response_model=Deleted)
+async def delete_assistant(assistant_id: str, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
+    assistant = await assistants.delete_assistant(session, organization_id, assistant_id)
+    return Deleted(id=assistant.id, object="assistant.deleted")

@@ -1,0 +1,86 @@
+"""Freddy-shaped assistant objects: snake_case, ISO-8601 timestamps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.api.schemas.freddy import ListEnvelope
+from threadline.config import ContextMode
+from threadline.storage.repositories.pagination import Page
+from threadline.storage.tables import Assistant
+
+INSTRUCTIONS_MAX_CHARS = 256_000
+
+
+class _AssistantFields(RequestModel):
+    name: str | None = Field(default=None, max_length=256)
+    description: str | None = Field(default=None, max_length=512)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    instructions: str | None = Field(default=None, max_length=INSTRUCTIONS_MAX_CHARS)
+    thread_context_mode: ContextMode | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, Any] | None = None
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
+class AssistantCreate(_AssistantFields):
+    pass
+
+
+class AssistantUpdate(_AssistantFields):
+    pass
+
+
+class AssistantRead(ResponseModel):
+    id: str
+    object: Literal["assistant"] = "assistant"
+    created_at: str
+    updated_at: str
+    organization_id: str
+    user_id: str | None
+    name: str | None
+    description: str | None
+    model: str | None
+    instructions: str | None
+    thread_context_mode: str | None
+    temperature: float | None
+    max_output_tokens: int | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, assistant: Assistant) -> AssistantRead:
+        return cls(
+            id=assistant.id,
+            created_at=iso(assistant.created_at) or "",
+            updated_at=iso(assistant.updated_at) or "",
+            organization_id=assistant.organization_id,
+            user_id=assistant.user_id,
+            name=assistant.name,
+            description=assistant.description,
+            model=assistant.model,
+            instructions=assistant.instructions,
+            thread_context_mode=assistant.thread_context_mode,
+            temperature=assistant.temperature,
+            max_output_tokens=assistant.max_output_tokens,
+            metadata=assistant.metadata_,
+        )
+
+
+class AssistantList(ListEnvelope):
+    data: list[AssistantRead]
+
+    @classmethod
+    def of(cls, page: Page[Assistant], limit: int) -> AssistantList:
+        data = [AssistantRead.of(a) for a in page.items]
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=page.has_more,
+            limit=limit,
+            total=page.total,
+        )
