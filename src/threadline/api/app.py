@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from threadline import __version__
 from threadline.api import errors
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
-from threadline.api.routes import auth, messages, threads
+from threadline.api.routes import auth, messages, responses, threads
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.storage.engine import create_engine, create_sessionmaker
@@ -48,6 +48,6 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (auth, threads, messages):
+    for module in (auth, threads, messages, responses):
         app.include_router(module.router)
     return app

@@ -88,6 +88,18 @@ class MessageRepository:
         )
         return list((await self.session.execute(query)).scalars())
 
+    async def store_token_counts(self, organization_id: str, counts: Sequence[tuple[str, int]], tokenizer: str) -> None:
+        """Remember counts computed while building a context, so the next turn does not recount them."""
+        if not counts:
+            return
+        await self.session.execute(
+            sa.update(Message),
+            [
+                {"organization_id": organization_id, "id": message_id, "token_count": count, "tokenizer": tokenizer}
+                for message_id, count in counts
+            ],
+        )
+
     async def soft_delete(self, message: Message, now: datetime) -> None:
         message.deleted_at = now
         await self.session.flush()

@@ -102,6 +102,53 @@ class ThreadRepository:
         thread.updated_at = thread.last_message_at = now
         return int(next_seq) - count
 
+    async def try_acquire_lease(
+        self, organization_id: str, thread_id: str, owner: str, now: datetime, expires_at: datetime
+    ) -> bool:
+        """Take the thread's turn lease in one conditional UPDATE: free, or held by a lease that expired.
+
+        Works across processes and hosts: the database row is the lock, and a crashed holder frees it by
+        letting `lease_expires_at` pass.
+        """
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.deleted_at.is_(None),
+                sa.or_(
+                    Thread.status == "inactive",
+                    Thread.lease_expires_at.is_(None),
+                    Thread.lease_expires_at < now,
+                ),
+            )
+            .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew_lease(self, organization_id: str, thread_id: str, owner: str, expires_at: datetime) -> bool:
+        """Heartbeat: push the expiry out, only while `owner` still holds the lease."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == organization_id, Thread.id == thread_id, Thread.lease_owner == owner)
+            .values(lease_expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release_lease(
+        self, organization_id: str, thread_id: str, owner: str, changes: dict[str, Any] | None = None
+    ) -> bool:
+        """Free the thread (status back to inactive) with optional other column changes, if `owner` holds it."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == organization_id, Thread.id == thread_id, Thread.lease_owner == owner)
+            .values(status="inactive", lease_owner=None, lease_expires_at=None, **(changes or {}))
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
         result = await self.session.execute(
             sa.update(Thread)

@@ -1,0 +1,504 @@
+"""POST /v1/model/response: one model turn on a thread, in three steps (DESIGN.md §2).
+
+1. `start_turn` — a short transaction: validate, resolve or create the thread, take its lease (waiting while
+   another turn holds it), read the history the turn can use, record the response as `in_progress`.
+2. `run_turn` — the model call, with no session open; a heartbeat renews the lease for long turns.
+3. a short transaction: save the inputs and the output together, update the thread, complete the response and
+   release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the
+   lease released instead: the thread is left exactly as before the turn. A process killed mid-turn saved
+   nothing either, and its lease expires, so the next turn takes the thread over.
+
+The response id doubles as the lease owner, so a takeover knows which response was interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import anyio
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.config import Settings
+from threadline.domain import threads as rules
+from threadline.domain.clock import utcnow
+from threadline.domain.context import ContextMode, PromptMessage
+from threadline.domain.messages import ChatMessage, NewMessage, validate_content, validate_role
+from threadline.domain.tokens import message_token_count
+from threadline.errors import (
+    InvalidRequest,
+    NotFound,
+    ThreadBusy,
+    ThreadFull,
+    ThreadlineError,
+    ThreadNotFound,
+    UpstreamError,
+    ValidationFailed,
+)
+from threadline.ids import new_id
+from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
+from threadline.providers.registry import ModelRegistry
+from threadline.services import messages as message_service
+from threadline.services import threads as thread_service
+from threadline.services.auth import Principal
+from threadline.services.turn_context import plan_context
+from threadline.storage.repositories.assistants import AssistantRepository
+from threadline.storage.repositories.responses import ResponseRepository
+from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.tables import Assistant, Response, Thread
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    """A validated request for one turn (the wire schema's fields, snake_case)."""
+
+    organization_id: str
+    inputs: Sequence[ChatMessage]
+    thread_id: str | None = None
+    thread_metadata: dict[str, Any] | None = None
+    store: bool = True
+    thread_state: str | None = None
+    previous_response_id: str | None = None
+    model: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    context_mode: ContextMode | None = None
+
+
+@dataclass
+class Turn:
+    """Everything step 2 needs, gathered in step 1 (no ORM session attached)."""
+
+    response: Response
+    organization_id: str
+    thread_id: str
+    user_id: str | None
+    assistant_id: str | None
+    provider: Provider
+    info: ModelInfo
+    tokenizer: Tokenizer
+    prompt: list[ChatMessage]
+    inputs: list[PromptMessage]
+    params: GenerationParams
+    thread_state: str | None
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The last event of a turn: the stored response (completed or failed) and the error, if it failed."""
+
+    response: Response
+    error: ThreadlineError | None
+
+
+TurnEvent = OutputDelta | TurnDone
+
+
+def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
+    """Checks that need no database: done before waiting for a busy thread."""
+    if request.previous_response_id is not None and request.thread_id is not None:
+        raise InvalidRequest(
+            "previousResponseId continues the previous response's own conversation: it cannot be combined with thread.",
+            code="thread_with_previous_response",
+            param="previous_response_id",
+        )
+    if not request.inputs:
+        raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
+    for index, message in enumerate(request.inputs):
+        validate_role(message.role, param=f"inputs.{index}.role")
+        validate_content(message.content, param=f"inputs.{index}.texts")
+    if request.thread_state is not None and request.thread_state not in rules.THREAD_STATES:
+        raise ValidationFailed(
+            f"Invalid threadState '{request.thread_state}': use one of open, locked, archived.",
+            code="invalid_state",
+            param="thread_state",
+        )
+    if request.thread_id is not None:
+        thread_service.validate_thread_id(request.thread_id, param="thread")
+    if request.model is not None:
+        models.resolve(request.model)
+
+
+async def start_turn(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Turn:
+    """Step 1. Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread."""
+    validate_request(request, models)
+    deadline = time.monotonic() + settings.thread_busy_timeout_seconds
+    pause = 0.01
+    while True:
+        async with maker() as session:
+            try:
+                turn = await _try_start(session, settings, models, principal, request)
+            except IntegrityError:
+                # Two requests created the same new thread id at once; the loser retries and finds it.
+                turn = None
+            if turn is not None:
+                await session.commit()
+                return turn
+            await session.rollback()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ThreadBusy(
+                "Another response is being generated on this thread; retry when it has finished.", param="thread"
+            )
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, 0.2)
+
+
+async def _resolve_thread(
+    session: AsyncSession, principal: Principal, request: ResponseRequest
+) -> tuple[Thread, Response | None]:
+    org = request.organization_id
+    if request.previous_response_id is not None:
+        previous = await _chain_start(session, org, request.previous_response_id)
+        assert previous.thread_id is not None
+        return await thread_service.get_thread(session, org, previous.thread_id), previous
+    if request.thread_id is not None:
+        found = await ThreadRepository(session).get(org, request.thread_id)
+        if found is not None:
+            return found, None
+        if await ThreadRepository(session).exists(org, request.thread_id):
+            raise ThreadNotFound(request.thread_id, param="thread")  # deleted: its id stays taken
+    if request.store:
+        created = await thread_service.create_thread(
+            session, principal, org, thread_id=request.thread_id, metadata=request.thread_metadata
+        )
+    else:
+        created = await thread_service.create_hidden_thread(
+            session, principal, org, thread_id=request.thread_id, metadata=request.thread_metadata
+        )
+    return created, None
+
+
+async def _chain_start(session: AsyncSession, org: str, response_id: str) -> Response:
+    previous = await ResponseRepository(session).get(org, response_id)
+    if previous is None:
+        raise NotFound(
+            f"No response found with id '{response_id}'.",
+            code="previous_response_not_found",
+            param="previous_response_id",
+        )
+    return previous
+
+
+async def _try_start(
+    session: AsyncSession,
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Turn | None:
+    org = request.organization_id
+    now = utcnow()
+    thread, previous = await _resolve_thread(session, principal, request)
+    if previous is not None:
+        _check_chainable(previous, settings, now)
+    rules.ensure_accepts_messages(thread.id, thread.state)
+
+    threads = ThreadRepository(session)
+    interrupted = _expired_owner(thread, now)
+    owner = new_id("resp")
+    expires_at = now + timedelta(seconds=settings.thread_lease_seconds)
+    if not await threads.try_acquire_lease(org, thread.id, owner, now, expires_at):
+        return None
+    # Re-read under the lease: a turn that finished between our first read and the lease changed the counts.
+    await session.refresh(thread)
+    if interrupted is not None:
+        await ResponseRepository(session).fail_if_in_progress(
+            org,
+            interrupted,
+            {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."},
+            now,
+        )
+    rules.ensure_accepts_messages(thread.id, thread.state)
+    if request.thread_state is not None:
+        rules.check_transition(thread.id, thread.state, request.thread_state)
+    if previous is not None and previous.output_seq != thread.next_seq - 1:
+        raise InvalidRequest(
+            f"Response '{previous.id}' is no longer the latest turn of its conversation; continue from the latest "
+            "response instead.",
+            code="previous_response_superseded",
+            param="previous_response_id",
+        )
+    if thread.message_count + len(request.inputs) + 1 > settings.max_messages_per_thread:
+        raise ThreadFull(
+            f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is "
+            f"{settings.max_messages_per_thread} per thread.",
+            param="thread",
+        )
+
+    assistant = await _assistant_of(session, thread)
+    provider, info = models.resolve(request.model or (assistant.model if assistant else None))
+    tokenizer = provider.tokenizer(info.name)
+    mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
+    max_output = request.max_output_tokens or (assistant.max_output_tokens if assistant else None)
+    max_output = max_output or settings.default_max_output_tokens
+    temperature = request.temperature
+    if temperature is None and assistant is not None:
+        temperature = assistant.temperature
+
+    pinned = []
+    if assistant is not None and assistant.instructions:
+        text = assistant.instructions
+        pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
+    inputs = [
+        PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
+    ]
+    plan = await plan_context(
+        session,
+        thread,
+        tokenizer=tokenizer,
+        tokenizer_name=tokenizer.name,
+        mode=mode,
+        window=info.context_window,
+        max_output_tokens=max_output,
+        pinned=pinned,
+        inputs=inputs,
+        full_limit=settings.max_messages_per_thread,
+    )
+    response = await ResponseRepository(session).add(
+        Response(
+            organization_id=org,
+            id=owner,
+            thread_id=thread.id,
+            previous_response_id=request.previous_response_id,
+            user_id=principal.user_id,
+            model=info.name,
+            status="in_progress",
+            request=_request_record(request, mode, max_output, temperature),
+            context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
+            created_at=now,
+        )
+    )
+    return Turn(
+        response=response,
+        organization_id=org,
+        thread_id=thread.id,
+        user_id=principal.user_id,
+        assistant_id=thread.assistant_id,
+        provider=provider,
+        info=info,
+        tokenizer=tokenizer,
+        prompt=[ChatMessage(role=m.role, content=m.content) for m in plan.messages],  # type: ignore[arg-type]
+        inputs=inputs,
+        params=GenerationParams(max_output_tokens=max_output, temperature=temperature),
+        thread_state=request.thread_state,
+    )
+
+
+def _check_chainable(previous: Response, settings: Settings, now: Any) -> None:
+    if now - previous.created_at > timedelta(hours=settings.response_chain_hours):
+        raise InvalidRequest(
+            f"Response '{previous.id}' is older than {settings.response_chain_hours:g} hours and can no longer be "
+            "continued; start a thread instead.",
+            code="previous_response_expired",
+            param="previous_response_id",
+        )
+    if previous.status != "completed" or previous.thread_id is None:
+        raise InvalidRequest(
+            f"Response '{previous.id}' did not complete ({previous.status}); only completed responses can be "
+            "continued.",
+            code="previous_response_not_completed",
+            param="previous_response_id",
+        )
+
+
+def _expired_owner(thread: Thread, now: Any) -> str | None:
+    expired = thread.lease_expires_at is not None and thread.lease_expires_at < now
+    return thread.lease_owner if thread.status == "streaming" and expired else None
+
+
+async def _assistant_of(session: AsyncSession, thread: Thread) -> Assistant | None:
+    if thread.assistant_id is None:
+        return None
+    return await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
+
+
+def _mode(assistant: Assistant | None) -> ContextMode | None:
+    value = assistant.thread_context_mode if assistant is not None else None
+    return value if value in ("recent", "smart", "full") else None  # type: ignore[return-value]
+
+
+def _request_record(request: ResponseRequest, mode: str, max_output: int, temperature: float | None) -> dict[str, Any]:
+    """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
+    return {
+        "inputs": [{"role": m.role, "content": m.content} for m in request.inputs],
+        "store": request.store,
+        "thread_state": request.thread_state,
+        "thread_context_mode": mode,
+        "max_output_tokens": max_output,
+        "temperature": temperature,
+    }
+
+
+async def run_turn(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> AsyncIterator[TurnEvent]:
+    """Step 2 and 3: stream the model's answer, then save the turn (or record the failure). Always ends with
+    one `TurnDone`, unless the consumer stops early, in which case the turn is recorded as failed."""
+    settled = False
+    heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
+    stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+    parts: list[str] = []
+    try:
+        error: ThreadlineError | None = None
+        finished: Finished | None = None
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                    yield OutputDelta(event.text)
+                elif isinstance(event, Finished):
+                    finished = event
+            if finished is None:
+                raise UpstreamError("The model's stream ended before it finished.", code="upstream_incomplete")
+        except ThreadlineError as exc:
+            error = exc
+        heartbeat.cancel()
+        if error is None and finished is not None:
+            try:
+                response = await _complete(maker, settings, turn, "".join(parts), finished)
+            except ThreadlineError as exc:
+                error = exc
+        if error is not None:
+            response = await _fail(maker, turn, error.code, error.message)
+        settled = True
+        yield TurnDone(response, error)
+    finally:
+        heartbeat.cancel()
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            if not settled:
+                await _fail(maker, turn, "turn_aborted", "The turn stopped before it finished (client disconnected).")
+
+
+async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> None:
+    """Keep the lease alive while the model generates, so only a dead process lets it expire."""
+    interval = settings.thread_lease_seconds / 3
+    while True:
+        await asyncio.sleep(interval)
+        async with maker() as session:
+            expires_at = utcnow() + timedelta(seconds=settings.thread_lease_seconds)
+            await ThreadRepository(session).renew_lease(
+                turn.organization_id, turn.thread_id, turn.response.id, expires_at
+            )
+            await session.commit()
+
+
+async def _complete(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, text: str, finished: Finished
+) -> Response:
+    """Step 3: inputs and output land together, with the thread update and the lease release."""
+    output_tokens = finished.output_tokens
+    if output_tokens is None:
+        output_tokens = turn.tokenizer.count(text)
+    input_tokens = finished.input_tokens or int(turn.response.context.get("input_tokens", 0))
+    async with maker() as session:
+        threads = ThreadRepository(session)
+        thread = await thread_service.get_thread(session, turn.organization_id, turn.thread_id)
+        now = utcnow()
+        changes: dict[str, Any] = {"last_model_used": turn.info.name, "updated_at": now}
+        if turn.thread_state is not None:
+            changes["state"] = turn.thread_state
+        if not await threads.release_lease(turn.organization_id, turn.thread_id, turn.response.id, changes):
+            raise ThreadBusy(
+                "This turn lost its lease on the thread (it ran past the lease without renewing it); nothing was "
+                "saved.",
+                code="lease_lost",
+            )
+        new = [
+            NewMessage(
+                role=m.role,  # type: ignore[arg-type]
+                content=m.content,
+                token_count=m.tokens,
+                tokenizer=turn.tokenizer.name,
+                response_id=turn.response.id,
+            )
+            for m in turn.inputs
+        ]
+        new.append(
+            NewMessage(
+                role="assistant",
+                content=text,
+                token_count=message_token_count(turn.tokenizer, "assistant", text),
+                tokenizer=turn.tokenizer.name,
+                model=turn.info.name,
+                response_id=turn.response.id,
+                assistant_id=turn.assistant_id,
+            )
+        )
+        rows = await message_service.append_messages(
+            session, settings, thread, new, user_id=turn.user_id, check_state=False
+        )
+        response = await _stored(session, turn)
+        response.status = "completed"
+        response.output_text = text
+        response.input_tokens = input_tokens
+        response.output_tokens = output_tokens
+        response.input_first_seq = rows[0].seq
+        response.input_last_seq = rows[-2].seq
+        response.output_seq = rows[-1].seq
+        response.context = {**response.context, "finish_reason": finished.finish_reason}
+        response.completed_at = now
+        await session.commit()
+        return response
+
+
+async def _fail(maker: async_sessionmaker[AsyncSession], turn: Turn, code: str, message: str) -> Response:
+    """Record the failure and free the thread; the thread's messages are untouched."""
+    async with maker() as session:
+        now = utcnow()
+        await ResponseRepository(session).fail_if_in_progress(
+            turn.organization_id, turn.response.id, {"code": code, "message": message}, now
+        )
+        await ThreadRepository(session).release_lease(turn.organization_id, turn.thread_id, turn.response.id)
+        response = await _stored(session, turn)
+        await session.commit()
+        return response
+
+
+async def _stored(session: AsyncSession, turn: Turn) -> Response:
+    found = await ResponseRepository(session).get(turn.organization_id, turn.response.id)
+    assert found is not None
+    return found
+
+
+async def create_response(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Response:
+    """A whole turn without streaming. An upstream failure is recorded, then raised (502/504)."""
+    turn = await start_turn(maker, settings, models, principal, request)
+    async for event in run_turn(maker, settings, turn):
+        if isinstance(event, TurnDone):
+            if event.error is not None:
+                raise event.error
+            return event.response
+    raise AssertionError("run_turn ended without TurnDone")
+
+
+async def get_response(session: AsyncSession, organization_id: str, response_id: str) -> Response:
+    found = await ResponseRepository(session).get(organization_id, response_id)
+    if found is None:
+        raise NotFound(f"No response found with id '{response_id}'.", code="response_not_found", param="response_id")
+    return found
