@@ -209,7 +209,9 @@ async def test_assistant_defaults_apply_and_request_fields_override_them(
             )
         )
         await session.commit()
-    created = await client.post("/v1/threads", json={"id": "t_asst", "assistantId": "asst_helper"}, headers=caller.headers)
+    created = await client.post(
+        "/v1/threads", json={"id": "t_asst", "assistantId": "asst_helper"}, headers=caller.headers
+    )
     assert created.status_code == 200, created.text
     body = (await turn(client, caller, "hi", thread="t_asst")).json()
     assert fake.calls[0][0].role == "system" and fake.calls[0][0].content == "You are terse."

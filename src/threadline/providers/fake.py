@@ -51,6 +51,8 @@ class FakeProvider:
     calls: list[list[ChatMessage]] = field(default_factory=list)
     params: list[GenerationParams] = field(default_factory=list)
     closed: bool = False
+    # Set when a call starts: lets a test act while a turn is in flight without polling.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def models(self) -> Sequence[ModelInfo]:
         return [ModelInfo(name, self.name, self.context_window, WordTokenizer.name) for name in self.model_names]
@@ -67,6 +69,7 @@ class FakeProvider:
     ) -> AsyncIterator[StreamEvent]:
         self.calls.append(list(messages))
         self.params.append(params)
+        self.started.set()
         script = self.scripts.pop(0) if self.scripts else self.default
         if script.fail == "before":
             raise script.error(f"fake upstream failed ({script.error.__name__})")

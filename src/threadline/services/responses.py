@@ -32,6 +32,7 @@ from threadline.domain.context import ContextMode, PromptMessage
 from threadline.domain.messages import ChatMessage, NewMessage, validate_content, validate_role
 from threadline.domain.tokens import message_token_count
 from threadline.errors import (
+    AlreadyExists,
     InvalidRequest,
     NotFound,
     ThreadBusy,
@@ -145,7 +146,7 @@ async def start_turn(
         async with maker() as session:
             try:
                 turn = await _try_start(session, settings, models, principal, request)
-            except IntegrityError:
+            except (IntegrityError, AlreadyExists):
                 # Two requests created the same new thread id at once; the loser retries and finds it.
                 turn = None
             if turn is not None:
@@ -170,11 +171,15 @@ async def _resolve_thread(
         assert previous.thread_id is not None
         return await thread_service.get_thread(session, org, previous.thread_id), previous
     if request.thread_id is not None:
-        found = await ThreadRepository(session).get(org, request.thread_id)
+        repo = ThreadRepository(session)
+        found = await repo.get(org, request.thread_id)
+        if found is None and await repo.exists(org, request.thread_id):
+            # Either another request created it a moment ago, or it was deleted (its id stays taken).
+            found = await repo.get(org, request.thread_id)
+            if found is None:
+                raise ThreadNotFound(request.thread_id, param="thread")
         if found is not None:
             return found, None
-        if await ThreadRepository(session).exists(org, request.thread_id):
-            raise ThreadNotFound(request.thread_id, param="thread")  # deleted: its id stays taken
     if request.store:
         created = await thread_service.create_thread(
             session, principal, org, thread_id=request.thread_id, metadata=request.thread_metadata
