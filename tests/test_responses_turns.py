@@ -20,7 +20,8 @@ from threadline.domain.messages import ChatMessage
 from threadline.errors import UpstreamTimeout
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import auth
-from threadline.services.responses import OutputDelta, ResponseRequest, run_turn, start_turn
+from threadline.services.responses import ResponseRequest, start_turn
+from threadline.services.turns import OutputDelta, run_turn
 from threadline.storage.tables import Response, Thread
 
 

@@ -2,7 +2,7 @@
 
 1. `start_turn` — a short transaction: validate, resolve or create the thread, take its lease (waiting while
    another turn holds it), read the history the turn can use, record the response as `in_progress`.
-2. `run_turn` — the model call, with no session open; a heartbeat renews the lease for long turns.
+2. `run_turn` (services/turns.py) — the model call, with no session open; a heartbeat renews the lease for long turns.
 3. a short transaction: save the inputs and the output together, update the thread, complete the response and
    release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the
    lease released instead: the thread is left exactly as before the turn. A process killed mid-turn saved
@@ -14,14 +14,12 @@ The response id doubles as the lease owner, so a takeover knows which response w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import anyio
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,7 +27,7 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
-from threadline.domain.messages import ChatMessage, NewMessage, validate_content, validate_role
+from threadline.domain.messages import ChatMessage, validate_content, validate_role
 from threadline.domain.tokens import message_token_count
 from threadline.errors import (
     AlreadyExists,
@@ -37,18 +35,16 @@ from threadline.errors import (
     NotFound,
     ThreadBusy,
     ThreadFull,
-    ThreadlineError,
     ThreadNotFound,
-    UpstreamError,
     ValidationFailed,
 )
 from threadline.ids import new_id
-from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
+from threadline.providers.base import GenerationParams
 from threadline.providers.registry import ModelRegistry
-from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import plan_context
+from threadline.services.turns import Turn, TurnDone, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
@@ -70,40 +66,6 @@ class ResponseRequest:
     max_output_tokens: int | None = None
     temperature: float | None = None
     context_mode: ContextMode | None = None
-
-
-@dataclass
-class Turn:
-    """Everything step 2 needs, gathered in step 1 (no ORM session attached)."""
-
-    response: Response
-    organization_id: str
-    thread_id: str
-    user_id: str | None
-    assistant_id: str | None
-    provider: Provider
-    info: ModelInfo
-    tokenizer: Tokenizer
-    prompt: list[ChatMessage]
-    inputs: list[PromptMessage]
-    params: GenerationParams
-    thread_state: str | None
-
-
-@dataclass(frozen=True)
-class OutputDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class TurnDone:
-    """The last event of a turn: the stored response (completed or failed) and the error, if it failed."""
-
-    response: Response
-    error: ThreadlineError | None
-
-
-TurnEvent = OutputDelta | TurnDone
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -350,139 +312,6 @@ def _request_record(request: ResponseRequest, mode: str, max_output: int, temper
         "max_output_tokens": max_output,
         "temperature": temperature,
     }
-
-
-async def run_turn(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> AsyncIterator[TurnEvent]:
-    """Step 2 and 3: stream the model's answer, then save the turn (or record the failure). Always ends with
-    one `TurnDone`, unless the consumer stops early, in which case the turn is recorded as failed."""
-    settled = False
-    heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
-    stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
-    parts: list[str] = []
-    try:
-        error: ThreadlineError | None = None
-        finished: Finished | None = None
-        try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                    yield OutputDelta(event.text)
-                elif isinstance(event, Finished):
-                    finished = event
-            if finished is None:
-                raise UpstreamError("The model's stream ended before it finished.", code="upstream_incomplete")
-        except ThreadlineError as exc:
-            error = exc
-        heartbeat.cancel()
-        if error is None and finished is not None:
-            try:
-                response = await _complete(maker, settings, turn, "".join(parts), finished)
-            except ThreadlineError as exc:
-                error = exc
-        if error is not None:
-            response = await _fail(maker, turn, error.code, error.message)
-        settled = True
-        yield TurnDone(response, error)
-    finally:
-        heartbeat.cancel()
-        with anyio.CancelScope(shield=True):
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-            if not settled:
-                await _fail(maker, turn, "turn_aborted", "The turn stopped before it finished (client disconnected).")
-
-
-async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> None:
-    """Keep the lease alive while the model generates, so only a dead process lets it expire."""
-    interval = settings.thread_lease_seconds / 3
-    while True:
-        await asyncio.sleep(interval)
-        async with maker() as session:
-            expires_at = utcnow() + timedelta(seconds=settings.thread_lease_seconds)
-            await ThreadRepository(session).renew_lease(
-                turn.organization_id, turn.thread_id, turn.response.id, expires_at
-            )
-            await session.commit()
-
-
-async def _complete(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, text: str, finished: Finished
-) -> Response:
-    """Step 3: inputs and output land together, with the thread update and the lease release."""
-    output_tokens = finished.output_tokens
-    if output_tokens is None:
-        output_tokens = turn.tokenizer.count(text)
-    input_tokens = finished.input_tokens or int(turn.response.context.get("input_tokens", 0))
-    async with maker() as session:
-        threads = ThreadRepository(session)
-        thread = await thread_service.get_thread(session, turn.organization_id, turn.thread_id)
-        now = utcnow()
-        changes: dict[str, Any] = {"last_model_used": turn.info.name, "updated_at": now}
-        if turn.thread_state is not None:
-            changes["state"] = turn.thread_state
-        if not await threads.release_lease(turn.organization_id, turn.thread_id, turn.response.id, changes):
-            raise ThreadBusy(
-                "This turn lost its lease on the thread (it ran past the lease without renewing it); nothing was "
-                "saved.",
-                code="lease_lost",
-            )
-        new = [
-            NewMessage(
-                role=m.role,  # type: ignore[arg-type]
-                content=m.content,
-                token_count=m.tokens,
-                tokenizer=turn.tokenizer.name,
-                response_id=turn.response.id,
-            )
-            for m in turn.inputs
-        ]
-        new.append(
-            NewMessage(
-                role="assistant",
-                content=text,
-                token_count=message_token_count(turn.tokenizer, "assistant", text),
-                tokenizer=turn.tokenizer.name,
-                model=turn.info.name,
-                response_id=turn.response.id,
-                assistant_id=turn.assistant_id,
-            )
-        )
-        rows = await message_service.append_messages(
-            session, settings, thread, new, user_id=turn.user_id, check_state=False
-        )
-        response = await _stored(session, turn)
-        response.status = "completed"
-        response.output_text = text
-        response.input_tokens = input_tokens
-        response.output_tokens = output_tokens
-        response.input_first_seq = rows[0].seq
-        response.input_last_seq = rows[-2].seq
-        response.output_seq = rows[-1].seq
-        response.context = {**response.context, "finish_reason": finished.finish_reason}
-        response.completed_at = now
-        await session.commit()
-        return response
-
-
-async def _fail(maker: async_sessionmaker[AsyncSession], turn: Turn, code: str, message: str) -> Response:
-    """Record the failure and free the thread; the thread's messages are untouched."""
-    async with maker() as session:
-        now = utcnow()
-        await ResponseRepository(session).fail_if_in_progress(
-            turn.organization_id, turn.response.id, {"code": code, "message": message}, now
-        )
-        await ThreadRepository(session).release_lease(turn.organization_id, turn.thread_id, turn.response.id)
-        response = await _stored(session, turn)
-        await session.commit()
-        return response
-
-
-async def _stored(session: AsyncSession, turn: Turn) -> Response:
-    found = await ResponseRepository(session).get(turn.organization_id, turn.response.id)
-    assert found is not None
-    return found
 
 
 async def create_response(

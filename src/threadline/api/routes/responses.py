@@ -12,9 +12,9 @@ from fastapi.responses import StreamingResponse
 from threadline.api.deps import OrganizationDep, SessionDep, SessionmakerDep, SettingsDep, credential_of
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.providers.registry import ModelRegistry
-from threadline.services import auth, responses
+from threadline.services import auth, responses, turns
 from threadline.services.auth import Principal
-from threadline.services.responses import OutputDelta, Turn, TurnDone
+from threadline.services.turns import OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 
@@ -50,7 +50,7 @@ async def create_response(
     # Errors found before the model is called (busy, locked, unknown model…) still answer as plain JSON errors.
     turn = await responses.start_turn(maker, settings, models, principal, turn_request)
     return StreamingResponse(
-        _sse(responses.run_turn(maker, settings, turn), turn),
+        _sse(turns.run_turn(maker, settings, turn), turn),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -61,7 +61,7 @@ async def get_response(response_id: str, session: SessionDep, organization_id: O
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
-async def _sse(events: AsyncIterator[responses.TurnEvent], turn: Turn) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[turns.TurnEvent], turn: Turn) -> AsyncIterator[str]:
     """Server-sent events named like OpenAI's Responses stream, each with `type` and a rising `sequence_number`."""
     sequence = 0
 
