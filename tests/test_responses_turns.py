@@ -37,7 +37,7 @@ def settings(database_url: str) -> Settings:
         local_model_enabled=False,
         retention_enabled=False,
         thread_busy_timeout_seconds=10,
-        thread_lease_seconds=0.6,
+        thread_lease_seconds=1.0,
     )
 
 
@@ -186,10 +186,10 @@ async def test_two_app_instances_share_the_lease_through_the_database(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://threadline.test") for a in apps
         ]
         async with clients[0], clients[1]:
-            # Turns (~0.9 s) longer than the 0.6 s lease: only the heartbeat keeps the other instance out.
+            # Turns (~1.3 s) longer than the 1 s lease: only the heartbeat keeps the other instance out.
             results = await asyncio.gather(
-                turn(clients[0], caller, " ".join(["x"] * 16), thread="t_two"),
-                turn(clients[1], caller, " ".join(["y"] * 16), thread="t_two"),
+                turn(clients[0], caller, " ".join(["x"] * 24), thread="t_two"),
+                turn(clients[1], caller, " ".join(["y"] * 24), thread="t_two"),
             )
             assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
             saved = await thread_messages(clients[0], caller, "t_two")
