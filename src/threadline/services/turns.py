@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,6 +30,8 @@ from threadline.services import threads as thread_service
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response
+
+logger = logging.getLogger("threadline.turns")
 
 
 @dataclass
@@ -65,7 +68,9 @@ class TurnDone:
 TurnEvent = OutputDelta | TurnDone
 
 
-async def run_turn(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> AsyncIterator[TurnEvent]:
+async def run_turn(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn
+) -> AsyncGenerator[TurnEvent, None]:
     """Step 2 and 3: stream the model's answer, then save the turn (or record the failure). Always ends with
     one `TurnDone`, unless the consumer stops early, in which case the turn is recorded as failed."""
     settled = False
@@ -112,12 +117,16 @@ async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings
     interval = settings.thread_lease_seconds / 3
     while True:
         await asyncio.sleep(interval)
-        async with maker() as session:
-            expires_at = utcnow() + timedelta(seconds=settings.thread_lease_seconds)
-            await ThreadRepository(session).renew_lease(
-                turn.organization_id, turn.thread_id, turn.response.id, expires_at
-            )
-            await session.commit()
+        try:
+            async with maker() as session:
+                expires_at = utcnow() + timedelta(seconds=settings.thread_lease_seconds)
+                await ThreadRepository(session).renew_lease(
+                    turn.organization_id, turn.thread_id, turn.response.id, expires_at
+                )
+                await session.commit()
+        except Exception:
+            # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.
+            logger.warning("lease heartbeat failed for thread %s", turn.thread_id, exc_info=True)
 
 
 async def _complete(

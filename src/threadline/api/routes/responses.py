@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -61,7 +62,7 @@ async def get_response(response_id: str, session: SessionDep, organization_id: O
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
-async def _sse(events: AsyncIterator[turns.TurnEvent], turn: Turn) -> AsyncIterator[str]:
+async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
     """Server-sent events named like OpenAI's Responses stream, each with `type` and a rising `sequence_number`."""
     sequence = 0
 
@@ -72,12 +73,15 @@ async def _sse(events: AsyncIterator[turns.TurnEvent], turn: Turn) -> AsyncItera
         return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     yield frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
-    async for event in events:
-        if isinstance(event, OutputDelta):
-            yield frame(
-                "response.output_text.delta",
-                {"item_id": turn.response.id, "output_index": 0, "content_index": 0, "delta": event.text},
-            )
-        elif isinstance(event, TurnDone):
-            name = "response.completed" if event.error is None else "response.failed"
-            yield frame(name, {"response": ResponseRead.of(event.response).model_dump(mode="json")})
+    # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,
+    # not whenever the abandoned generator is garbage-collected.
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, OutputDelta):
+                yield frame(
+                    "response.output_text.delta",
+                    {"item_id": turn.response.id, "output_index": 0, "content_index": 0, "delta": event.text},
+                )
+            elif isinstance(event, TurnDone):
+                name = "response.completed" if event.error is None else "response.failed"
+                yield frame(name, {"response": ResponseRead.of(event.response).model_dump(mode="json")})
