@@ -195,3 +195,12 @@ def test_full_mode_is_all_or_an_error(costs: list[int], window: int) -> None:
         assert sum(costs) > window - 20 - REPLY_PRIMING_TOKENS - 10
     else:
         assert [m.seq for m in plan.messages if m.seq] == [m.seq for m in hist]
+
+
+def test_smart_drops_the_anchor_when_the_anchor_and_its_gap_note_do_not_fit() -> None:
+    # Found by hypothesis: the anchor (21) fits the budget (25) but not together with the note (5).
+    hist = history(0, 21, 5, roles="sus")
+    plan = build("smart", window=60, hist=hist, pinned=[PromptMessage("system", "instructions", 3)])
+    assert plan.report.input_tokens + 20 <= 60
+    assert not plan.report.gap_marked
+    assert [m.seq for m in plan.messages if m.seq] == [3]

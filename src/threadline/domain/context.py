@@ -154,20 +154,7 @@ def build_context(
     else:
         if mode == "smart":
             anchor = anchor_of(head)
-            if sum(m.tokens for m in anchor) > budget:
-                anchor = []  # the start alone does not fit: the newest messages matter more
-        anchor_seqs = {m.seq for m in anchor}
-        rest = [m for m in tail if m.seq not in anchor_seqs and (not anchor or m.seq > anchor[-1].seq)]
-        remaining = budget - sum(m.tokens for m in anchor)
-        # Reserve room for the widest note this turn could need, so adding it never breaks the budget.
-        note_reserve = count_note(gap_note(history_total)) if anchor else 0
-        chosen_rest = _newest_that_fit(rest, remaining)
-        omitted_between = history_total - len(anchor) - len(chosen_rest)
-        if anchor and omitted_between > 0:
-            chosen_rest = _newest_that_fit(rest, remaining - note_reserve)
-            omitted_between = history_total - len(anchor) - len(chosen_rest)
-            text = gap_note(omitted_between)
-            note = PromptMessage(role="system", content=text, tokens=count_note(text))
+        anchor, chosen_rest, note = _smart_or_recent(anchor, tail, history_total, budget, count_note)
         chosen = anchor + chosen_rest
 
     history_part: list[PromptMessage] = [PromptMessage(m.role, m.content, m.tokens, m.seq) for m in anchor]
@@ -188,6 +175,37 @@ def build_context(
         seq_ranges=seq_ranges([m.seq for m in chosen]),
     )
     return ContextPlan(messages=messages, report=report)
+
+
+def _smart_or_recent(
+    anchor: list[HistoryMessage],
+    tail: Sequence[HistoryMessage],
+    history_total: int,
+    budget: int,
+    count_note: Callable[[str], int],
+) -> tuple[list[HistoryMessage], list[HistoryMessage], PromptMessage | None]:
+    """(anchor kept, newest messages after it, gap note). Without an anchor this is plain `recent`."""
+    anchor_tokens = sum(m.tokens for m in anchor)
+    if anchor and anchor_tokens <= budget:
+        rest = [m for m in tail if m.seq > anchor[-1].seq]
+        newest = _newest_that_fit(rest, budget - anchor_tokens)
+        if len(anchor) + len(newest) >= history_total:
+            return anchor, newest, None  # everything fits: no gap to mark
+        # Reserve room for the widest note this turn could need, then price the real one.
+        reserve = count_note(gap_note(history_total))
+        if anchor_tokens + reserve <= budget:
+            newest = _newest_that_fit(rest, budget - anchor_tokens - reserve)
+            while True:
+                text = gap_note(history_total - len(anchor) - len(newest))
+                note_tokens = count_note(text)
+                used = anchor_tokens + note_tokens + sum(m.tokens for m in newest)
+                if used <= budget or not newest:
+                    break
+                newest = newest[1:]
+            if used <= budget:
+                return anchor, newest, PromptMessage(role="system", content=text, tokens=note_tokens)
+    # The start (with its note) does not fit: the newest messages matter more.
+    return [], _newest_that_fit(tail, budget), None
 
 
 def _newest_that_fit(messages: Sequence[HistoryMessage], budget: int) -> list[HistoryMessage]:
