@@ -15,7 +15,7 @@ from tests.responses_helpers import running_app, thread_messages, turn, user
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
-from threadline.storage.tables import Assistant, Message, Response
+from threadline.storage.tables import Assistant, Message, Response, Thread
 
 
 @pytest.fixture
@@ -280,3 +280,51 @@ async def test_usage_and_input_tokens_are_reported(client: httpx.AsyncClient, ca
     # (2+4) + (1+4) + 2 priming
     assert body["context"]["input_tokens"] == 13
     assert body["usage"]["input_tokens"] == 13
+
+
+async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int) -> None:
+    """A long thread written in bulk, with no token counts yet (as imported history would be)."""
+    now = utcnow()
+    async with app.state.sessionmaker() as session:
+        session.add_all(
+            Message(
+                organization_id=caller.organization_id,
+                id=f"msg_fill_{thread_id}_{seq:05d}",
+                thread_id=thread_id,
+                seq=seq,
+                role="user" if seq % 2 else "assistant",
+                content=f"m{seq}",
+                metadata_={},
+                created_at=now,
+                edit_count=0,
+            )
+            for seq in range(1, count + 1)
+        )
+        await session.execute(
+            sa.update(Thread).where(Thread.id == thread_id).values(next_seq=count + 1, message_count=count)
+        )
+        await session.commit()
+
+
+async def test_a_turn_reads_only_the_tail_it_can_use(
+    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, app: FastAPI
+) -> None:
+    await client.post("/v1/threads", json={"id": "t_long"}, headers=caller.headers)
+    await prefill(app, caller, "t_long", 500)
+    # Every message costs 1 word + 4 = 5 tokens; budget = 1000 - 10 - 2 - 5 = 983 → the newest 196 fit.
+    body = (await turn(client, caller, "next", thread="t_long", maxOutputTokens=10)).json()
+    assert body["context"]["messages_included"] == 196
+    assert body["context"]["messages_omitted"] == 304
+    assert body["context"]["seq_ranges"] == [[305, 500]]
+    async with app.state.sessionmaker() as session:
+        counted = (await session.execute(sa.select(Message.seq).where(Message.token_count.is_not(None)))).scalars()
+        counted_seqs = set(counted)
+    # The oldest messages were never read, so never counted.
+    assert 1 not in counted_seqs and 500 in counted_seqs and 305 in counted_seqs
+
+    smart = (await turn(client, caller, "again", thread="t_long", maxOutputTokens=10, threadContextMode="smart")).json()
+    prompt = [m.content for m in fake.calls[-1]]
+    assert prompt[:2] == ["m1", "m2"]  # the conversation's start
+    assert prompt[2].startswith("[… ") and "earlier messages omitted" in prompt[2]
+    assert prompt[-1] == "again"
+    assert smart["context"]["gap_marked"] is True
