@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -93,6 +93,16 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
         models.resolve(request.model)
 
 
+@dataclass(frozen=True)
+class _Lease:
+    """The lease this attempt wants: the response id doubles as the owner."""
+
+    owner: str
+    now: datetime
+    expires_at: datetime
+    settings: Settings
+
+
 async def start_turn(
     maker: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -124,33 +134,61 @@ async def start_turn(
         pause = min(pause * 2, 0.2)
 
 
-async def _resolve_thread(
-    session: AsyncSession, principal: Principal, request: ResponseRequest
-) -> tuple[Thread, Response | None]:
+async def _lease_thread(
+    session: AsyncSession, principal: Principal, request: ResponseRequest, lease: _Lease
+) -> tuple[Thread, Response | None] | None:
+    """Find or create the turn's thread and take its lease; None while another live turn holds it.
+
+    Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
+    missing thread (create it), a busy one (wait) and one whose holder died (take the lease over).
+    """
     org = request.organization_id
+    repo = ThreadRepository(session)
+    previous: Response | None = None
+    thread_id = request.thread_id
     if request.previous_response_id is not None:
         previous = await _chain_start(session, org, request.previous_response_id)
-        assert previous.thread_id is not None
-        return await thread_service.get_thread(session, org, previous.thread_id), previous
-    if request.thread_id is not None:
-        repo = ThreadRepository(session)
-        found = await repo.get(org, request.thread_id)
-        if found is None and await repo.exists(org, request.thread_id):
-            # Either another request created it a moment ago, or it was deleted (its id stays taken).
-            found = await repo.get(org, request.thread_id)
-            if found is None:
-                raise ThreadNotFound(request.thread_id, param="thread")
+        _check_chainable(previous, lease.settings, lease.now)
+        thread_id = previous.thread_id
+    if thread_id is not None:
+        leased = await repo.acquire_free_lease(org, thread_id, lease.owner, lease.expires_at)
+        if leased is not None:
+            return leased, previous
+        found = await repo.get(org, thread_id)
         if found is not None:
-            return found, None
-    if request.store:
-        created = await thread_service.create_thread(
-            session, principal, org, thread_id=request.thread_id, metadata=request.thread_metadata
+            taken = await _take_over(session, found, lease)
+            return (taken, previous) if taken is not None else None
+        if previous is not None or await repo.exists(org, thread_id):
+            # Deleted (its id stays taken) — or created by a concurrent request a moment ago: retry to tell.
+            if await repo.get(org, thread_id) is None:
+                raise ThreadNotFound(thread_id, param="previous_response_id" if previous else "thread")
+            return None
+    creator = thread_service.create_thread if request.store else thread_service.create_hidden_thread
+    created = await creator(session, principal, org, thread_id=thread_id, metadata=request.thread_metadata)
+    leased = await repo.acquire_free_lease(org, created.id, lease.owner, lease.expires_at)
+    assert leased is not None, "a thread created in this transaction is free"
+    return leased, None
+
+
+async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Thread | None:
+    """Take the lease of a thread whose holder stopped renewing it (a crashed server); None if it is alive."""
+    holder = thread.lease_owner
+    expired = thread.lease_expires_at is not None and thread.lease_expires_at < lease.now
+    if thread.status != "streaming" or not expired:
+        return None  # busy, or freed a moment ago: the next attempt's fast path takes it
+    repo = ThreadRepository(session)
+    org = thread.organization_id
+    if not await repo.take_over_lease(org, thread.id, holder, lease.owner, lease.now, lease.expires_at):
+        return None
+    if holder is not None:
+        await ResponseRepository(session).fail_if_in_progress(
+            org,
+            holder,
+            {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."},
+            lease.now,
         )
-    else:
-        created = await thread_service.create_hidden_thread(
-            session, principal, org, thread_id=request.thread_id, metadata=request.thread_metadata
-        )
-    return created, None
+    await session.refresh(thread)
+    return thread
 
 
 async def _chain_start(session: AsyncSession, org: str, response_id: str) -> Response:
@@ -173,26 +211,12 @@ async def _try_start(
 ) -> Turn | None:
     org = request.organization_id
     now = utcnow()
-    thread, previous = await _resolve_thread(session, principal, request)
-    if previous is not None:
-        _check_chainable(previous, settings, now)
-    rules.ensure_accepts_messages(thread.id, thread.state)
-
-    threads = ThreadRepository(session)
-    interrupted = _expired_owner(thread, now)
-    owner = new_id("resp")
-    expires_at = now + timedelta(seconds=settings.thread_lease_seconds)
-    if not await threads.try_acquire_lease(org, thread.id, owner, now, expires_at):
+    lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
+    found = await _lease_thread(session, principal, request, lease)
+    if found is None:
         return None
-    # Re-read under the lease: a turn that finished between our first read and the lease changed the counts.
-    await session.refresh(thread)
-    if interrupted is not None:
-        await ResponseRepository(session).fail_if_in_progress(
-            org,
-            interrupted,
-            {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."},
-            now,
-        )
+    thread, previous = found
+    owner = lease.owner
     rules.ensure_accepts_messages(thread.id, thread.state)
     if request.thread_state is not None:
         rules.check_transition(thread.id, thread.state, request.thread_state)
@@ -269,7 +293,7 @@ async def _try_start(
     )
 
 
-def _check_chainable(previous: Response, settings: Settings, now: Any) -> None:
+def _check_chainable(previous: Response, settings: Settings, now: datetime) -> None:
     if now - previous.created_at > timedelta(hours=settings.response_chain_hours):
         raise InvalidRequest(
             f"Response '{previous.id}' is older than {settings.response_chain_hours:g} hours and can no longer be "
@@ -284,11 +308,6 @@ def _check_chainable(previous: Response, settings: Settings, now: Any) -> None:
             code="previous_response_not_completed",
             param="previous_response_id",
         )
-
-
-def _expired_owner(thread: Thread, now: Any) -> str | None:
-    expired = thread.lease_expires_at is not None and thread.lease_expires_at < now
-    return thread.lease_owner if thread.status == "streaming" and expired else None
 
 
 async def _assistant_of(session: AsyncSession, thread: Thread) -> Assistant | None:

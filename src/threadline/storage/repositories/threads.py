@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
 from threadline.storage.tables import Thread
@@ -98,31 +99,56 @@ class ThreadRepository:
             .execution_options(synchronize_session=False)
         )
         next_seq, message_count = result.one()
-        thread.next_seq, thread.message_count = next_seq, message_count
-        thread.updated_at = thread.last_message_at = now
+        # The row already holds these values: record them as loaded, so the next flush does not write them again.
+        for name, value in (("next_seq", next_seq), ("message_count", message_count)):
+            set_committed_value(thread, name, value)
+        set_committed_value(thread, "updated_at", now)
+        set_committed_value(thread, "last_message_at", now)
         return int(next_seq) - count
 
-    async def try_acquire_lease(
-        self, organization_id: str, thread_id: str, owner: str, now: datetime, expires_at: datetime
-    ) -> bool:
-        """Take the thread's turn lease in one conditional UPDATE: free, or held by a lease that expired.
+    async def acquire_free_lease(
+        self, organization_id: str, thread_id: str, owner: str, expires_at: datetime
+    ) -> Thread | None:
+        """Take the turn lease of an idle thread in one conditional UPDATE; returns the fresh row, or None.
 
-        Works across processes and hosts: the database row is the lock, and a crashed holder frees it by
-        letting `lease_expires_at` pass.
+        The database row is the lock, so this works across processes and hosts.
         """
+        query = (
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.deleted_at.is_(None),
+                Thread.status == "inactive",
+            )
+            .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
+            .returning(Thread)
+        )
+        result = await self.session.execute(query, execution_options={"populate_existing": True})
+        return result.scalar_one_or_none()
+
+    async def take_over_lease(
+        self,
+        organization_id: str,
+        thread_id: str,
+        holder: str | None,
+        owner: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> bool:
+        """Take a lease that `holder` let expire (a crashed server); only if nobody else took it first."""
+        holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
         result = await self.session.execute(
             sa.update(Thread)
             .where(
                 Thread.organization_id == organization_id,
                 Thread.id == thread_id,
                 Thread.deleted_at.is_(None),
-                sa.or_(
-                    Thread.status == "inactive",
-                    Thread.lease_expires_at.is_(None),
-                    Thread.lease_expires_at < now,
-                ),
+                Thread.status == "streaming",
+                holder_matches,
+                Thread.lease_expires_at < now,
             )
-            .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
+            .values(lease_owner=owner, lease_expires_at=expires_at)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
