@@ -20,8 +20,8 @@ from threadline.domain.context import (
     history_budget,
 )
 from threadline.domain.tokens import CountsTokens, message_token_count
-from threadline.storage.repositories.messages import MessageRepository
-from threadline.storage.tables import Message, Thread
+from threadline.storage.repositories.messages import ContextRow, MessageRepository
+from threadline.storage.tables import Thread
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
@@ -37,7 +37,7 @@ class _Counter:
         self.name = tokenizer_name
         self.fresh: dict[str, int] = {}
 
-    def history(self, rows: Sequence[Message]) -> list[HistoryMessage]:
+    def history(self, rows: Sequence[ContextRow]) -> list[HistoryMessage]:
         out = []
         for row in rows:
             if row.token_count is not None and row.tokenizer == self.name:
@@ -71,13 +71,17 @@ async def plan_context(
     org, thread_id = thread.organization_id, thread.id
     head: list[HistoryMessage] = []
     if mode == "full":
-        tail = counter.history(await repo.head(org, thread_id, full_limit))
+        tail = counter.history(await repo.context_rows(org, thread_id, full_limit, newest=False))
         history_total = len(tail)
     else:
         tail, reached_start = await _read_tail(repo, counter, org, thread_id, budget)
         history_total = len(tail) if reached_start else max(thread.message_count, len(tail))
         if mode == "smart":
-            head = tail[:HEAD_LIMIT] if reached_start else counter.history(await repo.head(org, thread_id, HEAD_LIMIT))
+            head = (
+                tail[:HEAD_LIMIT]
+                if reached_start
+                else counter.history(await repo.context_rows(org, thread_id, HEAD_LIMIT, newest=False))
+            )
     plan = build_context(
         mode=mode,
         window=window,
@@ -102,7 +106,7 @@ async def _read_tail(
     before: int | None = None
     page = FIRST_PAGE
     while True:
-        rows = await repo.tail(org, thread_id, page, before_seq=before)
+        rows = await repo.context_rows(org, thread_id, page, newest=True, before_seq=before)
         history = counter.history(rows)
         collected = history + collected
         used += sum(m.tokens for m in history)

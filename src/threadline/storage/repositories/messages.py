@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
 from threadline.storage.tables import Message, MessageEdit
+
+
+class ContextRow(NamedTuple):
+    id: str
+    seq: int
+    role: str
+    content: str
+    token_count: int | None
+    tokenizer: str | None
 
 
 class MessageRepository:
@@ -72,6 +81,29 @@ class MessageRepository:
             query = query.where(Message.seq < before_seq)
         rows = list((await self.session.execute(query.order_by(Message.seq.desc()).limit(limit))).scalars())
         rows.reverse()
+        return rows
+
+    async def context_rows(
+        self, organization_id: str, thread_id: str, limit: int, *, newest: bool, before_seq: int | None = None
+    ) -> list[ContextRow]:
+        """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
+
+        Plain rows, not ORM objects: a turn reads hundreds of them, and building entities would cost more than
+        the query.
+        """
+        query = sa.select(
+            Message.id, Message.seq, Message.role, Message.content, Message.token_count, Message.tokenizer
+        ).where(
+            Message.organization_id == organization_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
+        rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
+        if newest:
+            rows.reverse()
         return rows
 
     async def head(self, organization_id: str, thread_id: str, limit: int) -> list[Message]:
