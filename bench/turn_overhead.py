@@ -53,6 +53,8 @@ class Row:
     length: int
     threadline: list[float]
     direct: list[float]
+    # CPU of this process per Threadline turn (meaningful in-process: it excludes other processes' load).
+    cpu_ms: float
 
 
 def free_port() -> int:
@@ -157,7 +159,10 @@ async def measure_lengths(
                 raise SystemExit(f"turn failed: {response.status_code} {response.text}")
 
         await timed(3, one_turn)  # warm-up: first counts of the tail, connection pools, caches
-        rows.append(Row(backend, length, await timed(turns, one_turn), await timed(turns, direct)))
+        cpu_started = time.process_time()
+        samples = await timed(turns, one_turn)
+        cpu_ms = (time.process_time() - cpu_started) * 1000 / turns
+        rows.append(Row(backend, length, samples, await timed(turns, direct), cpu_ms))
     return rows
 
 
@@ -303,7 +308,7 @@ def report(rows: list[Row]) -> None:
         print(
             f"{row.backend:<11}{row.length:>9} | {p50:>11.2f} ms {percentile(row.threadline, 0.99):>7.2f} | "
             f"{d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | {p50 - d50:>6.2f} ms | "
-            f"{p50 / base[row.backend]:>9.2f}x"
+            f"{p50 / base[row.backend]:>9.2f}x | {row.cpu_ms:>5.2f} ms"
         )
 
 
@@ -324,7 +329,11 @@ async def main() -> None:
                     rows += await run_server(backend, url, lengths, args.turns, args.context_window, Path(tmp))
                 else:
                     rows += await run_in_process(backend, url, lengths, args.turns, args.context_window)
-    print(f"mode={args.mode} turns={args.turns} context_window={args.context_window} (milliseconds)")
+    load = os.getloadavg()[0]
+    print(
+        f"mode={args.mode} turns={args.turns} context_window={args.context_window} cpus={os.cpu_count()} "
+        f"load={load:.1f} (milliseconds)"
+    )
     report(rows)
 
 

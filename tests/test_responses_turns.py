@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from fastapi import FastAPI
 
 from tests.conftest import Caller
@@ -252,3 +254,41 @@ async def test_an_expired_lease_is_taken_over(
     thread = (await client.get("/v1/threads/t_crash", headers=caller.headers)).json()
     assert thread["status"] == "inactive" and thread["message_count"] == 4
     assert first["status"] == "completed"
+
+
+async def test_a_real_client_disconnect_mid_stream_frees_the_thread(
+    caller: Caller, fake: FakeProvider, app: FastAPI
+) -> None:
+    """Over real HTTP (uvicorn on a socket): the client hangs up after the first delta."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error"))
+    serving = asyncio.create_task(server.serve())
+    fake.script(Script(reply=" ".join(["word"] * 200), delay_per_token=0.02))
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as real:
+            body = {"thread": "t_hangup", "inputs": [{"role": "user", "texts": [{"text": "go"}]}], "stream": True}
+            async with real.stream("POST", "/v1/model/response", json=body, headers=caller.headers) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("event: response.output_text.delta"):
+                        break  # hang up mid-answer
+        for _ in range(250):
+            thread = await thread_row(app, "t_hangup")
+            if thread.status == "inactive":
+                break
+            await asyncio.sleep(0.02)
+        assert thread.status == "inactive" and thread.lease_owner is None
+        assert thread.message_count == 0
+        async with app.state.sessionmaker() as session:
+            stored = (await session.execute(sa.select(Response))).scalar_one()
+        assert stored.status == "failed" and stored.error is not None
+        assert stored.error["code"] == "turn_aborted"
+    finally:
+        server.should_exit = True
+        await serving
