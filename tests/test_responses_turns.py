@@ -292,3 +292,25 @@ async def test_a_real_client_disconnect_mid_stream_frees_the_thread(
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_reading_an_abandoned_in_progress_response_reports_it_failed(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI
+) -> None:
+    await turn(client, caller, "hello", thread="t_orphan")
+    async with app.state.sessionmaker() as session:
+        session.add(
+            Response(
+                organization_id=caller.organization_id,
+                id="resp_orphan",
+                thread_id="t_orphan",
+                model="fake-model",
+                status="in_progress",
+                request={},
+                context={},
+                created_at=utcnow(),
+            )
+        )
+        await session.commit()
+    body = (await client.get("/v1/model/response/resp_orphan", headers=caller.headers)).json()
+    assert body["status"] == "failed" and body["error"]["code"] == "turn_interrupted"

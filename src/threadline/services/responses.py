@@ -93,6 +93,9 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
         models.resolve(request.model)
 
 
+_INTERRUPTED = {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."}
+
+
 @dataclass(frozen=True)
 class _Lease:
     """The lease this attempt wants: the response id doubles as the owner."""
@@ -184,7 +187,7 @@ async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Th
         await ResponseRepository(session).fail_if_in_progress(
             org,
             holder,
-            {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."},
+            _INTERRUPTED,
             lease.now,
         )
     await session.refresh(thread)
@@ -354,4 +357,18 @@ async def get_response(session: AsyncSession, organization_id: str, response_id:
     found = await ResponseRepository(session).get(organization_id, response_id)
     if found is None:
         raise NotFound(f"No response found with id '{response_id}'.", code="response_not_found", param="response_id")
+    if found.status == "in_progress" and found.thread_id is not None:
+        # A turn whose server died (or whose stream never started) cannot finish once its lease is gone:
+        # say so now instead of leaving it in progress until the next turn on the thread takes over.
+        thread = await ThreadRepository(session).get(organization_id, found.thread_id, include_deleted=True)
+        now = utcnow()
+        alive = (
+            thread is not None
+            and thread.lease_owner == found.id
+            and thread.lease_expires_at is not None
+            and thread.lease_expires_at >= now
+        )
+        if not alive:
+            await ResponseRepository(session).fail_if_in_progress(organization_id, found.id, _INTERRUPTED, now)
+            await session.refresh(found)
     return found
