@@ -314,3 +314,20 @@ async def test_reading_an_abandoned_in_progress_response_reports_it_failed(
         await session.commit()
     body = (await client.get("/v1/model/response/resp_orphan", headers=caller.headers)).json()
     assert body["status"] == "failed" and body["error"]["code"] == "turn_interrupted"
+
+
+async def test_a_silent_model_times_out_and_frees_the_thread(
+    settings: Settings, caller: Caller, fake: FakeProvider, app: FastAPI
+) -> None:
+    hurried = create_app(settings.model_copy(update={"model_idle_timeout_seconds": 0.3}), models=registry_with(fake))
+    fake.script(Script(fail="hang"))
+    transport = httpx.ASGITransport(app=hurried)
+    async with (
+        hurried.router.lifespan_context(hurried),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as hurried_client,
+    ):
+        response = await turn(hurried_client, caller, "anyone?", thread="t_silent")
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        thread = (await hurried_client.get("/v1/threads/t_silent", headers=caller.headers)).json()
+    assert thread["status"] == "inactive" and thread["message_count"] == 0

@@ -23,7 +23,7 @@ from threadline.domain.clock import utcnow
 from threadline.domain.context import PromptMessage
 from threadline.domain.messages import ChatMessage, NewMessage
 from threadline.domain.tokens import message_token_count
-from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError
+from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, UpstreamTimeout
 from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
@@ -81,7 +81,19 @@ async def run_turn(
         error: ThreadlineError | None = None
         finished: Finished | None = None
         try:
-            async for event in stream:
+            while True:
+                try:
+                    # Only the wait for the model is timed (never our consumer): a model that goes silent would
+                    # otherwise hold the thread forever, its lease renewed by the heartbeat.
+                    async with asyncio.timeout(settings.model_idle_timeout_seconds):
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"The model sent nothing for {settings.model_idle_timeout_seconds:g} seconds.",
+                        code="upstream_timeout",
+                    ) from None
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
                     yield OutputDelta(event.text)
