@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     default_context_mode: ContextMode = "recent"
     thread_busy_timeout_seconds: float = Field(default=30.0, ge=0)
     thread_lease_seconds: float = Field(default=60.0, gt=0)
+    # A model that sends nothing for this long fails the turn (504): a silent upstream must not hold a thread.
+    model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     auto_name_threads: bool = False
 
     # Auth

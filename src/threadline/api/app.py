@@ -13,7 +13,16 @@ from fastapi import FastAPI
 from threadline import __version__
 from threadline.api import errors, idempotency
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
-from threadline.api.routes import assistants, auth, conversations, messages, openai_threads, search, threads
+from threadline.api.routes import (
+    assistants,
+    auth,
+    conversations,
+    messages,
+    openai_threads,
+    responses,
+    search,
+    threads,
+)
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
@@ -84,7 +93,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
     # `search` before `threads`: /v1/threads/search must not be read as a thread id.
-    routers = (auth, openai_threads, search, threads, messages, conversations, assistants, models_routes)
+    routers = (auth, openai_threads, search, threads, messages, conversations, assistants, responses, models_routes)
     for module in routers:
         app.include_router(module.router)
     if settings.web_ui_enabled:

@@ -66,12 +66,15 @@ async def append_messages(
     new: Sequence[NewMessage],
     *,
     user_id: str | None,
+    check_state: bool = True,
 ) -> list[Message]:
     """Append messages to an open thread with consecutive seqs; counts and timestamps follow.
 
     The caller holds the thread (loaded in this transaction); the seq reservation row-locks it until commit.
+    `check_state=False` is for a model turn that was admitted while the thread was open and holds its lease.
     """
-    rules.ensure_accepts_messages(thread.id, thread.state)
+    if check_state:
+        rules.ensure_accepts_messages(thread.id, thread.state)
     limit = settings.max_messages_per_thread
     if thread.message_count + len(new) > limit:
         raise ThreadFull(

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
 from threadline.storage.tables import Message, MessageEdit
+
+
+class ContextRow(NamedTuple):
+    id: str
+    seq: int
+    role: str
+    content: str
+    token_count: int | None
+    tokenizer: str | None
 
 
 class MessageRepository:
@@ -91,6 +100,29 @@ class MessageRepository:
         rows.reverse()
         return rows
 
+    async def context_rows(
+        self, organization_id: str, thread_id: str, limit: int, *, newest: bool, before_seq: int | None = None
+    ) -> list[ContextRow]:
+        """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
+
+        Plain rows, not ORM objects: a turn reads hundreds of them, and building entities would cost more than
+        the query.
+        """
+        query = sa.select(
+            Message.id, Message.seq, Message.role, Message.content, Message.token_count, Message.tokenizer
+        ).where(
+            Message.organization_id == organization_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
+        rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
+        if newest:
+            rows.reverse()
+        return rows
+
     async def head(self, organization_id: str, thread_id: str, limit: int) -> list[Message]:
         """The oldest `limit` live messages, oldest first."""
         query = (
@@ -104,6 +136,18 @@ class MessageRepository:
             .limit(limit)
         )
         return list((await self.session.execute(query)).scalars())
+
+    async def store_token_counts(self, organization_id: str, counts: Sequence[tuple[str, int]], tokenizer: str) -> None:
+        """Remember counts computed while building a context, so the next turn does not recount them."""
+        if not counts:
+            return
+        await self.session.execute(
+            sa.update(Message),
+            [
+                {"organization_id": organization_id, "id": message_id, "token_count": count, "tokenizer": tokenizer}
+                for message_id, count in counts
+            ],
+        )
 
     async def soft_delete(self, message: Message, now: datetime) -> None:
         message.deleted_at = now

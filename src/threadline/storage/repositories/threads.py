@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
 from threadline.storage.tables import Thread
@@ -98,9 +99,81 @@ class ThreadRepository:
             .execution_options(synchronize_session=False)
         )
         next_seq, message_count = result.one()
-        thread.next_seq, thread.message_count = next_seq, message_count
-        thread.updated_at = thread.last_message_at = now
+        # The row already holds these values: record them as loaded, so the next flush does not write them again.
+        for name, value in (("next_seq", next_seq), ("message_count", message_count)):
+            set_committed_value(thread, name, value)
+        set_committed_value(thread, "updated_at", now)
+        set_committed_value(thread, "last_message_at", now)
         return int(next_seq) - count
+
+    async def acquire_free_lease(
+        self, organization_id: str, thread_id: str, owner: str, expires_at: datetime
+    ) -> Thread | None:
+        """Take the turn lease of an idle thread in one conditional UPDATE; returns the fresh row, or None.
+
+        The database row is the lock, so this works across processes and hosts.
+        """
+        query = (
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.deleted_at.is_(None),
+                Thread.status == "inactive",
+            )
+            .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
+            .returning(Thread)
+        )
+        result = await self.session.execute(query, execution_options={"populate_existing": True})
+        return result.scalar_one_or_none()
+
+    async def take_over_lease(
+        self,
+        organization_id: str,
+        thread_id: str,
+        holder: str | None,
+        owner: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> bool:
+        """Take a lease that `holder` let expire (a crashed server); only if nobody else took it first."""
+        holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.deleted_at.is_(None),
+                Thread.status == "streaming",
+                holder_matches,
+                Thread.lease_expires_at < now,
+            )
+            .values(lease_owner=owner, lease_expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew_lease(self, organization_id: str, thread_id: str, owner: str, expires_at: datetime) -> bool:
+        """Heartbeat: push the expiry out, only while `owner` still holds the lease."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == organization_id, Thread.id == thread_id, Thread.lease_owner == owner)
+            .values(lease_expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release_lease(
+        self, organization_id: str, thread_id: str, owner: str, changes: dict[str, Any] | None = None
+    ) -> bool:
+        """Free the thread (status back to inactive) with optional other column changes, if `owner` holds it."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == organization_id, Thread.id == thread_id, Thread.lease_owner == owner)
+            .values(status="inactive", lease_owner=None, lease_expires_at=None, **(changes or {}))
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
         result = await self.session.execute(

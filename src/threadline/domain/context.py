@@ -1,0 +1,241 @@
+"""The context builder: which messages of a thread go into a model call. Pure: no I/O, no clock.
+
+Vocabulary: the *window* ("neuron capacity") is the model's context size in tokens. Out of it come the reply
+reserve (`max_output_tokens`), the reply priming, the *pinned* messages (an assistant's instructions: they
+always stay) and this turn's *inputs* (they always stay too: a request whose inputs do not fit is refused, never
+cut). What is left is the *budget* for history.
+
+Modes (seed 001):
+- ``recent``: the newest history messages that fit: always a suffix of the thread.
+- ``smart``: the thread's start (leading system messages and the first exchange) plus the newest messages that
+  fit; when messages are left out between them, a short system note marks the gap (its tokens count).
+- ``full``: all history, or `ContextLengthExceeded` naming the sizes: never silent truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from threadline.domain.tokens import REPLY_PRIMING_TOKENS
+from threadline.errors import ContextLengthExceeded
+
+ContextMode = Literal["recent", "smart", "full"]
+CONTEXT_MODES: tuple[ContextMode, ...] = ("recent", "smart", "full")
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A stored message of the thread with its token count (content + framing)."""
+
+    seq: int
+    role: str
+    content: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    """A message of the prompt; `seq` is None for messages that are not (yet) in the thread."""
+
+    role: str
+    content: str
+    tokens: int
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class ContextReport:
+    mode: ContextMode
+    window: int
+    max_output_tokens: int
+    history_budget: int
+    input_tokens: int
+    messages_included: int
+    messages_omitted: int
+    gap_marked: bool
+    seq_ranges: tuple[tuple[int, int], ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "window": self.window,
+            "max_output_tokens": self.max_output_tokens,
+            "history_budget": self.history_budget,
+            "input_tokens": self.input_tokens,
+            "messages_included": self.messages_included,
+            "messages_omitted": self.messages_omitted,
+            "gap_marked": self.gap_marked,
+            "seq_ranges": [list(r) for r in self.seq_ranges],
+        }
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    messages: tuple[PromptMessage, ...]
+    report: ContextReport
+
+
+def gap_note(omitted: int) -> str:
+    noun = "message" if omitted == 1 else "messages"
+    return f"[… {omitted} earlier {noun} omitted …]"
+
+
+def history_budget(
+    window: int,
+    max_output_tokens: int,
+    pinned_tokens: int,
+    input_tokens: int,
+    priming_tokens: int = REPLY_PRIMING_TOKENS,
+) -> int:
+    """Tokens left for history; raises when the fixed parts alone do not fit the window.
+
+    `priming_tokens` is what every request costs besides its messages (the model's `request_overhead_tokens`:
+    the reply priming, plus e.g. a chat template's default system prompt)."""
+    fixed = max_output_tokens + priming_tokens + pinned_tokens + input_tokens
+    if fixed > window:
+        raise ContextLengthExceeded(
+            f"This request needs {fixed} tokens before any history (instructions {pinned_tokens}, inputs "
+            f"{input_tokens}, reply reserve {max_output_tokens}, priming {priming_tokens}), but the model's "
+            f"context window is {window} tokens. Shorten the inputs or lower max_output_tokens.",
+            param="inputs",
+        )
+    return window - fixed
+
+
+def anchor_of(head: Sequence[HistoryMessage]) -> list[HistoryMessage]:
+    """The conversation's start: its leading system messages, then the first user message and its answer."""
+    anchor: list[HistoryMessage] = []
+    seen_user = False
+    for message in head:
+        if not seen_user and message.role == "system":
+            anchor.append(message)
+        elif not seen_user and message.role == "user":
+            anchor.append(message)
+            seen_user = True
+        elif seen_user and message.role == "assistant":
+            anchor.append(message)
+            break
+        else:
+            break
+    return anchor
+
+
+def build_context(
+    *,
+    mode: ContextMode,
+    window: int,
+    max_output_tokens: int,
+    pinned: Sequence[PromptMessage],
+    inputs: Sequence[PromptMessage],
+    tail: Sequence[HistoryMessage],
+    history_total: int,
+    head: Sequence[HistoryMessage] = (),
+    count_note: Callable[[str], int] = lambda text: len(text),
+    priming_tokens: int = REPLY_PRIMING_TOKENS,
+) -> ContextPlan:
+    """Choose the prompt for one turn.
+
+    `tail` is the newest part of the history (oldest first), `head` its oldest part (smart mode); they may
+    overlap. `history_total` is the number of live messages in the thread, so the report can say how many were
+    left out. In `full` mode `tail` must be the whole history. `count_note` prices the gap note (content +
+    framing) with the model's tokenizer.
+    """
+    pinned_tokens = sum(m.tokens for m in pinned)
+    input_tokens = sum(m.tokens for m in inputs)
+    budget = history_budget(window, max_output_tokens, pinned_tokens, input_tokens, priming_tokens)
+
+    anchor: list[HistoryMessage] = []
+    note: PromptMessage | None = None
+    if mode == "full":
+        if len(tail) < history_total:
+            raise ValueError("full mode needs the whole history")
+        needed = sum(m.tokens for m in tail)
+        if needed > budget:
+            raise ContextLengthExceeded(
+                f"Full context needs {needed} tokens of history ({len(tail)} messages) but only {budget} of the "
+                f"model's {window}-token window are left after the inputs ({input_tokens}), instructions "
+                f"({pinned_tokens}) and reply reserve ({max_output_tokens}). Use threadContextMode 'recent' or "
+                "'smart', or a model with a larger window.",
+                param="thread_context_mode",
+            )
+        chosen = list(tail)
+    else:
+        if mode == "smart":
+            anchor = anchor_of(head)
+        anchor, chosen_rest, note = _smart_or_recent(anchor, tail, history_total, budget, count_note)
+        chosen = anchor + chosen_rest
+
+    history_part: list[PromptMessage] = [PromptMessage(m.role, m.content, m.tokens, m.seq) for m in anchor]
+    if note is not None:
+        history_part.append(note)
+    history_part += [PromptMessage(m.role, m.content, m.tokens, m.seq) for m in chosen[len(anchor) :]]
+    messages = (*pinned, *history_part, *inputs)
+    total = sum(m.tokens for m in messages) + priming_tokens
+    report = ContextReport(
+        mode=mode,
+        window=window,
+        max_output_tokens=max_output_tokens,
+        history_budget=budget,
+        input_tokens=total,
+        messages_included=len(chosen),
+        messages_omitted=max(history_total - len(chosen), 0),
+        gap_marked=note is not None,
+        seq_ranges=seq_ranges([m.seq for m in chosen]),
+    )
+    return ContextPlan(messages=messages, report=report)
+
+
+def _smart_or_recent(
+    anchor: list[HistoryMessage],
+    tail: Sequence[HistoryMessage],
+    history_total: int,
+    budget: int,
+    count_note: Callable[[str], int],
+) -> tuple[list[HistoryMessage], list[HistoryMessage], PromptMessage | None]:
+    """(anchor kept, newest messages after it, gap note). Without an anchor this is plain `recent`."""
+    anchor_tokens = sum(m.tokens for m in anchor)
+    if anchor and anchor_tokens <= budget:
+        rest = [m for m in tail if m.seq > anchor[-1].seq]
+        newest = _newest_that_fit(rest, budget - anchor_tokens)
+        if len(anchor) + len(newest) >= history_total:
+            return anchor, newest, None  # everything fits: no gap to mark
+        # Reserve room for the widest note this turn could need, then price the real one.
+        reserve = count_note(gap_note(history_total))
+        if anchor_tokens + reserve <= budget:
+            newest = _newest_that_fit(rest, budget - anchor_tokens - reserve)
+            while True:
+                text = gap_note(history_total - len(anchor) - len(newest))
+                note_tokens = count_note(text)
+                used = anchor_tokens + note_tokens + sum(m.tokens for m in newest)
+                if used <= budget or not newest:
+                    break
+                newest = newest[1:]
+            if used <= budget:
+                return anchor, newest, PromptMessage(role="system", content=text, tokens=note_tokens)
+    # The start (with its note) does not fit: the newest messages matter more.
+    return [], _newest_that_fit(tail, budget), None
+
+
+def _newest_that_fit(messages: Sequence[HistoryMessage], budget: int) -> list[HistoryMessage]:
+    """The longest suffix of `messages` whose tokens fit in `budget`."""
+    used = 0
+    start = len(messages)
+    for index in range(len(messages) - 1, -1, -1):
+        if used + messages[index].tokens > budget:
+            break
+        used += messages[index].tokens
+        start = index
+    return list(messages[start:])
+
+
+def seq_ranges(seqs: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted seqs as inclusive runs: [1, 2, 3, 7, 8] → ((1, 3), (7, 8))."""
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return tuple(runs)

@@ -1,0 +1,375 @@
+"""POST /v1/model/response: one model turn on a thread, in three steps (DESIGN.md §2).
+
+1. `start_turn` — a short transaction: validate, resolve or create the thread, take its lease (waiting while
+   another turn holds it), read the history the turn can use, record the response as `in_progress`.
+2. `run_turn` (services/turns.py) — the model call, with no session open; a heartbeat renews the lease for long turns.
+3. a short transaction: save the inputs and the output together, update the thread, complete the response and
+   release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the
+   lease released instead: the thread is left exactly as before the turn. A process killed mid-turn saved
+   nothing either, and its lease expires, so the next turn takes the thread over.
+
+The response id doubles as the lease owner, so a takeover knows which response was interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.config import Settings
+from threadline.domain import threads as rules
+from threadline.domain.clock import utcnow
+from threadline.domain.context import ContextMode, PromptMessage
+from threadline.domain.messages import ChatMessage, validate_content, validate_role
+from threadline.domain.tokens import message_token_count
+from threadline.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    ThreadBusy,
+    ThreadFull,
+    ThreadNotFound,
+    ValidationFailed,
+)
+from threadline.ids import new_id
+from threadline.providers.base import GenerationParams
+from threadline.providers.registry import ModelRegistry
+from threadline.services import threads as thread_service
+from threadline.services.auth import Principal
+from threadline.services.turn_context import plan_context
+from threadline.services.turns import Turn, TurnDone, run_turn
+from threadline.storage.repositories.assistants import AssistantRepository
+from threadline.storage.repositories.responses import ResponseRepository
+from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.tables import Assistant, Response, Thread
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    """A validated request for one turn (the wire schema's fields, snake_case)."""
+
+    organization_id: str
+    inputs: Sequence[ChatMessage]
+    thread_id: str | None = None
+    thread_metadata: dict[str, Any] | None = None
+    store: bool = True
+    thread_state: str | None = None
+    previous_response_id: str | None = None
+    model: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    context_mode: ContextMode | None = None
+
+
+def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
+    """Checks that need no database: done before waiting for a busy thread."""
+    if request.previous_response_id is not None and request.thread_id is not None:
+        raise InvalidRequest(
+            "previousResponseId continues the previous response's own conversation: it cannot be combined with thread.",
+            code="thread_with_previous_response",
+            param="previous_response_id",
+        )
+    if not request.inputs:
+        raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
+    for index, message in enumerate(request.inputs):
+        validate_role(message.role, param=f"inputs.{index}.role")
+        validate_content(message.content, param=f"inputs.{index}.texts")
+    if request.thread_state is not None and request.thread_state not in rules.THREAD_STATES:
+        raise ValidationFailed(
+            f"Invalid threadState '{request.thread_state}': use one of open, locked, archived.",
+            code="invalid_state",
+            param="thread_state",
+        )
+    if request.thread_id is not None:
+        thread_service.validate_thread_id(request.thread_id, param="thread")
+    if request.model is not None:
+        models.resolve(request.model)
+
+
+_INTERRUPTED = {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."}
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """The lease this attempt wants: the response id doubles as the owner."""
+
+    owner: str
+    now: datetime
+    expires_at: datetime
+    settings: Settings
+
+
+async def start_turn(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Turn:
+    """Step 1. Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread."""
+    validate_request(request, models)
+    deadline = time.monotonic() + settings.thread_busy_timeout_seconds
+    pause = 0.01
+    while True:
+        async with maker() as session:
+            try:
+                turn = await _try_start(session, settings, models, principal, request)
+            except (IntegrityError, AlreadyExists):
+                # Two requests created the same new thread id at once; the loser retries and finds it.
+                turn = None
+            if turn is not None:
+                await session.commit()
+                return turn
+            await session.rollback()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ThreadBusy(
+                "Another response is being generated on this thread; retry when it has finished.", param="thread"
+            )
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, 0.2)
+
+
+async def _lease_thread(
+    session: AsyncSession, principal: Principal, request: ResponseRequest, lease: _Lease
+) -> tuple[Thread, Response | None] | None:
+    """Find or create the turn's thread and take its lease; None while another live turn holds it.
+
+    Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
+    missing thread (create it), a busy one (wait) and one whose holder died (take the lease over).
+    """
+    org = request.organization_id
+    repo = ThreadRepository(session)
+    previous: Response | None = None
+    thread_id = request.thread_id
+    if request.previous_response_id is not None:
+        previous = await _chain_start(session, org, request.previous_response_id)
+        _check_chainable(previous, lease.settings, lease.now)
+        thread_id = previous.thread_id
+    if thread_id is not None:
+        leased = await repo.acquire_free_lease(org, thread_id, lease.owner, lease.expires_at)
+        if leased is not None:
+            return leased, previous
+        found = await repo.get(org, thread_id)
+        if found is not None:
+            taken = await _take_over(session, found, lease)
+            return (taken, previous) if taken is not None else None
+        if previous is not None or await repo.exists(org, thread_id):
+            # Deleted (its id stays taken) — or created by a concurrent request a moment ago: retry to tell.
+            if await repo.get(org, thread_id) is None:
+                raise ThreadNotFound(thread_id, param="previous_response_id" if previous else "thread")
+            return None
+    creator = thread_service.create_thread if request.store else thread_service.create_hidden_thread
+    created = await creator(session, principal, org, thread_id=thread_id, metadata=request.thread_metadata)
+    leased = await repo.acquire_free_lease(org, created.id, lease.owner, lease.expires_at)
+    assert leased is not None, "a thread created in this transaction is free"
+    return leased, None
+
+
+async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Thread | None:
+    """Take the lease of a thread whose holder stopped renewing it (a crashed server); None if it is alive."""
+    holder = thread.lease_owner
+    expired = thread.lease_expires_at is not None and thread.lease_expires_at < lease.now
+    if thread.status != "streaming" or not expired:
+        return None  # busy, or freed a moment ago: the next attempt's fast path takes it
+    repo = ThreadRepository(session)
+    org = thread.organization_id
+    if not await repo.take_over_lease(org, thread.id, holder, lease.owner, lease.now, lease.expires_at):
+        return None
+    if holder is not None:
+        await ResponseRepository(session).fail_if_in_progress(
+            org,
+            holder,
+            _INTERRUPTED,
+            lease.now,
+        )
+    await session.refresh(thread)
+    return thread
+
+
+async def _chain_start(session: AsyncSession, org: str, response_id: str) -> Response:
+    previous = await ResponseRepository(session).get(org, response_id)
+    if previous is None:
+        raise NotFound(
+            f"No response found with id '{response_id}'.",
+            code="previous_response_not_found",
+            param="previous_response_id",
+        )
+    return previous
+
+
+async def _try_start(
+    session: AsyncSession,
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Turn | None:
+    org = request.organization_id
+    now = utcnow()
+    lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
+    found = await _lease_thread(session, principal, request, lease)
+    if found is None:
+        return None
+    thread, previous = found
+    owner = lease.owner
+    rules.ensure_accepts_messages(thread.id, thread.state)
+    if request.thread_state is not None:
+        rules.check_transition(thread.id, thread.state, request.thread_state)
+    if previous is not None and previous.output_seq != thread.next_seq - 1:
+        raise InvalidRequest(
+            f"Response '{previous.id}' is no longer the latest turn of its conversation; continue from the latest "
+            "response instead.",
+            code="previous_response_superseded",
+            param="previous_response_id",
+        )
+    if thread.message_count + len(request.inputs) + 1 > settings.max_messages_per_thread:
+        raise ThreadFull(
+            f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is "
+            f"{settings.max_messages_per_thread} per thread.",
+            param="thread",
+        )
+
+    assistant = await _assistant_of(session, thread)
+    provider, info = models.resolve(request.model or (assistant.model if assistant else None))
+    tokenizer = provider.tokenizer(info.name)
+    mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
+    max_output = request.max_output_tokens or (assistant.max_output_tokens if assistant else None)
+    max_output = max_output or settings.default_max_output_tokens
+    temperature = request.temperature
+    if temperature is None and assistant is not None:
+        temperature = assistant.temperature
+
+    pinned = []
+    if assistant is not None and assistant.instructions:
+        text = assistant.instructions
+        pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
+    inputs = [
+        PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
+    ]
+    plan = await plan_context(
+        session,
+        thread,
+        tokenizer=tokenizer,
+        tokenizer_name=tokenizer.name,
+        mode=mode,
+        window=info.context_window,
+        max_output_tokens=max_output,
+        pinned=pinned,
+        inputs=inputs,
+        full_limit=settings.max_messages_per_thread,
+        priming_tokens=info.request_overhead_tokens,
+    )
+    response = await ResponseRepository(session).add(
+        Response(
+            organization_id=org,
+            id=owner,
+            thread_id=thread.id,
+            previous_response_id=request.previous_response_id,
+            user_id=principal.user_id,
+            model=info.name,
+            status="in_progress",
+            request=_request_record(request, mode, max_output, temperature),
+            context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
+            created_at=now,
+        )
+    )
+    return Turn(
+        response=response,
+        organization_id=org,
+        thread_id=thread.id,
+        user_id=principal.user_id,
+        assistant_id=thread.assistant_id,
+        provider=provider,
+        info=info,
+        tokenizer=tokenizer,
+        prompt=[ChatMessage(role=m.role, content=m.content) for m in plan.messages],  # type: ignore[arg-type]
+        inputs=inputs,
+        params=GenerationParams(max_output_tokens=max_output, temperature=temperature),
+        thread_state=request.thread_state,
+    )
+
+
+def _check_chainable(previous: Response, settings: Settings, now: datetime) -> None:
+    if now - previous.created_at > timedelta(hours=settings.response_chain_hours):
+        raise InvalidRequest(
+            f"Response '{previous.id}' is older than {settings.response_chain_hours:g} hours and can no longer be "
+            "continued; start a thread instead.",
+            code="previous_response_expired",
+            param="previous_response_id",
+        )
+    if previous.status != "completed" or previous.thread_id is None:
+        raise InvalidRequest(
+            f"Response '{previous.id}' did not complete ({previous.status}); only completed responses can be "
+            "continued.",
+            code="previous_response_not_completed",
+            param="previous_response_id",
+        )
+
+
+async def _assistant_of(session: AsyncSession, thread: Thread) -> Assistant | None:
+    if thread.assistant_id is None:
+        return None
+    return await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
+
+
+def _mode(assistant: Assistant | None) -> ContextMode | None:
+    value = assistant.thread_context_mode if assistant is not None else None
+    return value if value in ("recent", "smart", "full") else None  # type: ignore[return-value]
+
+
+def _request_record(request: ResponseRequest, mode: str, max_output: int, temperature: float | None) -> dict[str, Any]:
+    """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
+    return {
+        "inputs": [{"role": m.role, "content": m.content} for m in request.inputs],
+        "store": request.store,
+        "thread_state": request.thread_state,
+        "thread_context_mode": mode,
+        "max_output_tokens": max_output,
+        "temperature": temperature,
+    }
+
+
+async def create_response(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+) -> Response:
+    """A whole turn without streaming. An upstream failure is recorded, then raised (502/504)."""
+    turn = await start_turn(maker, settings, models, principal, request)
+    async for event in run_turn(maker, settings, turn):
+        if isinstance(event, TurnDone):
+            if event.error is not None:
+                raise event.error
+            return event.response
+    raise AssertionError("run_turn ended without TurnDone")
+
+
+async def get_response(session: AsyncSession, organization_id: str, response_id: str) -> Response:
+    found = await ResponseRepository(session).get(organization_id, response_id)
+    if found is None:
+        raise NotFound(f"No response found with id '{response_id}'.", code="response_not_found", param="response_id")
+    if found.status == "in_progress" and found.thread_id is not None:
+        # A turn whose server died (or whose stream never started) cannot finish once its lease is gone:
+        # say so now instead of leaving it in progress until the next turn on the thread takes over.
+        thread = await ThreadRepository(session).get(organization_id, found.thread_id, include_deleted=True)
+        now = utcnow()
+        alive = (
+            thread is not None
+            and thread.lease_owner == found.id
+            and thread.lease_expires_at is not None
+            and thread.lease_expires_at >= now
+        )
+        if not alive:
+            await ResponseRepository(session).fail_if_in_progress(organization_id, found.id, _INTERRUPTED, now)
+            await session.refresh(found)
+    return found

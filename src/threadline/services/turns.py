@@ -1,0 +1,219 @@
+"""Steps 2 and 3 of a model turn: the model call with no session open, then the short saving transaction.
+
+On success the inputs and the output land together with the thread update and the lease release. On any failure
+(upstream error, client gone, a bug) the response is marked failed and the lease released instead, so the thread
+is left exactly as before the turn. A heartbeat renews the lease while the model generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.config import Settings
+from threadline.domain.clock import utcnow
+from threadline.domain.context import PromptMessage
+from threadline.domain.messages import ChatMessage, NewMessage
+from threadline.domain.tokens import message_token_count
+from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, UpstreamTimeout
+from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
+from threadline.services import messages as message_service
+from threadline.services import threads as thread_service
+from threadline.storage.repositories.responses import ResponseRepository
+from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.tables import Response
+
+logger = logging.getLogger("threadline.turns")
+
+
+@dataclass
+class Turn:
+    """Everything step 2 needs, gathered in step 1 (no ORM session attached)."""
+
+    response: Response
+    organization_id: str
+    thread_id: str
+    user_id: str | None
+    assistant_id: str | None
+    provider: Provider
+    info: ModelInfo
+    tokenizer: Tokenizer
+    prompt: list[ChatMessage]
+    inputs: list[PromptMessage]
+    params: GenerationParams
+    thread_state: str | None
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The last event of a turn: the stored response (completed or failed) and the error, if it failed."""
+
+    response: Response
+    error: ThreadlineError | None
+
+
+TurnEvent = OutputDelta | TurnDone
+
+
+async def run_turn(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn
+) -> AsyncGenerator[TurnEvent, None]:
+    """Step 2 and 3: stream the model's answer, then save the turn (or record the failure). Always ends with
+    one `TurnDone`, unless the consumer stops early, in which case the turn is recorded as failed."""
+    settled = False
+    heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
+    stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+    parts: list[str] = []
+    try:
+        error: ThreadlineError | None = None
+        finished: Finished | None = None
+        try:
+            while True:
+                try:
+                    # Only the wait for the model is timed (never our consumer): a model that goes silent would
+                    # otherwise hold the thread forever, its lease renewed by the heartbeat.
+                    async with asyncio.timeout(settings.model_idle_timeout_seconds):
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"The model sent nothing for {settings.model_idle_timeout_seconds:g} seconds.",
+                        code="upstream_timeout",
+                    ) from None
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                    yield OutputDelta(event.text)
+                elif isinstance(event, Finished):
+                    finished = event
+            if finished is None:
+                raise UpstreamError("The model's stream ended before it finished.", code="upstream_incomplete")
+        except ThreadlineError as exc:
+            error = exc
+        heartbeat.cancel()
+        if error is None and finished is not None:
+            try:
+                response = await _complete(maker, settings, turn, "".join(parts), finished)
+            except ThreadlineError as exc:
+                error = exc
+        if error is not None:
+            response = await _fail(maker, turn, error.code, error.message)
+        settled = True
+        yield TurnDone(response, error)
+    finally:
+        heartbeat.cancel()
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            if not settled:
+                await _fail(maker, turn, "turn_aborted", "The turn stopped before it finished (client disconnected).")
+
+
+async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> None:
+    """Keep the lease alive while the model generates, so only a dead process lets it expire."""
+    interval = settings.thread_lease_seconds / 3
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with maker() as session:
+                expires_at = utcnow() + timedelta(seconds=settings.thread_lease_seconds)
+                await ThreadRepository(session).renew_lease(
+                    turn.organization_id, turn.thread_id, turn.response.id, expires_at
+                )
+                await session.commit()
+        except Exception:
+            # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.
+            logger.warning("lease heartbeat failed for thread %s", turn.thread_id, exc_info=True)
+
+
+async def _complete(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, text: str, finished: Finished
+) -> Response:
+    """Step 3: inputs and output land together, with the thread update and the lease release."""
+    output_tokens = finished.output_tokens
+    if output_tokens is None:
+        output_tokens = turn.tokenizer.count(text)
+    input_tokens = finished.input_tokens or int(turn.response.context.get("input_tokens", 0))
+    async with maker() as session:
+        threads = ThreadRepository(session)
+        thread = await thread_service.get_thread(session, turn.organization_id, turn.thread_id)
+        now = utcnow()
+        changes: dict[str, Any] = {"last_model_used": turn.info.name, "updated_at": now}
+        if turn.thread_state is not None:
+            changes["state"] = turn.thread_state
+        if not await threads.release_lease(turn.organization_id, turn.thread_id, turn.response.id, changes):
+            raise ThreadBusy(
+                "This turn lost its lease on the thread (it ran past the lease without renewing it); nothing was "
+                "saved.",
+                code="lease_lost",
+            )
+        new = [
+            NewMessage(
+                role=m.role,  # type: ignore[arg-type]
+                content=m.content,
+                token_count=m.tokens,
+                tokenizer=turn.tokenizer.name,
+                response_id=turn.response.id,
+            )
+            for m in turn.inputs
+        ]
+        new.append(
+            NewMessage(
+                role="assistant",
+                content=text,
+                token_count=message_token_count(turn.tokenizer, "assistant", text),
+                tokenizer=turn.tokenizer.name,
+                model=turn.info.name,
+                response_id=turn.response.id,
+                assistant_id=turn.assistant_id,
+            )
+        )
+        rows = await message_service.append_messages(
+            session, settings, thread, new, user_id=turn.user_id, check_state=False
+        )
+        response = await _stored(session, turn)
+        response.status = "completed"
+        response.output_text = text
+        response.input_tokens = input_tokens
+        response.output_tokens = output_tokens
+        response.input_first_seq = rows[0].seq
+        response.input_last_seq = rows[-2].seq
+        response.output_seq = rows[-1].seq
+        response.context = {**response.context, "finish_reason": finished.finish_reason}
+        response.completed_at = now
+        await session.commit()
+        return response
+
+
+async def _fail(maker: async_sessionmaker[AsyncSession], turn: Turn, code: str, message: str) -> Response:
+    """Record the failure and free the thread; the thread's messages are untouched."""
+    async with maker() as session:
+        now = utcnow()
+        await ResponseRepository(session).fail_if_in_progress(
+            turn.organization_id, turn.response.id, {"code": code, "message": message}, now
+        )
+        await ThreadRepository(session).release_lease(turn.organization_id, turn.thread_id, turn.response.id)
+        response = await _stored(session, turn)
+        await session.commit()
+        return response
+
+
+async def _stored(session: AsyncSession, turn: Turn) -> Response:
+    found = await ResponseRepository(session).get(turn.organization_id, turn.response.id)
+    assert found is not None
+    return found

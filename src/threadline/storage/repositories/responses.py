@@ -1,0 +1,41 @@
+"""SQL for model responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.storage.tables import Response
+
+
+class ResponseRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, response: Response) -> Response:
+        self.session.add(response)
+        await self.session.flush()
+        return response
+
+    async def get(self, organization_id: str, response_id: str) -> Response | None:
+        query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def fail_if_in_progress(
+        self, organization_id: str, response_id: str, error: dict[str, Any], now: datetime
+    ) -> bool:
+        """Mark a response failed unless it already finished (a turn whose lease expired under it)."""
+        result = await self.session.execute(
+            sa.update(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.id == response_id,
+                Response.status == "in_progress",
+            )
+            .values(status="failed", error=error, completed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,54 @@
+"""Shared pieces of the model-response tests: an app wired to a FakeProvider, SSE parsing, direct DB access."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tests.conftest import Caller, _empty_all_tables
+from threadline.api.app import create_app
+from threadline.config import Settings
+from threadline.providers.fake import FakeProvider
+from threadline.providers.registry import ModelRegistry
+
+
+def registry_with(fake: FakeProvider) -> ModelRegistry:
+    registry = ModelRegistry()
+    registry.register(fake)
+    return registry
+
+
+async def running_app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, models=registry_with(fake))
+    async with application.router.lifespan_context(application):
+        yield application
+    await _empty_all_tables(settings.database_url)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "texts": [{"text": text}]}
+
+
+async def turn(client: httpx.AsyncClient, caller: Caller, text: str, **fields: Any) -> httpx.Response:
+    return await client.post("/v1/model/response", json={"inputs": [user(text)], **fields}, headers=caller.headers)
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+async def thread_messages(client: httpx.AsyncClient, caller: Caller, thread_id: str) -> list[dict[str, Any]]:
+    response = await client.get(
+        f"/v1/threads/{thread_id}/messages", params={"order": "asc", "limit": 100}, headers=caller.headers
+    )
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data

@@ -1,0 +1,210 @@
+"""The pure context builder: budgets, system placement, modes, edge cases (no database)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from threadline.domain.context import (
+    HistoryMessage,
+    PromptMessage,
+    anchor_of,
+    build_context,
+    gap_note,
+    seq_ranges,
+)
+from threadline.errors import ContextLengthExceeded
+
+
+def history(*tokens: int, roles: str = "") -> list[HistoryMessage]:
+    """Messages with the given token costs; roles alternate user/assistant unless spelled out (s/u/a)."""
+    names = {"s": "system", "u": "user", "a": "assistant"}
+    out = []
+    for index, cost in enumerate(tokens):
+        role = names[roles[index]] if roles else ("user" if index % 2 == 0 else "assistant")
+        out.append(HistoryMessage(seq=index + 1, role=role, content=f"m{index + 1}", tokens=cost))
+    return out
+
+
+USER = PromptMessage("user", "new question", 10)
+
+
+def note_cost(text: str) -> int:
+    return 5
+
+
+# What every request costs besides its messages (a model's request_overhead_tokens).
+PRIMING = 2
+
+
+def build(mode: str = "recent", *, window: int = 100, max_out: int = 20, hist=(), head=None, pinned=(), inputs=None):
+    hist = list(hist)
+    return build_context(
+        mode=mode,  # type: ignore[arg-type]
+        window=window,
+        max_output_tokens=max_out,
+        pinned=list(pinned),
+        inputs=[USER] if inputs is None else inputs,
+        tail=hist,
+        head=hist if head is None else head,
+        history_total=len(hist),
+        count_note=note_cost,
+        priming_tokens=PRIMING,
+    )
+
+
+def test_empty_thread_gives_just_the_inputs() -> None:
+    plan = build(hist=[])
+    assert [m.content for m in plan.messages] == ["new question"]
+    report = plan.report
+    assert report.messages_included == 0 and report.messages_omitted == 0
+    assert report.history_budget == 100 - 20 - PRIMING - 10
+    assert report.input_tokens == 10 + PRIMING
+
+
+def test_recent_keeps_the_newest_that_fit() -> None:
+    # budget = 100 - 20 - 2 - 10 = 68
+    plan = build(hist=history(30, 30, 30, 30))
+    assert [m.seq for m in plan.messages if m.seq] == [3, 4]
+    assert plan.report.messages_included == 2
+    assert plan.report.messages_omitted == 2
+    assert plan.report.seq_ranges == ((3, 4),)
+    assert plan.messages[-1] is USER
+
+
+def test_recent_is_a_suffix_even_if_an_older_small_message_would_fit() -> None:
+    plan = build(hist=history(1, 60, 30))
+    assert [m.seq for m in plan.messages if m.seq] == [3]
+
+
+def test_exact_fit_boundary() -> None:
+    budget = 100 - 20 - PRIMING - 10
+    assert [m.seq for m in build(hist=history(budget)).messages if m.seq] == [1]
+    assert [m.seq for m in build(hist=history(budget + 1)).messages if m.seq] == []
+    total = build(hist=history(budget)).report.input_tokens
+    assert total == 100 - 20  # prompt + reply reserve fill the window exactly
+
+
+def test_single_huge_message_is_left_out_in_recent_mode() -> None:
+    plan = build(hist=history(10, 10_000))
+    assert plan.report.messages_included == 0
+    assert plan.report.messages_omitted == 2
+
+
+def test_inputs_alone_over_the_window_are_refused() -> None:
+    with pytest.raises(ContextLengthExceeded) as caught:
+        build(inputs=[PromptMessage("user", "x", 90)])
+    assert caught.value.code == "context_length_exceeded"
+    assert "100" in caught.value.message and "90" in caught.value.message
+
+
+def test_inputs_that_leave_exactly_no_history_budget_are_accepted() -> None:
+    plan = build(inputs=[PromptMessage("user", "x", 100 - 20 - PRIMING)], hist=history(1))
+    assert plan.report.history_budget == 0
+    assert plan.report.messages_included == 0
+
+
+def test_pinned_instructions_come_first_and_always_stay() -> None:
+    pinned = [PromptMessage("system", "be brief", 10 - PRIMING)]
+    plan = build(hist=history(30, 30, 30), pinned=pinned)
+    assert plan.messages[0] is pinned[0]
+    # budget = window 100 - reply 20 - inputs 10 - priming - pinned = 60: two 30-token messages
+    assert [m.seq for m in plan.messages if m.seq] == [2, 3]
+
+
+def test_request_system_messages_stay_in_place() -> None:
+    inputs = [PromptMessage("system", "step 2", 3), USER]
+    plan = build(hist=history(30, 30), inputs=inputs)
+    assert list(plan.messages[-2:]) == inputs
+
+
+def test_full_mode_includes_everything_or_refuses_with_the_sizes() -> None:
+    plan = build("full", hist=history(20, 20, 20))
+    assert [m.seq for m in plan.messages if m.seq] == [1, 2, 3]
+    with pytest.raises(ContextLengthExceeded) as caught:
+        build("full", hist=history(30, 30, 30))
+    assert "90" in caught.value.message and "68" in caught.value.message
+    assert caught.value.param == "thread_context_mode"
+
+
+def test_smart_keeps_the_start_and_marks_the_gap() -> None:
+    hist = history(5, 6, 7, 8, 20, 20, 20, 20, roles="suauauau")
+    plan = build("smart", hist=hist)
+    seqs = [m.seq for m in plan.messages]
+    # anchor: system + first exchange (5+6+7=18); note 5; budget 68 → 45 left: newest two (40)
+    assert seqs[:3] == [1, 2, 3]
+    note = plan.messages[3]
+    assert note.role == "system" and note.seq is None and note.content == gap_note(3)
+    assert seqs[4:6] == [7, 8]
+    assert plan.report.gap_marked is True
+    assert plan.report.messages_omitted == 3
+    assert plan.report.seq_ranges == ((1, 3), (7, 8))
+    assert sum(m.tokens for m in plan.messages) + PRIMING <= 100 - 20
+
+
+def test_smart_without_a_gap_adds_no_note() -> None:
+    plan = build("smart", hist=history(5, 5, 5, 5))
+    assert [m.seq for m in plan.messages if m.seq] == [1, 2, 3, 4]
+    assert plan.report.gap_marked is False
+
+
+def test_smart_drops_an_anchor_that_does_not_fit() -> None:
+    plan = build("smart", hist=history(70, 5, 5, 5))
+    assert [m.seq for m in plan.messages if m.seq] == [2, 3, 4]
+    assert not plan.report.gap_marked
+
+
+def test_anchor_is_leading_system_then_first_exchange() -> None:
+    assert [m.seq for m in anchor_of(history(1, 1, 1, 1, 1, roles="ssuau"))] == [1, 2, 3, 4]
+    assert [m.seq for m in anchor_of(history(1, 1, roles="as"))] == []
+    assert [m.seq for m in anchor_of(history(1, 1, 1, roles="uua"))] == [1]
+
+
+def test_seq_ranges() -> None:
+    assert seq_ranges([1, 2, 3, 7, 8, 10]) == ((1, 3), (7, 8), (10, 10))
+    assert seq_ranges([]) == ()
+
+
+costs = st.lists(st.integers(min_value=0, max_value=60), max_size=40)
+role_strings = st.text(alphabet="sua", min_size=40, max_size=40)
+
+
+@given(costs=costs, roles=role_strings, window=st.integers(60, 400), mode=st.sampled_from(["recent", "smart"]))
+def test_properties_of_recent_and_smart(costs: list[int], roles: str, window: int, mode: str) -> None:
+    hist = history(*costs, roles=roles[: len(costs)])
+    pinned = [PromptMessage("system", "instructions", 3)]
+    plan = build(mode, window=window, hist=hist, pinned=pinned)
+    chosen = [m.seq for m in plan.messages if m.seq is not None]
+    # Never over the window, pinned first, inputs last, order kept, counts add up.
+    assert plan.report.input_tokens + 20 <= window
+    assert plan.report.input_tokens == sum(m.tokens for m in plan.messages) + PRIMING
+    assert plan.messages[0] is pinned[0] and plan.messages[-1] is USER
+    assert chosen == sorted(chosen)
+    assert plan.report.messages_included + plan.report.messages_omitted == len(hist)
+    if mode == "recent":
+        assert chosen == [m.seq for m in hist[len(hist) - len(chosen) :]]
+        assert not plan.report.gap_marked
+    else:
+        anchor = [m.seq for m in anchor_of(hist)]
+        assert plan.report.gap_marked == (plan.report.messages_omitted > 0 and chosen[: len(anchor)] == anchor != [])
+
+
+@given(costs=costs, window=st.integers(60, 400))
+def test_full_mode_is_all_or_an_error(costs: list[int], window: int) -> None:
+    hist = history(*costs)
+    try:
+        plan = build("full", window=window, hist=hist)
+    except ContextLengthExceeded:
+        assert sum(costs) > window - 20 - PRIMING - 10
+    else:
+        assert [m.seq for m in plan.messages if m.seq] == [m.seq for m in hist]
+
+
+def test_smart_drops_the_anchor_when_the_anchor_and_its_gap_note_do_not_fit() -> None:
+    # Found by hypothesis: the anchor (21) fits the budget (25) but not together with the note (5).
+    hist = history(0, 21, 5, roles="sus")
+    plan = build("smart", window=60, hist=hist, pinned=[PromptMessage("system", "instructions", 3)])
+    assert plan.report.input_tokens + 20 <= 60
+    assert not plan.report.gap_marked
+    assert [m.seq for m in plan.messages if m.seq] == [3]
