@@ -114,7 +114,8 @@ async def update_message(
 ) -> Message:
     """Edit content and/or metadata; the previous version goes to the audit trail."""
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     repo = MessageRepository(session)
     message = await repo.get(organization_id, thread_id, message_id)
     if message is None:
@@ -161,7 +162,8 @@ async def message_edits(
 
 async def delete_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     repo = MessageRepository(session)
     message = await repo.get(organization_id, thread_id, message_id)
     if message is None:
@@ -174,7 +176,8 @@ async def delete_message(session: AsyncSession, organization_id: str, thread_id:
 
 async def delete_all_messages(session: AsyncSession, organization_id: str, thread_id: str) -> int:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     now = utcnow()
     deleted = await MessageRepository(session).soft_delete_all(organization_id, thread_id, now)
     await ThreadRepository(session).adjust_message_count(thread, -deleted, now)

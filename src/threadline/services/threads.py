@@ -27,6 +27,7 @@ _UPDATABLE = {
     "workflow_id",
     "space_ids",
 }
+_NOT_NULLABLE = {"visible_in_ui", "is_pinned", "state"}
 
 
 async def get_thread(
@@ -173,6 +174,8 @@ async def update_thread(
     changes: Mapping[str, Any],
 ) -> Thread:
     """Apply the given fields (only those present). Archived threads take only no-op changes."""
+    # These fields cannot be null: an explicit null means "leave unchanged".
+    changes = {k: v for k, v in changes.items() if not (v is None and k in _NOT_NULLABLE)}
     unknown = set(changes) - _UPDATABLE
     if unknown:
         raise ValidationFailed(

@@ -169,8 +169,12 @@ class Thread(Base):
     deleted_at: Mapped[datetime | None]
 
     __table_args__ = (
+        # Lists are keyset pages over (created_at, id) after equality filters; the visible_in_ui column sits
+        # before the sort key so the default list (visible threads) and the user list are pure range scans
+        # even when hidden threads (store=false, response chains) outnumber visible ones.
+        sa.Index(None, "organization_id", "visible_in_ui", "created_at", "id"),
+        sa.Index(None, "organization_id", "user_id", "visible_in_ui", "created_at", "id"),
         sa.Index(None, "organization_id", "created_at", "id"),
-        sa.Index(None, "organization_id", "user_id", "created_at", "id"),
         sa.Index(None, "organization_id", "assistant_id", "created_at", "id"),
         sa.Index(None, "last_message_at"),
     )
