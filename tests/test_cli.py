@@ -7,33 +7,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-
-from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_url, _create_pg_database, _drop_pg_database, _postgres_available
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def cli_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database the CLI must migrate itself."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-        return
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-    name = f"threadline_cli_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    _drop_pg_database(name)
 
 
 def _env(database_url: str) -> dict[str, str]:
@@ -67,19 +45,19 @@ def _free_port() -> int:
         return port
 
 
-def test_cli_contract(cli_database_url: str, tmp_path: Path) -> None:
+def test_cli_contract(empty_database_url: str, tmp_path: Path) -> None:
     created = _run(
-        cli_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "ada@acme.test", "--name", "ci"
+        empty_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "ada@acme.test", "--name", "ci"
     )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("tl_") and len(key) > 30
-    again = _run(cli_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "ada@acme.test")
+    again = _run(empty_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "ada@acme.test")
     second_key = again.stdout.strip().splitlines()[-1]
     assert again.returncode == 0 and second_key != key
 
     user = _run(
-        cli_database_url,
+        empty_database_url,
         tmp_path,
         "users",
         "create",
@@ -92,7 +70,7 @@ def test_cli_contract(cli_database_url: str, tmp_path: Path) -> None:
     )
     assert user.returncode == 0, user.stderr
     bad = _run(
-        cli_database_url,
+        empty_database_url,
         tmp_path,
         "users",
         "create",
@@ -104,13 +82,13 @@ def test_cli_contract(cli_database_url: str, tmp_path: Path) -> None:
         stdin="short\n",
     )
     assert bad.returncode == 1 and "invalid_password" in bad.stderr
-    bad_email = _run(cli_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "not-an-email")
+    bad_email = _run(empty_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "not-an-email")
     assert bad_email.returncode == 1 and "invalid_email" in bad_email.stderr
 
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=_env(cli_database_url),
+        env=_env(empty_database_url),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -146,10 +124,10 @@ def test_cli_contract(cli_database_url: str, tmp_path: Path) -> None:
             # Same organization: bob sees ada's thread.
             assert [t["id"] for t in http.get("/v1/threads", headers=bearer).json()["data"]] == [thread.json()["id"]]
 
-            listed = _run(cli_database_url, tmp_path, "keys", "list", "--org", org_id)
+            listed = _run(empty_database_url, tmp_path, "keys", "list", "--org", org_id)
             assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2
             key_id = me["credential_id"]
-            revoked = _run(cli_database_url, tmp_path, "keys", "revoke", key_id, "--org", org_id)
+            revoked = _run(empty_database_url, tmp_path, "keys", "revoke", key_id, "--org", org_id)
             assert revoked.returncode == 0, revoked.stderr
             assert http.get("/v1/me", headers={"X-API-Key": key}).status_code == 401
             assert http.get("/v1/me", headers={"X-API-Key": second_key}).status_code == 200
@@ -163,5 +141,5 @@ def test_cli_contract(cli_database_url: str, tmp_path: Path) -> None:
         if server.stdout:
             server.stdout.close()
 
-    missing = _run(cli_database_url, tmp_path, "keys", "revoke", "key_nope", "--org", org_id)
+    missing = _run(empty_database_url, tmp_path, "keys", "revoke", "key_nope", "--org", org_id)
     assert missing.returncode == 3 and "api_key_not_found" in missing.stderr
