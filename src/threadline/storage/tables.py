@@ -174,7 +174,6 @@ class Thread(Base):
         # even when hidden threads (store=false, response chains) outnumber visible ones.
         sa.Index(None, "organization_id", "visible_in_ui", "created_at", "id"),
         sa.Index(None, "organization_id", "user_id", "visible_in_ui", "created_at", "id"),
-        sa.Index(None, "organization_id", "created_at", "id"),
         sa.Index(None, "organization_id", "assistant_id", "created_at", "id"),
         sa.Index(None, "last_message_at"),
     )

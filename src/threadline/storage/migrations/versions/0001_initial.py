@@ -216,12 +216,6 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index(
-        op.f("ix_threads_organization_id_created_at_id"),
-        "threads",
-        ["organization_id", "created_at", "id"],
-        unique=False,
-    )
-    op.create_index(
         op.f("ix_threads_organization_id_user_id_visible_in_ui_created_at_id"),
         "threads",
         ["organization_id", "user_id", "visible_in_ui", "created_at", "id"],
@@ -289,7 +283,6 @@ def downgrade() -> None:
     op.drop_table("user_tokens")
     op.drop_index(op.f("ix_threads_organization_id_visible_in_ui_created_at_id"), table_name="threads")
     op.drop_index(op.f("ix_threads_organization_id_user_id_visible_in_ui_created_at_id"), table_name="threads")
-    op.drop_index(op.f("ix_threads_organization_id_created_at_id"), table_name="threads")
     op.drop_index(op.f("ix_threads_organization_id_assistant_id_created_at_id"), table_name="threads")
     op.drop_index(op.f("ix_threads_last_message_at"), table_name="threads")
 
