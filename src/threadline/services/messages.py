@@ -11,7 +11,7 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, validate_content
-from threadline.errors import MessageNotFound, ThreadFull, ValidationFailed
+from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
 from threadline.services.threads import get_thread
 from threadline.storage.repositories.messages import MessageRepository
@@ -24,14 +24,7 @@ async def list_messages(
     session: AsyncSession, organization_id: str, thread_id: str, page: PageRequest
 ) -> Page[Message]:
     await get_thread(session, organization_id, thread_id)
-    repo = MessageRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and not await repo.cursor_exists(organization_id, thread_id, cursor):
-            raise ValidationFailed(
-                f"Cursor '{cursor}' names no message of this thread.", code="invalid_cursor", param=name
-            )
-    return await repo.list_page(organization_id, thread_id, page)
+    return await MessageRepository(session).list_page(organization_id, thread_id, page)
 
 
 async def get_message(session: AsyncSession, organization_id: str, thread_id: str, message_id: str) -> Message:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import AlreadyExists
-from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Thread
 
 
@@ -75,6 +75,7 @@ class ThreadRepository:
             "after": await self._sort_key(where.organization_id, page.after),
             "before": await self._sort_key(where.organization_id, page.before),
         }
+        check_cursors(page, cursors, "thread")
         return await fetch_page(self.session, query, (Thread.created_at, Thread.id), page, cursors)
 
     async def cursor_exists(self, organization_id: str, thread_id: str) -> bool:
