@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -187,3 +188,23 @@ async def test_thread_full(small_client: httpx.AsyncClient, caller: Caller) -> N
     await small_client.delete(f"/v1/threads/{tid}/messages/{first['data'][0]['id']}", headers=caller.headers)
     await _append(small_client, caller, tid, content="fits again")
     assert (await _thread_row(small_client, caller, tid))["message_count"] == 3
+
+
+async def test_concurrent_writes_keep_counts_exact(client: httpx.AsyncClient, caller: Caller) -> None:
+    tid = await _thread(client, caller)
+    url = f"/v1/threads/{tid}/messages"
+    responses = await asyncio.gather(
+        *(client.post(url, json={"content": f"m{i}"}, headers=caller.headers) for i in range(12))
+    )
+    assert [r.status_code for r in responses] == [200] * 12
+    page = (await client.get(url, params={"limit": 100, "order": "asc"}, headers=caller.headers)).json()
+    assert sorted(m["content"] for m in page["data"]) == sorted(f"m{i}" for i in range(12))
+    assert (await _thread_row(client, caller, tid))["message_count"] == 12
+
+    # The same caller-chosen id created concurrently: exactly one wins, the others get 409, never a 500.
+    creates = await asyncio.gather(
+        *(client.post("/v1/threads", json={"id": "race_1"}, headers=caller.headers) for _ in range(6))
+    )
+    statuses = sorted(r.status_code for r in creates)
+    assert statuses == [200] + [409] * 5, [r.text for r in creates]
+    assert all(r.json()["error"]["code"] == "thread_exists" for r in creates if r.status_code == 409)
