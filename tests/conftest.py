@@ -93,6 +93,23 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty, unmigrated database (a fresh file or a fresh PostgreSQL database), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {problem}")
+    name = f"threadline_empty_{uuid.uuid4().hex[:12]}"
+    _create_pg_database(name)
+    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
+    _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:
     """The database under test: each test using it runs once per backend."""
     return str(request.getfixturevalue(f"{request.param}_url"))

@@ -11,7 +11,7 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, validate_content
-from threadline.errors import MessageNotFound, ThreadFull, ValidationFailed
+from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
 from threadline.services.auth import Principal
 from threadline.services.threads import create_thread, get_thread
@@ -33,14 +33,9 @@ async def list_messages(
     """A page of the thread's messages; `roles`/`response_id` narrow it (the Assistants view shows no system
     messages, a run lists its own)."""
     await get_thread(session, organization_id, thread_id)
-    repo = MessageRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and not await repo.cursor_exists(organization_id, thread_id, cursor):
-            raise ValidationFailed(
-                f"Cursor '{cursor}' names no message of this thread.", code="invalid_cursor", param=name
-            )
-    return await repo.list_page(organization_id, thread_id, page, roles=roles, response_id=response_id)
+    return await MessageRepository(session).list_page(
+        organization_id, thread_id, page, roles=roles, response_id=response_id
+    )
 
 
 async def get_message(
@@ -171,7 +166,8 @@ async def update_message(
 ) -> Message:
     """Edit content and/or metadata; the previous version goes to the audit trail."""
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     repo = MessageRepository(session)
     message = await repo.get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
@@ -225,7 +221,8 @@ async def delete_message(
     roles: Collection[str] | None = None,
 ) -> Message:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     repo = MessageRepository(session)
     message = await repo.get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
@@ -246,7 +243,8 @@ async def delete_message_of_thread(
 
 async def delete_all_messages(session: AsyncSession, organization_id: str, thread_id: str) -> int:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    rules.ensure_writable(thread.id, thread.state)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
     now = utcnow()
     deleted = await MessageRepository(session).soft_delete_all(organization_id, thread_id, now)
     await ThreadRepository(session).adjust_message_count(thread, -deleted, now)

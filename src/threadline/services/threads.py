@@ -27,6 +27,7 @@ _UPDATABLE = {
     "workflow_id",
     "space_ids",
 }
+_NOT_NULLABLE = {"visible_in_ui", "is_pinned", "state"}
 
 
 async def get_thread(
@@ -157,12 +158,8 @@ async def _insert_thread(
 
 
 async def list_threads(session: AsyncSession, where: ThreadFilter, page: PageRequest) -> Page[Thread]:
-    repo = ThreadRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and not await repo.cursor_exists(where.organization_id, cursor):
-            raise ValidationFailed(f"Cursor '{cursor}' names no thread.", code="invalid_cursor", param=name)
-    return await repo.list_page(where, page)
+    """One keyset page; an unknown `after`/`before` id is a 400 `invalid_cursor`."""
+    return await ThreadRepository(session).list_page(where, page)
 
 
 async def update_thread(
@@ -173,6 +170,8 @@ async def update_thread(
     changes: Mapping[str, Any],
 ) -> Thread:
     """Apply the given fields (only those present). Archived threads take only no-op changes."""
+    # These fields cannot be null: an explicit null means "leave unchanged".
+    changes = {k: v for k, v in changes.items() if not (v is None and k in _NOT_NULLABLE)}
     unknown = set(changes) - _UPDATABLE
     if unknown:
         raise ValidationFailed(

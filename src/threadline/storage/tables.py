@@ -169,12 +169,16 @@ class Thread(Base):
     deleted_at: Mapped[datetime | None]
 
     __table_args__ = (
-        sa.Index(None, "organization_id", "created_at", "id"),
-        sa.Index(None, "organization_id", "user_id", "created_at", "id"),
+        # Lists are keyset pages over (created_at, id) after equality filters; the visible_in_ui column sits
+        # before the sort key so the default list (visible threads) and the user list are pure range scans
+        # even when hidden threads (store=false, response chains) outnumber visible ones.
+        sa.Index(None, "organization_id", "visible_in_ui", "created_at", "id"),
+        sa.Index(None, "organization_id", "user_id", "visible_in_ui", "created_at", "id"),
         sa.Index(None, "organization_id", "assistant_id", "created_at", "id"),
         sa.Index(None, "last_message_at"),
-        # Retention (migration 0002): threads by age, inactive threads that still hold messages, idle chains.
-        sa.Index(None, "created_at"),
+        # Retention (migration 0002): inactive threads that still hold messages, idle chains. Threads past the
+        # maximum age are found by a scan in the hourly sweep: an index led by created_at alone would tempt
+        # PostgreSQL's planner away from the organization-scoped list indexes above.
         sa.Index(
             "ix_threads_last_message_at_with_messages",
             "last_message_at",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.schemas.auth import (
@@ -16,6 +18,7 @@ from threadline.api.schemas.auth import (
     UserRead,
 )
 from threadline.api.schemas.common import iso
+from threadline.api.schemas.freddy import ID_PATTERN
 from threadline.services import auth
 
 router = APIRouter(prefix="/v1", tags=["auth"])
@@ -60,5 +63,9 @@ async def create_api_key(body: ApiKeyCreate, session: SessionDep, principal: Pri
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyRead)
-async def revoke_api_key(key_id: str, session: SessionDep, organization_id: OrganizationDep) -> ApiKeyRead:
+async def revoke_api_key(
+    key_id: Annotated[str, Path(max_length=64, pattern=ID_PATTERN)],
+    session: SessionDep,
+    organization_id: OrganizationDep,
+) -> ApiKeyRead:
     return ApiKeyRead.of(await auth.revoke_api_key(session, organization_id, key_id))

@@ -9,14 +9,17 @@ from fastapi import APIRouter, Query
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
+    CursorQuery,
     Deleted,
     MessageCreate,
     MessageEditList,
     MessageEditRead,
+    MessageIdPath,
     MessageList,
     MessageRead,
     MessagesDeleted,
     MessageUpdate,
+    ThreadIdPath,
 )
 from threadline.domain.messages import NewMessage
 from threadline.services import messages
@@ -27,13 +30,13 @@ router = APIRouter(prefix="/v1/threads/{thread_id}/messages", tags=["messages"])
 
 @router.get("", response_model=MessageList)
 async def list_messages(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[str | None, Query(max_length=64)] = None,
+    after: CursorQuery = None,
+    before: CursorQuery = None,
     include_total: bool = False,
 ) -> MessageList:
     page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
@@ -42,7 +45,7 @@ async def list_messages(
 
 @router.post("", response_model=MessageRead, dependencies=[Idempotent])
 async def add_message(
-    thread_id: str, body: MessageCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+    thread_id: ThreadIdPath, body: MessageCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> MessageRead:
     message = await messages.add_message(
         session,
@@ -56,21 +59,27 @@ async def add_message(
 
 
 @router.delete("", response_model=MessagesDeleted)
-async def delete_all_messages(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> MessagesDeleted:
+async def delete_all_messages(
+    thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
+) -> MessagesDeleted:
     count = await messages.delete_all_messages(session, organization_id, thread_id)
     return MessagesDeleted(thread_id=thread_id, deleted_count=count)
 
 
 @router.get("/{message_id}", response_model=MessageRead)
 async def get_message(
-    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> MessageRead:
     return MessageRead.of(await messages.get_message(session, organization_id, thread_id, message_id))
 
 
 @router.patch("/{message_id}", response_model=MessageRead)
 async def update_message(
-    thread_id: str, message_id: str, body: MessageUpdate, session: SessionDep, principal: PrincipalDep
+    thread_id: ThreadIdPath,
+    message_id: MessageIdPath,
+    body: MessageUpdate,
+    session: SessionDep,
+    principal: PrincipalDep,
 ) -> MessageRead:
     message = await messages.update_message(
         session,
@@ -85,7 +94,7 @@ async def update_message(
 
 @router.get("/{message_id}/edits", response_model=MessageEditList)
 async def list_message_edits(
-    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> MessageEditList:
     message, edits = await messages.message_edits(session, organization_id, thread_id, message_id)
     return MessageEditList(message=MessageRead.of(message), data=[MessageEditRead.of(e) for e in edits])
@@ -93,7 +102,7 @@ async def list_message_edits(
 
 @router.delete("/{message_id}", response_model=Deleted)
 async def delete_message(
-    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> Deleted:
     message = await messages.delete_message(session, organization_id, thread_id, message_id)
     return Deleted(id=message.id, object="thread.message.deleted")

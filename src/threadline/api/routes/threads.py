@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
+    ID_PATTERN,
+    TEXT_PATTERN,
+    CursorQuery,
     Deleted,
     MetadataPatch,
     ThreadCreate,
+    ThreadIdPath,
     ThreadList,
     ThreadRead,
     ThreadRename,
@@ -31,13 +35,13 @@ class ThreadListQuery:
         self,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-        after: Annotated[str | None, Query(max_length=128)] = None,
-        before: Annotated[str | None, Query(max_length=128)] = None,
-        assistant_id: Annotated[str | None, Query(max_length=128)] = None,
+        after: CursorQuery = None,
+        before: CursorQuery = None,
+        assistant_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
         include_deleted: bool = False,
         visible_in_ui: bool = True,
         include_total: bool = False,
-        workflow_id: Annotated[str | None, Query(max_length=128)] = None,
+        workflow_id: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
         is_pinned: bool | None = None,
     ) -> None:
         self.page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
@@ -63,7 +67,11 @@ ListQueryDep = Annotated[ThreadListQuery, Depends()]
 
 
 @router.post("/threads", response_model=ThreadRead, dependencies=[Idempotent])
-async def create_thread(body: ThreadCreate, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+async def create_thread(
+    session: SessionDep, principal: PrincipalDep, body: Annotated[ThreadCreate | None, Body()] = None
+) -> ThreadRead:
+    # Every field is optional (seed 002), so is the body itself.
+    body = body or ThreadCreate()
     thread = await threads.create_thread(
         session,
         principal,
@@ -94,13 +102,15 @@ async def list_user_threads(
 
 
 @router.get("/threads/{thread_id}", response_model=ThreadRead)
-async def get_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> ThreadRead:
+async def get_thread(thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep) -> ThreadRead:
     return ThreadRead.of(await threads.get_thread(session, organization_id, thread_id))
 
 
 @router.post("/threads/{thread_id}", response_model=ThreadRead)
 @router.patch("/threads/{thread_id}", response_model=ThreadRead)
-async def update_thread(thread_id: str, body: ThreadUpdate, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+async def update_thread(
+    thread_id: ThreadIdPath, body: ThreadUpdate, session: SessionDep, principal: PrincipalDep
+) -> ThreadRead:
     changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
     thread = await threads.update_thread(
         session, principal, principal.organization(body.organization_id), thread_id, changes
@@ -109,14 +119,14 @@ async def update_thread(thread_id: str, body: ThreadUpdate, session: SessionDep,
 
 
 @router.delete("/threads/{thread_id}", response_model=Deleted)
-async def delete_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
+async def delete_thread(thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
     thread = await threads.delete_thread(session, organization_id, thread_id)
     return Deleted(id=thread.id, object="thread.deleted")
 
 
 @router.patch("/threads/{thread_id}/metadata", response_model=ThreadRead)
 async def patch_metadata(
-    thread_id: str, body: MetadataPatch, session: SessionDep, principal: PrincipalDep
+    thread_id: ThreadIdPath, body: MetadataPatch, session: SessionDep, principal: PrincipalDep
 ) -> ThreadRead:
     thread = await threads.patch_metadata(
         session, principal.organization(body.organization_id), thread_id, body.metadata
@@ -125,6 +135,8 @@ async def patch_metadata(
 
 
 @router.put("/threads/{thread_id}/rename", response_model=ThreadRead)
-async def rename_thread(thread_id: str, body: ThreadRename, session: SessionDep, principal: PrincipalDep) -> ThreadRead:
+async def rename_thread(
+    thread_id: ThreadIdPath, body: ThreadRename, session: SessionDep, principal: PrincipalDep
+) -> ThreadRead:
     thread = await threads.rename_thread(session, principal.organization(body.organization_id), thread_id, body.title)
     return ThreadRead.of(thread)

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
+
+# NUL, lone surrogates and NaN/Infinity get through JSON parsing but no database stores them (PostgreSQL
+# text/JSONB refuse NUL and NaN; neither driver encodes a lone surrogate): refused at the edge, they are a 400
+# instead of a database error.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_storable(value: Any) -> None:
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise ValueError("text must not contain NUL characters or unpaired surrogates")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_storable(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_storable(item)
 
 
 class RequestModel(BaseModel):
     """A request body: unknown fields are an error (a typo should not be silently ignored)."""
 
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        _check_storable(value)
+        return value
 
 
 class ResponseModel(BaseModel):

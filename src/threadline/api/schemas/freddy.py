@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from fastapi import Path, Query
+from pydantic import Field, StringConstraints, model_validator
 
 from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.ids import CLIENT_ID_PATTERN
 from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Message, MessageEdit, Thread
 
 ThreadStateField = Literal["open", "locked", "archived"]
+
+# Ids in paths and query strings: the caller-chosen id alphabet (ids.py). Anything else can name no row, and
+# is refused as a 400 before it reaches a database that might choke on it.
+ID_PATTERN = CLIENT_ID_PATTERN.pattern
+# Free-text filters (workflow_id): printable characters only.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+ThreadIdPath = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
+MessageIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
+CursorQuery = Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)]
+SpaceId = Annotated[str, StringConstraints(max_length=128)]
 
 
 class ThreadCreate(RequestModel):
@@ -21,7 +34,7 @@ class ThreadCreate(RequestModel):
     title: str | None = Field(default=None, max_length=2000)
     organization_id: str | None = Field(default=None, max_length=64)
     workflow_id: str | None = Field(default=None, max_length=128)
-    space_ids: list[str] | None = Field(default=None, max_length=100)
+    space_ids: list[SpaceId] | None = Field(default=None, max_length=100)
 
 
 class ThreadUpdate(RequestModel):
@@ -32,7 +45,7 @@ class ThreadUpdate(RequestModel):
     is_pinned: bool | None = None
     state: ThreadStateField | None = None
     workflow_id: str | None = Field(default=None, max_length=128)
-    space_ids: list[str] | None = Field(default=None, max_length=100)
+    space_ids: list[SpaceId] | None = Field(default=None, max_length=100)
     organization_id: str | None = Field(default=None, max_length=64)
 
 

@@ -8,17 +8,14 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from threadline.storage.engine import create_engine
+from threadline.storage.engine import create_engine, is_full_text_object
 from threadline.storage.tables import Base
 
 target_metadata = Base.metadata
 
 
 def _include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Autogenerate ignores the full-text search objects of migration 0002: dialect-specific (FTS5 tables and
-    their shadow tables and triggers on SQLite; generated tsvector columns and GIN indexes on PostgreSQL), so
-    they live in the migration only, not in `tables.py`."""
-    return not (name and (name.endswith("_tsv") or "_fts" in name))
+    return not is_full_text_object(name)
 
 
 def _run(connection: Connection) -> None:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Message, MessageEdit
 
 
@@ -66,6 +66,7 @@ class MessageRepository:
             "after": await self._sort_key(organization_id, thread_id, page.after),
             "before": await self._sort_key(organization_id, thread_id, page.before),
         }
+        check_cursors(page, cursors, "message of this thread")
         return await fetch_page(self.session, query, (Message.seq,), page, cursors)
 
     async def cursor_exists(self, organization_id: str, thread_id: str, message_id: str) -> bool:

@@ -13,6 +13,8 @@ from typing import Any, Generic, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.errors import ValidationFailed
+
 T = TypeVar("T")
 Order = Literal["asc", "desc"]
 
@@ -31,6 +33,14 @@ class Page(Generic[T]):
     items: list[T]
     has_more: bool
     total: int | None = None
+
+
+def check_cursors(page: PageRequest, keys: dict[str, tuple[Any, ...] | None], what: str) -> None:
+    """A cursor that names no row is a client error (resolving it is the one extra query a later page costs)."""
+    for name in ("after", "before"):
+        cursor = getattr(page, name)
+        if cursor is not None and keys.get(name) is None:
+            raise ValidationFailed(f"Cursor '{cursor}' names no {what}.", code="invalid_cursor", param=name)
 
 
 def _compare(columns: Sequence[Any], values: Sequence[Any], greater: bool) -> sa.ColumnElement[bool]:

@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.errors import AlreadyExists
+from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Thread
 
 
@@ -45,8 +47,14 @@ class ThreadRepository:
         return (await self.session.execute(query)).first() is not None
 
     async def add(self, thread: Thread) -> Thread:
+        """Insert; a concurrent insert of the same (organization, id) becomes `thread_exists`, not a crash."""
         self.session.add(thread)
-        await self.session.flush()
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists(
+                f"A thread with id '{thread.id}' already exists.", code="thread_exists", param="id"
+            ) from exc
         return thread
 
     async def list_page(self, where: ThreadFilter, page: PageRequest) -> Page[Thread]:
@@ -57,16 +65,18 @@ class ThreadRepository:
             query = query.where(Thread.assistant_id == where.assistant_id)
         if where.workflow_id is not None:
             query = query.where(Thread.workflow_id == where.workflow_id)
+        # `=` rather than `IS`: PostgreSQL only turns `=` into an index condition.
         if where.visible_in_ui is not None:
-            query = query.where(Thread.visible_in_ui.is_(where.visible_in_ui))
+            query = query.where(Thread.visible_in_ui == where.visible_in_ui)
         if where.is_pinned is not None:
-            query = query.where(Thread.is_pinned.is_(where.is_pinned))
+            query = query.where(Thread.is_pinned == where.is_pinned)
         if not where.include_deleted:
             query = query.where(Thread.deleted_at.is_(None))
         cursors = {
             "after": await self._sort_key(where.organization_id, page.after),
             "before": await self._sort_key(where.organization_id, page.before),
         }
+        check_cursors(page, cursors, "thread")
         return await fetch_page(self.session, query, (Thread.created_at, Thread.id), page, cursors)
 
     async def cursor_exists(self, organization_id: str, thread_id: str) -> bool:

@@ -216,15 +216,15 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index(
-        op.f("ix_threads_organization_id_created_at_id"),
+        op.f("ix_threads_organization_id_user_id_visible_in_ui_created_at_id"),
         "threads",
-        ["organization_id", "created_at", "id"],
+        ["organization_id", "user_id", "visible_in_ui", "created_at", "id"],
         unique=False,
     )
     op.create_index(
-        op.f("ix_threads_organization_id_user_id_created_at_id"),
+        op.f("ix_threads_organization_id_visible_in_ui_created_at_id"),
         "threads",
-        ["organization_id", "user_id", "created_at", "id"],
+        ["organization_id", "visible_in_ui", "created_at", "id"],
         unique=False,
     )
 
@@ -281,8 +281,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_user_tokens_user_id"), table_name="user_tokens")
 
     op.drop_table("user_tokens")
-    op.drop_index(op.f("ix_threads_organization_id_user_id_created_at_id"), table_name="threads")
-    op.drop_index(op.f("ix_threads_organization_id_created_at_id"), table_name="threads")
+    op.drop_index(op.f("ix_threads_organization_id_visible_in_ui_created_at_id"), table_name="threads")
+    op.drop_index(op.f("ix_threads_organization_id_user_id_visible_in_ui_created_at_id"), table_name="threads")
     op.drop_index(op.f("ix_threads_organization_id_assistant_id_created_at_id"), table_name="threads")
     op.drop_index(op.f("ix_threads_last_message_at"), table_name="threads")
 

@@ -73,7 +73,6 @@ def upgrade() -> None:
         op.execute("CREATE INDEX ix_messages_content_fts ON messages USING gin (content_tsv)")
         op.execute("CREATE INDEX ix_threads_title_fts ON threads USING gin (title_tsv)")
 
-    op.create_index("ix_threads_created_at", "threads", ["created_at"])
     op.create_index(
         "ix_threads_last_message_at_with_messages",
         "threads",
@@ -103,7 +102,6 @@ def downgrade() -> None:
     op.drop_index("ix_message_edits_organization_id_thread_id", table_name="message_edits")
     op.drop_index("ix_threads_chain_last_message_at", table_name="threads")
     op.drop_index("ix_threads_last_message_at_with_messages", table_name="threads")
-    op.drop_index("ix_threads_created_at", table_name="threads")
     if op.get_bind().dialect.name == "sqlite":
         for fts, table, _ in _SQLITE_FTS:
             _sqlite_fts_down(fts, table)

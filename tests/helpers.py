@@ -1,0 +1,22 @@
+"""Helpers shared by the API tests."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from tests.conftest import Caller
+from threadline.services import auth
+from threadline.storage.engine import create_sessionmaker
+
+PASSWORD = "correct horse battery staple"
+
+
+async def login_headers(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> dict[str, str]:
+    """Give the caller's user a password, log in through the API, and return bearer-token headers."""
+    async with create_sessionmaker(app.state.engine)() as session:
+        await auth.set_password(session, caller.organization_id, caller.email, PASSWORD)
+        await session.commit()
+    response = await client.post("/v1/auth/token", json={"email": caller.email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}

@@ -1,0 +1,237 @@
+"""Property-based fuzzing of every Threads/identity route from the app's own OpenAPI document.
+
+Hypothesis builds requests (path ids, query strings, JSON bodies with hostile values: NUL bytes, lone
+surrogates, NaN, huge numbers, deep nesting, wrong types, unknown fields, camelCase and snake_case names) and
+asserts the two promises of the API: no 5xx, and every error is the envelope with a non-empty `code`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Caller
+from tests.helpers import login_headers
+
+# The routers this suite owns; other routers get their own fuzzing where they are built.
+FUZZED_TAGS = {"threads", "messages", "auth"}
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    query: tuple[str, ...]
+    body_fields: tuple[tuple[str, Any], ...] | None  # (name, schema) of each body field; None: no body
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        resolved: dict[str, Any] = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        return resolved
+    return schema
+
+
+def _properties(spec: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    schema = _resolve(spec, schema)
+    for variant in schema.get("anyOf", []):
+        if variant.get("$ref") or variant.get("properties"):
+            return _properties(spec, variant)
+    return [(name, _resolve(spec, sub)) for name, sub in schema.get("properties", {}).items()]
+
+
+def operations(app: FastAPI) -> list[Operation]:
+    spec = app.openapi()
+    found = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if not FUZZED_TAGS & set(op.get("tags", [])):
+                continue
+            query = tuple(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
+            body = op.get("requestBody")
+            fields = None
+            if body is not None:
+                fields = tuple(_properties(spec, body["content"]["application/json"]["schema"]))
+            found.append(Operation(method.upper(), path, query, fields))
+    return found
+
+
+def _quote(value: str) -> str:
+    """Percent-encode every byte, lone surrogates included (as the invalid UTF-8 a raw client could send)."""
+    return quote(value.encode("utf-8", "surrogatepass"), safe="")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+# Strings a database or driver may refuse (NUL, lone surrogates, control characters), sizes at and past the
+# limits, and ordinary text.
+hostile_text = st.one_of(
+    st.sampled_from(["\x00", "a\x00b", "\ud800", "x\udfffy", "\x1b[0m\x7f"]),
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(categories=["Cc", "Cs"]), min_size=1, max_size=4),
+    st.sampled_from(["", " ", "x" * 200, "x" * 201, "thread_" + "a" * 200, "../x", "%00", "💥" * 10]),
+    st.sampled_from(["open", "locked", "archived", "user", "assistant", "system", "ok_id"]),
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    hostile_text,
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(hostile_text, inner, max_size=20)),
+    max_leaves=40,
+)
+
+
+def typed_values(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values that mostly have the field's type (so they reach the service and the database), with hostile
+    contents, and sometimes anything at all."""
+    variants = [v for v in schema.get("anyOf", []) if v.get("type") != "null"] or [schema]
+    strategies: list[st.SearchStrategy[Any]] = []
+    for variant in variants:
+        kind = variant.get("type")
+        if "enum" in variant or "const" in variant:
+            strategies.append(st.sampled_from(variant.get("enum") or [variant.get("const")]))
+        if kind == "string":
+            strategies.append(hostile_text)
+        elif kind == "boolean":
+            strategies.append(st.booleans())
+        elif kind == "integer":
+            strategies.append(st.integers(min_value=-(2**70), max_value=2**70))
+        elif kind == "object":
+            strategies.append(st.dictionaries(hostile_text, json_values, max_size=18))
+        elif kind == "array":
+            strategies.append(st.lists(typed_values(variant.get("items", {})), max_size=5))
+    typed = st.one_of(*strategies) if strategies else json_values
+    return st.one_of(typed, typed, typed, typed, typed, typed, st.none(), json_values)
+
+
+@dataclass
+class Target:
+    caller: Caller
+    token_headers: dict[str, str]
+    thread_id: str
+    message_id: str
+
+
+@pytest.fixture
+async def target(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> Target:
+    thread = (await client.post("/v1/threads", json={"id": "fuzz_thread"}, headers=caller.headers)).json()
+    message = (
+        await client.post(f"/v1/threads/{thread['id']}/messages", json={"content": "hi"}, headers=caller.headers)
+    ).json()
+    return Target(caller, await login_headers(client, app, caller), thread["id"], message["id"])
+
+
+@st.composite
+def requests(
+    draw: st.DrawFn, ops: list[Operation], target: Target
+) -> tuple[str, str, dict[str, Any], bytes | None, dict[str, str]]:
+    op = draw(st.sampled_from(ops))
+    known = {"thread_id": target.thread_id, "message_id": target.message_id, "key_id": "key_x"}
+
+    def path_value(match: re.Match[str]) -> str:
+        value = draw(
+            st.one_of(
+                st.just(known[match.group(1)]), hostile_text.filter(lambda s: "/" not in s and s not in (".", ".."))
+            )
+        )
+        return _quote(value) or "x"
+
+    path = _PARAM.sub(path_value, op.path)
+    query: dict[str, Any] = {}
+    own_org = st.just(target.caller.organization_id)
+    for name in op.query:
+        if name == "organization_id":
+            if draw(st.integers(0, 3)) == 0:
+                query[name] = draw(st.one_of(own_org, hostile_text))
+        elif draw(st.integers(0, 2)) == 0:
+            key = draw(st.sampled_from([name, re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)]))
+            query[key] = draw(
+                st.one_of(
+                    hostile_text,
+                    st.integers(-5, 500).map(str),
+                    st.sampled_from(["true", "false", "asc", "desc", target.thread_id, target.message_id]),
+                )
+            )
+    content: bytes | None = None
+    if op.body_fields is not None:
+        kind = draw(st.sampled_from(["one", "one", "one", "fields", "json", "raw"]))
+        if kind in ("one", "fields"):
+            # "one": a single field, so one hostile value is not hidden behind another field's type error.
+            fields = [draw(st.sampled_from(op.body_fields))] if kind == "one" and op.body_fields else op.body_fields
+            body: dict[str, Any] = {}
+            for name, schema in fields:
+                if kind == "one" or draw(st.booleans()):
+                    # Another organization's id only ever gets a 403: mostly send the caller's own.
+                    values = (
+                        st.one_of(own_org, own_org, hostile_text) if name == "organizationId" else typed_values(schema)
+                    )
+                    body[draw(st.sampled_from([name, _snake(name)]))] = draw(values)
+            if draw(st.integers(0, 9)) == 0:
+                body["unknown_field"] = draw(json_values)
+            content = json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+        elif kind == "json":
+            content = json.dumps(draw(json_values), ensure_ascii=True, allow_nan=True).encode()
+        else:
+            content = draw(st.binary(max_size=64))
+    auth = draw(st.sampled_from(["key", "key", "key", "token", "token", "none", "garbage"]))
+    if op.path == "/v1/auth/logout" and auth == "token":
+        auth = "key"  # logging out would revoke the token every later example uses
+    headers = {
+        "key": target.caller.headers,
+        "token": target.token_headers,
+        "none": {},
+        "garbage": {"Authorization": "Bearer tlu_garbage"},
+    }[auth]
+    headers = {**headers, "Content-Type": "application/json"}
+    if query:
+        path += "?" + "&".join(f"{_quote(k)}={_quote(str(v))}" for k, v in query.items())
+    return op.method, path, query, content, headers
+
+
+@pytest.fixture
+def statuses() -> Iterator[set[int]]:
+    """The statuses seen over all examples: the fuzzer must reach past validation, not only into 400s."""
+    seen: set[int] = set()
+    yield seen
+    assert {200, 400, 404} <= seen, seen
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(data=st.data())
+async def test_no_request_produces_a_5xx(
+    client: httpx.AsyncClient, app: FastAPI, target: Target, statuses: set[int], data: st.DataObject
+) -> None:
+    ops = operations(app)
+    assert len(ops) >= 20  # every route of the area is in the OpenAPI document
+    method, path, query, content, headers = data.draw(requests(ops, target))
+    response = await client.request(method, path, content=content, headers=headers)
+    statuses.add(response.status_code)
+    assert response.status_code < 500, (method, path, query, content, response.text)
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, response.text
+        assert isinstance(error["code"], str) and error["code"], response.text
+        assert isinstance(error["message"], str) and error["message"], response.text
