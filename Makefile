@@ -2,19 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Where the one-time llama-cpp-python build is kept (scripts/build-llama-wheel says why).
+WHEELHOUSE ?= $(HOME)/.cache/threadline/wheels
+PIP_INSTALL := $(BIN)/pip install --quiet --find-links $(WHEELHOUSE)
 
-.PHONY: run test check lint typecheck imports pytest bench clean
+.PHONY: run test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml scripts/build-llama-wheel | $(BIN)/python
+	bash scripts/build-llama-wheel $(BIN)/pip $(WHEELHOUSE)
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml scripts/build-llama-wheel | $(BIN)/python
+	bash scripts/build-llama-wheel $(BIN)/pip $(WHEELHOUSE)
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
@@ -32,6 +37,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/threads_list.py
 	$(BIN)/python bench/model_throughput.py
+	$(BIN)/python bench/turn_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
