@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tests.conftest import Caller, _empty_all_tables, make_caller
 from threadline.api.app import create_app
 from threadline.config import Settings
+from threadline.domain.clock import utcnow
 from threadline.services import retention
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import IdempotencyKey, Lease, Message, MessageEdit, Response, Thread
@@ -265,12 +266,13 @@ async def test_only_one_sweep_at_a_time(app: FastAPI, settings: Settings, caller
 
 
 async def test_an_expired_lease_is_taken_over(maker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    # The sweep reads the real clock for leases, so the lease is set relative to it (not to the data's NOW).
     async with maker() as session:
-        session.add(Lease(name="retention", owner="crashed", expires_at=NOW + timedelta(minutes=5)))
+        session.add(Lease(name="retention", owner="crashed", expires_at=utcnow() + timedelta(minutes=5)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is False
     async with maker() as session:
-        await session.execute(sa.update(Lease).values(expires_at=NOW - timedelta(seconds=1)))
+        await session.execute(sa.update(Lease).values(expires_at=utcnow() - timedelta(seconds=1)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is True
 
