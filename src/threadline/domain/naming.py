@@ -24,7 +24,9 @@ _LABEL = re.compile(r"^(?:conversation\s+)?title\s*(?::|\s[-–—]\s)\s*", re.I
 _LABEL_STARTS = ("title:", "conversation title:")
 # Quotes that are never part of a title (apostrophes are: "Ada's notes"); markdown emphasis and code marks.
 _DROP = str.maketrans("", "", '"“”„«»`*')
-_EDGE = " \t'‘’#>-•|~_"
+# Underscores mark emphasis unless they join two words (snake_case names stay).
+_EMPHASIS = re.compile(r"(?<![^\W_])_+|_+(?![^\W_])")
+_EDGE = " \t'‘’#>-•|~"
 _TRAILING = " \t.,;:!?…'‘’-–—"
 
 
@@ -61,7 +63,7 @@ def clean_title(text: str) -> str:
 
 
 def _clean_line(line: str) -> str:
-    title = " ".join(line.translate(_DROP).split())
+    title = " ".join(_EMPHASIS.sub("", line.translate(_DROP)).split())
     title = title.strip(_EDGE)
     title = _LABEL.sub("", title).strip(_EDGE)
     if len(title) > TITLE_MAX_CHARS:
