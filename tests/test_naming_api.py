@@ -34,9 +34,7 @@ async def _conversation(client: httpx.AsyncClient, caller: Caller, thread_id: st
     return thread_id
 
 
-async def _name(
-    client: httpx.AsyncClient, caller: Caller, thread_id: str, **body: Any
-) -> httpx.Response:
+async def _name(client: httpx.AsyncClient, caller: Caller, thread_id: str, **body: Any) -> httpx.Response:
     return await client.post(f"/v1/threads/{thread_id}/generateName", json=body, headers=caller.headers)
 
 
