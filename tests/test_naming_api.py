@@ -98,6 +98,16 @@ async def test_request_options_reach_the_model(client: httpx.AsyncClient, caller
     assert hidden[0]["last_model_used"] == "fake-small"
 
 
+async def test_without_a_model_the_threads_last_model_names_it(
+    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider
+) -> None:
+    assert (await turn(client, caller, "hello", thread="small-chat", model="fake-small")).status_code == 200
+    fake.script(Script(reply="Greetings"))
+    assert (await _name(client, caller, "small-chat")).status_code == 200
+    hidden = await _hidden_threads(client, caller)
+    assert hidden[0]["last_model_used"] == "fake-small"
+
+
 async def test_renaming_again_replaces_the_title(client: httpx.AsyncClient, caller: Caller, fake: FakeProvider) -> None:
     thread_id = await _conversation(client, caller)
     fake.script(Script(reply="First title"), Script(reply="Second title"))
