@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
+from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.responses_helpers import running_app
+from threadline.config import Settings
+from threadline.providers.fake import FakeProvider
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The models an assistant may name are the registry's: here two fake ones."""
+    async for application in running_app(settings, FakeProvider(model_names=("fake-model", "fake-large"))):
+        yield application
+
 
 FULL = {
     "name": "Support bot",
     "description": "Answers billing questions",
-    "model": "smollm2-135m-instruct",
+    "model": "fake-model",
     "instructions": "Be brief.",
     "threadContextMode": "smart",
     "temperature": 0.2,
@@ -33,7 +48,7 @@ async def test_create_get_returns_every_field(client: httpx.AsyncClient, caller:
     assert assistant["user_id"] == caller.user_id
     assert assistant["name"] == "Support bot"
     assert assistant["description"] == "Answers billing questions"
-    assert assistant["model"] == "smollm2-135m-instruct"
+    assert assistant["model"] == "fake-model"
     assert assistant["instructions"] == "Be brief."
     assert assistant["thread_context_mode"] == "smart"
     assert assistant["temperature"] == 0.2
@@ -76,6 +91,26 @@ async def test_modify_with_patch_and_post(client: httpx.AsyncClient, caller: Cal
     assert (await client.get(url, headers=caller.headers)).json()["name"] == "Renamed"
     bad = await client.patch(url, json={"temperature": 3}, headers=caller.headers)
     assert bad.status_code == 400
+
+
+async def test_the_model_must_be_served(client: httpx.AsyncClient, caller: Caller) -> None:
+    response = await client.post("/v1/assistants", json={**FULL, "model": "gpt-9"}, headers=caller.headers)
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "gpt-9" in error["message"] and "fake-large, fake-model" in error["message"]
+    assert (await client.get("/v1/assistants", headers=caller.headers)).json()["data"] == []
+
+    assistant = await _create(client, caller)
+    url = f"/v1/assistants/{assistant['id']}"
+    refused = await client.patch(url, json={"model": "gpt-9"}, headers=caller.headers)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    assert (await client.get(url, headers=caller.headers)).json()["model"] == "fake-model"
+    moved = await client.patch(url, json={"model": "fake-large"}, headers=caller.headers)
+    assert moved.status_code == 200 and moved.json()["model"] == "fake-large"
+    # No model: the thread's turns use the default model.
+    cleared = await client.patch(url, json={"model": None}, headers=caller.headers)
+    assert cleared.status_code == 200 and cleared.json()["model"] is None
 
 
 async def test_other_organization_gets_404(client: httpx.AsyncClient, caller: Caller, other_caller: Caller) -> None:

@@ -26,7 +26,8 @@ from threadline.api.routes import (
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
-from threadline.services import retention
+from threadline.services import naming, retention
+from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.web import ui_router
 
@@ -57,6 +58,14 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             await engine.dispose()
             raise
         app.state.models = registry
+        # Work that outlives its request (auto-naming), cancelled at shutdown before the engine goes away.
+        background = Background()
+        app.state.background = background
+        app.state.turn_observer = (
+            naming.AutoNamer(app.state.sessionmaker, settings, registry, background)
+            if settings.auto_name_threads
+            else None
+        )
         # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
         sweeper = (
             asyncio.create_task(retention.run_periodically(app.state.sessionmaker, settings), name="retention")
@@ -66,6 +75,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         try:
             yield
         finally:
+            await background.aclose()
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

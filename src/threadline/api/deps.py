@@ -12,6 +12,7 @@ from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
 from threadline.services.auth import Principal
+from threadline.services.turns import TurnObserver
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,9 +41,16 @@ def get_models(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_turn_observer(request: Request) -> TurnObserver | None:
+    """What hears about saved turns (auto-naming), or None when nothing listens."""
+    observer: TurnObserver | None = request.app.state.turn_observer
+    return observer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+TurnObserverDep = Annotated[TurnObserver | None, Depends(get_turn_observer)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
@@ -64,6 +72,17 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def principal_outside_turn(request: Request, maker: SessionmakerDep) -> Principal:
+    """Authenticate in a transaction of its own: a model turn must not hold one open across the model call."""
+    async with maker() as session:
+        principal = await auth.authenticate(session, credential_of(request))
+        await session.commit()
+    return principal
+
+
+TurnPrincipalDep = Annotated[Principal, Depends(principal_outside_turn)]
 
 
 def get_query_organization(

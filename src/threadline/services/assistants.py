@@ -15,6 +15,7 @@ from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.errors import NotFound, ValidationFailed
 from threadline.ids import new_id
+from threadline.providers.registry import ModelRegistry
 from threadline.services.auth import Principal
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
@@ -47,7 +48,7 @@ async def get_assistant(
     return assistant
 
 
-def _apply(assistant: Assistant, values: Mapping[str, Any]) -> None:
+def _apply(assistant: Assistant, values: Mapping[str, Any], models: ModelRegistry) -> None:
     unknown = set(values) - set(FIELDS)
     if unknown:
         name = sorted(unknown)[0]
@@ -56,11 +57,18 @@ def _apply(assistant: Assistant, values: Mapping[str, Any]) -> None:
         if field == "metadata":
             value = dict(value or {})
             rules.validate_metadata(value)
+        elif field == "model" and value is not None:
+            # Checked now, not at the first turn of a bound thread: 404 `model_not_found` naming what is served.
+            models.resolve(value)
         setattr(assistant, FIELDS[field], value)
 
 
 async def create_assistant(
-    session: AsyncSession, principal: Principal, organization_id: str, values: Mapping[str, Any]
+    session: AsyncSession,
+    principal: Principal,
+    organization_id: str,
+    values: Mapping[str, Any],
+    models: ModelRegistry,
 ) -> Assistant:
     now = utcnow()
     assistant = Assistant(
@@ -71,7 +79,7 @@ async def create_assistant(
         created_at=now,
         updated_at=now,
     )
-    _apply(assistant, values)
+    _apply(assistant, values, models)
     return await AssistantRepository(session).add(assistant)
 
 
@@ -85,11 +93,15 @@ async def list_assistants(session: AsyncSession, organization_id: str, page: Pag
 
 
 async def update_assistant(
-    session: AsyncSession, organization_id: str, assistant_id: str, changes: Mapping[str, Any]
+    session: AsyncSession,
+    organization_id: str,
+    assistant_id: str,
+    changes: Mapping[str, Any],
+    models: ModelRegistry,
 ) -> Assistant:
     """Set the given fields (only those present; `null` clears a field, metadata becomes `{}`)."""
     assistant = await get_assistant(session, organization_id, assistant_id, for_update=True)
-    _apply(assistant, changes)
+    _apply(assistant, changes, models)
     assistant.updated_at = utcnow()
     await session.flush()
     return assistant

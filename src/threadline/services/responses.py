@@ -14,6 +14,7 @@ The response id doubles as the lease owner, so a takeover knows which response w
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from threadline.providers.registry import ModelRegistry
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import plan_context
-from threadline.services.turns import Turn, TurnDone, run_turn
+from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
@@ -112,8 +113,11 @@ async def start_turn(
     models: ModelRegistry,
     principal: Principal,
     request: ResponseRequest,
+    observer: TurnObserver | None = None,
 ) -> Turn:
-    """Step 1. Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread."""
+    """Step 1. Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread.
+
+    `observer` hears about the turn once it is saved (auto-naming)."""
     validate_request(request, models)
     deadline = time.monotonic() + settings.thread_busy_timeout_seconds
     pause = 0.01
@@ -126,6 +130,8 @@ async def start_turn(
                 turn = None
             if turn is not None:
                 await session.commit()
+                if observer is not None:
+                    turn.after_save = functools.partial(observer.turn_saved, principal)
                 return turn
             await session.rollback()
         remaining = deadline - time.monotonic()
@@ -343,9 +349,10 @@ async def create_response(
     models: ModelRegistry,
     principal: Principal,
     request: ResponseRequest,
+    observer: TurnObserver | None = None,
 ) -> Response:
     """A whole turn without streaming. An upstream failure is recorded, then raised (502/504)."""
-    turn = await start_turn(maker, settings, models, principal, request)
+    turn = await start_turn(maker, settings, models, principal, request, observer)
     async for event in run_turn(maker, settings, turn):
         if isinstance(event, TurnDone):
             if event.error is not None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,11 +27,18 @@ from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, Upstre
 from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
+from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response
 
 logger = logging.getLogger("threadline.turns")
+
+
+class TurnObserver(Protocol):
+    """Told about every saved turn (auto-naming listens); must return at once, and never holds up the turn."""
+
+    def turn_saved(self, principal: Principal, response: Response) -> None: ...
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Turn:
     inputs: list[PromptMessage]
     params: GenerationParams
     thread_state: str | None
+    # Called once the turn is saved (auto-naming schedules its work here); must return at once, never raise.
+    after_save: Callable[[Response], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,12 @@ async def run_turn(
                 error = exc
         if error is not None:
             response = await _fail(maker, turn, error.code, error.message)
+        elif turn.after_save is not None:
+            try:
+                turn.after_save(response)
+            except Exception:
+                # Follow-up work is optional: the turn is saved whatever happens to it.
+                logger.exception("after-save hook failed for response %s", turn.response.id)
         settled = True
         yield TurnDone(response, error)
     finally:

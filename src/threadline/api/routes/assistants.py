@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
+from threadline.api.deps import ModelsDep, OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
 from threadline.api.schemas.freddy import Deleted
@@ -17,10 +17,12 @@ router = APIRouter(prefix="/v1/assistants", tags=["assistants"])
 
 
 @router.post("", response_model=AssistantRead, dependencies=[Idempotent])
-async def create_assistant(body: AssistantCreate, session: SessionDep, principal: PrincipalDep) -> AssistantRead:
+async def create_assistant(
+    body: AssistantCreate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
+) -> AssistantRead:
     values = body.model_dump(exclude_unset=True, exclude={"organization_id"})
     assistant = await assistants.create_assistant(
-        session, principal, principal.organization(body.organization_id), values
+        session, principal, principal.organization(body.organization_id), values, models
     )
     return AssistantRead.of(assistant)
 
@@ -47,11 +49,11 @@ async def get_assistant(assistant_id: str, session: SessionDep, organization_id:
 @router.post("/{assistant_id}", response_model=AssistantRead)
 @router.patch("/{assistant_id}", response_model=AssistantRead)
 async def update_assistant(
-    assistant_id: str, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep
+    assistant_id: str, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
 ) -> AssistantRead:
     changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
     assistant = await assistants.update_assistant(
-        session, principal.organization(body.organization_id), assistant_id, changes
+        session, principal.organization(body.organization_id), assistant_id, changes, models
     )
     return AssistantRead.of(assistant)
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from threadline.api.deps import (
@@ -16,26 +14,16 @@ from threadline.api.deps import (
     SessionDep,
     SessionmakerDep,
     SettingsDep,
-    credential_of,
+    TurnObserverDep,
+    TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
-from threadline.services import auth, responses, turns
-from threadline.services.auth import Principal
+from threadline.api.sse import EventFramer, sse_response
+from threadline.services import responses, turns
 from threadline.services.turns import OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
-
-
-async def principal_outside_turn(request: Request, maker: SessionmakerDep) -> Principal:
-    """Authenticate in a transaction of its own: a turn must not hold one open across the model call."""
-    async with maker() as session:
-        principal = await auth.authenticate(session, credential_of(request))
-        await session.commit()
-    return principal
-
-
-TurnPrincipalDep = Annotated[Principal, Depends(principal_outside_turn)]
 
 
 @router.post("", response_model=ResponseRead, dependencies=[Idempotent])
@@ -45,17 +33,15 @@ async def create_response(
     maker: SessionmakerDep,
     settings: SettingsDep,
     models: ModelsDep,
+    observer: TurnObserverDep,
 ) -> ResponseRead | StreamingResponse:
     turn_request = body.to_request(principal.organization(body.organization_id))
     if not body.stream:
-        return ResponseRead.of(await responses.create_response(maker, settings, models, principal, turn_request))
+        response = await responses.create_response(maker, settings, models, principal, turn_request, observer)
+        return ResponseRead.of(response)
     # Errors found before the model is called (busy, locked, unknown model…) still answer as plain JSON errors.
-    turn = await responses.start_turn(maker, settings, models, principal, turn_request)
-    return StreamingResponse(
-        _sse(turns.run_turn(maker, settings, turn), turn),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    turn = await responses.start_turn(maker, settings, models, principal, turn_request, observer)
+    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
 
 
 @router.get("/{response_id}", response_model=ResponseRead)
@@ -64,25 +50,18 @@ async def get_response(response_id: str, session: SessionDep, organization_id: O
 
 
 async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
-    """Server-sent events named like OpenAI's Responses stream, each with `type` and a rising `sequence_number`."""
-    sequence = 0
-
-    def frame(name: str, payload: dict[str, Any]) -> str:
-        nonlocal sequence
-        data = {"type": name, "sequence_number": sequence, **payload}
-        sequence += 1
-        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    yield frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
+    """Server-sent events named like OpenAI's Responses stream."""
+    framer = EventFramer()
+    yield framer.frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
     # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,
     # not whenever the abandoned generator is garbage-collected.
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, OutputDelta):
-                yield frame(
+                yield framer.frame(
                     "response.output_text.delta",
                     {"item_id": turn.response.id, "output_index": 0, "content_index": 0, "delta": event.text},
                 )
             elif isinstance(event, TurnDone):
                 name = "response.completed" if event.error is None else "response.failed"
-                yield frame(name, {"response": ResponseRead.of(event.response).model_dump(mode="json")})
+                yield framer.frame(name, {"response": ResponseRead.of(event.response).model_dump(mode="json")})

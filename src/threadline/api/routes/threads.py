@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
+from fastapi.responses import StreamingResponse
 
-from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep
+from threadline.api.deps import (
+    ModelsDep,
+    OrganizationDep,
+    PrincipalDep,
+    SessionDep,
+    SessionmakerDep,
+    SettingsDep,
+    TurnPrincipalDep,
+)
+from threadline.api.errors import error_body, status_of
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
     ID_PATTERN,
@@ -17,11 +29,14 @@ from threadline.api.schemas.freddy import (
     ThreadCreate,
     ThreadIdPath,
     ThreadList,
+    ThreadNameGenerate,
     ThreadRead,
     ThreadRename,
     ThreadUpdate,
 )
-from threadline.services import threads
+from threadline.api.sse import EventFramer, sse_response
+from threadline.services import naming, threads
+from threadline.services.naming import NameDelta, NameDone, NameEvent
 from threadline.storage.repositories.pagination import PageRequest
 from threadline.storage.repositories.threads import ThreadFilter
 
@@ -140,3 +155,39 @@ async def rename_thread(
 ) -> ThreadRead:
     thread = await threads.rename_thread(session, principal.organization(body.organization_id), thread_id, body.title)
     return ThreadRead.of(thread)
+
+
+@router.post("/threads/{thread_id}/generateName", response_model=ThreadRead, dependencies=[Idempotent])
+async def generate_name(
+    thread_id: ThreadIdPath,
+    principal: TurnPrincipalDep,
+    maker: SessionmakerDep,
+    settings: SettingsDep,
+    models: ModelsDep,
+    body: Annotated[ThreadNameGenerate | None, Body()] = None,
+) -> ThreadRead | StreamingResponse:
+    body = body or ThreadNameGenerate()
+    request = body.to_request(principal.organization(body.organization_id), thread_id)
+    if not body.stream:
+        return ThreadRead.of(await naming.generate_name(maker, settings, models, principal, request))
+    # Errors found before the model is called (missing, archived, empty, unknown model…) answer as JSON errors.
+    started = await naming.start_naming(maker, settings, models, principal, request)
+    return sse_response(_name_sse(naming.run_naming(maker, settings, started)))
+
+
+async def _name_sse(events: AsyncGenerator[NameEvent, None]) -> AsyncIterator[str]:
+    """`thread.name.delta` while the title is generated, then `thread.name.completed` or `thread.name.failed`."""
+    framer = EventFramer()
+    # aclosing: a client that goes away ends the naming turn now (recorded as failed, nothing renamed).
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, NameDelta):
+                yield framer.frame("thread.name.delta", {"delta": event.text})
+            elif isinstance(event, NameDone) and event.error is not None:
+                _, type_ = status_of(event.error)
+                envelope = error_body(event.error.message, type_, event.error.code, event.error.param)
+                yield framer.frame("thread.name.failed", envelope)
+            elif isinstance(event, NameDone) and event.thread is not None:
+                yield framer.frame(
+                    "thread.name.completed", {"thread": ThreadRead.of(event.thread).model_dump(mode="json")}
+                )

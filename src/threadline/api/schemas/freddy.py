@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from threadline.api.schemas.common import RequestModel, ResponseModel, iso
 from threadline.ids import CLIENT_ID_PATTERN
+from threadline.services.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
 from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Message, MessageEdit, Thread
 
@@ -57,6 +58,25 @@ class MetadataPatch(RequestModel):
 class ThreadRename(RequestModel):
     title: str | None = Field(max_length=2000)
     organization_id: str | None = Field(default=None, max_length=64)
+
+
+class ThreadNameGenerate(RequestModel):
+    """POST /v1/threads/{id}/generateName: every field is optional."""
+
+    model: str | None = Field(default=None, max_length=200)
+    organization_id: str | None = Field(default=None, max_length=64)
+    stream: bool = False
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1, le=256)
+    temperature: float | None = Field(default=DEFAULT_TEMPERATURE, ge=0, le=2)
+
+    def to_request(self, organization_id: str, thread_id: str) -> NameRequest:
+        return NameRequest(
+            organization_id=organization_id,
+            thread_id=thread_id,
+            model=self.model,
+            max_output_tokens=self.max_output_tokens,
+            temperature=self.temperature,
+        )
 
 
 class TextPart(RequestModel):

@@ -124,19 +124,34 @@ class MessageRepository:
             rows.reverse()
         return rows
 
-    async def head(self, organization_id: str, thread_id: str, limit: int) -> list[Message]:
-        """The oldest `limit` live messages, oldest first."""
+    async def head(
+        self, organization_id: str, thread_id: str, limit: int, *, roles: Collection[str] | None = None
+    ) -> list[Message]:
+        """The oldest `limit` live messages (optionally only some roles), oldest first."""
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id,
+            Message.thread_id == thread_id,
+            Message.deleted_at.is_(None),
+        )
+        if roles is not None:
+            query = query.where(Message.role.in_(roles))
+        query = query.order_by(Message.seq.asc()).limit(limit)
+        return list((await self.session.execute(query)).scalars())
+
+    async def has_role_before(self, organization_id: str, thread_id: str, role: str, before_seq: int) -> bool:
+        """Whether a live message of `role` precedes `before_seq`."""
         query = (
-            sa.select(Message)
+            sa.select(Message.seq)
             .where(
                 Message.organization_id == organization_id,
                 Message.thread_id == thread_id,
+                Message.role == role,
+                Message.seq < before_seq,
                 Message.deleted_at.is_(None),
             )
-            .order_by(Message.seq.asc())
-            .limit(limit)
+            .limit(1)
         )
-        return list((await self.session.execute(query)).scalars())
+        return (await self.session.execute(query)).first() is not None
 
     async def store_token_counts(self, organization_id: str, counts: Sequence[tuple[str, int]], tokenizer: str) -> None:
         """Remember counts computed while building a context, so the next turn does not recount them."""
