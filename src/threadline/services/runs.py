@@ -84,7 +84,14 @@ async def start_run(
     principal: Principal,
     request: responses.ResponseRequest,
 ) -> Turn:
-    """Step 1 of the turn (lease, context, the run recorded in progress); refusals raise before any streaming."""
+    """Step 1 of the turn (lease, context, the run recorded in progress); refusals raise before any streaming.
+
+    A run needs an existing thread (a turn would create a missing one) and an assistant of the organization:
+    both are checked first, so neither waits on a busy thread."""
+    assert request.thread_id is not None and request.run is not None
+    async with maker() as session:
+        await get_thread(session, request.organization_id, request.thread_id)
+        await get_assistant(session, request.organization_id, request.run.assistant_id)
     return await responses.start_turn(maker, settings, models, principal, request)
 
 
