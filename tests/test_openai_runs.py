@@ -449,6 +449,15 @@ async def test_create_and_run(oa: AsyncOpenAI, fake: FakeProvider, assistant: st
     assert events[-1].event == "thread.run.completed"
     assert events[0].data.id == events[-1].data.thread_id
 
+    handler = Collector()
+    async with oa.beta.threads.create_and_run_stream(
+        assistant_id=assistant, thread={"messages": [{"role": "user", "content": "Helper."}]}, event_handler=handler
+    ) as helper:
+        await helper.until_done()
+        helped = await helper.get_final_run()
+    assert handler.names[0] == "thread.created" and helped.status == "completed"
+    assert "".join(handler.deltas) == "echo: Helper."
+
     with pytest.raises(openai.NotFoundError):
         await oa.beta.threads.create_and_run(assistant_id="asst_missing", thread={"messages": []})
 

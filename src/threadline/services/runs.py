@@ -170,10 +170,11 @@ async def cancel_run(session: AsyncSession, organization_id: str, thread_id: str
         raise InvalidRequest(
             f"Cannot cancel run '{run_id}': it is already {response.status}.", code="run_not_cancellable"
         )
-    now = utcnow()
-    await ResponseRepository(session).cancel_if_in_progress(organization_id, run_id, now)
-    # Free the thread now; the turn still generating finds its lease gone and saves nothing.
-    await ThreadRepository(session).release_lease(organization_id, thread_id, run_id)
+    # Free the thread now; the turn still generating finds its lease gone and saves nothing. The thread row
+    # first, then the response row: the order in which the turn's saving transaction takes them, so the two
+    # cannot deadlock. A turn that released the lease first is saving its answer: it completes, not cancelled.
+    if await ThreadRepository(session).release_lease(organization_id, thread_id, run_id):
+        await ResponseRepository(session).cancel_if_in_progress(organization_id, run_id, utcnow())
     await session.refresh(response)
     return response
 
