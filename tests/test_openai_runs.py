@@ -345,6 +345,9 @@ async def test_refusals_map_to_sdk_exceptions(
             thread.id, assistant_id=assistant, truncation_strategy={"type": "last_messages"}
         )
     assert last.value.param == "truncation_strategy.last_messages"
+    with pytest.raises(openai.BadRequestError) as metadata:
+        await oa.beta.threads.runs.create(thread.id, assistant_id=assistant, metadata={f"k{i}": "v" for i in range(17)})
+    assert metadata.value.param == "metadata"
     with pytest.raises(openai.NotFoundError):
         await oa.beta.threads.runs.create("thread_missing", assistant_id=assistant)
     assert fake.calls == []

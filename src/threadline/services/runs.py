@@ -89,6 +89,9 @@ async def start_run(
     A run needs an existing thread (a turn would create a missing one) and an assistant of the organization:
     both are checked first, so neither waits on a busy thread."""
     assert request.thread_id is not None and request.run is not None
+    rules.validate_metadata(dict(request.run.record.get("metadata") or {}))
+    for i, metadata in enumerate(request.run.input_metadata):
+        rules.validate_metadata(dict(metadata), param=f"additional_messages.{i}.metadata")
     async with maker() as session:
         await get_thread(session, request.organization_id, request.thread_id)
         await get_assistant(session, request.organization_id, request.run.assistant_id)

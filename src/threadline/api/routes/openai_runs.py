@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query
 from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.api.deps import ModelsDep, OrganizationDep, SessionDep, SessionmakerDep, SettingsDep
 from threadline.api.idempotency import Idempotent
@@ -147,7 +148,9 @@ def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _sse(maker: Any, settings: Settings, turn: Turn, thread: OpenAIThreadRead | None) -> AsyncIterator[str]:
+async def _sse(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, thread: OpenAIThreadRead | None
+) -> AsyncIterator[str]:
     """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on."""
     if thread is not None:
         yield _frame("thread.created", thread)
