@@ -32,6 +32,8 @@ class NewMessage:
     model: str | None = None
     response_id: str | None = None
     assistant_id: str | None = None
+    # Chosen up front when the caller must know it before saving (a streamed Assistants run); else generated.
+    id: str | None = None
 
 
 def validate_content(content: str, param: str = "content") -> str:

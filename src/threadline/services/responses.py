@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,23 @@ from threadline.storage.tables import Assistant, Response, Thread
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """What makes a turn an Assistants v2 run (api/routes/openai_runs.py): the assistant is named per run rather
+    than taken from the thread, the turn may have no inputs (it answers the thread as it stands), and the run's
+    own fields are kept on the response's request record under "run"."""
+
+    assistant_id: str
+    # Replaces the assistant's instructions when not None; `additional_instructions` is appended to either.
+    instructions: str | None = None
+    additional_instructions: str | None = None
+    # At most this many messages in the prompt besides the instructions (OpenAI `truncation_strategy`).
+    last_messages: int | None = None
+    # Metadata of each input (the run's `additional_messages`), saved with them.
+    input_metadata: Sequence[Mapping[str, Any]] = ()
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ResponseRequest:
     """A validated request for one turn (the wire schema's fields, snake_case)."""
 
@@ -67,6 +84,7 @@ class ResponseRequest:
     max_output_tokens: int | None = None
     temperature: float | None = None
     context_mode: ContextMode | None = None
+    run: RunOptions | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -77,7 +95,7 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
             code="thread_with_previous_response",
             param="previous_response_id",
         )
-    if not request.inputs:
+    if not request.inputs and request.run is None:
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
         validate_role(message.role, param=f"inputs.{index}.role")
@@ -243,7 +261,7 @@ async def _try_start(
             param="thread",
         )
 
-    assistant = await _assistant_of(session, thread)
+    assistant = await _run_assistant(session, org, request.run) if request.run else await _assistant_of(session, thread)
     provider, info = models.resolve(request.model or (assistant.model if assistant else None))
     tokenizer = provider.tokenizer(info.name)
     mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
@@ -254,8 +272,9 @@ async def _try_start(
         temperature = assistant.temperature
 
     pinned = []
-    if assistant is not None and assistant.instructions:
-        text = assistant.instructions
+    instructions = _instructions(assistant, request.run)
+    if instructions:
+        text = instructions
         pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
     inputs = [
         PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
@@ -272,7 +291,14 @@ async def _try_start(
         inputs=inputs,
         full_limit=settings.max_messages_per_thread,
         priming_tokens=info.request_overhead_tokens,
+        last_messages=request.run.last_messages if request.run else None,
     )
+    output_message_id = new_id("msg")
+    record = _request_record(request, mode, max_output, temperature)
+    record["output_message_id"] = output_message_id
+    if request.run is not None:
+        run = request.run
+        record["run"] = {**run.record, "assistant_id": run.assistant_id, "instructions": instructions or ""}
     response = await ResponseRepository(session).add(
         Response(
             organization_id=org,
@@ -282,7 +308,7 @@ async def _try_start(
             user_id=principal.user_id,
             model=info.name,
             status="in_progress",
-            request=_request_record(request, mode, max_output, temperature),
+            request=record,
             context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
             created_at=now,
         )
@@ -292,7 +318,7 @@ async def _try_start(
         organization_id=org,
         thread_id=thread.id,
         user_id=principal.user_id,
-        assistant_id=thread.assistant_id,
+        assistant_id=request.run.assistant_id if request.run else thread.assistant_id,
         provider=provider,
         info=info,
         tokenizer=tokenizer,
@@ -300,6 +326,8 @@ async def _try_start(
         inputs=inputs,
         params=GenerationParams(max_output_tokens=max_output, temperature=temperature),
         thread_state=request.thread_state,
+        output_message_id=output_message_id,
+        input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
     )
 
 
@@ -324,6 +352,26 @@ async def _assistant_of(session: AsyncSession, thread: Thread) -> Assistant | No
     if thread.assistant_id is None:
         return None
     return await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
+
+
+async def _run_assistant(session: AsyncSession, organization_id: str, run: RunOptions) -> Assistant:
+    found = await AssistantRepository(session).get(organization_id, run.assistant_id)
+    if found is None:
+        raise NotFound(
+            f"No assistant found with id '{run.assistant_id}'.", code="assistant_not_found", param="assistant_id"
+        )
+    return found
+
+
+def _instructions(assistant: Assistant | None, run: RunOptions | None) -> str | None:
+    """The turn's system prompt: the assistant's instructions, or a run's replacement, plus a run's addition."""
+    base = assistant.instructions if assistant is not None else None
+    if run is None:
+        return base
+    if run.instructions is not None:
+        base = run.instructions
+    parts = [text for text in (base, run.additional_instructions) if text]
+    return "\n\n".join(parts) or None
 
 
 def _mode(assistant: Assistant | None) -> ContextMode | None:

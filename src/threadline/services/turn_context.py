@@ -64,8 +64,12 @@ async def plan_context(
     inputs: Sequence[PromptMessage],
     full_limit: int,
     priming_tokens: int,
+    last_messages: int | None = None,
 ) -> ContextPlan:
-    """Read what the turn needs of `thread` and choose the prompt; stores newly computed token counts."""
+    """Read what the turn needs of `thread` and choose the prompt; stores newly computed token counts.
+
+    `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
+    included: only the newest `last_messages - len(inputs)` history messages are candidates."""
     budget = history_budget(
         window, max_output_tokens, sum(m.tokens for m in pinned), sum(m.tokens for m in inputs), priming_tokens
     )
@@ -73,7 +77,14 @@ async def plan_context(
     counter = _Counter(tokenizer, tokenizer_name)
     org, thread_id = thread.organization_id, thread.id
     head: list[HistoryMessage] = []
-    if mode == "full":
+    if last_messages is not None:
+        allowed = max(last_messages - len(inputs), 0)
+        rows = await repo.context_rows(org, thread_id, allowed, newest=True) if allowed else []
+        tail = counter.history(rows)
+        history_total = max(thread.message_count, len(tail))
+        if mode == "full":
+            history_total = len(tail)  # full of what the run allows
+    elif mode == "full":
         tail = counter.history(await repo.context_rows(org, thread_id, full_limit, newest=False))
         history_total = len(tail)
     else:

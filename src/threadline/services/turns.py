@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -59,6 +59,10 @@ class Turn:
     thread_state: str | None
     # Called once the turn is saved (auto-naming schedules its work here); must return at once, never raise.
     after_save: Callable[[Response], None] | None = None
+    # The id the answer is saved under, known up front (an Assistants run streams it before saving).
+    output_message_id: str | None = None
+    # Metadata saved with each input (same order as `inputs`; missing entries mean none).
+    input_metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -184,11 +188,13 @@ async def _complete(
                 token_count=m.tokens,
                 tokenizer=turn.tokenizer.name,
                 response_id=turn.response.id,
+                metadata=turn.input_metadata[i] if i < len(turn.input_metadata) else {},
             )
-            for m in turn.inputs
+            for i, m in enumerate(turn.inputs)
         ]
         new.append(
             NewMessage(
+                id=turn.output_message_id,
                 role="assistant",
                 content=text,
                 token_count=message_token_count(turn.tokenizer, "assistant", text),
@@ -206,8 +212,9 @@ async def _complete(
         response.output_text = text
         response.input_tokens = input_tokens
         response.output_tokens = output_tokens
-        response.input_first_seq = rows[0].seq
-        response.input_last_seq = rows[-2].seq
+        if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
+            response.input_first_seq = rows[0].seq
+            response.input_last_seq = rows[-2].seq
         response.output_seq = rows[-1].seq
         response.context = {**response.context, "finish_reason": finished.finish_reason}
         response.completed_at = now

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
+from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.openai import (
     ConversationCreate,
     ConversationItemList,
@@ -25,7 +26,7 @@ from threadline.storage.repositories.pagination import PageRequest
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 
-@router.post("", response_model=ConversationRead)
+@router.post("", response_model=ConversationRead, dependencies=[Idempotent])
 async def create_conversation(
     body: ConversationCreate,
     session: SessionDep,
@@ -75,7 +76,7 @@ async def delete_conversation(
     return OpenAIDeletedRead(id=thread.id, object="conversation.deleted")
 
 
-@router.post("/{conversation_id}/items", response_model=ConversationItemList)
+@router.post("/{conversation_id}/items", response_model=ConversationItemList, dependencies=[Idempotent])
 async def create_items(
     conversation_id: str,
     body: ConversationItemsCreate,

@@ -16,6 +16,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
+from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
     OpenAIDeletedRead,
@@ -53,7 +54,7 @@ class AssistantsRoute(APIRoute):
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
 
-@router.post("", response_model=OpenAIThreadRead)
+@router.post("", response_model=OpenAIThreadRead, dependencies=[Idempotent])
 async def create_thread(
     body: OpenAIThreadCreate,
     session: SessionDep,
@@ -90,7 +91,7 @@ async def delete_thread(thread_id: str, session: SessionDep, organization_id: Or
     return OpenAIDeletedRead(id=thread.id, object="thread.deleted")
 
 
-@router.post("/{thread_id}/messages", response_model=OpenAIMessageRead)
+@router.post("/{thread_id}/messages", response_model=OpenAIMessageRead, dependencies=[Idempotent])
 async def create_message(
     thread_id: str,
     body: OpenAIMessageCreate,

@@ -194,7 +194,7 @@ class OpenAIMessageRead(ResponseModel):
     thread_id: str
     role: Literal["user", "assistant"]
     content: list[TextContentRead]
-    status: Literal["completed"] = "completed"
+    status: Literal["in_progress", "incomplete", "completed"] = "completed"
     assistant_id: str | None
     run_id: str | None = None
     attachments: list[Any] = Field(default_factory=list)
@@ -213,6 +213,8 @@ class OpenAIMessageRead(ResponseModel):
             role="assistant" if message.role == "assistant" else "user",
             content=[TextContentRead(text=TextValueRead(value=message.content))],
             assistant_id=message.assistant_id,
+            # A run is a turn: the messages it saved carry its (response) id.
+            run_id=message.response_id,
             metadata=string_metadata(message.metadata_),
             completed_at=created,
         )

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Response
 
 
@@ -36,6 +37,44 @@ class ResponseRepository:
                 Response.status == "in_progress",
             )
             .values(status="failed", error=error, completed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def list_page(self, organization_id: str, thread_id: str, page: PageRequest) -> Page[Response]:
+        """One page of a thread's responses (an Assistants thread's runs), by (created_at, id)."""
+        query = sa.select(Response).where(Response.organization_id == organization_id, Response.thread_id == thread_id)
+        cursors = {
+            "after": await self._sort_key(organization_id, thread_id, page.after),
+            "before": await self._sort_key(organization_id, thread_id, page.before),
+        }
+        check_cursors(page, cursors, "run of this thread")
+        return await fetch_page(self.session, query, (Response.created_at, Response.id), page, cursors)
+
+    async def _sort_key(self, organization_id: str, thread_id: str, response_id: str | None) -> tuple[Any, ...] | None:
+        if response_id is None:
+            return None
+        row = (
+            await self.session.execute(
+                sa.select(Response.created_at, Response.id).where(
+                    Response.organization_id == organization_id,
+                    Response.thread_id == thread_id,
+                    Response.id == response_id,
+                )
+            )
+        ).first()
+        return tuple(row) if row is not None else None
+
+    async def cancel_if_in_progress(self, organization_id: str, response_id: str, now: datetime) -> bool:
+        """Mark a turn cancelled unless it already finished."""
+        result = await self.session.execute(
+            sa.update(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.id == response_id,
+                Response.status == "in_progress",
+            )
+            .values(status="cancelled", completed_at=now)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,191 @@
+"""Assistants v2 runs and run steps: /v1/threads/{id}/runs… and /v1/threads/runs (create and run).
+
+A run is a model turn on the thread (services/runs.py): its id is the turn's response id (`resp_…`), it runs in
+the request that creates it, and the assistant message it saves carries `run_id` and `assistant_id`. Like the
+threads and messages of this dialect, these routes exist only for requests with `OpenAI-Beta: assistants=v2`
+(`AssistantsRoute`). This router is included before `openai_threads`: `POST /v1/threads/runs` must not be read as
+an update of a thread called "runs".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi import Response as HTTPResponse
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.api.deps import (
+    ModelsDep,
+    OrganizationDep,
+    SessionDep,
+    SessionmakerDep,
+    SettingsDep,
+    TurnPrincipalDep,
+)
+from threadline.api.idempotency import Idempotent
+from threadline.api.routes.openai_threads import AssistantsRoute
+from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIThreadCreate, OpenAIThreadRead
+from threadline.api.schemas.openai_runs import (
+    RunCreate,
+    RunList,
+    RunRead,
+    RunStepList,
+    RunStepRead,
+    RunUpdate,
+    ThreadAndRunCreate,
+    answer_in_progress,
+    answer_incomplete,
+    message_delta,
+)
+from threadline.config import Settings
+from threadline.services import runs
+from threadline.services.runs import RunFinished
+from threadline.services.turns import OutputDelta, Turn
+from threadline.storage.repositories.pagination import PageRequest
+
+router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
+
+# How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
+# normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
+POLL_AFTER_MS = "500"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+OrganizationQuery = Annotated[str | None, Query(max_length=64)]
+
+
+@router.post("/runs", response_model=RunRead, dependencies=[Idempotent])
+async def create_thread_and_run(
+    body: ThreadAndRunCreate,
+    principal: TurnPrincipalDep,
+    maker: SessionmakerDep,
+    settings: SettingsDep,
+    models: ModelsDep,
+    organization_id: OrganizationQuery = None,
+) -> RunRead | StreamingResponse:
+    org = principal.organization(organization_id)
+    thread_body = body.thread or OpenAIThreadCreate()
+    new_messages = thread_body.new_messages()
+    body.check()  # the run's own fields, before anything is created
+    thread = await runs.create_thread_for_run(
+        maker, settings, principal, org, body.assistant_id, new_messages, thread_body.metadata
+    )
+    request = body.to_request(org, thread.id)
+    if not body.stream:
+        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
+    turn = await runs.start_run(maker, settings, models, principal, request)
+    return StreamingResponse(
+        _sse(maker, settings, turn, OpenAIThreadRead.of(thread)), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
+
+
+@router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent])
+async def create_run(
+    thread_id: str,
+    body: RunCreate,
+    principal: TurnPrincipalDep,
+    maker: SessionmakerDep,
+    settings: SettingsDep,
+    models: ModelsDep,
+    organization_id: OrganizationQuery = None,
+) -> RunRead | StreamingResponse:
+    request = body.to_request(principal.organization(organization_id), thread_id)
+    if not body.stream:
+        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
+    # Refusals found before the model is called (unknown assistant, locked or busy thread…) answer as JSON errors.
+    turn = await runs.start_run(maker, settings, models, principal, request)
+    return StreamingResponse(_sse(maker, settings, turn, None), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@router.get("/{thread_id}/runs", response_model=RunList)
+async def list_runs(
+    thread_id: str,
+    session: SessionDep,
+    organization_id: OrganizationDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    before: Annotated[str | None, Query(max_length=64)] = None,
+) -> RunList:
+    page = PageRequest(limit=limit, order=order, after=after, before=before)
+    return RunList.of(await runs.list_runs(session, organization_id, thread_id, page))
+
+
+@router.get("/{thread_id}/runs/{run_id}", response_model=RunRead)
+async def get_run(
+    thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep, response: HTTPResponse
+) -> RunRead:
+    response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return RunRead.of(await runs.get_run(session, organization_id, thread_id, run_id))
+
+
+@router.post("/{thread_id}/runs/{run_id}", response_model=RunRead)
+async def update_run(
+    thread_id: str, run_id: str, body: RunUpdate, session: SessionDep, organization_id: OrganizationDep
+) -> RunRead:
+    return RunRead.of(await runs.update_run(session, organization_id, thread_id, run_id, body.metadata))
+
+
+@router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead)
+async def cancel_run(thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep) -> RunRead:
+    return RunRead.of(await runs.cancel_run(session, organization_id, thread_id, run_id))
+
+
+@router.get("/{thread_id}/runs/{run_id}/steps", response_model=RunStepList)
+async def list_steps(thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep) -> RunStepList:
+    return RunStepList.of(await runs.get_run(session, organization_id, thread_id, run_id))
+
+
+@router.get("/{thread_id}/runs/{run_id}/steps/{step_id}", response_model=RunStepRead)
+async def get_step(
+    thread_id: str, run_id: str, step_id: str, session: SessionDep, organization_id: OrganizationDep
+) -> RunStepRead:
+    return RunStepRead.of(await runs.get_step(session, organization_id, thread_id, run_id, step_id))
+
+
+def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
+    """Assistants SSE: an `event:` line naming the event and the bare object as `data` (reference §2.5)."""
+    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+    return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, thread: OpenAIThreadRead | None
+) -> AsyncIterator[str]:
+    """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on."""
+    if thread is not None:
+        yield _frame("thread.created", thread)
+    queued = RunRead.of(turn.response, status="queued")
+    yield _frame("thread.run.created", queued)
+    yield _frame("thread.run.queued", queued)
+    yield _frame("thread.run.in_progress", RunRead.of(turn.response))
+    step = RunStepRead.of(turn.response)
+    yield _frame("thread.run.step.created", step)
+    yield _frame("thread.run.step.in_progress", step)
+    answer = answer_in_progress(turn)
+    yield _frame("thread.message.created", answer)
+    yield _frame("thread.message.in_progress", answer)
+    parts: list[str] = []
+    events = runs.stream_run(maker, settings, turn)
+    # aclosing: when the client goes away, the turn's cleanup (fail it, free the thread) runs now.
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, OutputDelta):
+                parts.append(event.text)
+                yield _frame("thread.message.delta", message_delta(answer.id, event.text))
+            elif isinstance(event, RunFinished):
+                run = RunRead.of(event.response)
+                step = RunStepRead.of(event.response)
+                if event.message is not None:
+                    yield _frame("thread.message.completed", OpenAIMessageRead.of(event.message))
+                else:
+                    reason = "run_cancelled" if run.status == "cancelled" else "run_failed"
+                    yield _frame("thread.message.incomplete", answer_incomplete(turn, "".join(parts), reason))
+                yield _frame(f"thread.run.step.{step.status}", step)
+                yield _frame(f"thread.run.{run.status}", run)
+    yield "event: done\ndata: [DONE]\n\n"
