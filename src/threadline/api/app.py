@@ -18,6 +18,7 @@ from threadline.api.routes import (
     auth,
     conversations,
     messages,
+    openai_responses,
     openai_threads,
     responses,
     search,
@@ -93,7 +94,18 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
     # `search` before `threads`: /v1/threads/search must not be read as a thread id.
-    routers = (auth, openai_threads, search, threads, messages, conversations, assistants, responses, models_routes)
+    routers = (
+        auth,
+        openai_threads,
+        search,
+        threads,
+        messages,
+        conversations,
+        assistants,
+        responses,
+        openai_responses,
+        models_routes,
+    )
     for module in routers:
         app.include_router(module.router)
     if settings.web_ui_enabled:

@@ -32,6 +32,8 @@ class NewMessage:
     model: str | None = None
     response_id: str | None = None
     assistant_id: str | None = None
+    # Chosen in advance (a turn's answer, see ids.sibling_id); otherwise a new `msg_` id.
+    id: str | None = None
 
 
 def validate_content(content: str, param: str = "content") -> str:

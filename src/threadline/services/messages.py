@@ -81,7 +81,7 @@ async def append_messages(
     rows = [
         Message(
             organization_id=thread.organization_id,
-            id=new_id("msg"),
+            id=m.id or new_id("msg"),
             thread_id=thread.id,
             seq=first_seq + i,
             role=m.role,

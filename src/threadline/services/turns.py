@@ -24,6 +24,7 @@ from threadline.domain.context import PromptMessage
 from threadline.domain.messages import ChatMessage, NewMessage
 from threadline.domain.tokens import message_token_count
 from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, UpstreamTimeout
+from threadline.ids import sibling_id
 from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
@@ -181,6 +182,7 @@ async def _complete(
                 model=turn.info.name,
                 response_id=turn.response.id,
                 assistant_id=turn.assistant_id,
+                id=sibling_id("msg", turn.response.id),
             )
         )
         rows = await message_service.append_messages(
