@@ -87,6 +87,9 @@ async def test_create_returns_a_strict_response_with_output_text(
 
     fetched = await oa.responses.retrieve(response.id)
     assert fetched.to_dict() == response.to_dict()
+    with pytest.raises(openai.BadRequestError) as resume:
+        await oa.responses.retrieve(response.id, stream=True)
+    assert (resume.value.code, resume.value.param) == ("unsupported_parameter", "stream")
 
     # One store: the same response through the Freddy API, its answer a message of its thread under the item id.
     freddy = (await client.get(f"/v1/model/response/{response.id}", headers=caller.headers)).json()

@@ -266,11 +266,12 @@ async def test_only_one_sweep_at_a_time(app: FastAPI, settings: Settings, caller
 
 async def test_an_expired_lease_is_taken_over(maker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
     async with maker() as session:
-        session.add(Lease(name="retention", owner="crashed", expires_at=NOW + timedelta(minutes=5)))
+        # The lease is checked against the real clock (not `NOW`, taken when the module was imported).
+        session.add(Lease(name="retention", owner="crashed", expires_at=datetime.now(UTC) + timedelta(minutes=5)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is False
     async with maker() as session:
-        await session.execute(sa.update(Lease).values(expires_at=NOW - timedelta(seconds=1)))
+        await session.execute(sa.update(Lease).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is True
 

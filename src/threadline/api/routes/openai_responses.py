@@ -23,7 +23,7 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.routes.responses import TurnPrincipalDep
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
-from threadline.errors import ContextLengthExceeded, ThreadlineError
+from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
 from threadline.services import responses, stored_responses, turns
 from threadline.services.turns import OutputDelta, Turn, TurnDone
 from threadline.storage.repositories.pagination import PageRequest
@@ -75,8 +75,18 @@ async def create_response(
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
-async def get_response(response_id: str, session: SessionDep, organization_id: OrganizationDep) -> OpenAIResponseRead:
+async def get_response(
+    response_id: str, session: SessionDep, organization_id: OrganizationDep, stream: bool = False
+) -> OpenAIResponseRead:
     # `include[]` asks for logprobs, tool outputs, images: a text answer has none of them.
+    if stream:
+        # A JSON answer would look like an empty stream to the SDK: say plainly that there is nothing to resume.
+        raise InvalidRequest(
+            "Resuming a response stream is not supported (only background responses can be resumed, and "
+            "Threadline runs none): retrieve the response without 'stream'.",
+            code="unsupported_parameter",
+            param="stream",
+        )
     return OpenAIResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
