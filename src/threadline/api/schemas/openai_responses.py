@@ -94,7 +94,7 @@ class OpenAIResponseCreate(RequestModel):
             temperature=self.temperature,
             context_mode=_TRUNCATION[self.truncation or "disabled"],
             instructions=self.instructions,
-            record={"metadata": metadata, "conversation": conversation, "top_p": self.top_p},
+            record={"metadata": metadata, "conversation": conversation},
         )
 
     def _inputs(self) -> list[ChatMessage]:
@@ -233,7 +233,7 @@ class OpenAIResponseRead(ResponseModel):
             usage=usage,
             max_output_tokens=request.get("max_output_tokens"),
             temperature=request.get("temperature"),
-            top_p=request.get("top_p"),
+            top_p=None,  # accepted, not applied: the providers sample with temperature only
             truncation="disabled" if request.get("thread_context_mode") == "full" else "auto",
             store=request.get("store", True) is not False,
         )
