@@ -433,3 +433,17 @@ async def test_idempotency_key_replays_the_first_response(oa: AsyncOpenAI, fake:
     again = await oa.responses.create(input="once", extra_headers={"Idempotency-Key": "resp-key-1"})
     assert again.id == first.id and again.output_text == first.output_text
     assert len(fake.calls) == 1
+
+
+async def test_hostile_ids_are_a_400_not_a_database_error(client: httpx.AsyncClient, caller: Caller) -> None:
+    for method, path in (
+        ("GET", "/v1/responses/a%00b"),
+        ("GET", "/v1/responses/resp_1/input_items?after=%00"),
+        ("POST", "/v1/responses/%1b/cancel"),
+        ("DELETE", "/v1/responses/%00"),
+    ):
+        response = await client.request(method, path, headers=caller.headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_value"
+    search = await client.get("/v1/threads/search", params={"q": "x", "after": "\x00"}, headers=caller.headers)
+    assert search.status_code == 400

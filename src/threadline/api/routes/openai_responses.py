@@ -15,12 +15,13 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from threadline.api.deps import ModelsDep, OrganizationDep, SessionDep, SessionmakerDep, SettingsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.responses import TurnPrincipalDep
+from threadline.api.schemas.freddy import ID_PATTERN
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
@@ -31,6 +32,8 @@ from threadline.storage.repositories.pagination import PageRequest
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 
 # Freddy parameter names in service errors → the OpenAI request's names.
+# Ids are patterned (no NUL or control characters reach the database).
+ResponseIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 _PARAMS = {"thread": "conversation", "inputs": "input", "thread_context_mode": "truncation"}
 
 
@@ -76,7 +79,7 @@ async def create_response(
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
 async def get_response(
-    response_id: str, session: SessionDep, organization_id: OrganizationDep, stream: bool = False
+    response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep, stream: bool = False
 ) -> OpenAIResponseRead:
     # `include[]` asks for logprobs, tool outputs, images: a text answer has none of them.
     if stream:
@@ -91,26 +94,28 @@ async def get_response(
 
 
 @router.delete("/{response_id}", response_model=OpenAIDeletedRead)
-async def delete_response(response_id: str, session: SessionDep, organization_id: OrganizationDep) -> OpenAIDeletedRead:
+async def delete_response(
+    response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
+) -> OpenAIDeletedRead:
     deleted = await stored_responses.delete_response(session, organization_id, response_id)
     return OpenAIDeletedRead(id=deleted.id, object="response.deleted")
 
 
 @router.post("/{response_id}/cancel", response_model=OpenAIResponseRead)
 async def cancel_response(
-    response_id: str, session: SessionDep, organization_id: OrganizationDep
+    response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIResponseRead:
     return OpenAIResponseRead.of(await stored_responses.cancel_response(session, organization_id, response_id))
 
 
 @router.get("/{response_id}/input_items", response_model=ConversationItemList)
 async def list_input_items(
-    response_id: str,
+    response_id: ResponseIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> ConversationItemList:
     page = await stored_responses.list_inputs(
         session, organization_id, response_id, PageRequest(limit=limit, order=order, after=after)
