@@ -30,5 +30,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_encode(millis, 10)}{_encode(secrets.randbits(80), 16)}"
 
 
+def sibling_id(prefix: str, source_id: str) -> str:
+    """The id of a row that belongs one-to-one to `source_id`, known before it exists: a response's answer is
+    `msg_<the response id's suffix>` (the OpenAI output item can name it while it is still being generated)."""
+    return f"{prefix}_{source_id.partition('_')[2]}"
+
+
 def is_valid_client_id(value: str) -> bool:
     return bool(CLIENT_ID_PATTERN.match(value))

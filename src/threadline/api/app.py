@@ -18,6 +18,7 @@ from threadline.api.routes import (
     auth,
     conversations,
     messages,
+    openai_responses,
     openai_runs,
     openai_threads,
     responses,
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         conversations,
         assistants,
         responses,
+        openai_responses,
         models_routes,
     )
     for module in routers:

@@ -32,7 +32,7 @@ class NewMessage:
     model: str | None = None
     response_id: str | None = None
     assistant_id: str | None = None
-    # Chosen up front when the caller must know it before saving (a streamed Assistants run); else generated.
+    # Chosen in advance (a turn's answer, see ids.sibling_id; a streamed Assistants run); otherwise a new `msg_` id.
     id: str | None = None
 
 

@@ -39,7 +39,7 @@ from threadline.errors import (
     ThreadNotFound,
     ValidationFailed,
 )
-from threadline.ids import new_id
+from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams
 from threadline.providers.registry import ModelRegistry
 from threadline.services import threads as thread_service
@@ -85,6 +85,13 @@ class ResponseRequest:
     temperature: float | None = None
     context_mode: ContextMode | None = None
     run: RunOptions | None = None
+    # A system message for this turn only (OpenAI `instructions`): always in the context, like an assistant's
+    # instructions, but never saved to the thread, so a later turn does not see it.
+    instructions: str | None = None
+    # True: `thread_id` must name an existing thread (OpenAI `conversation`) instead of creating one.
+    thread_must_exist: bool = False
+    # Caller fields kept as-is on the response's request record (the OpenAI API echoes `metadata`, …).
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -100,6 +107,8 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
     for index, message in enumerate(request.inputs):
         validate_role(message.role, param=f"inputs.{index}.role")
         validate_content(message.content, param=f"inputs.{index}.texts")
+    if request.instructions is not None:
+        validate_content(request.instructions, param="instructions")
     if request.thread_state is not None and request.thread_state not in rules.THREAD_STATES:
         raise ValidationFailed(
             f"Invalid threadState '{request.thread_state}': use one of open, locked, archived.",
@@ -190,6 +199,8 @@ async def _lease_thread(
             if await repo.get(org, thread_id) is None:
                 raise ThreadNotFound(thread_id, param="previous_response_id" if previous else "thread")
             return None
+    if thread_id is not None and request.thread_must_exist:
+        raise ThreadNotFound(thread_id, param="thread")
     creator = thread_service.create_thread if request.store else thread_service.create_hidden_thread
     created = await creator(session, principal, org, thread_id=thread_id, metadata=request.thread_metadata)
     leased = await repo.acquire_free_lease(org, created.id, lease.owner, lease.expires_at)
@@ -276,6 +287,9 @@ async def _try_start(
     if instructions:
         text = instructions
         pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
+    if request.instructions:
+        text = request.instructions
+        pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
     inputs = [
         PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
     ]
@@ -293,7 +307,9 @@ async def _try_start(
         priming_tokens=info.request_overhead_tokens,
         last_messages=request.run.last_messages if request.run else None,
     )
-    output_message_id = new_id("msg")
+    # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
+    # OpenAI output item, the conversation item and the Freddy message share one id.
+    output_message_id = sibling_id("msg", owner)
     record = _request_record(request, mode, max_output, temperature)
     record["output_message_id"] = output_message_id
     if request.run is not None:
@@ -382,7 +398,9 @@ def _mode(assistant: Assistant | None) -> ContextMode | None:
 def _request_record(request: ResponseRequest, mode: str, max_output: int, temperature: float | None) -> dict[str, Any]:
     """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
     return {
+        **request.record,
         "inputs": [{"role": m.role, "content": m.content} for m in request.inputs],
+        "instructions": request.instructions,
         "store": request.store,
         "thread_state": request.thread_state,
         "thread_context_mode": mode,

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, SessionDep
+from threadline.api.schemas.freddy import ID_PATTERN, CursorQuery
 from threadline.api.schemas.search import ThreadSearchList
 from threadline.domain.search import MAX_QUERY_CHARS
 from threadline.services import search
@@ -26,9 +27,10 @@ async def search_threads(
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="Words to find (all of them).")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=128)] = None,
-    before: Annotated[str | None, Query(max_length=128)] = None,
-    assistant_id: Annotated[str | None, Query(max_length=128)] = None,
+    # Patterned like ids everywhere: a NUL would otherwise reach PostgreSQL (a 500 the fuzz test finds).
+    after: CursorQuery = None,
+    before: CursorQuery = None,
+    assistant_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
     include_deleted: bool = False,
     visible_in_ui: bool = True,
 ) -> ThreadSearchList:

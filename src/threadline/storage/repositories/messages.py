@@ -51,8 +51,9 @@ class MessageRepository:
         *,
         roles: Collection[str] | None = None,
         response_id: str | None = None,
+        seqs: tuple[int, int] | None = None,
     ) -> Page[Message]:
-        """One page of live messages, optionally only some roles or one response's messages."""
+        """One page of live messages, optionally only some roles, one response's messages or a seq range."""
         query = sa.select(Message).where(
             Message.organization_id == organization_id,
             Message.thread_id == thread_id,
@@ -62,6 +63,8 @@ class MessageRepository:
             query = query.where(Message.role.in_(roles))
         if response_id is not None:
             query = query.where(Message.response_id == response_id)
+        if seqs is not None:
+            query = query.where(Message.seq.between(*seqs))
         cursors = {
             "after": await self._sort_key(organization_id, thread_id, page.after),
             "before": await self._sort_key(organization_id, thread_id, page.before),

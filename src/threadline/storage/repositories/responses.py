@@ -78,3 +78,7 @@ class ResponseRepository:
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delete(self, response: Response) -> None:
+        await self.session.delete(response)
+        await self.session.flush()

@@ -1,0 +1,247 @@
+"""OpenAI Responses API wire shapes (`client.responses.*`), projected from the same response rows as Freddy's
+`/v1/model/response`.
+
+A response is one turn on a thread. Its output is the turn's saved assistant message (`msg_…`, named before it is
+generated: see `ids.sibling_id`), its input items are the messages the turn saved. Field mapping:
+
+- `conversation` → the thread the turn runs on (it must exist); none → a new thread, as Freddy does.
+- `truncation`: `disabled` (the default) → Threadline's `full` context mode (too long is a 400
+  `context_length_exceeded`), `auto` → `recent` (the oldest messages are dropped).
+- `instructions` → a system message for this turn only: always in the context, never saved to the thread.
+- `finish_reason` `length` → status `incomplete` with `incomplete_details.reason = max_output_tokens`.
+- An error's Threadline code goes to `error.type`; `error.code` takes the SDK's enum (`server_error`,
+  `rate_limit_exceeded`), which strict clients validate.
+
+Unknown and unsupported-but-harmless fields (`tools`, `tool_choice`, `text`, `reasoning`, `include`, `user`, …)
+are accepted and ignored; the response reports what was actually used (`tools: []`, `text.format: text`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from threadline.api.schemas.common import RequestModel, ResponseModel
+from threadline.api.schemas.openai import OutputTextRead, new_item, unix
+from threadline.domain import threads as rules
+from threadline.domain.context import ContextMode
+from threadline.domain.messages import ChatMessage
+from threadline.errors import InvalidRequest, ValidationFailed
+from threadline.ids import sibling_id
+from threadline.services.responses import ResponseRequest
+from threadline.storage.tables import Response
+
+_TRUNCATION: dict[str, ContextMode] = {"disabled": "full", "auto": "recent"}
+_RESPONSE_ERROR_CODES = {"rate_limited": "rate_limit_exceeded"}
+
+
+class ConversationRef(RequestModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(max_length=128)
+
+
+class OpenAIResponseCreate(RequestModel):
+    """`POST /v1/responses`. Unknown keys are ignored (the SDK merges `extra_body` into the body)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=200)
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    conversation: str | ConversationRef | None = None
+    previous_response_id: str | None = Field(default=None, max_length=64)
+    store: bool | None = None
+    stream: bool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, str] | None = None
+    background: bool | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
+
+    def to_request(self, organization_id: str) -> ResponseRequest:
+        if self.background:
+            raise InvalidRequest(
+                "Background responses are not supported: omit 'background' (or set it to false) and stream instead.",
+                code="unsupported_parameter",
+                param="background",
+            )
+        conversation = self.conversation_id
+        if conversation is not None and self.previous_response_id is not None:
+            raise InvalidRequest(
+                "'conversation' and 'previous_response_id' cannot be used together: continue either a conversation "
+                "or a previous response.",
+                code="conversation_with_previous_response",
+                param="previous_response_id",
+            )
+        metadata = dict(self.metadata or {})
+        rules.validate_metadata(metadata)
+        return ResponseRequest(
+            organization_id=organization_id,
+            inputs=self._inputs(),
+            thread_id=conversation,
+            thread_must_exist=conversation is not None,
+            store=self.store is not False,
+            previous_response_id=self.previous_response_id,
+            model=self.model,
+            max_output_tokens=self.max_output_tokens,
+            temperature=self.temperature,
+            context_mode=_TRUNCATION[self.truncation or "disabled"],
+            instructions=self.instructions,
+            record={"metadata": metadata, "conversation": conversation},
+        )
+
+    def _inputs(self) -> list[ChatMessage]:
+        if self.input is None:
+            raise ValidationFailed(
+                "Missing required parameter 'input': a string or a list of message items.",
+                code="missing_required_parameter",
+                param="input",
+            )
+        if isinstance(self.input, str):
+            return [ChatMessage(role="user", content=self.input)]
+        if not self.input:
+            raise ValidationFailed("'input' needs at least one item.", code="empty_input", param="input")
+        messages = [new_item(item, f"input.{i}") for i, item in enumerate(self.input)]
+        return [ChatMessage(role=m.role, content=m.content) for m in messages]
+
+
+# ---- objects -----------------------------------------------------------------------------------------------
+
+
+class OutputMessageRead(ResponseModel):
+    type: Literal["message"] = "message"
+    id: str
+    role: Literal["assistant"] = "assistant"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[OutputTextRead]
+
+
+class InputTokensDetails(ResponseModel):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(ResponseModel):
+    reasoning_tokens: int = 0
+
+
+class OpenAIUsage(ResponseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class OpenAIResponseError(ResponseModel):
+    code: str
+    message: str
+    type: str | None = None
+    param: str | None = None
+
+
+class IncompleteDetails(ResponseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class TextFormat(ResponseModel):
+    type: Literal["text"] = "text"
+
+
+class TextConfig(ResponseModel):
+    format: TextFormat = Field(default_factory=TextFormat)
+
+
+class ConversationIdRead(ResponseModel):
+    id: str
+
+
+class OpenAIResponseRead(ResponseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    completed_at: int | None
+    status: Literal["completed", "failed", "in_progress", "incomplete"]
+    model: str
+    output: list[OutputMessageRead]
+    error: OpenAIResponseError | None
+    incomplete_details: IncompleteDetails | None
+    instructions: str | None
+    metadata: dict[str, str]
+    previous_response_id: str | None
+    conversation: ConversationIdRead | None
+    usage: OpenAIUsage | None
+    max_output_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    truncation: Literal["auto", "disabled"]
+    store: bool
+    background: bool = False
+    parallel_tool_calls: bool = True
+    tool_choice: Literal["auto"] = "auto"
+    tools: list[Any] = Field(default_factory=list)
+    text: TextConfig = Field(default_factory=TextConfig)
+    reasoning: None = None
+    user: None = None
+
+    @classmethod
+    def of(cls, response: Response) -> OpenAIResponseRead:
+        """The stored response; `in_progress` ones (a stream's first events) have no output yet."""
+        request = response.request
+        finish = response.context.get("finish_reason")
+        incomplete = None
+        status: Literal["completed", "failed", "in_progress", "incomplete"] = response.status  # type: ignore[assignment]
+        if response.status == "completed" and finish in ("length", "content_filter"):
+            status = "incomplete"
+            incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
+        output = []
+        if response.status == "completed":
+            output = [output_message(response, "incomplete" if incomplete else "completed", response.output_text)]
+        usage = None
+        if response.input_tokens is not None or response.output_tokens is not None:
+            inp, out = response.input_tokens or 0, response.output_tokens or 0
+            usage = OpenAIUsage(input_tokens=inp, output_tokens=out, total_tokens=inp + out)
+        error = None
+        if response.error:
+            code = str(response.error.get("code", "error"))
+            error = OpenAIResponseError(
+                code=_RESPONSE_ERROR_CODES.get(code, "server_error"),
+                message=response.error.get("message", ""),
+                type=code,
+            )
+        conversation = request.get("conversation")
+        return cls(
+            id=response.id,
+            created_at=unix(response.created_at),
+            completed_at=unix(response.completed_at) if response.completed_at and status == "completed" else None,
+            status=status,
+            model=response.model,
+            output=output,
+            error=error,
+            incomplete_details=incomplete,
+            instructions=request.get("instructions"),
+            metadata=request.get("metadata") or {},
+            previous_response_id=response.previous_response_id,
+            conversation=ConversationIdRead(id=conversation) if conversation else None,
+            usage=usage,
+            max_output_tokens=request.get("max_output_tokens"),
+            temperature=request.get("temperature"),
+            top_p=None,  # accepted, not applied: the providers sample with temperature only
+            truncation="disabled" if request.get("thread_context_mode") == "full" else "auto",
+            store=request.get("store", True) is not False,
+        )
+
+
+def output_message(
+    response: Response, status: Literal["in_progress", "completed", "incomplete"], text: str | None
+) -> OutputMessageRead:
+    """The turn's answer as an output item: `text=None` while it is being generated (no content part yet)."""
+    content = [] if text is None else [OutputTextRead(text=text)]
+    return OutputMessageRead(id=sibling_id("msg", response.id), status=status, content=content)
