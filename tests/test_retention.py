@@ -266,7 +266,8 @@ async def test_only_one_sweep_at_a_time(app: FastAPI, settings: Settings, caller
 
 async def test_an_expired_lease_is_taken_over(maker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
     async with maker() as session:
-        session.add(Lease(name="retention", owner="crashed", expires_at=NOW + timedelta(minutes=5)))
+        # From the clock now, not NOW (taken at import): a long test session must not outlive this lease.
+        session.add(Lease(name="retention", owner="crashed", expires_at=datetime.now(UTC) + timedelta(minutes=5)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is False
     async with maker() as session:

@@ -1,7 +1,9 @@
 """POST /v1/model/response: one model turn on a thread, in three steps (DESIGN.md §2).
 
-1. `start_turn` — a short transaction: validate, resolve or create the thread, take its lease (waiting while
-   another turn holds it), read the history the turn can use, record the response as `in_progress`.
+1. `start_turn` — a short transaction: validate, resolve or create the thread (for `previousResponseId`: the
+   chain to append to, or a new chain forked from the previous response — see `_lease_chain`), take its lease
+   (waiting while another turn holds it), read the history the turn can use, record the response as
+   `in_progress`.
 2. `run_turn` (services/turns.py) — the model call, with no session open; a heartbeat renews the lease for long turns.
 3. a short transaction: save the inputs and the output together, update the thread, complete the response and
    release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the

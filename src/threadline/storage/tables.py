@@ -271,8 +271,9 @@ class MessageEdit(Base):
 class Response(Base):
     """A model response. It never copies history: it points into a thread by `seq` range (DESIGN.md §3).
 
-    `context_first_seq..context_last_seq` (plus `context_seqs` when the selection has gaps) say which
-    messages the model saw; `input_first_seq..input_last_seq` are this turn's inputs, `output_seq` its answer.
+    `input_first_seq..input_last_seq` are this turn's inputs and `output_seq` its answer, in `thread_id`; the
+    `context` report's `context_segments` list the (thread, first seq, last seq) runs the model saw, which span
+    the parents of a `previousResponseId` chain.
     """
 
     __tablename__ = "responses"
