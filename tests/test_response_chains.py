@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import Caller
 from tests.responses_helpers import prefill, registry_with, running_app, thread_messages, turn
+from tests.test_query_plans import _assert_range_scan, _plan, _Recorder
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -421,7 +422,7 @@ async def test_a_chained_turn_reads_only_the_window_of_a_long_parent(
         await session.commit()
 
     reads: list[int] = []
-    statements: list[str] = []
+    recorder = _Recorder()
     original = MessageRepository.context_rows
 
     async def counting(self: MessageRepository, *args: Any, **kwargs: Any) -> Any:
@@ -429,22 +430,25 @@ async def test_a_chained_turn_reads_only_the_window_of_a_long_parent(
         reads.append(len(rows))
         return rows
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
     monkeypatch.setattr(MessageRepository, "context_rows", counting)
-    sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", record)
+    sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", recorder)
     try:
         chained = await ok(await turn(client, caller, "next", previousResponseId=tip["id"], maxOutputTokens=10))
     finally:
-        sa.event.remove(app.state.engine.sync_engine, "before_cursor_execute", record)
+        sa.event.remove(app.state.engine.sync_engine, "before_cursor_execute", recorder)
     # Every message costs 6 tokens; budget = 1000 - 10 - 3 - 6 = 981 → the newest 163 fit.
     report = chained["context"]
     assert report["messages_included"] == 163 and report["messages_omitted"] == 2002 - 163
     assert report["context_segments"] == [{"thread_id": "t_big", "first_seq": 1840, "last_seq": 2002}]
     # Pages of 64, 128: a bounded read, whatever the parent's length; a handful of statements in all.
     assert sum(reads) <= 2 * 163 and len(reads) <= 3
-    assert sum(1 for s in statements if "FROM messages" in s) <= 4
+    assert sum(1 for statement, _ in recorder.statements if "FROM messages" in statement) <= 4
+    # The parent is read through the (organization_id, thread_id, seq) index, a range below the fork point. (No
+    # ANALYZE here: statistics of this lopsided table would stay in the shared test database and sway the plans
+    # that later tests check.)
+    statement, parameters = recorder.page_query("messages")
+    plan = await _plan(app, statement, parameters)
+    _assert_range_scan(plan, app.state.engine.dialect.name, "messages:uq_messages_organization_id_thread_id_seq")
     async with maker() as session:
         counted = set(
             (
