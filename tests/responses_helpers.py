@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.conftest import Caller, _empty_all_tables
 from threadline.api.app import create_app
 from threadline.config import Settings
+from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
 from threadline.providers.registry import ModelRegistry
+from threadline.storage.tables import Message, Thread
 
 
 def registry_with(fake: FakeProvider) -> ModelRegistry:
@@ -52,3 +55,27 @@ async def thread_messages(client: httpx.AsyncClient, caller: Caller, thread_id: 
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
+
+
+async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int) -> None:
+    """A long thread written in bulk, with no token counts yet (as imported history would be)."""
+    now = utcnow()
+    async with app.state.sessionmaker() as session:
+        session.add_all(
+            Message(
+                organization_id=caller.organization_id,
+                id=f"msg_fill_{thread_id}_{seq:05d}",
+                thread_id=thread_id,
+                seq=seq,
+                role="user" if seq % 2 else "assistant",
+                content=f"m{seq}",
+                metadata_={},
+                created_at=now,
+                edit_count=0,
+            )
+            for seq in range(1, count + 1)
+        )
+        await session.execute(
+            sa.update(Thread).where(Thread.id == thread_id).values(next_seq=count + 1, message_count=count)
+        )
+        await session.commit()

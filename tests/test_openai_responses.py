@@ -172,7 +172,14 @@ async def test_input_items_instructions_and_previous_response_chain(
     thread_id = (await client.get(f"/v1/model/response/{first.id}", headers=caller.headers)).json()["thread_id"]
     saved = await thread_messages(client, caller, thread_id)
     assert "Answer briefly." not in [m["content"] for m in saved]
-    assert len(saved) == 7
+    assert len(saved) == 5
+    # The continuation lives in a hidden chain thread forked from the first turn: its own two messages only.
+    chain_id = (await client.get(f"/v1/model/response/{second.id}", headers=caller.headers)).json()["thread_id"]
+    assert chain_id != thread_id
+    assert [m["content"] for m in await thread_messages(client, caller, chain_id)] == [
+        "And Java?",
+        "echo: And Java?",
+    ]
 
 
 async def test_conversation_is_context_and_receives_the_turn(

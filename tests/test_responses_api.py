@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.conftest import Caller
-from tests.responses_helpers import running_app, thread_messages, turn, user
+from tests.responses_helpers import prefill, running_app, thread_messages, turn, user
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
-from threadline.storage.tables import Assistant, Message, Response, Thread
+from threadline.storage.tables import Assistant, Message, Response
 
 
 @pytest.fixture
@@ -133,19 +133,21 @@ async def test_previous_response_id_chains_without_copying_history(
     assert second.status_code == 200, second.text
     body = second.json()
     assert body["previous_response_id"] == first["id"]
-    assert body["thread_id"] == first["thread_id"]
+    # The chain continues in a hidden chain thread forked from the first response's thread, which gains nothing.
+    assert body["thread_id"] != first["thread_id"]
     assert [m.content for m in fake.calls[1]] == ["Hello", "echo: Hello", "Tell me more"]
     assert body["context"]["seq_ranges"] == [[1, 2]]
+    assert body["context"]["context_segments"] == [{"thread_id": first["thread_id"], "first_seq": 1, "last_seq": 2}]
     third = await turn(client, caller, "And then?", previous_response_id=body["id"])
     assert third.status_code == 200
-    # Each response points into the thread by seq range instead of holding a copy of the history.
+    assert third.json()["thread_id"] == body["thread_id"]
+    # Each response points into its thread by seq range instead of holding a copy of the history; the chain
+    # numbers its messages on from where it forked.
     async with app.state.sessionmaker() as session:
         rows = (await session.execute(sa.select(Response).order_by(Response.created_at))).scalars().all()
     assert [(r.input_first_seq, r.input_last_seq, r.output_seq) for r in rows] == [(1, 1, 2), (3, 3, 4), (5, 5, 6)]
+    assert [r.thread_id for r in rows] == [first["thread_id"], body["thread_id"], body["thread_id"]]
 
-    superseded = await turn(client, caller, "branch", previousResponseId=first["id"])
-    assert superseded.status_code == 400
-    assert superseded.json()["error"]["code"] == "previous_response_superseded"
     both = await turn(client, caller, "x", previousResponseId=first["id"], thread="t1")
     assert both.status_code == 400
     assert both.json()["error"]["code"] == "thread_with_previous_response"
@@ -280,30 +282,6 @@ async def test_usage_and_input_tokens_are_reported(client: httpx.AsyncClient, ca
     # (2 words + 4 framing + 1 role) + (1 + 4 + 1) + 3 priming
     assert body["context"]["input_tokens"] == 16
     assert body["usage"]["input_tokens"] == 16
-
-
-async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int) -> None:
-    """A long thread written in bulk, with no token counts yet (as imported history would be)."""
-    now = utcnow()
-    async with app.state.sessionmaker() as session:
-        session.add_all(
-            Message(
-                organization_id=caller.organization_id,
-                id=f"msg_fill_{thread_id}_{seq:05d}",
-                thread_id=thread_id,
-                seq=seq,
-                role="user" if seq % 2 else "assistant",
-                content=f"m{seq}",
-                metadata_={},
-                created_at=now,
-                edit_count=0,
-            )
-            for seq in range(1, count + 1)
-        )
-        await session.execute(
-            sa.update(Thread).where(Thread.id == thread_id).values(next_seq=count + 1, message_count=count)
-        )
-        await session.commit()
 
 
 async def test_a_turn_reads_only_the_tail_it_can_use(

@@ -27,12 +27,18 @@ CONTEXT_MODES: tuple[ContextMode, ...] = ("recent", "smart", "full")
 
 @dataclass(frozen=True)
 class HistoryMessage:
-    """A stored message of the thread with its token count (content + framing)."""
+    """A stored message of the conversation with its token count (content + framing).
+
+    `seq` is the message's position in the conversation. A chain thread numbers its messages on from where it
+    forked (DESIGN.md §3), so seqs rise along the whole path even when it spans several threads; `thread_id`
+    says which thread holds the row.
+    """
 
     seq: int
     role: str
     content: str
     tokens: int
+    thread_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class ContextReport:
     messages_omitted: int
     gap_marked: bool
     seq_ranges: tuple[tuple[int, int], ...] = field(default=())
+    # (thread id, first seq, last seq): where each run of `seq_ranges` is stored, so any answer can be traced.
+    segments: tuple[tuple[str, int, int], ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +76,10 @@ class ContextReport:
             "messages_omitted": self.messages_omitted,
             "gap_marked": self.gap_marked,
             "seq_ranges": [list(r) for r in self.seq_ranges],
+            "context_segments": [
+                {"thread_id": thread_id, "first_seq": first, "last_seq": last}
+                for thread_id, first, last in self.segments
+            ],
         }
 
 
@@ -138,8 +150,8 @@ def build_context(
     """Choose the prompt for one turn.
 
     `tail` is the newest part of the history (oldest first), `head` its oldest part (smart mode); they may
-    overlap. `history_total` is the number of live messages in the thread, so the report can say how many were
-    left out. In `full` mode `tail` must be the whole history. `count_note` prices the gap note (content +
+    overlap. `history_total` is the number of live messages in the conversation, so the report can say how many
+    were left out. In `full` mode `tail` must be the whole history. `count_note` prices the gap note (content +
     framing) with the model's tokenizer.
     """
     pinned_tokens = sum(m.tokens for m in pinned)
@@ -183,6 +195,7 @@ def build_context(
         messages_omitted=max(history_total - len(chosen), 0),
         gap_marked=note is not None,
         seq_ranges=seq_ranges([m.seq for m in chosen]),
+        segments=context_segments(chosen),
     )
     return ContextPlan(messages=messages, report=report)
 
@@ -238,4 +251,15 @@ def seq_ranges(seqs: Sequence[int]) -> tuple[tuple[int, int], ...]:
             runs[-1] = (runs[-1][0], seq)
         else:
             runs.append((seq, seq))
+    return tuple(runs)
+
+
+def context_segments(messages: Sequence[HistoryMessage]) -> tuple[tuple[str, int, int], ...]:
+    """Runs of consecutive seqs stored in one thread, in conversation order: where the chosen history lives."""
+    runs: list[tuple[str, int, int]] = []
+    for message in sorted(messages, key=lambda m: m.seq):
+        if runs and runs[-1][0] == message.thread_id and message.seq == runs[-1][2] + 1:
+            runs[-1] = (message.thread_id, runs[-1][1], message.seq)
+        else:
+            runs.append((message.thread_id, message.seq, message.seq))
     return tuple(runs)

@@ -1,7 +1,9 @@
 """POST /v1/model/response: one model turn on a thread, in three steps (DESIGN.md §2).
 
-1. `start_turn` — a short transaction: validate, resolve or create the thread, take its lease (waiting while
-   another turn holds it), read the history the turn can use, record the response as `in_progress`.
+1. `start_turn` — a short transaction: validate, resolve or create the thread (for `previousResponseId`: the
+   chain to append to, or a new chain forked from the previous response — see `_lease_chain`), take its lease
+   (waiting while another turn holds it), read the history the turn can use, record the response as
+   `in_progress`.
 2. `run_turn` (services/turns.py) — the model call, with no session open; a heartbeat renews the lease for long turns.
 3. a short transaction: save the inputs and the output together, update the thread, complete the response and
    release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the
@@ -44,7 +46,7 @@ from threadline.providers.base import GenerationParams
 from threadline.providers.registry import ModelRegistry
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
-from threadline.services.turn_context import plan_context
+from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path, plan_context
 from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.responses import ResponseRepository
@@ -172,32 +174,28 @@ async def start_turn(
 
 async def _lease_thread(
     session: AsyncSession, principal: Principal, request: ResponseRequest, lease: _Lease
-) -> tuple[Thread, Response | None] | None:
+) -> Thread | None:
     """Find or create the turn's thread and take its lease; None while another live turn holds it.
 
     Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
     missing thread (create it), a busy one (wait) and one whose holder died (take the lease over).
     """
+    if request.previous_response_id is not None:
+        return await _lease_chain(session, principal, request, lease)
     org = request.organization_id
     repo = ThreadRepository(session)
-    previous: Response | None = None
     thread_id = request.thread_id
-    if request.previous_response_id is not None:
-        previous = await _chain_start(session, org, request.previous_response_id)
-        _check_chainable(previous, lease.settings, lease.now)
-        thread_id = previous.thread_id
     if thread_id is not None:
         leased = await repo.acquire_free_lease(org, thread_id, lease.owner, lease.expires_at)
         if leased is not None:
-            return leased, previous
+            return leased
         found = await repo.get(org, thread_id)
         if found is not None:
-            taken = await _take_over(session, found, lease)
-            return (taken, previous) if taken is not None else None
-        if previous is not None or await repo.exists(org, thread_id):
+            return await _take_over(session, found, lease)
+        if await repo.exists(org, thread_id):
             # Deleted (its id stays taken) — or created by a concurrent request a moment ago: retry to tell.
             if await repo.get(org, thread_id) is None:
-                raise ThreadNotFound(thread_id, param="previous_response_id" if previous else "thread")
+                raise ThreadNotFound(thread_id, param="thread")
             return None
     if thread_id is not None and request.thread_must_exist:
         raise ThreadNotFound(thread_id, param="thread")
@@ -205,7 +203,39 @@ async def _lease_thread(
     created = await creator(session, principal, org, thread_id=thread_id, metadata=request.thread_metadata)
     leased = await repo.acquire_free_lease(org, created.id, lease.owner, lease.expires_at)
     assert leased is not None, "a thread created in this transaction is free"
-    return leased, None
+    return leased
+
+
+async def _lease_chain(session: AsyncSession, principal: Principal, request: ResponseRequest, lease: _Lease) -> Thread:
+    """`previousResponseId = R`: the turn's context is R's conversation up to and including R's output.
+
+    When R is the latest turn of an idle chain thread, the turn is appended to that chain. Otherwise (R in a plain
+    or `store=false` thread, an earlier turn of a chain, a chain busy with another continuation of R) a new hidden
+    chain thread forks from R: it records (R's thread, R's output seq) as its parent and copies nothing. So a
+    branch never waits for another, and a linear chain stays one thread.
+    """
+    org = request.organization_id
+    assert request.previous_response_id is not None
+    previous = await _chain_start(session, org, request.previous_response_id)
+    output_seq = _check_chainable(previous, lease.settings, lease.now)
+    repo = ThreadRepository(session)
+    parent = await repo.get(org, previous.thread_id or "")
+    if parent is None:
+        # The conversation R belongs to was deleted.
+        raise NotFound(
+            f"Response '{previous.id}' belongs to a conversation that was deleted.",
+            code="previous_response_not_found",
+            param="previous_response_id",
+        )
+    if parent.kind == "chain" and parent.state == "open" and output_seq == parent.next_seq - 1:
+        # The lease is taken only while nothing was appended since R (the condition is part of the UPDATE).
+        leased = await repo.acquire_free_lease(org, parent.id, lease.owner, lease.expires_at, next_seq=output_seq + 1)
+        if leased is not None:
+            return leased
+    chain = await thread_service.create_chain_thread(session, principal, parent, output_seq)
+    leased = await repo.acquire_free_lease(org, chain.id, lease.owner, lease.expires_at)
+    assert leased is not None, "a thread created in this transaction is free"
+    return leased
 
 
 async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Thread | None:
@@ -250,19 +280,19 @@ async def _try_start(
     org = request.organization_id
     now = utcnow()
     lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
-    found = await _lease_thread(session, principal, request, lease)
-    if found is None:
+    thread = await _lease_thread(session, principal, request, lease)
+    if thread is None:
         return None
-    thread, previous = found
     owner = lease.owner
     rules.ensure_accepts_messages(thread.id, thread.state)
     if request.thread_state is not None:
         rules.check_transition(thread.id, thread.state, request.thread_state)
-    if previous is not None and previous.output_seq != thread.next_seq - 1:
+    segments = await conversation_path(session, thread)
+    if len(segments) > MAX_CHAIN_SEGMENTS:
         raise InvalidRequest(
-            f"Response '{previous.id}' is no longer the latest turn of its conversation; continue from the latest "
-            "response instead.",
-            code="previous_response_superseded",
+            f"The conversation of response '{request.previous_response_id}' already branches across "
+            f"{MAX_CHAIN_SEGMENTS} threads; continue it in a thread instead.",
+            code="previous_response_chain_too_deep",
             param="previous_response_id",
         )
     if thread.message_count + len(request.inputs) + 1 > settings.max_messages_per_thread:
@@ -296,6 +326,7 @@ async def _try_start(
     plan = await plan_context(
         session,
         thread,
+        segments=segments,
         tokenizer=tokenizer,
         tokenizer_name=tokenizer.name,
         mode=mode,
@@ -347,7 +378,8 @@ async def _try_start(
     )
 
 
-def _check_chainable(previous: Response, settings: Settings, now: datetime) -> None:
+def _check_chainable(previous: Response, settings: Settings, now: datetime) -> int:
+    """Raise unless `previous` can be continued; returns the seq of its output (where its conversation ends)."""
     if now - previous.created_at > timedelta(hours=settings.response_chain_hours):
         raise InvalidRequest(
             f"Response '{previous.id}' is older than {settings.response_chain_hours:g} hours and can no longer be "
@@ -355,13 +387,14 @@ def _check_chainable(previous: Response, settings: Settings, now: datetime) -> N
             code="previous_response_expired",
             param="previous_response_id",
         )
-    if previous.status != "completed" or previous.thread_id is None:
+    if previous.status != "completed" or previous.thread_id is None or previous.output_seq is None:
         raise InvalidRequest(
             f"Response '{previous.id}' did not complete ({previous.status}); only completed responses can be "
             "continued.",
             code="previous_response_not_completed",
             param="previous_response_id",
         )
+    return previous.output_seq
 
 
 async def _assistant_of(session: AsyncSession, thread: Thread) -> Assistant | None:

@@ -5,7 +5,9 @@ What a sweep purges, in this order (each category excludes the ones before it, s
 - `deleted_threads`: threads soft-deleted more than `deleted_thread_grace_days` ago;
 - `expired_threads`: threads created more than `thread_max_age_days` ago;
 - `expired_chains`: hidden `previousResponseId` chains (threads of kind "chain") with no turn for
-  `response_chain_hours` — their responses can no longer be referenced;
+  `response_chain_hours` — their responses can no longer be referenced — unless a chain still in use forked from
+  them (its context reads through them): chains are purged leaf first, so a parent goes once its last live
+  child has gone;
 - `chain_responses`: response rows older than `response_chain_hours` in chains still in use (they only served
   chaining, and a link older than the window must not resolve);
 - `inactive_thread_messages`: the messages (with their edit history, and the thread's responses, which hold

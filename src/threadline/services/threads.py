@@ -111,6 +111,36 @@ async def create_hidden_thread(
     )
 
 
+async def create_chain_thread(session: AsyncSession, principal: Principal, parent: Thread, parent_seq: int) -> Thread:
+    """A hidden `previousResponseId` chain forked from `parent` after seq `parent_seq` (DESIGN.md §3).
+
+    Nothing is copied: the chain's history is the parent's live messages up to `parent_seq`, then its own, which
+    are numbered on from there. It keeps the parent's assistant (its instructions and defaults still apply).
+    """
+    now = utcnow()
+    thread = Thread(
+        organization_id=parent.organization_id,
+        id=new_id("thread"),
+        user_id=principal.user_id,
+        metadata_={},
+        assistant_id=parent.assistant_id,
+        space_ids=[],
+        visible_in_ui=False,
+        kind="chain",
+        parent_thread_id=parent.id,
+        parent_seq=parent_seq,
+        state="open",
+        status="inactive",
+        is_pinned=False,
+        message_count=0,
+        next_seq=parent_seq + 1,
+        created_at=now,
+        updated_at=now,
+        last_message_at=now,
+    )
+    return await ThreadRepository(session).add(thread)
+
+
 async def _insert_thread(
     session: AsyncSession,
     principal: Principal,

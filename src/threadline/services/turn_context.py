@@ -1,13 +1,20 @@
-"""Reading the part of a thread a turn can use, and turning it into a prompt (via the pure `build_context`).
+"""Reading the part of a conversation a turn can use, and turning it into a prompt (via the pure `build_context`).
 
-A turn costs O(window), not O(thread length): the tail is read newest-first in growing pages until the history
-budget is full; smart mode also reads the head. Token counts are taken from the rows; rows counted by another
-tokenizer (or never counted) are counted once here and the counts are stored for the next turn.
+A turn costs O(window), not O(conversation length): the tail is read newest-first in growing pages until the
+history budget is full; smart mode also reads the head. Token counts are taken from the rows; rows counted by
+another tokenizer (or never counted) are counted once here and the counts are stored for the next turn.
+
+A conversation is a *path* of segments (DESIGN.md §3). A plain thread is one segment. A `previousResponseId`
+chain forked from a turn of another thread is its own messages, then the parent's live messages up to the fork
+point, then the grandparent's … The path comes from one recursive query; the tail walk goes segment by segment,
+newest first, and stops as soon as the budget is full, so a turn reads O(window) rows plus at most one
+short query per segment it reaches. Forks add segments, so their number is bounded (`MAX_CHAIN_SEGMENTS`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,13 +27,56 @@ from threadline.domain.context import (
     history_budget,
 )
 from threadline.domain.tokens import TokenCounter, message_token_count
+from threadline.errors import ContextLengthExceeded
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
+from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Thread
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
 # Smart mode's anchor is the leading system messages and the first exchange: a short head is enough.
 HEAD_LIMIT = 16
+# Threads on one conversation's path: a turn may need one query per segment, so forks are bounded.
+MAX_CHAIN_SEGMENTS = 100
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the conversation stored in one thread: its live messages with `after_seq < seq <= last_seq`."""
+
+    thread_id: str
+    # The thread's own messages are numbered above this (0 for a thread that is not a chain).
+    after_seq: int
+    # None: up to the thread's end (the turn's own thread).
+    last_seq: int | None
+    # Live messages of the whole thread.
+    message_count: int
+
+    @property
+    def before_seq(self) -> int | None:
+        return None if self.last_seq is None else self.last_seq + 1
+
+    def estimated_count(self) -> int:
+        """Live messages in the segment, for a segment not read whole: exact for the turn's own thread; for a
+        parent, exact unless some of its messages were deleted (counting them would read the whole parent)."""
+        if self.last_seq is None:
+            return self.message_count
+        return min(self.message_count, max(self.last_seq - self.after_seq, 0))
+
+
+async def conversation_path(
+    session: AsyncSession, thread: Thread, limit: int = MAX_CHAIN_SEGMENTS + 1
+) -> list[Segment]:
+    """The segments of `thread`'s conversation, newest first (at most `limit`)."""
+    if thread.parent_thread_id is None:
+        return [Segment(thread.id, 0, None, thread.message_count)]
+    rows = await ThreadRepository(session).path(thread.organization_id, thread.id, limit)
+    segments: list[Segment] = []
+    last_seq: int | None = None
+    for row in rows:
+        segments.append(Segment(row.id, row.parent_seq or 0, last_seq, row.message_count))
+        last_seq = row.parent_seq
+    return segments
 
 
 class _Counter:
@@ -37,7 +87,7 @@ class _Counter:
         self.name = tokenizer_name
         self.fresh: dict[str, int] = {}
 
-    def history(self, rows: Sequence[ContextRow]) -> list[HistoryMessage]:
+    def history(self, rows: Sequence[ContextRow], thread_id: str) -> list[HistoryMessage]:
         out = []
         for row in rows:
             if row.token_count is not None and row.tokenizer == self.name:
@@ -47,14 +97,109 @@ class _Counter:
             else:
                 tokens = message_token_count(self.tokenizer, row.role, row.content)
                 self.fresh[row.id] = tokens
-            out.append(HistoryMessage(seq=row.seq, role=row.role, content=row.content, tokens=tokens))
+            out.append(
+                HistoryMessage(seq=row.seq, role=row.role, content=row.content, tokens=tokens, thread_id=thread_id)
+            )
         return out
+
+
+class _PathReader:
+    """Reads a conversation's segments; remembers which segments it read whole, to count the history exactly."""
+
+    def __init__(self, repo: MessageRepository, counter: _Counter, org: str, segments: Sequence[Segment]) -> None:
+        self.repo = repo
+        self.counter = counter
+        self.org = org
+        self.segments = segments
+        self.whole: dict[int, int] = {}
+
+    async def tail(self, budget: int) -> tuple[list[HistoryMessage], bool]:
+        """Newest messages, page by page and segment by segment, until they exceed the budget or the
+        conversation's start is reached (then True)."""
+        chunks: list[list[HistoryMessage]] = []
+        used = 0
+        page = FIRST_PAGE
+        last = len(self.segments) - 1
+        for index, segment in enumerate(self.segments):
+            before = segment.before_seq
+            read = 0
+            while True:
+                rows = await self.repo.context_rows(self.org, segment.thread_id, page, newest=True, before_seq=before)
+                history = self.counter.history(rows, segment.thread_id)
+                chunks.append(history)
+                used += sum(m.tokens for m in history)
+                read += len(rows)
+                # Seqs of a segment start right above `after_seq`: reaching it means nothing older is left.
+                if len(rows) < page or rows[0].seq <= segment.after_seq + 1:
+                    self.whole[index] = read
+                    break
+                if used > budget:
+                    return _oldest_first(chunks), False
+                before = rows[0].seq
+                page = min(page * 2, MAX_PAGE)
+            if used > budget and index < last:
+                return _oldest_first(chunks), False
+        return _oldest_first(chunks), True
+
+    async def head(self, limit: int) -> list[HistoryMessage]:
+        """The conversation's oldest `limit` messages: the root segment's head (and the next ones' if it is short)."""
+        out: list[HistoryMessage] = []
+        for segment in reversed(self.segments):
+            rows = await self.repo.context_rows(
+                self.org, segment.thread_id, limit - len(out), newest=False, before_seq=segment.before_seq
+            )
+            out += self.counter.history(rows, segment.thread_id)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def newest(self, count: int) -> list[HistoryMessage]:
+        """The conversation's newest `count` messages, segment by segment."""
+        chunks: list[list[HistoryMessage]] = []
+        left = count
+        for segment in self.segments:
+            if left <= 0:
+                break
+            rows = await self.repo.context_rows(
+                self.org, segment.thread_id, left, newest=True, before_seq=segment.before_seq
+            )
+            chunks.append(self.counter.history(rows, segment.thread_id))
+            left -= len(rows)
+        return _oldest_first(chunks)
+
+    async def everything(self, limit: int) -> list[HistoryMessage]:
+        """The whole conversation for `full` mode; more than `limit` messages is refused, never cut."""
+        chunks: list[list[HistoryMessage]] = []
+        total = 0
+        for segment in self.segments:
+            rows = await self.repo.context_rows(
+                self.org, segment.thread_id, limit - total + 1, newest=False, before_seq=segment.before_seq
+            )
+            total += len(rows)
+            if total > limit:
+                raise ContextLengthExceeded(
+                    f"Full context would need all of this conversation's history, more than {limit} messages. Use "
+                    "threadContextMode 'recent' or 'smart'.",
+                    param="thread_context_mode",
+                )
+            chunks.append(self.counter.history(rows, segment.thread_id))
+        return _oldest_first(chunks)
+
+    def total(self) -> int:
+        """Live messages in the conversation: counted where read whole, else from the thread rows."""
+        return sum(self.whole.get(i, s.estimated_count()) for i, s in enumerate(self.segments))
+
+
+def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[HistoryMessage]:
+    """Chunks were read newest first, each in ascending order: one ascending list."""
+    return [message for chunk in reversed(newest_first_chunks) for message in chunk]
 
 
 async def plan_context(
     session: AsyncSession,
     thread: Thread,
     *,
+    segments: Sequence[Segment],
     tokenizer: TokenCounter,
     tokenizer_name: str,
     mode: ContextMode,
@@ -66,7 +211,8 @@ async def plan_context(
     priming_tokens: int,
     last_messages: int | None = None,
 ) -> ContextPlan:
-    """Read what the turn needs of `thread` and choose the prompt; stores newly computed token counts.
+    """Read what the turn needs of the conversation `segments` (from `conversation_path`) and choose the prompt;
+    stores newly computed token counts.
 
     `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
     included: only the newest `last_messages - len(inputs)` history messages are candidates."""
@@ -75,27 +221,21 @@ async def plan_context(
     )
     repo = MessageRepository(session)
     counter = _Counter(tokenizer, tokenizer_name)
-    org, thread_id = thread.organization_id, thread.id
+    reader = _PathReader(repo, counter, thread.organization_id, segments)
     head: list[HistoryMessage] = []
     if last_messages is not None:
         allowed = max(last_messages - len(inputs), 0)
-        rows = await repo.context_rows(org, thread_id, allowed, newest=True) if allowed else []
-        tail = counter.history(rows)
-        history_total = max(thread.message_count, len(tail))
-        if mode == "full":
-            history_total = len(tail)  # full of what the run allows
+        tail = await reader.newest(allowed) if allowed else []
+        # In full mode the run's cap is the whole of what it may see.
+        history_total = len(tail) if mode == "full" else max(reader.total(), len(tail))
     elif mode == "full":
-        tail = counter.history(await repo.context_rows(org, thread_id, full_limit, newest=False))
+        tail = await reader.everything(full_limit)
         history_total = len(tail)
     else:
-        tail, reached_start = await _read_tail(repo, counter, org, thread_id, budget)
-        history_total = len(tail) if reached_start else max(thread.message_count, len(tail))
+        tail, reached_start = await reader.tail(budget)
+        history_total = len(tail) if reached_start else max(reader.total(), len(tail))
         if mode == "smart":
-            head = (
-                tail[:HEAD_LIMIT]
-                if reached_start
-                else counter.history(await repo.context_rows(org, thread_id, HEAD_LIMIT, newest=False))
-            )
+            head = tail[:HEAD_LIMIT] if reached_start else await reader.head(HEAD_LIMIT)
     plan = build_context(
         mode=mode,
         window=window,
@@ -108,26 +248,5 @@ async def plan_context(
         count_note=lambda text: message_token_count(tokenizer, "system", text),
         priming_tokens=priming_tokens,
     )
-    await repo.store_token_counts(org, sorted(counter.fresh.items()), tokenizer_name)
+    await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
     return plan
-
-
-async def _read_tail(
-    repo: MessageRepository, counter: _Counter, org: str, thread_id: str, budget: int
-) -> tuple[list[HistoryMessage], bool]:
-    """Newest messages, page by page, until they exceed the budget or the thread's start is reached."""
-    collected: list[HistoryMessage] = []
-    used = 0
-    before: int | None = None
-    page = FIRST_PAGE
-    while True:
-        rows = await repo.context_rows(org, thread_id, page, newest=True, before_seq=before)
-        history = counter.history(rows)
-        collected = history + collected
-        used += sum(m.tokens for m in history)
-        if len(rows) < page:
-            return collected, True
-        if used > budget:
-            return collected, False
-        before = rows[0].seq
-        page = min(page * 2, MAX_PAGE)

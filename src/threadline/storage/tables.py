@@ -154,6 +154,11 @@ class Thread(Base):
     # What created it: "thread" (Freddy API / responses), "chain" (a previousResponseId chain),
     # "conversation" (OpenAI Conversations API).
     kind: Mapped[str] = mapped_column(sa.String(16), default="thread")
+    # A chain forked from a turn of another thread (migration 0003, DESIGN.md §3): its history is the parent's
+    # live messages with seq <= parent_seq, then its own, numbered on from parent_seq + 1. Nothing is copied. No
+    # foreign key: the sweeper may purge a parent before its children, whose reads then stop at the gap.
+    parent_thread_id: Mapped[str | None] = mapped_column(sa.String(128))
+    parent_seq: Mapped[int | None]
     state: Mapped[str] = mapped_column(sa.String(16), default="open")
     status: Mapped[str] = mapped_column(sa.String(16), default="inactive")
     is_pinned: Mapped[bool] = mapped_column(default=False)
@@ -192,6 +197,14 @@ class Thread(Base):
             postgresql_where=sa.text("kind = 'chain'"),
         ),
         # Full-text search over titles lives in migration 0002 only (FTS5 table / GIN expression index).
+        # The children of a thread (migration 0003): the sweeper keeps a chain while a live chain forks from it.
+        sa.Index(
+            "ix_threads_organization_id_parent_thread_id",
+            "organization_id",
+            "parent_thread_id",
+            sqlite_where=sa.text("parent_thread_id IS NOT NULL"),
+            postgresql_where=sa.text("parent_thread_id IS NOT NULL"),
+        ),
     )
 
 
@@ -258,8 +271,9 @@ class MessageEdit(Base):
 class Response(Base):
     """A model response. It never copies history: it points into a thread by `seq` range (DESIGN.md §3).
 
-    `context_first_seq..context_last_seq` (plus `context_seqs` when the selection has gaps) say which
-    messages the model saw; `input_first_seq..input_last_seq` are this turn's inputs, `output_seq` its answer.
+    `input_first_seq..input_last_seq` are this turn's inputs and `output_seq` its answer, in `thread_id`; the
+    `context` report's `context_segments` list the (thread, first seq, last seq) runs the model saw, which span
+    the parents of a `previousResponseId` chain.
     """
 
     __tablename__ = "responses"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from threadline.storage.tables import Message, MessageEdit, Response, Thread
 
@@ -37,15 +38,70 @@ def _kept_after_delete(c: Cutoffs) -> sa.ColumnElement[bool]:
     return sa.or_(Thread.deleted_at.is_(None), Thread.deleted_at >= c.deleted_before)
 
 
-def thread_condition(category: ThreadCategory, c: Cutoffs) -> sa.ColumnElement[bool]:
-    """Threads purged whole (messages, edits, responses and the thread row)."""
+def _idle_chain(c: Cutoffs) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        _CHAIN, Thread.last_message_at < c.chain_before, _kept_after_delete(c), Thread.created_at >= c.created_before
+    )
+
+
+def _has_live_child(c: Cutoffs) -> sa.ColumnElement[bool]:
+    """A chain forked from this thread that no earlier category purges: its reads go through this thread."""
+    child = aliased(Thread)
+    return (
+        sa.exists()
+        .where(
+            child.organization_id == Thread.organization_id,
+            child.parent_thread_id == Thread.id,
+            child.deleted_at.is_(None),
+            child.created_at >= c.created_before,
+        )
+        .correlate(Thread)
+    )
+
+
+def _kept_chains(c: Cutoffs) -> sa.CTE:
+    """(organization_id, id) of every thread a chain in use reads through: the ancestors of the active chains,
+    along live threads. What a sweep keeps of the idle chains, computed in one recursive query (dry runs)."""
+    kept = (
+        sa.select(Thread.organization_id.label("organization_id"), Thread.parent_thread_id.label("id"))
+        .where(
+            _CHAIN,
+            Thread.last_message_at >= c.chain_before,
+            Thread.deleted_at.is_(None),
+            Thread.created_at >= c.created_before,
+            Thread.parent_thread_id.is_not(None),
+        )
+        .cte("kept_chains", recursive=True)
+    )
+    link = aliased(Thread)
+    step = (
+        sa.select(link.organization_id, link.parent_thread_id)
+        .join(kept, sa.and_(link.organization_id == kept.c.organization_id, link.id == kept.c.id))
+        .where(link.parent_thread_id.is_not(None), link.deleted_at.is_(None), link.created_at >= c.created_before)
+    )
+    return kept.union(step)
+
+
+def _in_kept_chains(c: Cutoffs) -> sa.ColumnElement[bool]:
+    kept = _kept_chains(c)
+    return sa.tuple_(Thread.organization_id, Thread.id).in_(sa.select(kept.c.organization_id, kept.c.id))
+
+
+def thread_condition(category: ThreadCategory, c: Cutoffs, *, counting: bool = False) -> sa.ColumnElement[bool]:
+    """Threads purged whole (messages, edits, responses and the thread row).
+
+    An idle chain is kept while a live chain forks from it (its reads go through it). The sweep purges idle chains
+    leaf first: each batch takes the idle chains without a live child, which frees their parents for the next
+    batch. A dry run (`counting`) cannot purge, so it counts that fixpoint directly: idle chains that no active
+    chain reads through (a recursive query).
+    """
     if category == "deleted_threads":
         return sa.and_(Thread.deleted_at.is_not(None), Thread.deleted_at < c.deleted_before)
     if category == "expired_threads":
         return sa.and_(Thread.created_at < c.created_before, _kept_after_delete(c))
-    return sa.and_(
-        _CHAIN, Thread.last_message_at < c.chain_before, _kept_after_delete(c), Thread.created_at >= c.created_before
-    )
+    if counting:
+        return sa.and_(_idle_chain(c), sa.not_(_in_kept_chains(c)))
+    return sa.and_(_idle_chain(c), sa.not_(_has_live_child(c)))
 
 
 def inactive_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
@@ -59,17 +115,21 @@ def inactive_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
     )
 
 
-def _active_chain_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
-    return sa.and_(
+def _kept_chain_condition(c: Cutoffs, *, counting: bool) -> sa.ColumnElement[bool]:
+    """Chains the thread categories leave: active ones, and idle ones a live chain still reads through."""
+    active = sa.and_(
         _CHAIN, Thread.last_message_at >= c.chain_before, _kept_after_delete(c), Thread.created_at >= c.created_before
     )
+    # In a sweep this runs after the idle chains were purged: those left all have a live child.
+    read_through = _in_kept_chains(c) if counting else _has_live_child(c)
+    return sa.or_(active, sa.and_(_idle_chain(c), read_through))
 
 
 def _thread_of_message() -> sa.ColumnElement[bool]:
     return sa.and_(Thread.organization_id == Message.organization_id, Thread.id == Message.thread_id)
 
 
-def _deleted_messages_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
+def _deleted_messages_condition(c: Cutoffs, *, counting: bool = False) -> sa.ColumnElement[bool]:
     """Soft-deleted messages past the grace period, in threads no category above purges."""
     return sa.and_(
         Message.deleted_at.is_not(None),
@@ -78,15 +138,15 @@ def _deleted_messages_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
             sa.or_(
                 thread_condition("deleted_threads", c),
                 thread_condition("expired_threads", c),
-                thread_condition("expired_chains", c),
+                thread_condition("expired_chains", c, counting=counting),
                 inactive_condition(c),
             )
         ),
     )
 
 
-def _chain_responses_condition(c: Cutoffs) -> sa.ColumnElement[bool]:
-    return sa.and_(_active_chain_condition(c), Response.created_at < c.chain_before)
+def _chain_responses_condition(c: Cutoffs, *, counting: bool = False) -> sa.ColumnElement[bool]:
+    return sa.and_(_kept_chain_condition(c, counting=counting), Response.created_at < c.chain_before)
 
 
 def _response_thread() -> sa.ColumnElement[bool]:
@@ -107,7 +167,8 @@ class RetentionRepository:
     # Counting (dry runs)
 
     async def count_threads(self, category: ThreadCategory, c: Cutoffs) -> int:
-        return await self._count(sa.select(sa.func.count()).select_from(Thread).where(thread_condition(category, c)))
+        condition = thread_condition(category, c, counting=True)
+        return await self._count(sa.select(sa.func.count()).select_from(Thread).where(condition))
 
     async def count_inactive_messages(self, c: Cutoffs) -> int:
         query = (
@@ -123,7 +184,7 @@ class RetentionRepository:
             sa.select(sa.func.count())
             .select_from(Message)
             .join(Thread, _thread_of_message())
-            .where(_deleted_messages_condition(c))
+            .where(_deleted_messages_condition(c, counting=True))
         )
         return await self._count(query)
 
@@ -132,7 +193,7 @@ class RetentionRepository:
             sa.select(sa.func.count())
             .select_from(Response)
             .join(Thread, _response_thread())
-            .where(_chain_responses_condition(c))
+            .where(_chain_responses_condition(c, counting=True))
         )
         return await self._count(query)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.errors import AlreadyExists
@@ -25,6 +26,15 @@ class ThreadFilter:
     visible_in_ui: bool | None = True
     is_pinned: bool | None = None
     include_deleted: bool = False
+
+
+class PathRow(NamedTuple):
+    """One thread on a conversation's path (see `ThreadRepository.path`)."""
+
+    id: str
+    parent_thread_id: str | None
+    parent_seq: int | None
+    message_count: int
 
 
 class ThreadRepository:
@@ -116,21 +126,69 @@ class ThreadRepository:
         set_committed_value(thread, "last_message_at", now)
         return int(next_seq) - count
 
+    async def path(self, organization_id: str, thread_id: str, limit: int) -> list[PathRow]:
+        """The thread, then its parent, grandparent … (at most `limit` rows), in one recursive query.
+
+        The walk stops at a parent that is deleted or already purged: a chain's reads end at that gap.
+        """
+        start = (
+            sa.select(
+                Thread.organization_id,
+                Thread.id,
+                Thread.parent_thread_id,
+                Thread.parent_seq,
+                Thread.message_count,
+                sa.literal(1, sa.Integer).label("depth"),
+            )
+            .where(Thread.organization_id == organization_id, Thread.id == thread_id)
+            .cte("path", recursive=True)
+        )
+        parent = aliased(Thread)
+        step = (
+            sa.select(
+                parent.organization_id,
+                parent.id,
+                parent.parent_thread_id,
+                parent.parent_seq,
+                parent.message_count,
+                start.c.depth + 1,
+            )
+            .join(
+                start, sa.and_(parent.organization_id == start.c.organization_id, parent.id == start.c.parent_thread_id)
+            )
+            .where(parent.deleted_at.is_(None), start.c.depth < limit)
+        )
+        path = start.union_all(step)
+        query = sa.select(path.c.id, path.c.parent_thread_id, path.c.parent_seq, path.c.message_count).order_by(
+            path.c.depth
+        )
+        return [PathRow(*row) for row in (await self.session.execute(query)).all()]
+
     async def acquire_free_lease(
-        self, organization_id: str, thread_id: str, owner: str, expires_at: datetime
+        self,
+        organization_id: str,
+        thread_id: str,
+        owner: str,
+        expires_at: datetime,
+        *,
+        next_seq: int | None = None,
     ) -> Thread | None:
         """Take the turn lease of an idle thread in one conditional UPDATE; returns the fresh row, or None.
 
-        The database row is the lock, so this works across processes and hosts.
+        The database row is the lock, so this works across processes and hosts. With `next_seq`, only while the
+        thread has had no message since (a chain continued from its latest turn).
         """
+        conditions = [
+            Thread.organization_id == organization_id,
+            Thread.id == thread_id,
+            Thread.deleted_at.is_(None),
+            Thread.status == "inactive",
+        ]
+        if next_seq is not None:
+            conditions.append(Thread.next_seq == next_seq)
         query = (
             sa.update(Thread)
-            .where(
-                Thread.organization_id == organization_id,
-                Thread.id == thread_id,
-                Thread.deleted_at.is_(None),
-                Thread.status == "inactive",
-            )
+            .where(*conditions)
             .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
             .returning(Thread)
         )
