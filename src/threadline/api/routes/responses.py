@@ -19,6 +19,7 @@ from threadline.api.deps import (
     credential_of,
 )
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.services import auth, responses, turns
 from threadline.services.auth import Principal
@@ -59,7 +60,7 @@ async def create_response(
 
 
 @router.get("/{response_id}", response_model=ResponseRead)
-async def get_response(response_id: str, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
+async def get_response(response_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
