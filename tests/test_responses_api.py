@@ -185,7 +185,7 @@ async def test_invalid_requests_are_400(client: httpx.AsyncClient, caller: Calle
         assert (error["code"], error["param"]) == (code, param), error
 
     response = await client.post("/v1/model/response", json={"inputs": []}, headers=caller.headers)
-    refused(response, "empty_inputs", "inputs")
+    refused(response, "invalid_value", "inputs")
     response = await client.post(
         "/v1/model/response", json={"inputs": [{"role": "robot", "texts": [{"text": "x"}]}]}, headers=caller.headers
     )

@@ -265,12 +265,15 @@ async def test_only_one_sweep_at_a_time(app: FastAPI, settings: Settings, caller
 
 
 async def test_an_expired_lease_is_taken_over(maker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    # The lease times are relative to the clock now, not to NOW (the module's import time): a full test run
+    # reaches this test minutes after import, when NOW + 5 minutes may already be past.
+    now = datetime.now(UTC)
     async with maker() as session:
-        session.add(Lease(name="retention", owner="crashed", expires_at=NOW + timedelta(minutes=5)))
+        session.add(Lease(name="retention", owner="crashed", expires_at=now + timedelta(minutes=5)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is False
     async with maker() as session:
-        await session.execute(sa.update(Lease).values(expires_at=NOW - timedelta(seconds=1)))
+        await session.execute(sa.update(Lease).values(expires_at=now - timedelta(seconds=1)))
         await session.commit()
     assert (await retention.sweep(maker, settings)).ran is True
 
