@@ -5,6 +5,12 @@ upstream, on threads of 10, 1,000 and 10,000 messages (pre-filled by bulk insert
 Prints p50/p99 per length, the time added per turn, and each length's ratio to the 10-message turn.
 Aims: < 3 ms p50 added per turn; the 10,000-message turn within 1.2x of the 10-message turn.
 
+A long thread fills the model's window while a 10-message one does not, so with a wide window the longer turn
+also carries a bigger prompt (more rows read, counted, sent): that is O(window), not O(thread length). Each run
+therefore measures two windows by default: the wide one, and one small enough that every length fills it
+(equal context), which is the comparison the 1.2x aim is about. The `ctx` column is the number of history
+messages the last turn's model call received.
+
 Modes:
   --mode server      (default) the real thing: `bench/stub_upstream.py` and `threadline serve` as subprocesses,
                      Threadline configured with an `openai` provider pointing at the stub; HTTP over loopback.
@@ -12,6 +18,7 @@ Modes:
                      instant upstream (no sockets, no second process): isolates Threadline's own work.
 
     python bench/turn_overhead.py [--mode server|in-process] [--backends sqlite,postgresql] [--turns 40]
+                                  [--context-windows 4096,256]
 """
 
 from __future__ import annotations
@@ -53,8 +60,11 @@ class Row:
     length: int
     threadline: list[float]
     direct: list[float]
-    # CPU of this process per Threadline turn (meaningful in-process: it excludes other processes' load).
+    # CPU per Threadline turn of the process serving it: this process in-process, `threadline serve` in server
+    # mode. Unlike latency it does not grow with the machine's load, so it is the figure to compare runs by.
     cpu_ms: float
+    window: int = 0
+    included: int = 0  # history messages in the last turn's model call
 
 
 def free_port() -> int:
@@ -141,6 +151,8 @@ async def measure_lengths(
     threadline: httpx.AsyncClient,
     headers: dict[str, str],
     direct: Callable[[], Awaitable[None]],
+    window: int,
+    server_cpu: Callable[[], float] = time.process_time,
 ) -> list[Row]:
     rows = []
     for length in lengths:
@@ -149,7 +161,9 @@ async def measure_lengths(
         created.raise_for_status()
         await prefill(url, created.json()["organization_id"], thread_id, length)
 
-        async def one_turn(thread_id: str = thread_id) -> None:
+        included: list[int] = []
+
+        async def one_turn(thread_id: str = thread_id, included: list[int] = included) -> None:
             response = await threadline.post(
                 "/v1/model/response",
                 json={"thread": thread_id, "inputs": QUESTION, "maxOutputTokens": 64},
@@ -157,12 +171,13 @@ async def measure_lengths(
             )
             if response.status_code != 200:
                 raise SystemExit(f"turn failed: {response.status_code} {response.text}")
+            included.append(response.json()["context"]["messages_included"])
 
         await timed(3, one_turn)  # warm-up: first counts of the tail, connection pools, caches
-        cpu_started = time.process_time()
+        cpu_started = server_cpu()
         samples = await timed(turns, one_turn)
-        cpu_ms = (time.process_time() - cpu_started) * 1000 / turns
-        rows.append(Row(backend, length, samples, await timed(turns, direct), cpu_ms))
+        cpu_ms = (server_cpu() - cpu_started) * 1000 / turns
+        rows.append(Row(backend, length, samples, await timed(turns, direct), cpu_ms, window, included[-1]))
     return rows
 
 
@@ -199,7 +214,7 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
                 async for _ in fake.stream("fake-model", messages, GenerationParams(max_output_tokens=64)):
                     pass
 
-            return await measure_lengths(backend, url, lengths, turns, client, {"X-API-Key": secret}, direct)
+            return await measure_lengths(backend, url, lengths, turns, client, {"X-API-Key": secret}, direct, window)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -261,6 +276,12 @@ def start_processes(
     return procs, secret, stub_port, port
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process so far (Linux /proc; clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         proc.terminate()
@@ -290,25 +311,36 @@ async def run_server(backend: str, url: str, lengths: list[int], turns: int, win
                     async for _ in response.aiter_lines():
                         pass
 
-            return await measure_lengths(backend, url, lengths, turns, client, {"X-API-Key": secret}, direct)
+            serve_pid = procs[1].pid
+            return await measure_lengths(
+                backend,
+                url,
+                lengths,
+                turns,
+                client,
+                {"X-API-Key": secret},
+                direct,
+                window,
+                server_cpu=lambda: process_cpu_seconds(serve_pid),
+            )
     finally:
         await asyncio.to_thread(stop_processes, procs)
 
 
 def report(rows: list[Row]) -> None:
     print(
-        f"{'backend':<11}{'messages':>9} | {'threadline p50':>14} {'p99':>7} | {'direct p50':>10} {'p99':>7} | "
-        f"{'added p50':>9} | {'vs 10 msgs':>10}"
+        f"{'window':>6} {'backend':<11}{'messages':>9} {'ctx':>5} | {'threadline p50':>14} {'p99':>7} | "
+        f"{'direct p50':>10} {'p99':>7} | {'added p50':>9} | {'vs 10 msgs':>10} | {'server cpu/turn':>15}"
     )
-    base: dict[str, float] = {}
+    base: dict[tuple[int, str], float] = {}
     for row in rows:
         p50 = statistics.median(row.threadline)
-        base.setdefault(row.backend, p50)
+        base.setdefault((row.window, row.backend), p50)
         d50 = statistics.median(row.direct)
         print(
-            f"{row.backend:<11}{row.length:>9} | {p50:>11.2f} ms {percentile(row.threadline, 0.99):>7.2f} | "
-            f"{d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | {p50 - d50:>6.2f} ms | "
-            f"{p50 / base[row.backend]:>9.2f}x | {row.cpu_ms:>5.2f} ms"
+            f"{row.window:>6} {row.backend:<11}{row.length:>9} {row.included:>5} | {p50:>11.2f} ms "
+            f"{percentile(row.threadline, 0.99):>7.2f} | {d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | "
+            f"{p50 - d50:>6.2f} ms | {p50 / base[(row.window, row.backend)]:>9.2f}x | {row.cpu_ms:>5.2f} ms"
         )
 
 
@@ -318,22 +350,22 @@ async def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--lengths", default="10,1000,10000")
     parser.add_argument("--turns", type=int, default=40)
-    parser.add_argument("--context-window", type=int, default=4096)
+    parser.add_argument(
+        "--context-windows", default="4096,256", help="model windows to measure (256: every length fills it)"
+    )
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     rows: list[Row] = []
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            async with database(backend, Path(tmp)) as url:
-                if args.mode == "server":
-                    rows += await run_server(backend, url, lengths, args.turns, args.context_window, Path(tmp))
-                else:
-                    rows += await run_in_process(backend, url, lengths, args.turns, args.context_window)
+    for window in [int(x) for x in args.context_windows.split(",")]:
+        for backend in args.backends.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                async with database(backend, Path(tmp)) as url:
+                    if args.mode == "server":
+                        rows += await run_server(backend, url, lengths, args.turns, window, Path(tmp))
+                    else:
+                        rows += await run_in_process(backend, url, lengths, args.turns, window)
     load = os.getloadavg()[0]
-    print(
-        f"mode={args.mode} turns={args.turns} context_window={args.context_window} cpus={os.cpu_count()} "
-        f"load={load:.1f} (milliseconds)"
-    )
+    print(f"mode={args.mode} turns={args.turns} cpus={os.cpu_count()} load={load:.1f} (milliseconds)")
     report(rows)
 
 

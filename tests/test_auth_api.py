@@ -15,7 +15,7 @@ from threadline.domain.clock import utcnow
 from threadline.errors import ValidationFailed
 from threadline.services import auth
 from threadline.storage.engine import create_sessionmaker
-from threadline.storage.tables import ApiKey, User, UserToken
+from threadline.storage.tables import ApiKey, Membership, User, UserToken
 
 
 async def test_api_keys_are_hashed_touched_and_revocable(
@@ -113,3 +113,21 @@ async def test_password_rules(app: FastAPI, caller: Caller) -> None:
         with pytest.raises(ValidationFailed) as raised:
             await auth.set_password(session, caller.organization_id, caller.email, "short")
     assert raised.value.code == "invalid_password"
+
+
+async def test_an_api_key_stops_working_when_its_user_leaves_the_organization(
+    client: httpx.AsyncClient, app: FastAPI, caller: Caller, other_caller: Caller
+) -> None:
+    assert (await client.get("/v1/me", headers=caller.headers)).status_code == 200
+    async with create_sessionmaker(app.state.engine)() as session:
+        await session.execute(
+            sa.delete(Membership).where(
+                Membership.organization_id == caller.organization_id, Membership.user_id == caller.user_id
+            )
+        )
+        await session.commit()
+    refused = await client.get("/v1/me", headers=caller.headers)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "invalid_credentials"
+    # Only that key: another organization's key (another user) still works.
+    assert (await client.get("/v1/me", headers=other_caller.headers)).status_code == 200

@@ -1,15 +1,18 @@
-"""Property-based fuzzing of every Threads/identity route from the app's own OpenAPI document.
+"""Property-based fuzzing of every route of the app's own OpenAPI document, plus the hidden Assistants-v2
+routes (the same paths with `OpenAI-Beta: assistants=v2`).
 
-Hypothesis builds requests (path ids, query strings, JSON bodies with hostile values: NUL bytes, lone
-surrogates, NaN, huge numbers, deep nesting, wrong types, unknown fields, camelCase and snake_case names) and
-asserts the two promises of the API: no 5xx, and every error is the envelope with a non-empty `code`.
+Hypothesis builds requests (path ids, query strings, `Idempotency-Key` headers, JSON bodies with hostile values:
+NUL bytes, lone surrogates, NaN, huge numbers, deep nesting, wrong types, unknown fields, camelCase and snake_case
+names) and asserts the two promises of the API: no 5xx, and every error is the envelope with a non-empty `code`.
+Model routes answer through a FakeProvider, so turns run whole (and quickly) instead of stopping at "no model".
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -17,14 +20,19 @@ from urllib.parse import quote
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Caller
 from tests.helpers import login_headers
+from tests.responses_helpers import running_app
+from threadline.api.routes import openai_threads
+from threadline.api.routes.openai_threads import AssistantsRoute
+from threadline.config import Settings
+from threadline.providers.fake import FakeProvider
 
-# The routers this suite owns; other routers get their own fuzzing where they are built.
-FUZZED_TAGS = {"threads", "messages", "auth"}
+ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -34,36 +42,66 @@ class Operation:
     path: str
     query: tuple[str, ...]
     body_fields: tuple[tuple[str, Any], ...] | None  # (name, schema) of each body field; None: no body
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. OpenAI-Beta for the Assistants-v2 routes
+    idempotent: bool = False  # takes an Idempotency-Key header
 
 
-def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+def _inline(spec: dict[str, Any], schema: Any, depth: int = 0) -> Any:
+    """The schema with every `$ref` replaced by its definition (bounded: schemas may be recursive)."""
+    if isinstance(schema, list):
+        return [_inline(spec, item, depth) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
     if "$ref" in schema:
-        resolved: dict[str, Any] = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
-        return resolved
-    return schema
+        if depth > 6:
+            return {}
+        return _inline(spec, spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]], depth + 1)
+    return {key: _inline(spec, value, depth) for key, value in schema.items()}
 
 
 def _properties(spec: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, Any]]:
-    schema = _resolve(spec, schema)
+    schema = _inline(spec, schema)
     for variant in schema.get("anyOf", []):
-        if variant.get("$ref") or variant.get("properties"):
+        if variant.get("properties"):
             return _properties(spec, variant)
-    return [(name, _resolve(spec, sub)) for name, sub in schema.get("properties", {}).items()]
+    return list(schema.get("properties", {}).items())
 
 
-def operations(app: FastAPI) -> list[Operation]:
-    spec = app.openapi()
+def _operations_of(spec: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> list[Operation]:
     found = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            if not FUZZED_TAGS & set(op.get("tags", [])):
-                continue
-            query = tuple(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
+            parameters = op.get("parameters", [])
+            query = tuple(p["name"] for p in parameters if p["in"] == "query")
+            idempotent = any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in parameters)
             body = op.get("requestBody")
             fields = None
             if body is not None:
                 fields = tuple(_properties(spec, body["content"]["application/json"]["schema"]))
-            found.append(Operation(method.upper(), path, query, fields))
+            found.append(Operation(method.upper(), path, query, fields, headers, idempotent))
+    return found
+
+
+def hidden_spec() -> dict[str, Any]:
+    """The OpenAPI document of the routes kept out of the public one (one operation per path and method there):
+    the Assistants-v2 dialect of /v1/threads (the app serves them from this router)."""
+    routes = []
+    for route in openai_threads.router.routes:
+        assert isinstance(route, AssistantsRoute)
+        shown = copy.copy(route)
+        shown.include_in_schema = True
+        routes.append(shown)
+    return get_openapi(title="hidden", version="0", routes=routes)
+
+
+def operations(app: FastAPI) -> list[Operation]:
+    """Every operation of the OpenAPI document, and the hidden Assistants-v2 ones with their header (built once
+    per app: rebuilding the documents for every example would cost more than the requests)."""
+    if not hasattr(app.state, "fuzz_operations"):
+        app.state.fuzz_operations = _operations_of(app.openapi()) + _operations_of(
+            hidden_spec(), tuple(ASSISTANTS_V2.items())
+        )
+    found: list[Operation] = app.state.fuzz_operations
     return found
 
 
@@ -114,6 +152,10 @@ def typed_values(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
             strategies.append(st.booleans())
         elif kind == "integer":
             strategies.append(st.integers(min_value=-(2**70), max_value=2**70))
+        elif kind == "object" and variant.get("properties"):
+            # A nested model (e.g. an input message): well-formed keys, so its values reach the service.
+            optional = {name: typed_values(sub) for name, sub in variant["properties"].items()}
+            strategies.append(st.fixed_dictionaries({}, optional=optional))
         elif kind == "object":
             strategies.append(st.dictionaries(hostile_text, json_values, max_size=18))
         elif kind == "array":
@@ -126,17 +168,48 @@ def typed_values(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
 class Target:
     caller: Caller
     token_headers: dict[str, str]
-    thread_id: str
-    message_id: str
+    known: dict[str, str]  # a real value for each path parameter, so requests reach past the lookups
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app with a FakeProvider as its only model: turns run whole, instantly."""
+    async for application in running_app(settings, FakeProvider()):
+        yield application
 
 
 @pytest.fixture
 async def target(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> Target:
-    thread = (await client.post("/v1/threads", json={"id": "fuzz_thread"}, headers=caller.headers)).json()
+    headers = caller.headers
+    thread = (await client.post("/v1/threads", json={"id": "fuzz_thread"}, headers=headers)).json()
     message = (
-        await client.post(f"/v1/threads/{thread['id']}/messages", json={"content": "hi"}, headers=caller.headers)
+        await client.post(f"/v1/threads/{thread['id']}/messages", json={"content": "hi"}, headers=headers)
     ).json()
-    return Target(caller, await login_headers(client, app, caller), thread["id"], message["id"])
+    assistant = await client.post("/v1/assistants", json={"name": "fuzz", "model": "fake-model"}, headers=headers)
+    turn = await client.post(
+        "/v1/model/response",
+        json={"thread": thread["id"], "inputs": [{"role": "user", "texts": [{"text": "hello"}]}]},
+        headers=headers,
+    )
+    assert turn.status_code == 200, turn.text  # the fake model answers: model routes run whole
+    keys = (await client.get("/v1/api-keys", headers=headers)).json()["data"]
+    known = {
+        "thread_id": thread["id"],
+        "conversation_id": thread["id"],
+        "message_id": message["id"],
+        "item_id": message["id"],
+        "assistant_id": assistant.json()["id"],
+        "response_id": turn.json()["id"],
+        "key_id": keys[0]["id"],
+        "model": "fake-model",
+    }
+    return Target(caller, await login_headers(client, app, caller), known)
+
+
+idempotency_keys = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12),
+    st.sampled_from(["", " ", "k" * 255, "k" * 256, "a b", "\t", "key-1"]),
+)
 
 
 @st.composite
@@ -144,7 +217,7 @@ def requests(
     draw: st.DrawFn, ops: list[Operation], target: Target
 ) -> tuple[str, str, dict[str, Any], bytes | None, dict[str, str]]:
     op = draw(st.sampled_from(ops))
-    known = {"thread_id": target.thread_id, "message_id": target.message_id, "key_id": "key_x"}
+    known = target.known
 
     def path_value(match: re.Match[str]) -> str:
         value = draw(
@@ -167,7 +240,7 @@ def requests(
                 st.one_of(
                     hostile_text,
                     st.integers(-5, 500).map(str),
-                    st.sampled_from(["true", "false", "asc", "desc", target.thread_id, target.message_id]),
+                    st.sampled_from(["true", "false", "asc", "desc", known["thread_id"], known["message_id"]]),
                 )
             )
     content: bytes | None = None
@@ -200,7 +273,9 @@ def requests(
         "none": {},
         "garbage": {"Authorization": "Bearer tlu_garbage"},
     }[auth]
-    headers = {**headers, "Content-Type": "application/json"}
+    headers = {**headers, **dict(op.headers), "Content-Type": "application/json"}
+    if op.idempotent and draw(st.integers(0, 3)) == 0:
+        headers["Idempotency-Key"] = draw(idempotency_keys)
     if query:
         path += "?" + "&".join(f"{_quote(k)}={_quote(str(v))}" for k, v in query.items())
     return op.method, path, query, content, headers
@@ -215,7 +290,7 @@ def statuses() -> Iterator[set[int]]:
 
 
 @settings(
-    max_examples=500,
+    max_examples=700,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
@@ -225,7 +300,9 @@ async def test_no_request_produces_a_5xx(
     client: httpx.AsyncClient, app: FastAPI, target: Target, statuses: set[int], data: st.DataObject
 ) -> None:
     ops = operations(app)
-    assert len(ops) >= 20  # every route of the area is in the OpenAPI document
+    # Every router's routes are in: threads, messages, search, auth, assistants, responses, models,
+    # conversations, and the hidden Assistants-v2 dialect.
+    assert len(ops) >= 50, len(ops)
     method, path, query, content, headers = data.draw(requests(ops, target))
     response = await client.request(method, path, content=content, headers=headers)
     statuses.add(response.status_code)
@@ -235,3 +312,27 @@ async def test_no_request_produces_a_5xx(
         assert set(error) == {"message", "type", "param", "code"}, response.text
         assert isinstance(error["code"], str) and error["code"], response.text
         assert isinstance(error["message"], str) and error["message"], response.text
+
+
+# Regressions the widened fuzzer found: ids that no row can have (a NUL byte, here) reached PostgreSQL, which
+# refuses NUL in text, and came back as 500s. Each route now refuses them as a 400 before any query.
+NUL_ID_REQUESTS = [
+    ("GET", "/v1/threads/%00", ASSISTANTS_V2),
+    ("DELETE", "/v1/threads/fuzz_thread/messages/%00", ASSISTANTS_V2),
+    ("GET", "/v1/threads/fuzz_thread/messages?after=%00", ASSISTANTS_V2),
+    ("GET", "/v1/conversations/%00", {}),
+    ("GET", "/v1/conversations/fuzz_thread/items/%00", {}),
+    ("GET", "/v1/conversations/fuzz_thread/items?after=%00", {}),
+    ("DELETE", "/v1/assistants/%00", {}),
+    ("GET", "/v1/assistants?after=%00", {}),
+    ("GET", "/v1/model/response/%00", {}),
+]
+
+
+async def test_an_impossible_id_is_a_400_not_a_500(client: httpx.AsyncClient, target: Target) -> None:
+    params = {"thread_id", "message_id", "conversation_id", "item_id", "assistant_id", "response_id", "after"}
+    for method, path, extra in NUL_ID_REQUESTS:
+        response = await client.request(method, path, headers={**target.caller.headers, **extra})
+        assert response.status_code == 400, (method, path, response.text)
+        error = response.json()["error"]
+        assert error["code"] and error["param"] in params, (path, error)

@@ -147,3 +147,4 @@ async def test_unknown_model_is_404_naming_the_available_ones(
 async def test_models_need_a_credential(models_client: httpx.AsyncClient) -> None:
     response = await models_client.get("/v1/models")
     assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_credentials"

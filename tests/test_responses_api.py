@@ -178,17 +178,26 @@ async def test_unknown_model_names_the_available_ones(client: httpx.AsyncClient,
     assert "fake-model" in error["message"]
 
 
-async def test_invalid_requests_are_400(client: httpx.AsyncClient, caller: Caller) -> None:
+async def test_invalid_requests_are_400(client: httpx.AsyncClient, caller: Caller, fake: FakeProvider) -> None:
+    """Each refusal names its field, and none of them calls the model or creates a thread."""
+
+    def refused(response: httpx.Response, code: str, param: str) -> None:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == (code, param), error
+
     response = await client.post("/v1/model/response", json={"inputs": []}, headers=caller.headers)
-    assert response.status_code == 400
+    refused(response, "invalid_value", "inputs")
     response = await client.post(
         "/v1/model/response", json={"inputs": [{"role": "robot", "texts": [{"text": "x"}]}]}, headers=caller.headers
     )
-    assert response.status_code == 400
-    response = await turn(client, caller, "x", thread="bad id with spaces")
-    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_thread_id"
+    assert response.status_code == 400 and response.json()["error"]["param"] == "inputs.0.role", response.text
+    refused(await turn(client, caller, "x", thread="bad id with spaces"), "invalid_thread_id", "thread")
     response = await turn(client, caller, "x", thread_context_mode="everything")
-    assert response.status_code == 400
+    assert response.status_code == 400 and response.json()["error"]["param"] == "thread_context_mode", response.text
+    assert fake.calls == []
+    listed = await client.get("/v1/threads", params={"include_deleted": "true"}, headers=caller.headers)
+    assert listed.json()["data"] == []
 
 
 async def test_assistant_defaults_apply_and_request_fields_override_them(

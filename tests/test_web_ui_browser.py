@@ -7,6 +7,7 @@ browser fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -87,17 +88,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    _require_browser()
+@contextlib.contextmanager
+def _serve(**settings: str) -> Iterator[Server]:
+    """`threadline serve` on a free port and a temporary SQLite database, plus an API key made by the CLI."""
     with tempfile.TemporaryDirectory(prefix="threadline-ui-") as tmp:
         workdir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
         env.update(
             PYTHONPATH=str(REPO_SRC),
             THREADLINE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'ui.db'}",
-            THREADLINE_LOCAL_MODEL_ENABLED="false",
             THREADLINE_RETENTION_ENABLED="false",
+            **settings,
         )
         port = _free_port()
         bootstrap = Server(f"http://127.0.0.1:{port}", "", env, workdir)
@@ -135,7 +136,24 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def browser(server: Server) -> Iterator[Browser]:
+def server() -> Iterator[Server]:
+    """A server without a model: the page's own behaviour, with model turns stubbed in the browser."""
+    _require_browser()
+    with _serve(THREADLINE_LOCAL_MODEL_ENABLED="false") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[Server]:
+    """A server on the defaults, the embedded SmolLM2 included (short answers keep the test quick)."""
+    _require_browser()
+    with _serve(THREADLINE_DEFAULT_MAX_OUTPUT_TOKENS="48") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    _require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -144,9 +162,9 @@ def browser(server: Server) -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Browser, server: Server) -> Iterator[Page]:
-    context = browser.new_context(base_url=server.base_url, viewport={"width": 1280, "height": 800})
+@contextlib.contextmanager
+def _open_page(browser: Browser, base_url: str) -> Iterator[Page]:
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 800})
     context.set_default_timeout(TIMEOUT_MS)
     # Page errors (an exception in a module, a CSP violation) fail the test: the page must run clean.
     problems: list[str] = []
@@ -162,6 +180,12 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     yield page
     context.close()
     assert problems == []
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    with _open_page(browser, server.base_url) as opened:
+        yield opened
 
 
 def _sse(*events: tuple[str, dict[str, object]]) -> str:
@@ -279,19 +303,19 @@ def test_a_person_manages_a_thread(page: Page, server: Server) -> None:
     expect(page.get_by_label("Message", exact=True)).to_have_value("Tell me more")  # kept, to retry
     page.unroute("**/v1/model/response")
 
-    # Against the real endpoint: whatever the API answers to this turn (here, before /v1/model/response
-    # exists, its 404 envelope), the page shows its message and code verbatim.
+    # Against the real endpoint of this model-less server: its 404 envelope (no model is configured) is shown
+    # verbatim, and the typed text is kept for a retry. (The real model's turn is the test further down.)
     with server.api() as api:
         direct = api.post(
             "/v1/model/response",
             json={"thread": thread_id, "inputs": [{"role": "user", "texts": [{"text": "x"}]}], "stream": True},
         )
+    assert direct.status_code == 404, direct.text
+    error = direct.json()["error"]
+    assert error["code"] == "model_not_found"
     page.get_by_role("button", name="Send").click()
-    if direct.status_code >= 400:
-        error = direct.json()["error"]
-        expect(page.locator("#notice-text")).to_have_text(f"{error['message']} {error['code']}")
-    else:  # the endpoint exists: the turn either completes (the composer clears) or reports its failure
-        expect(page.locator("#composer-input:not([disabled])")).to_be_visible()
+    expect(page.locator("#notice-text")).to_have_text(f"{error['message']} {error['code']}")
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Tell me more")
 
     # Pin, then lock: the badges show it, and a locked thread's composer is closed.
     page.get_by_role("button", name="Pin", exact=True).click()
@@ -488,3 +512,60 @@ def test_paging_and_deleting(page: Page, server: Server) -> None:
     page.get_by_label("Include deleted", exact=True).check()
     deleted = page.locator("#thread-list .thread-item").filter(has_text="T24")
     expect(deleted.locator(".badge-deleted")).to_have_text("Deleted")
+
+
+@pytest.mark.slow
+def test_a_turn_from_the_composer_streams_the_real_models_answer(browser: Browser, model_server: Server) -> None:
+    """The composer against the embedded SmolLM2 (no stub): the answer streams into the page, is saved, and is
+    still there after a reload."""
+    from playwright.sync_api import expect
+
+    with model_server.api() as api:
+        thread_id = api.post("/v1/threads", json={"title": "Live model"}).json()["id"]
+    with _open_page(browser, model_server.base_url) as page:
+        page.goto("/")
+        page.get_by_label("API key", exact=True).fill(model_server.api_key)
+        page.get_by_role("button", name="Sign in with key").click()
+        page.locator("#thread-list .thread-item").filter(has_text="Live model").click()
+        expect(page.locator("#thread-title")).to_have_text("Live model")
+        expect(page.locator("#model-picker option[value='smollm2-135m-instruct']")).to_have_count(1)
+
+        # Record every text the pending answer shows while the stream arrives: proof it rendered as it came.
+        page.evaluate(
+            """() => {
+              window.__streamed = [];
+              new MutationObserver(() => {
+                const pending = document.querySelector("#messages .message-pending.message-assistant .message-content");
+                if (pending && pending.textContent) window.__streamed.push(pending.textContent);
+              }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true});
+            }"""
+        )
+        with page.expect_response("**/v1/model/response") as answered:
+            page.get_by_label("Message", exact=True).fill("Say hello to Ada.")
+            page.get_by_role("button", name="Send").click()
+        assert answered.value.status == 200
+        assert answered.value.headers["content-type"].startswith("text/event-stream")
+        # The first generation loads the weights: give the model time on a shared machine.
+        expect(page.get_by_label("Message", exact=True)).to_have_value("", timeout=120_000)
+        messages = page.locator("#messages .message")
+        expect(messages).to_have_count(2)
+        expect(page.locator("#messages .message-pending")).to_have_count(0)  # replaced by the stored messages
+        expect(page.locator("#notice")).to_be_hidden()
+        streamed: list[str] = page.evaluate("window.__streamed")
+        assert streamed and streamed[-1].strip(), streamed
+
+        with model_server.api() as api:
+            stored = api.get(f"/v1/threads/{thread_id}/messages", params={"order": "asc"}).json()["data"]
+            thread = api.get(f"/v1/threads/{thread_id}").json()
+        assert [m["role"] for m in stored] == ["user", "assistant"]
+        assert stored[0]["content"] == "Say hello to Ada."
+        assert stored[1]["content"] == streamed[-1]  # what streamed is what was saved
+        assert stored[1]["model"] == "smollm2-135m-instruct"
+        assert thread["status"] == "inactive" and thread["last_model_used"] == "smollm2-135m-instruct"
+        expect(messages.nth(1).locator(".message-content")).to_have_text(stored[1]["content"])
+
+        page.reload()
+        expect(page.locator("#thread-title")).to_have_text("Live model")
+        expect(messages).to_have_count(2)
+        expect(messages.nth(0).locator(".message-content")).to_have_text("Say hello to Ada.")
+        expect(messages.nth(1).locator(".message-content")).to_have_text(stored[1]["content"])

@@ -203,12 +203,10 @@ async def authenticate(session: AsyncSession, credential: str | None) -> Princip
             raise AuthenticationFailed("The user token is invalid, expired or revoked.")
         orgs = await repo.organizations_of(user.id)
         return Principal(user.id, user.email, tuple(o.id for o in orgs), "user_token", token.id)
-    key = await repo.api_key_by_hash(digest)
-    if key is None or key.revoked_at is not None:
+    found = await repo.api_key_with_user(digest)  # None also when the user left the key's organization
+    if found is None or found[0].revoked_at is not None:
         raise AuthenticationFailed("The API key is invalid or revoked.")
-    user = await repo.user(key.user_id)
-    if user is None or await repo.membership(key.organization_id, key.user_id) is None:
-        raise AuthenticationFailed("The API key is invalid or revoked.")
+    key, user = found
     if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
         await repo.touch_api_key(key, now)
     return Principal(user.id, user.email, (key.organization_id,), "api_key", key.id)

@@ -169,13 +169,17 @@ async def _complete(
         output_tokens = turn.tokenizer.count(text)
     input_tokens = finished.input_tokens or int(turn.response.context.get("input_tokens", 0))
     async with maker() as session:
-        threads = ThreadRepository(session)
-        thread = await thread_service.get_thread(session, turn.organization_id, turn.thread_id)
         now = utcnow()
         changes: dict[str, Any] = {"last_model_used": turn.info.name, "updated_at": now}
         if turn.thread_state is not None:
             changes["state"] = turn.thread_state
-        if not await threads.release_lease(turn.organization_id, turn.thread_id, turn.response.id, changes):
+        # One UPDATE … RETURNING frees the thread and reads it (no SELECT first); it matches only while this turn
+        # holds the lease on a live thread. Otherwise tell the two apart: deleted meanwhile, or lease lost.
+        thread = await ThreadRepository(session).release_lease_returning(
+            turn.organization_id, turn.thread_id, turn.response.id, changes
+        )
+        if thread is None:
+            await thread_service.get_thread(session, turn.organization_id, turn.thread_id)  # ThreadNotFound
             raise ThreadBusy(
                 "This turn lost its lease on the thread (it ran past the lease without renewing it); nothing was "
                 "saved.",
@@ -207,17 +211,21 @@ async def _complete(
         rows = await message_service.append_messages(
             session, settings, thread, new, user_id=turn.user_id, check_state=False
         )
-        response = await _stored(session, turn)
-        response.status = "completed"
-        response.output_text = text
-        response.input_tokens = input_tokens
-        response.output_tokens = output_tokens
+        # Written without reading it back first: step 1 recorded it and only this turn (holding the lease) writes
+        # it until now. The message INSERTs are flushed first (autoflush), keeping the response's seq links valid.
+        values: dict[str, Any] = {
+            "status": "completed",
+            "output_text": text,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "output_seq": rows[-1].seq,
+            "context": {**turn.response.context, "finish_reason": finished.finish_reason},
+            "completed_at": now,
+        }
         if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
-            response.input_first_seq = rows[0].seq
-            response.input_last_seq = rows[-2].seq
-        response.output_seq = rows[-1].seq
-        response.context = {**response.context, "finish_reason": finished.finish_reason}
-        response.completed_at = now
+            values["input_first_seq"] = rows[0].seq
+            values["input_last_seq"] = rows[-2].seq
+        response = await ResponseRepository(session).update(turn.organization_id, turn.response.id, values)
         await session.commit()
         return response
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from threadline.api.deps import ModelsDep, OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
-from threadline.api.schemas.freddy import Deleted
+from threadline.api.schemas.freddy import CursorQuery, Deleted, IdPath
 from threadline.services import assistants
 from threadline.storage.repositories.pagination import PageRequest
 
@@ -33,8 +33,8 @@ async def list_assistants(
     organization_id: OrganizationDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=128)] = None,
-    before: Annotated[str | None, Query(max_length=128)] = None,
+    after: CursorQuery = None,
+    before: CursorQuery = None,
     include_total: bool = False,
 ) -> AssistantList:
     page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
@@ -42,14 +42,14 @@ async def list_assistants(
 
 
 @router.get("/{assistant_id}", response_model=AssistantRead)
-async def get_assistant(assistant_id: str, session: SessionDep, organization_id: OrganizationDep) -> AssistantRead:
+async def get_assistant(assistant_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> AssistantRead:
     return AssistantRead.of(await assistants.get_assistant(session, organization_id, assistant_id))
 
 
 @router.post("/{assistant_id}", response_model=AssistantRead)
 @router.patch("/{assistant_id}", response_model=AssistantRead)
 async def update_assistant(
-    assistant_id: str, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
+    assistant_id: IdPath, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
 ) -> AssistantRead:
     changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
     assistant = await assistants.update_assistant(
@@ -59,6 +59,6 @@ async def update_assistant(
 
 
 @router.delete("/{assistant_id}", response_model=Deleted)
-async def delete_assistant(assistant_id: str, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
+async def delete_assistant(assistant_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> Deleted:
     assistant = await assistants.delete_assistant(session, organization_id, assistant_id)
     return Deleted(id=assistant.id, object="assistant.deleted")

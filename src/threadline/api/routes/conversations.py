@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.freddy import ID_PATTERN, MessageIdPath, ThreadIdPath
 from threadline.api.schemas.openai import (
     ConversationCreate,
     ConversationItemList,
@@ -24,6 +25,9 @@ from threadline.services import messages, threads
 from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+# Ids in paths and cursors use the id alphabet: anything else names no row and is refused as a 400 before it
+# reaches a database that may choke on it (PostgreSQL refuses NUL bytes in text).
+IdQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 @router.post("", response_model=ConversationRead, dependencies=[Idempotent])
@@ -49,14 +53,14 @@ async def create_conversation(
 
 @router.get("/{conversation_id}", response_model=ConversationRead)
 async def get_conversation(
-    conversation_id: str, session: SessionDep, organization_id: OrganizationDep
+    conversation_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> ConversationRead:
     return ConversationRead.of(await threads.get_thread(session, organization_id, conversation_id))
 
 
 @router.post("/{conversation_id}", response_model=ConversationRead)
 async def update_conversation(
-    conversation_id: str,
+    conversation_id: ThreadIdPath,
     body: ConversationUpdate,
     session: SessionDep,
     principal: PrincipalDep,
@@ -70,7 +74,7 @@ async def update_conversation(
 
 @router.delete("/{conversation_id}", response_model=OpenAIDeletedRead)
 async def delete_conversation(
-    conversation_id: str, session: SessionDep, organization_id: OrganizationDep
+    conversation_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIDeletedRead:
     thread = await threads.delete_thread(session, organization_id, conversation_id)
     return OpenAIDeletedRead(id=thread.id, object="conversation.deleted")
@@ -78,7 +82,7 @@ async def delete_conversation(
 
 @router.post("/{conversation_id}/items", response_model=ConversationItemList, dependencies=[Idempotent])
 async def create_items(
-    conversation_id: str,
+    conversation_id: ThreadIdPath,
     body: ConversationItemsCreate,
     session: SessionDep,
     settings: SettingsDep,
@@ -93,12 +97,12 @@ async def create_items(
 
 @router.get("/{conversation_id}/items", response_model=ConversationItemList)
 async def list_items(
-    conversation_id: str,
+    conversation_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: IdQuery = None,
 ) -> ConversationItemList:
     # `include[]` asks for tool outputs, images and logprobs: text items have none, so it changes nothing.
     page = await messages.list_messages(
@@ -109,14 +113,14 @@ async def list_items(
 
 @router.get("/{conversation_id}/items/{item_id}", response_model=ConversationItemRead)
 async def get_item(
-    conversation_id: str, item_id: str, session: SessionDep, organization_id: OrganizationDep
+    conversation_id: ThreadIdPath, item_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> ConversationItemRead:
     return ConversationItemRead.of(await messages.get_message(session, organization_id, conversation_id, item_id))
 
 
 @router.delete("/{conversation_id}/items/{item_id}", response_model=ConversationRead)
 async def delete_item(
-    conversation_id: str, item_id: str, session: SessionDep, organization_id: OrganizationDep
+    conversation_id: ThreadIdPath, item_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> ConversationRead:
     thread = await messages.delete_message_of_thread(session, organization_id, conversation_id, item_id)
     return ConversationRead.of(thread)

@@ -17,6 +17,7 @@ from starlette.types import Scope
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.freddy import ID_PATTERN, MessageIdPath, ThreadIdPath
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
     OpenAIDeletedRead,
@@ -52,6 +53,9 @@ class AssistantsRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
+# Ids in paths and cursors use the id alphabet: anything else names no row and is refused as a 400 before it
+# reaches a database that may choke on it (PostgreSQL refuses NUL bytes in text).
+IdQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 @router.post("", response_model=OpenAIThreadRead, dependencies=[Idempotent])
@@ -69,13 +73,15 @@ async def create_thread(
 
 
 @router.get("/{thread_id}", response_model=OpenAIThreadRead)
-async def get_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> OpenAIThreadRead:
+async def get_thread(
+    thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
+) -> OpenAIThreadRead:
     return OpenAIThreadRead.of(await threads.get_thread(session, organization_id, thread_id))
 
 
 @router.post("/{thread_id}", response_model=OpenAIThreadRead)
 async def update_thread(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     body: OpenAIThreadUpdate,
     session: SessionDep,
     principal: PrincipalDep,
@@ -86,14 +92,16 @@ async def update_thread(
 
 
 @router.delete("/{thread_id}", response_model=OpenAIDeletedRead)
-async def delete_thread(thread_id: str, session: SessionDep, organization_id: OrganizationDep) -> OpenAIDeletedRead:
+async def delete_thread(
+    thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
+) -> OpenAIDeletedRead:
     thread = await threads.delete_thread(session, organization_id, thread_id)
     return OpenAIDeletedRead(id=thread.id, object="thread.deleted")
 
 
 @router.post("/{thread_id}/messages", response_model=OpenAIMessageRead, dependencies=[Idempotent])
 async def create_message(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     body: OpenAIMessageCreate,
     session: SessionDep,
     settings: SettingsDep,
@@ -108,14 +116,14 @@ async def create_message(
 
 @router.get("/{thread_id}/messages", response_model=OpenAIMessageList)
 async def list_messages(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[str | None, Query(max_length=64)] = None,
-    run_id: Annotated[str | None, Query(max_length=64)] = None,
+    after: IdQuery = None,
+    before: IdQuery = None,
+    run_id: IdQuery = None,
 ) -> OpenAIMessageList:
     page = await messages.list_messages(
         session,
@@ -131,7 +139,7 @@ async def list_messages(
 
 @router.get("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead)
 async def get_message(
-    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIMessageRead:
     message = await messages.get_message(session, organization_id, thread_id, message_id, roles=ASSISTANTS_ROLES)
     return OpenAIMessageRead.of(message)
@@ -139,8 +147,8 @@ async def get_message(
 
 @router.post("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead)
 async def update_message(
-    thread_id: str,
-    message_id: str,
+    thread_id: ThreadIdPath,
+    message_id: MessageIdPath,
     body: OpenAIMessageUpdate,
     session: SessionDep,
     principal: PrincipalDep,
@@ -160,7 +168,7 @@ async def update_message(
 
 @router.delete("/{thread_id}/messages/{message_id}", response_model=OpenAIDeletedRead)
 async def delete_message(
-    thread_id: str, message_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIDeletedRead:
     message = await messages.delete_message(session, organization_id, thread_id, message_id, roles=ASSISTANTS_ROLES)
     return OpenAIDeletedRead(id=message.id, object="thread.message.deleted")

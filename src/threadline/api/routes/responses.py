@@ -18,6 +18,7 @@ from threadline.api.deps import (
     TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.api.sse import EventFramer, sse_response
 from threadline.services import responses, turns
@@ -45,7 +46,7 @@ async def create_response(
 
 
 @router.get("/{response_id}", response_model=ResponseRead)
-async def get_response(response_id: str, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
+async def get_response(response_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 

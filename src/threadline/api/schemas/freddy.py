@@ -23,6 +23,7 @@ TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 ThreadIdPath = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]
 MessageIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
+IdPath = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]  # assistants, responses
 CursorQuery = Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)]
 SpaceId = Annotated[str, StringConstraints(max_length=128)]
 

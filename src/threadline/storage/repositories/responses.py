@@ -25,6 +25,17 @@ class ResponseRepository:
         query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def update(self, organization_id: str, response_id: str, values: dict[str, Any]) -> Response:
+        """Write `values` and return the stored row, in one UPDATE … RETURNING (no read before the write)."""
+        result = await self.session.execute(
+            sa.update(Response)
+            .where(Response.organization_id == organization_id, Response.id == response_id)
+            .values(**values)
+            .returning(Response),
+            execution_options={"populate_existing": True},
+        )
+        return result.scalar_one()
+
     async def fail_if_in_progress(
         self, organization_id: str, response_id: str, error: dict[str, Any], now: datetime
     ) -> bool:

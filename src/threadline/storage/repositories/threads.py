@@ -243,6 +243,25 @@ class ThreadRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def release_lease_returning(
+        self, organization_id: str, thread_id: str, owner: str, changes: dict[str, Any]
+    ) -> Thread | None:
+        """`release_lease` that also returns the freed row (None if `owner` no longer holds it): a turn's saving
+        transaction needs the thread anyway, so this saves it a SELECT."""
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.lease_owner == owner,
+                Thread.deleted_at.is_(None),
+            )
+            .values(status="inactive", lease_owner=None, lease_expires_at=None, **changes)
+            .returning(Thread),
+            execution_options={"populate_existing": True},
+        )
+        return result.scalar_one_or_none()
+
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
         result = await self.session.execute(
             sa.update(Thread)
