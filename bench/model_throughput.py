@@ -1,7 +1,8 @@
-"""Embedded model throughput: LocalProvider (worker thread + async streaming) vs llama.cpp called directly.
+"""Embedded model throughput: llama.cpp called directly vs LocalProvider (worker thread + async streaming) vs a
+whole Threadline turn over HTTP (`threadline serve`, streamed `POST /v1/model/response`, store=false).
 
-Same GGUF, same context and micro-batch, same prompt, same max tokens, greedy decoding; one warm-up run each
-(so both measure with the prompt already in llama.cpp's prefix cache), then `--runs` timed runs; prints p50.
+Same GGUF, same prompt, same max tokens, greedy decoding; one warm-up run each (so all measure with the prompt
+already in llama.cpp's prefix cache), then `--runs` timed runs; prints p50.
 
     PYTHONPATH=src .venv/bin/python bench/model_throughput.py [--runs 3] [--max-tokens 64]
 """
@@ -10,10 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 from llama_cpp import Llama
 
 from threadline.domain.messages import ChatMessage
@@ -68,6 +77,70 @@ async def run_provider(provider: LocalProvider, max_tokens: int) -> tuple[int, f
     return tokens, (first or start) - start, time.perf_counter() - start
 
 
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_http(base: str, key: str, max_tokens: int) -> tuple[int, float, float]:
+    """One streamed turn through the server: tokens from the final usage, time to the first text delta."""
+    body = {
+        "inputs": [{"role": "user", "texts": [{"text": PROMPT}]}],
+        "stream": True,
+        "store": False,
+        "max_output_tokens": max_tokens,
+        "temperature": 0.0,
+    }
+    start = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    event = ""
+    with httpx.stream("POST", f"{base}/v1/model/response", json=body, headers={"X-API-Key": key}, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "response.output_text.delta":
+                first = first or time.perf_counter()
+            elif line.startswith("data: ") and event == "response.completed":
+                tokens = json.loads(line.removeprefix("data: "))["response"]["usage"]["output_tokens"]
+            elif event == "response.failed":
+                raise SystemExit(f"turn failed: {line}")
+    return tokens, (first or start) - start, time.perf_counter() - start
+
+
+def serve_embedded(workdir: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`threadline serve` on its embedded defaults (temp SQLite), and an API key made by the CLI."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+    env.update(
+        PYTHONPATH=str(SRC),
+        THREADLINE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/bench.db",
+        THREADLINE_RETENTION_ENABLED="false",
+    )
+    cli = [sys.executable, "-m", "threadline"]
+    made = subprocess.run(
+        [*cli, "keys", "create", "--org", "bench", "--email", "bench@example.test"],
+        env=env, cwd=workdir, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    key = made.stdout.strip().splitlines()[-1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)],
+        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("threadline serve exited during start-up")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return server, base, key
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.terminate()
+    raise SystemExit("threadline serve did not start within 120 s")
+
+
 def report(name: str, runs: list[tuple[int, float, float]]) -> None:
     tokens = statistics.median(r[0] for r in runs)
     ttft = statistics.median(r[1] for r in runs)
@@ -97,6 +170,14 @@ async def main() -> None:
         report("LocalProvider (streamed)", runs)
     finally:
         await provider.aclose()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        server, base, key = serve_embedded(workdir)
+        try:
+            report("Threadline HTTP turn (SSE)", timed(lambda: run_http(base, key, args.max_tokens), args.runs))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":
