@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import ModelsDep, OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import Deleted
 from threadline.services import assistants
 from threadline.storage.repositories.pagination import PageRequest
@@ -31,8 +32,8 @@ async def create_assistant(
 async def list_assistants(
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=128)] = None,
     before: Annotated[str | None, Query(max_length=128)] = None,
     include_total: bool = False,

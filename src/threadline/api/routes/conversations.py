@@ -4,12 +4,13 @@ round: the Freddy API sees the same rows."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
     ConversationCreate,
     ConversationItemList,
@@ -96,8 +97,8 @@ async def list_items(
     conversation_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ConversationItemList:
     # `include[]` asks for tool outputs, images and logprobs: text items have none, so it changes nothing.

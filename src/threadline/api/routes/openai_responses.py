@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
@@ -27,6 +27,7 @@ from threadline.api.deps import (
     TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import ID_PATTERN
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
@@ -119,8 +120,8 @@ async def list_input_items(
     response_id: ResponseIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> ConversationItemList:
     page = await stored_responses.list_inputs(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi import Response as HTTPResponse
@@ -30,6 +30,7 @@ from threadline.api.deps import (
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIThreadCreate, OpenAIThreadRead
 from threadline.api.schemas.openai_runs import (
     RunCreate,
@@ -107,8 +108,8 @@ async def list_runs(
     thread_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RunList:

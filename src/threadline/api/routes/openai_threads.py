@@ -8,7 +8,7 @@ route of the same path. Hidden from the OpenAPI schema, which can hold only one 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
@@ -17,6 +17,7 @@ from starlette.types import Scope
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
     OpenAIDeletedRead,
@@ -111,8 +112,8 @@ async def list_messages(
     thread_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[str | None, Query(max_length=64)] = None,
     run_id: Annotated[str | None, Query(max_length=64)] = None,

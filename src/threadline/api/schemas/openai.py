@@ -15,14 +15,14 @@ All conversions between rows and OpenAI shapes live in this module (`…Read.of`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import ResponseModel
+from threadline.api.schemas.common import Identified, ResponseModel, end_ids
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page
@@ -226,19 +226,19 @@ class OpenAIList(ResponseModel):
     last_id: str | None
     has_more: bool
 
+    @classmethod
+    def of_data(cls, data: Sequence[Identified], has_more: bool) -> Self:
+        """The envelope around one page's serialized items."""
+        first_id, last_id = end_ids(data)
+        return cls(data=data, first_id=first_id, last_id=last_id, has_more=has_more)
+
 
 class OpenAIMessageList(OpenAIList):
     data: list[OpenAIMessageRead]
 
     @classmethod
     def of(cls, page: Page[Message]) -> OpenAIMessageList:
-        data = [OpenAIMessageRead.of(m) for m in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-        )
+        return cls.of_data([OpenAIMessageRead.of(m) for m in page.items], page.has_more)
 
 
 class OpenAIDeletedRead(ResponseModel):
@@ -353,9 +353,5 @@ class ConversationItemList(ResponseModel):
     @classmethod
     def of(cls, messages: list[Message], has_more: bool = False) -> ConversationItemList:
         data = [ConversationItemRead.of(m) for m in messages]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=has_more,
-        )
+        first_id, last_id = end_ids(data)
+        return cls(data=data, first_id=first_id, last_id=last_id, has_more=has_more)
