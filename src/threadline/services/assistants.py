@@ -84,12 +84,7 @@ async def create_assistant(
 
 
 async def list_assistants(session: AsyncSession, organization_id: str, page: PageRequest) -> Page[Assistant]:
-    repo = AssistantRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and not await repo.cursor_exists(organization_id, cursor):
-            raise ValidationFailed(f"Cursor '{cursor}' names no assistant.", code="invalid_cursor", param=name)
-    return await repo.list_page(organization_id, page)
+    return await AssistantRepository(session).list_page(organization_id, page)
 
 
 async def update_assistant(

@@ -72,9 +72,6 @@ class MessageRepository:
         check_cursors(page, cursors, "message of this thread")
         return await fetch_page(self.session, query, (Message.seq,), page, cursors)
 
-    async def cursor_exists(self, organization_id: str, thread_id: str, message_id: str) -> bool:
-        return await self._sort_key(organization_id, thread_id, message_id) is not None
-
     async def _sort_key(self, organization_id: str, thread_id: str, message_id: str | None) -> tuple[Any, ...] | None:
         if message_id is None:
             return None
