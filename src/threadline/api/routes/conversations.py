@@ -4,9 +4,7 @@ round: the Freddy API sees the same rows."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
@@ -18,6 +16,7 @@ from threadline.api.schemas.openai import (
     ConversationItemsCreate,
     ConversationRead,
     ConversationUpdate,
+    OpenAICursorQuery,
     OpenAIDeletedRead,
 )
 from threadline.ids import new_id
@@ -99,7 +98,7 @@ async def list_items(
     organization_id: OrganizationDep,
     limit: LimitQuery = 20,
     order: OrderQuery = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: OpenAICursorQuery = None,
 ) -> ConversationItemList:
     # `include[]` asks for tool outputs, images and logprobs: text items have none, so it changes nothing.
     page = await messages.list_messages(

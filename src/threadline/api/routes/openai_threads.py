@@ -20,6 +20,7 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
+    OpenAICursorQuery,
     OpenAIDeletedRead,
     OpenAIMessageCreate,
     OpenAIMessageList,
@@ -114,8 +115,8 @@ async def list_messages(
     organization_id: OrganizationDep,
     limit: LimitQuery = 20,
     order: OrderQuery = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[str | None, Query(max_length=64)] = None,
+    after: OpenAICursorQuery = None,
+    before: OpenAICursorQuery = None,
     run_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> OpenAIMessageList:
     page = await messages.list_messages(

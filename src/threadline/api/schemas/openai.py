@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -218,6 +219,10 @@ class OpenAIMessageRead(ResponseModel):
             metadata=string_metadata(message.metadata_),
             completed_at=created,
         )
+
+
+# `after`/`before` of the OpenAI-shaped lists: any id string up to 64 characters (as the OpenAI APIs take them).
+OpenAICursorQuery = Annotated[str | None, Query(max_length=64)]
 
 
 class OpenAIList(ResponseModel):
