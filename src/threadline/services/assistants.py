@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
-from threadline.errors import NotFound, ValidationFailed
+from threadline.errors import NotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
 from threadline.services.auth import Principal
@@ -49,10 +49,7 @@ async def get_assistant(
 
 
 def _apply(assistant: Assistant, values: Mapping[str, Any], models: ModelRegistry) -> None:
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ValidationFailed(f"Unknown field '{name}'.", code="unknown_parameter", param=name)
+    rules.reject_unknown_fields(values, FIELDS)
     for field, value in values.items():
         if field == "metadata":
             value = dict(value or {})

@@ -202,11 +202,7 @@ async def update_thread(
     """Apply the given fields (only those present). Archived threads take only no-op changes."""
     # These fields cannot be null: an explicit null means "leave unchanged".
     changes = {k: v for k, v in changes.items() if not (v is None and k in _NOT_NULLABLE)}
-    unknown = set(changes) - _UPDATABLE
-    if unknown:
-        raise ValidationFailed(
-            f"Unknown field '{sorted(unknown)[0]}'.", code="unknown_parameter", param=sorted(unknown)[0]
-        )
+    rules.reject_unknown_fields(changes, _UPDATABLE)
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
     if "visible_in_ui" in changes and changes["visible_in_ui"] != thread.visible_in_ui:
         principal.require_user_token("visible_in_ui")
