@@ -30,8 +30,7 @@ from threadline.api.deps import (
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
-from threadline.api.schemas.common import LimitQuery, OrderQuery
-from threadline.api.schemas.openai import OpenAICursorQuery, OpenAIMessageRead, OpenAIThreadCreate, OpenAIThreadRead
+from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIPageQueryDep, OpenAIThreadCreate, OpenAIThreadRead
 from threadline.api.schemas.openai_runs import (
     RunCreate,
     RunList,
@@ -49,7 +48,6 @@ from threadline.config import Settings
 from threadline.services import runs
 from threadline.services.runs import RunFinished
 from threadline.services.turns import OutputDelta, Turn
-from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
@@ -106,12 +104,8 @@ async def list_runs(
     thread_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: LimitQuery = 20,
-    order: OrderQuery = "desc",
-    after: OpenAICursorQuery = None,
-    before: OpenAICursorQuery = None,
+    page: OpenAIPageQueryDep,
 ) -> RunList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before)
     return RunList.of(await runs.list_runs(session, organization_id, thread_id, page))
 
 

@@ -17,21 +17,19 @@ from starlette.types import Scope
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
-from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
-    OpenAICursorQuery,
     OpenAIDeletedRead,
     OpenAIMessageCreate,
     OpenAIMessageList,
     OpenAIMessageRead,
     OpenAIMessageUpdate,
+    OpenAIPageQueryDep,
     OpenAIThreadCreate,
     OpenAIThreadRead,
     OpenAIThreadUpdate,
 )
 from threadline.services import messages, threads
-from threadline.storage.repositories.pagination import PageRequest
 
 
 def wants_assistants_v2(scope: Scope) -> bool:
@@ -113,22 +111,19 @@ async def list_messages(
     thread_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: LimitQuery = 20,
-    order: OrderQuery = "desc",
-    after: OpenAICursorQuery = None,
-    before: OpenAICursorQuery = None,
+    page: OpenAIPageQueryDep,
     run_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> OpenAIMessageList:
-    page = await messages.list_messages(
+    found = await messages.list_messages(
         session,
         organization_id,
         thread_id,
-        PageRequest(limit=limit, order=order, after=after, before=before),
+        page,
         roles=ASSISTANTS_ROLES,
         # A run is a response: its messages carry its id.
         response_id=run_id,
     )
-    return OpenAIMessageList.of(page)
+    return OpenAIMessageList.of(found)
 
 
 @router.get("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead)

@@ -19,14 +19,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from fastapi import Query
+from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import Identified, ResponseModel, end_ids
+from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, end_ids
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
-from threadline.storage.repositories.pagination import Page
+from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
 
 # The roles the Assistants v2 view of a thread shows (services filter on it).
@@ -223,6 +223,19 @@ class OpenAIMessageRead(ResponseModel):
 
 # `after`/`before` of the OpenAI-shaped lists: any id string up to 64 characters (as the OpenAI APIs take them).
 OpenAICursorQuery = Annotated[str | None, Query(max_length=64)]
+
+
+def openai_page_query(
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
+    after: OpenAICursorQuery = None,
+    before: OpenAICursorQuery = None,
+) -> PageRequest:
+    """The page parameters of the Assistants v2 lists (messages, runs)."""
+    return PageRequest(limit=limit, order=order, after=after, before=before)
+
+
+OpenAIPageQueryDep = Annotated[PageRequest, Depends(openai_page_query)]
 
 
 class OpenAIList(ResponseModel):
