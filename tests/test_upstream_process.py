@@ -15,9 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import _empty_all_tables, make_caller
+from tests.conftest import make_caller, started_app
 from tests.servers import REPO_SRC, free_port, running
-from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import Finished, GenerationParams, TextDelta
@@ -87,10 +86,8 @@ model_context_windows = {{"gpt-4o-mini" = 64000}}
     monkeypatch.setenv("THREADLINE_CONFIG", str(config))
     monkeypatch.setenv("UPSTREAM_API_KEY", "sk-test-upstream")
     settings = Settings(database_url=database_url, retention_enabled=False)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 async def test_v1_models_of_an_app_configured_by_toml(toml_app: FastAPI) -> None:
