@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from threadline.api.deps import (
     ModelsDep,
     OrganizationDep,
+    OrganizationQuery,
     SessionDep,
     SessionmakerDep,
     SettingsDep,
@@ -69,7 +70,7 @@ async def create_response(
     maker: SessionmakerDep,
     settings: SettingsDep,
     models: ModelsDep,
-    organization_id: Annotated[str | None, Query(max_length=64)] = None,
+    organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
     with _openai_names():
         request = body.to_request(principal.organization(organization_id))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from threadline.api.deps import (
     ModelsDep,
     OrganizationDep,
+    OrganizationQuery,
     SessionDep,
     SessionmakerDep,
     SettingsDep,
@@ -54,8 +55,6 @@ router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=Assistants
 # How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
 # normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
 POLL_AFTER_MS = "500"
-
-OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 
 @router.post("/runs", response_model=RunRead, dependencies=[Idempotent])
