@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from threadline.api.app import create_app
 from threadline.config import Settings
+from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
 from threadline.storage.tables import Base
@@ -131,12 +132,19 @@ def settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, local_model_enabled=False, retention_enabled=False)
 
 
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
+async def started_app(settings: Settings, models: ModelRegistry | None = None) -> AsyncIterator[FastAPI]:
+    """The real app with its lifespan running (the `app` fixture, or any other configuration); afterwards every
+    table is emptied."""
+    application = create_app(settings, models=models)
     async with application.router.lifespan_context(application):
         yield application
     await _empty_all_tables(settings.database_url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async for application in started_app(settings):
+        yield application
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.conftest import Caller, _empty_all_tables
-from threadline.api.app import create_app
+from tests.conftest import Caller, started_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
@@ -26,10 +25,8 @@ def registry_with(fake: FakeProvider) -> ModelRegistry:
 
 
 async def running_app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    application = create_app(settings, models=registry_with(fake))
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings, registry_with(fake)):
         yield application
-    await _empty_all_tables(settings.database_url)
 
 
 def user(text: str) -> dict[str, Any]:

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update(
-        PYTHONPATH=str(SRC),
-        THREADLINE_DATABASE_URL=database_url,
-        THREADLINE_LOCAL_MODEL_ENABLED="false",
-        THREADLINE_RETENTION_ENABLED="false",
-    )
-    return env
+from tests.servers import threadline_env, threadline_serve
 
 
 def _run(database_url: str, cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "threadline", *args],
-        env=_env(database_url),
+        env=threadline_env(database_url),
         cwd=cwd,
         input=stdin,
         capture_output=True,
@@ -36,13 +22,6 @@ def _run(database_url: str, cwd: Path, *args: str, stdin: str | None = None) -> 
         timeout=120,
         check=False,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_cli_contract(empty_database_url: str, tmp_path: Path) -> None:
@@ -85,61 +64,35 @@ def test_cli_contract(empty_database_url: str, tmp_path: Path) -> None:
     bad_email = _run(empty_database_url, tmp_path, "keys", "create", "--org", "acme", "--email", "not-an-email")
     assert bad_email.returncode == 1 and "invalid_email" in bad_email.stderr
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=_env(empty_database_url),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read().decode() if server.stdout else "server exited"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start within 60 s"
-            time.sleep(0.2)
+    env = threadline_env(empty_database_url)
+    with (
+        threadline_serve(env, log=tmp_path / "server.log", cwd=tmp_path) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+    ):
+        me = http.get("/v1/me", headers={"X-API-Key": key}).json()
+        assert me["auth_method"] == "api_key" and me["user"]["email"] == "ada@acme.test"
+        assert me["organizations"][0]["name"] == "acme" and me["organizations"][0]["id"].startswith("org_")
+        org_id = me["organizations"][0]["id"]
+        thread = http.post(
+            "/v1/threads", json={"title": "from the CLI key"}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert thread.status_code == 200 and thread.json()["organization_id"] == org_id
 
-        with httpx.Client(base_url=base, timeout=10) as http:
-            me = http.get("/v1/me", headers={"X-API-Key": key}).json()
-            assert me["auth_method"] == "api_key" and me["user"]["email"] == "ada@acme.test"
-            assert me["organizations"][0]["name"] == "acme" and me["organizations"][0]["id"].startswith("org_")
-            org_id = me["organizations"][0]["id"]
-            thread = http.post(
-                "/v1/threads", json={"title": "from the CLI key"}, headers={"Authorization": f"Bearer {key}"}
-            )
-            assert thread.status_code == 200 and thread.json()["organization_id"] == org_id
+        token = http.post("/v1/auth/token", json={"email": "bob@acme.test", "password": "s3cret-password"}).json()
+        assert token["token_type"] == "bearer" and token["expires_at"].endswith("Z")
+        bearer = {"Authorization": f"Bearer {token['access_token']}"}
+        me_token = http.get("/v1/me", headers=bearer).json()
+        assert me_token["auth_method"] == "user_token" and [o["id"] for o in me_token["organizations"]] == [org_id]
+        # Same organization: bob sees ada's thread.
+        assert [t["id"] for t in http.get("/v1/threads", headers=bearer).json()["data"]] == [thread.json()["id"]]
 
-            token = http.post("/v1/auth/token", json={"email": "bob@acme.test", "password": "s3cret-password"}).json()
-            assert token["token_type"] == "bearer" and token["expires_at"].endswith("Z")
-            bearer = {"Authorization": f"Bearer {token['access_token']}"}
-            me_token = http.get("/v1/me", headers=bearer).json()
-            assert me_token["auth_method"] == "user_token" and [o["id"] for o in me_token["organizations"]] == [org_id]
-            # Same organization: bob sees ada's thread.
-            assert [t["id"] for t in http.get("/v1/threads", headers=bearer).json()["data"]] == [thread.json()["id"]]
-
-            listed = _run(empty_database_url, tmp_path, "keys", "list", "--org", org_id)
-            assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2
-            key_id = me["credential_id"]
-            revoked = _run(empty_database_url, tmp_path, "keys", "revoke", key_id, "--org", org_id)
-            assert revoked.returncode == 0, revoked.stderr
-            assert http.get("/v1/me", headers={"X-API-Key": key}).status_code == 401
-            assert http.get("/v1/me", headers={"X-API-Key": second_key}).status_code == 200
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        if server.stdout:
-            server.stdout.close()
+        listed = _run(empty_database_url, tmp_path, "keys", "list", "--org", org_id)
+        assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2
+        key_id = me["credential_id"]
+        revoked = _run(empty_database_url, tmp_path, "keys", "revoke", key_id, "--org", org_id)
+        assert revoked.returncode == 0, revoked.stderr
+        assert http.get("/v1/me", headers={"X-API-Key": key}).status_code == 401
+        assert http.get("/v1/me", headers={"X-API-Key": second_key}).status_code == 200
 
     missing = _run(empty_database_url, tmp_path, "keys", "revoke", "key_nope", "--org", org_id)
     assert missing.returncode == 3 and "api_key_not_found" in missing.stderr

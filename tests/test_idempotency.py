@@ -10,8 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from tests.conftest import Caller, _empty_all_tables, make_caller
-from threadline.api.app import create_app
+from tests.conftest import Caller, make_caller, started_app
 from threadline.api.idempotency import Idempotent
 from threadline.config import Settings
 from threadline.errors import UpstreamError
@@ -189,10 +188,8 @@ async def impatient_app(database_url: str) -> AsyncIterator[FastAPI]:
     settings = Settings(
         database_url=database_url, local_model_enabled=False, retention_enabled=False, idempotency_wait_seconds=0.3
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 async def test_waiting_for_a_running_first_request_is_bounded(impatient_app: FastAPI) -> None:

@@ -9,8 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import Caller, _empty_all_tables, make_caller
-from threadline.api.app import create_app
+from tests.conftest import Caller, make_caller, started_app
 from threadline.config import ProviderConfig, Settings
 from threadline.errors import ModelNotFound
 from threadline.providers.openai_compat import OpenAICompatProvider
@@ -91,10 +90,8 @@ async def models_app(database_url: str) -> AsyncIterator[FastAPI]:
     settings = Settings(
         database_url=database_url, local_model_enabled=False, retention_enabled=False, providers=UPSTREAMS
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import Caller, _empty_all_tables
+from tests.conftest import Caller, started_app
 from tests.responses_helpers import sse_events, thread_messages, turn
-from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.threads import TITLE_MAX_CHARS
 
@@ -20,10 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     configured = settings.model_copy(update={"local_model_enabled": True, "local_context_window": 2048})
-    application = create_app(configured)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(configured):
         yield application
-    await _empty_all_tables(configured.database_url)
 
 
 async def test_the_embedded_model_names_a_real_conversation(client: httpx.AsyncClient, caller: Caller) -> None:

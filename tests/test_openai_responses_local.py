@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import _empty_all_tables, make_caller
+from tests.conftest import make_caller, started_app
 from tests.openai_sdk import sdk_client
-from threadline.api.app import create_app
 from threadline.config import Settings
 
 pytestmark = pytest.mark.slow
@@ -21,10 +20,8 @@ async def local_app(database_url: str) -> AsyncIterator[FastAPI]:
     settings = Settings(
         database_url=database_url, local_model_enabled=True, local_context_window=2048, retention_enabled=False
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 async def test_create_and_stream_with_the_embedded_model(local_app: FastAPI) -> None:

@@ -6,11 +6,6 @@ The in-process tests cover every call; this one checks what only a real socket s
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,59 +16,14 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import Caller
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.servers import threadline_env, threadline_serve
 
 
 @pytest.fixture
-def server(database_url: str, caller: Caller) -> Iterator[str]:
+def server(database_url: str, caller: Caller, tmp_path: Path) -> Iterator[str]:
     """`threadline serve` on a free port, over the database the `caller` key lives in."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(SRC),
-        "THREADLINE_DATABASE_URL": database_url,
-        "THREADLINE_LOCAL_MODEL_ENABLED": "false",
-        "THREADLINE_RETENTION_ENABLED": "false",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"threadline serve exited with {process.returncode}: {stderr[-2000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("threadline serve did not answer /healthz within 60 s")
-            time.sleep(0.2)
-        yield f"{base}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+    with threadline_serve(threadline_env(database_url), log=tmp_path / "server.log") as base_url:
+        yield f"{base_url}/v1"
 
 
 @pytest.mark.filterwarnings("ignore:The Assistants API is deprecated in favor of the Responses API:DeprecationWarning")

@@ -221,24 +221,27 @@ async def test_busy_thread_answers_409_after_the_wait(
             assert (await slow).status_code == 200
 
 
+def _in_progress_response(caller: Caller, response_id: str, thread_id: str) -> Response:
+    """The row a server killed mid-turn leaves behind: a response still in progress."""
+    return Response(
+        organization_id=caller.organization_id,
+        id=response_id,
+        thread_id=thread_id,
+        model="fake-model",
+        status="in_progress",
+        request={},
+        context={},
+        created_at=utcnow(),
+    )
+
+
 async def test_an_expired_lease_is_taken_over(
     client: httpx.AsyncClient, caller: Caller, app: FastAPI, settings: Settings
 ) -> None:
     first = (await turn(client, caller, "hello", thread="t_crash")).json()
     # Simulate a server killed mid-turn: its response stays in progress, its lease has run out.
     async with app.state.sessionmaker() as session:
-        session.add(
-            Response(
-                organization_id=caller.organization_id,
-                id="resp_dead",
-                thread_id="t_crash",
-                model="fake-model",
-                status="in_progress",
-                request={},
-                context={},
-                created_at=utcnow(),
-            )
-        )
+        session.add(_in_progress_response(caller, "resp_dead", "t_crash"))
         await session.execute(
             sa.update(Thread)
             .where(Thread.id == "t_crash")
@@ -299,18 +302,7 @@ async def test_reading_an_abandoned_in_progress_response_reports_it_failed(
 ) -> None:
     await turn(client, caller, "hello", thread="t_orphan")
     async with app.state.sessionmaker() as session:
-        session.add(
-            Response(
-                organization_id=caller.organization_id,
-                id="resp_orphan",
-                thread_id="t_orphan",
-                model="fake-model",
-                status="in_progress",
-                request={},
-                context={},
-                created_at=utcnow(),
-            )
-        )
+        session.add(_in_progress_response(caller, "resp_orphan", "t_orphan"))
         await session.commit()
     body = (await client.get("/v1/model/response/resp_orphan", headers=caller.headers)).json()
     assert body["status"] == "failed" and body["error"]["code"] == "turn_interrupted"

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import Caller, _empty_all_tables, make_caller
+from tests.conftest import Caller, _empty_all_tables, make_caller, started_app
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -306,10 +306,8 @@ async def sweeping_app(database_url: str) -> AsyncIterator[FastAPI]:
     settings = Settings(
         database_url=database_url, local_model_enabled=False, retention_enabled=True, retention_interval_seconds=0.05
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 async def test_the_server_sweeps_in_the_background(sweeping_app: FastAPI) -> None:

@@ -7,10 +7,7 @@ and resolves its models.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,8 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import _empty_all_tables, make_caller
-from threadline.api.app import create_app
+from tests.conftest import make_caller, started_app
+from tests.servers import REPO_SRC, free_port, running
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import Finished, GenerationParams, TextDelta
@@ -27,21 +24,12 @@ from threadline.providers.local import default_model_path, default_ubatch_size
 from threadline.providers.openai_compat import OpenAICompatProvider
 
 pytestmark = pytest.mark.slow
-REPO_SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m llama_cpp.server` on a free port; waits for /v1/models (≤120 s); always terminated."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("upstream") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_SRC)}
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -57,30 +45,11 @@ def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--n_ubatch",
         str(default_ubatch_size()),  # the same AMX guard as the embedded provider (see providers/local.py)
     ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    log = tmp_path_factory.mktemp("upstream") / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO_SRC)}
+    with running(command, ready_url=f"{base_url}/models", log=log, env=env, within=120):
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def test_provider_streams_a_completion_from_a_real_upstream(upstream_url: str) -> None:
@@ -117,10 +86,8 @@ model_context_windows = {{"gpt-4o-mini" = 64000}}
     monkeypatch.setenv("THREADLINE_CONFIG", str(config))
     monkeypatch.setenv("UPSTREAM_API_KEY", "sk-test-upstream")
     settings = Settings(database_url=database_url, retention_enabled=False)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async for application in started_app(settings):
         yield application
-    await _empty_all_tables(database_url)
 
 
 async def test_v1_models_of_an_app_configured_by_toml(toml_app: FastAPI) -> None:

@@ -11,11 +11,9 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,12 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.servers import free_port, threadline_env, threadline_serve
+
 if TYPE_CHECKING:  # Playwright is imported at run time only once the browser is known to be there
     from playwright.sync_api import Browser, ConsoleMessage, Page, Route
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -82,57 +81,17 @@ class Server:
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": self.api_key}, timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(**settings: str) -> Iterator[Server]:
     """`threadline serve` on a free port and a temporary SQLite database, plus an API key made by the CLI."""
     with tempfile.TemporaryDirectory(prefix="threadline-ui-") as tmp:
         workdir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-        env.update(
-            PYTHONPATH=str(REPO_SRC),
-            THREADLINE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'ui.db'}",
-            THREADLINE_RETENTION_ENABLED="false",
-            **settings,
-        )
-        port = _free_port()
+        env = threadline_env(f"sqlite+aiosqlite:///{workdir / 'ui.db'}") | settings
+        port = free_port()
         bootstrap = Server(f"http://127.0.0.1:{port}", "", env, workdir)
         key = bootstrap.cli("keys", "create", "--org", "acme", "--email", "ada@acme.test").strip().splitlines()[-1]
-        log = (workdir / "server.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "threadline", "serve", "--port", str(port)],
-            env=env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"threadline serve exited: {(workdir / 'server.log').read_text()}")
-                try:
-                    if httpx.get(f"{bootstrap.base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"threadline serve did not start: {(workdir / 'server.log').read_text()}")
-                time.sleep(0.2)
-            yield Server(bootstrap.base_url, key, env, workdir)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+        with threadline_serve(env, log=workdir / "server.log", cwd=workdir, port=port) as base_url:
+            yield Server(base_url, key, env, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +106,7 @@ def server() -> Iterator[Server]:
 def model_server() -> Iterator[Server]:
     """A server on the defaults, the embedded SmolLM2 included (short answers keep the test quick)."""
     _require_browser()
-    with _serve(THREADLINE_DEFAULT_MAX_OUTPUT_TOKENS="48") as running:
+    with _serve(THREADLINE_LOCAL_MODEL_ENABLED="true", THREADLINE_DEFAULT_MAX_OUTPUT_TOKENS="48") as running:
         yield running
 
 

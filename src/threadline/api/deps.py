@@ -85,10 +85,11 @@ async def principal_outside_turn(request: Request, maker: SessionmakerDep) -> Pr
 TurnPrincipalDep = Annotated[Principal, Depends(principal_outside_turn)]
 
 
-def get_query_organization(
-    principal: PrincipalDep,
-    organization_id: Annotated[str | None, Query(max_length=64)] = None,
-) -> str:
+# `?organization_id=`: for routes that resolve it themselves (a turn's principal is not `PrincipalDep`).
+OrganizationQuery = Annotated[str | None, Query(max_length=64)]
+
+
+def get_query_organization(principal: PrincipalDep, organization_id: OrganizationQuery = None) -> str:
     return principal.organization(organization_id)
 
 

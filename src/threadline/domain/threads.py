@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from typing import Any, Literal
 
 from threadline.errors import InvalidStateTransition, ThreadArchived, ThreadLocked, ValidationFailed
@@ -22,6 +23,14 @@ _TRANSITIONS: dict[str, set[str]] = {
     "locked": {"locked", "open", "archived"},
     "archived": {"archived"},
 }
+
+
+def reject_unknown_fields(fields: Iterable[str], allowed: Collection[str]) -> None:
+    """A create or modify naming a field it does not know: 400 `unknown_parameter`, the first one (sorted) named."""
+    unknown = set(fields) - set(allowed)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ValidationFailed(f"Unknown field '{name}'.", code="unknown_parameter", param=name)
 
 
 def check_transition(thread_id: str, current: str, target: str) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
-from threadline.errors import NotFound, ValidationFailed
+from threadline.errors import NotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
 from threadline.services.auth import Principal
@@ -49,10 +49,7 @@ async def get_assistant(
 
 
 def _apply(assistant: Assistant, values: Mapping[str, Any], models: ModelRegistry) -> None:
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ValidationFailed(f"Unknown field '{name}'.", code="unknown_parameter", param=name)
+    rules.reject_unknown_fields(values, FIELDS)
     for field, value in values.items():
         if field == "metadata":
             value = dict(value or {})
@@ -84,12 +81,7 @@ async def create_assistant(
 
 
 async def list_assistants(session: AsyncSession, organization_id: str, page: PageRequest) -> Page[Assistant]:
-    repo = AssistantRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and not await repo.cursor_exists(organization_id, cursor):
-            raise ValidationFailed(f"Cursor '{cursor}' names no assistant.", code="invalid_cursor", param=name)
-    return await repo.list_page(organization_id, page)
+    return await AssistantRepository(session).list_page(organization_id, page)
 
 
 async def update_assistant(

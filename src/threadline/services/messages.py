@@ -154,6 +154,19 @@ async def create_thread_with_messages(
     return thread, rows
 
 
+async def _message_to_change(
+    session: AsyncSession, organization_id: str, thread_id: str, message_id: str, roles: Collection[str] | None
+) -> tuple[Thread, Message]:
+    """The thread (row-locked) and its live message, before an edit or a delete."""
+    thread = await get_thread(session, organization_id, thread_id, for_update=True)
+    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    rules.ensure_accepts_messages(thread.id, thread.state)
+    message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
+    if message is None:
+        raise MessageNotFound(message_id)
+    return thread, message
+
+
 async def update_message(
     session: AsyncSession,
     organization_id: str,
@@ -165,13 +178,8 @@ async def update_message(
     roles: Collection[str] | None = None,
 ) -> Message:
     """Edit content and/or metadata; the previous version goes to the audit trail."""
-    thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
-    rules.ensure_accepts_messages(thread.id, thread.state)
+    thread, message = await _message_to_change(session, organization_id, thread_id, message_id, roles)
     repo = MessageRepository(session)
-    message = await repo.get(organization_id, thread_id, message_id, roles=roles)
-    if message is None:
-        raise MessageNotFound(message_id)
     new_content = changes.get("content")
     new_metadata = changes.get("metadata")
     if new_metadata is not None:
@@ -220,13 +228,8 @@ async def delete_message(
     *,
     roles: Collection[str] | None = None,
 ) -> Message:
-    thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
-    rules.ensure_accepts_messages(thread.id, thread.state)
+    thread, message = await _message_to_change(session, organization_id, thread_id, message_id, roles)
     repo = MessageRepository(session)
-    message = await repo.get(organization_id, thread_id, message_id, roles=roles)
-    if message is None:
-        raise MessageNotFound(message_id)
     now = utcnow()
     await repo.soft_delete(message, now)
     await ThreadRepository(session).adjust_message_count(thread, -1, now)

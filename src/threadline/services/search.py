@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.search import parse_query, snippet
-from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.search import SearchRepository
 from threadline.storage.repositories.threads import ThreadFilter
@@ -28,10 +27,6 @@ async def search_threads(
     """One page of matching threads (keyset on created_at, id like the list) and the words searched for."""
     terms = parse_query(q)
     repo = SearchRepository(session)
-    for name in ("after", "before"):
-        cursor = getattr(page, name)
-        if cursor is not None and await repo.sort_key(where.organization_id, cursor) is None:
-            raise ValidationFailed(f"Cursor '{cursor}' names no thread.", code="invalid_cursor", param=name)
     found = await repo.search_page(where, terms, page)
     hits = await repo.latest_hits(where.organization_id, [t.id for t in found.items], terms)
     items = []

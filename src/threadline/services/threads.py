@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
-from threadline.errors import AlreadyExists, NotFound, ThreadNotFound, ValidationFailed
+from threadline.errors import AlreadyExists, ThreadNotFound, ValidationFailed
 from threadline.ids import is_valid_client_id, new_id
+from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
-from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository
 from threadline.storage.tables import Thread
@@ -41,10 +41,8 @@ async def get_thread(
 
 async def ensure_assistant(session: AsyncSession, organization_id: str, assistant_id: str | None) -> None:
     """An assistant of another organization is as missing as one that never existed."""
-    if assistant_id is not None and await AssistantRepository(session).get(organization_id, assistant_id) is None:
-        raise NotFound(
-            f"No assistant found with id '{assistant_id}'.", code="assistant_not_found", param="assistant_id"
-        )
+    if assistant_id is not None:
+        await get_assistant(session, organization_id, assistant_id)
 
 
 def validate_thread_id(thread_id: str, param: str = "id") -> None:
@@ -202,11 +200,7 @@ async def update_thread(
     """Apply the given fields (only those present). Archived threads take only no-op changes."""
     # These fields cannot be null: an explicit null means "leave unchanged".
     changes = {k: v for k, v in changes.items() if not (v is None and k in _NOT_NULLABLE)}
-    unknown = set(changes) - _UPDATABLE
-    if unknown:
-        raise ValidationFailed(
-            f"Unknown field '{sorted(unknown)[0]}'.", code="unknown_parameter", param=sorted(unknown)[0]
-        )
+    rules.reject_unknown_fields(changes, _UPDATABLE)
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
     if "visible_in_ui" in changes and changes["visible_in_ui"] != thread.visible_in_ui:
         principal.require_user_token("visible_in_ui")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from threadline.api.deps import ModelsDep, OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import CursorQuery, Deleted, IdPath
 from threadline.services import assistants
 from threadline.storage.repositories.pagination import PageRequest
@@ -31,8 +30,8 @@ async def create_assistant(
 async def list_assistants(
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: CursorQuery = None,
     before: CursorQuery = None,
     include_total: bool = False,

@@ -4,13 +4,12 @@ round: the Freddy API sees the same rows."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
-from threadline.api.schemas.freddy import ID_PATTERN, MessageIdPath, ThreadIdPath
+from threadline.api.schemas.common import LimitQuery, OrderQuery
+from threadline.api.schemas.freddy import MessageIdPath, ThreadIdPath
 from threadline.api.schemas.openai import (
     ConversationCreate,
     ConversationItemList,
@@ -18,6 +17,7 @@ from threadline.api.schemas.openai import (
     ConversationItemsCreate,
     ConversationRead,
     ConversationUpdate,
+    OpenAICursorQuery,
     OpenAIDeletedRead,
 )
 from threadline.ids import new_id
@@ -25,9 +25,6 @@ from threadline.services import messages, threads
 from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
-# Ids in paths and cursors use the id alphabet: anything else names no row and is refused as a 400 before it
-# reaches a database that may choke on it (PostgreSQL refuses NUL bytes in text).
-IdQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 @router.post("", response_model=ConversationRead, dependencies=[Idempotent])
@@ -100,9 +97,9 @@ async def list_items(
     conversation_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-    after: IdQuery = None,
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
+    after: OpenAICursorQuery = None,
 ) -> ConversationItemList:
     # `include[]` asks for tool outputs, images and logprobs: text items have none, so it changes nothing.
     page = await messages.list_messages(

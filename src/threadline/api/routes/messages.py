@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
-    CursorQuery,
     Deleted,
     MessageCreate,
     MessageEditList,
@@ -19,11 +16,11 @@ from threadline.api.schemas.freddy import (
     MessageRead,
     MessagesDeleted,
     MessageUpdate,
+    PageQueryDep,
     ThreadIdPath,
 )
 from threadline.domain.messages import NewMessage
 from threadline.services import messages
-from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/threads/{thread_id}/messages", tags=["messages"])
 
@@ -33,14 +30,9 @@ async def list_messages(
     thread_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-    after: CursorQuery = None,
-    before: CursorQuery = None,
-    include_total: bool = False,
+    page: PageQueryDep,
 ) -> MessageList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
-    return MessageList.of(await messages.list_messages(session, organization_id, thread_id, page), limit)
+    return MessageList.of(await messages.list_messages(session, organization_id, thread_id, page), page.limit)
 
 
 @router.post("", response_model=MessageRead, dependencies=[Idempotent])

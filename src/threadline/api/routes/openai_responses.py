@@ -11,9 +11,8 @@ in OpenAI's shapes (`api/schemas/openai_responses.py`).
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
@@ -21,15 +20,18 @@ from fastapi.responses import StreamingResponse
 from threadline.api.deps import (
     ModelsDep,
     OrganizationDep,
+    OrganizationQuery,
     SessionDep,
     SessionmakerDep,
     SettingsDep,
     TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import ID_PATTERN
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
+from threadline.api.sse import EventFramer, sse_response
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
 from threadline.services import responses, stored_responses, turns
 from threadline.services.turns import OutputDelta, Turn, TurnDone
@@ -68,7 +70,7 @@ async def create_response(
     maker: SessionmakerDep,
     settings: SettingsDep,
     models: ModelsDep,
-    organization_id: Annotated[str | None, Query(max_length=64)] = None,
+    organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
     with _openai_names():
         request = body.to_request(principal.organization(organization_id))
@@ -76,11 +78,7 @@ async def create_response(
             return OpenAIResponseRead.of(await responses.create_response(maker, settings, models, principal, request))
         # Errors found before the model is called (busy, unknown model, too long…) still answer as JSON errors.
         turn = await responses.start_turn(maker, settings, models, principal, request)
-    return StreamingResponse(
-        _sse(turns.run_turn(maker, settings, turn), turn),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
@@ -119,8 +117,8 @@ async def list_input_items(
     response_id: ResponseIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> ConversationItemList:
     page = await stored_responses.list_inputs(
@@ -131,14 +129,7 @@ async def list_input_items(
 
 async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
     """OpenAI's canonical text-only event sequence; `sequence_number` counts from 0, ids never change."""
-    sequence = 0
-
-    def frame(name: str, payload: dict[str, Any]) -> str:
-        nonlocal sequence
-        data = {"type": name, "sequence_number": sequence, **payload}
-        sequence += 1
-        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
+    frame = EventFramer().frame
     started = OpenAIResponseRead.of(turn.response).model_dump(mode="json")
     item = output_message(turn.response, "in_progress", None)
     where = {"item_id": item.id, "output_index": 0, "content_index": 0}

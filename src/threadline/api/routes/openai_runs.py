@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from threadline.api.deps import (
     ModelsDep,
     OrganizationDep,
+    OrganizationQuery,
     SessionDep,
     SessionmakerDep,
     SettingsDep,
@@ -30,7 +31,7 @@ from threadline.api.deps import (
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
-from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIThreadCreate, OpenAIThreadRead
+from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIPageQueryDep, OpenAIThreadCreate, OpenAIThreadRead
 from threadline.api.schemas.openai_runs import (
     RunCreate,
     RunList,
@@ -43,20 +44,17 @@ from threadline.api.schemas.openai_runs import (
     answer_incomplete,
     message_delta,
 )
+from threadline.api.sse import sse_response
 from threadline.config import Settings
 from threadline.services import runs
 from threadline.services.runs import RunFinished
 from threadline.services.turns import OutputDelta, Turn
-from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
 # How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
 # normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
 POLL_AFTER_MS = "500"
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 
 @router.post("/runs", response_model=RunRead, dependencies=[Idempotent])
@@ -79,9 +77,7 @@ async def create_thread_and_run(
     if not body.stream:
         return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
     turn = await runs.start_run(maker, settings, models, principal, request)
-    return StreamingResponse(
-        _sse(maker, settings, turn, OpenAIThreadRead.of(thread)), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+    return sse_response(_sse(maker, settings, turn, OpenAIThreadRead.of(thread)))
 
 
 @router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent])
@@ -99,7 +95,7 @@ async def create_run(
         return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
     # Refusals found before the model is called (unknown assistant, locked or busy thread…) answer as JSON errors.
     turn = await runs.start_run(maker, settings, models, principal, request)
-    return StreamingResponse(_sse(maker, settings, turn, None), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return sse_response(_sse(maker, settings, turn, None))
 
 
 @router.get("/{thread_id}/runs", response_model=RunList)
@@ -107,12 +103,8 @@ async def list_runs(
     thread_id: str,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[str | None, Query(max_length=64)] = None,
+    page: OpenAIPageQueryDep,
 ) -> RunList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before)
     return RunList.of(await runs.list_runs(session, organization_id, thread_id, page))
 
 

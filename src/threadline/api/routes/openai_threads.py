@@ -8,29 +8,28 @@ route of the same path. Hidden from the OpenAPI schema, which can hold only one 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
-from threadline.api.schemas.freddy import ID_PATTERN, MessageIdPath, ThreadIdPath
+from threadline.api.schemas.freddy import MessageIdPath, ThreadIdPath
 from threadline.api.schemas.openai import (
     ASSISTANTS_ROLES,
+    OpenAICursorQuery,
     OpenAIDeletedRead,
     OpenAIMessageCreate,
     OpenAIMessageList,
     OpenAIMessageRead,
     OpenAIMessageUpdate,
+    OpenAIPageQueryDep,
     OpenAIThreadCreate,
     OpenAIThreadRead,
     OpenAIThreadUpdate,
 )
 from threadline.services import messages, threads
-from threadline.storage.repositories.pagination import PageRequest
 
 
 def wants_assistants_v2(scope: Scope) -> bool:
@@ -53,9 +52,6 @@ class AssistantsRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
-# Ids in paths and cursors use the id alphabet: anything else names no row and is refused as a 400 before it
-# reaches a database that may choke on it (PostgreSQL refuses NUL bytes in text).
-IdQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 @router.post("", response_model=OpenAIThreadRead, dependencies=[Idempotent])
@@ -119,22 +115,19 @@ async def list_messages(
     thread_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-    after: IdQuery = None,
-    before: IdQuery = None,
-    run_id: IdQuery = None,
+    page: OpenAIPageQueryDep,
+    run_id: OpenAICursorQuery = None,
 ) -> OpenAIMessageList:
-    page = await messages.list_messages(
+    found = await messages.list_messages(
         session,
         organization_id,
         thread_id,
-        PageRequest(limit=limit, order=order, after=after, before=before),
+        page,
         roles=ASSISTANTS_ROLES,
         # A run is a response: its messages carry its id.
         response_id=run_id,
     )
-    return OpenAIMessageList.of(page)
+    return OpenAIMessageList.of(found)
 
 
 @router.get("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead)

@@ -5,11 +5,12 @@ Included before the threads router so that `/v1/threads/search` is not taken for
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, SessionDep
+from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import ID_PATTERN, CursorQuery
 from threadline.api.schemas.search import ThreadSearchList
 from threadline.domain.search import MAX_QUERY_CHARS
@@ -25,8 +26,8 @@ async def search_threads(
     session: SessionDep,
     organization_id: OrganizationDep,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="Words to find (all of them).")],
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
     # Patterned like ids everywhere: a NUL would otherwise reach PostgreSQL (a 500 the fuzz test finds).
     after: CursorQuery = None,
     before: CursorQuery = None,

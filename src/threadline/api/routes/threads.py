@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -23,9 +23,9 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import (
     ID_PATTERN,
     TEXT_PATTERN,
-    CursorQuery,
     Deleted,
     MetadataPatch,
+    PageQueryDep,
     ThreadCreate,
     ThreadIdPath,
     ThreadList,
@@ -37,7 +37,6 @@ from threadline.api.schemas.freddy import (
 from threadline.api.sse import EventFramer, sse_response
 from threadline.services import naming, threads
 from threadline.services.naming import NameDelta, NameDone, NameEvent
-from threadline.storage.repositories.pagination import PageRequest
 from threadline.storage.repositories.threads import ThreadFilter
 
 router = APIRouter(prefix="/v1", tags=["threads"])
@@ -48,18 +47,14 @@ class ThreadListQuery:
 
     def __init__(
         self,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-        after: CursorQuery = None,
-        before: CursorQuery = None,
+        page: PageQueryDep,
         assistant_id: Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)] = None,
         include_deleted: bool = False,
         visible_in_ui: bool = True,
-        include_total: bool = False,
         workflow_id: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
         is_pinned: bool | None = None,
     ) -> None:
-        self.page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
+        self.page = page
         self.assistant_id = assistant_id
         self.include_deleted = include_deleted
         self.visible_in_ui = visible_in_ui

@@ -75,12 +75,4 @@ class AssistantList(ListEnvelope):
 
     @classmethod
     def of(cls, page: Page[Assistant], limit: int) -> AssistantList:
-        data = [AssistantRead.of(a) for a in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-            limit=limit,
-            total=page.total,
-        )
+        return cls.of_data([AssistantRead.of(a) for a in page.items], page, limit, total=page.total)

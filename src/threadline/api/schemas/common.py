@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal, Protocol
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -48,8 +50,23 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+# Every list's page size and order (Freddy and OpenAI lists alike): 1 to 100 items, default 20, newest first.
+LimitQuery = Annotated[int, Query(ge=1, le=100)]
+OrderQuery = Literal["asc", "desc"]
+
+
 def iso(value: datetime | None) -> str | None:
     """Freddy-native timestamps: ISO-8601 UTC with a Z (DESIGN.md §4)."""
     if value is None:
         return None
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+def end_ids(data: Sequence[Identified]) -> tuple[str | None, str | None]:
+    """A list envelope's `first_id` and `last_id`: the page's ends, None when the page is empty."""
+    return (data[0].id, data[-1].id) if data else (None, None)

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self
 
-from fastapi import Path, Query
+from fastapi import Depends, Path, Query
 from pydantic import Field, StringConstraints, model_validator
 
-from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.api.schemas.common import (
+    Identified,
+    LimitQuery,
+    OrderQuery,
+    RequestModel,
+    ResponseModel,
+    end_ids,
+    iso,
+)
 from threadline.ids import CLIENT_ID_PATTERN
 from threadline.services.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
-from threadline.storage.repositories.pagination import Page
+from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, MessageEdit, Thread
 
 ThreadStateField = Literal["open", "locked", "archived"]
@@ -26,6 +35,20 @@ MessageIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 IdPath = Annotated[str, Path(max_length=128, pattern=ID_PATTERN)]  # assistants, responses
 CursorQuery = Annotated[str | None, Query(max_length=128, pattern=ID_PATTERN)]
 SpaceId = Annotated[str, StringConstraints(max_length=128)]
+
+
+def page_query(
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
+    after: CursorQuery = None,
+    before: CursorQuery = None,
+    include_total: bool = False,
+) -> PageRequest:
+    """The page parameters of a Freddy list (seed 003; camelCase spellings are normalized before they get here)."""
+    return PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
+
+
+PageQueryDep = Annotated[PageRequest, Depends(page_query)]
 
 
 class ThreadCreate(RequestModel):
@@ -163,21 +186,19 @@ class ListEnvelope(ResponseModel):
     limit: int
     total: int | None = None
 
+    @classmethod
+    def of_data(cls, data: Sequence[Identified], page: Page[Any], limit: int, **fields: Any) -> Self:
+        """The envelope around one page's serialized items (`fields`: what a subclass adds)."""
+        first_id, last_id = end_ids(data)
+        return cls(data=data, first_id=first_id, last_id=last_id, has_more=page.has_more, limit=limit, **fields)
+
 
 class ThreadList(ListEnvelope):
     data: list[ThreadRead]
 
     @classmethod
     def of(cls, page: Page[Thread], limit: int) -> ThreadList:
-        data = [ThreadRead.of(t) for t in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-            limit=limit,
-            total=page.total,
-        )
+        return cls.of_data([ThreadRead.of(t) for t in page.items], page, limit, total=page.total)
 
 
 class TextRead(ResponseModel):
@@ -222,15 +243,7 @@ class MessageList(ListEnvelope):
 
     @classmethod
     def of(cls, page: Page[Message], limit: int) -> MessageList:
-        data = [MessageRead.of(m) for m in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-            limit=limit,
-            total=page.total,
-        )
+        return cls.of_data([MessageRead.of(m) for m in page.items], page, limit, total=page.total)
 
 
 class MessageEditRead(ResponseModel):

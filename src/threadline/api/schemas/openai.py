@@ -15,17 +15,19 @@ All conversions between rows and OpenAI shapes live in this module (`…Read.of`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
+from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import ResponseModel
+from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, end_ids
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
-from threadline.storage.repositories.pagination import Page
+from threadline.ids import CLIENT_ID_PATTERN
+from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
 
 # The roles the Assistants v2 view of a thread shows (services filter on it).
@@ -220,11 +222,35 @@ class OpenAIMessageRead(ResponseModel):
         )
 
 
+# `after`/`before` of the OpenAI-shaped lists: any id string up to 64 characters (as the OpenAI APIs take them).
+# Cursors are ids: anything outside the id alphabet names no row and is refused before it reaches the database.
+OpenAICursorQuery = Annotated[str | None, Query(max_length=64, pattern=CLIENT_ID_PATTERN.pattern)]
+
+
+def openai_page_query(
+    limit: LimitQuery = 20,
+    order: OrderQuery = "desc",
+    after: OpenAICursorQuery = None,
+    before: OpenAICursorQuery = None,
+) -> PageRequest:
+    """The page parameters of the Assistants v2 lists (messages, runs)."""
+    return PageRequest(limit=limit, order=order, after=after, before=before)
+
+
+OpenAIPageQueryDep = Annotated[PageRequest, Depends(openai_page_query)]
+
+
 class OpenAIList(ResponseModel):
     object: Literal["list"] = "list"
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+    @classmethod
+    def of_data(cls, data: Sequence[Identified], has_more: bool) -> Self:
+        """The envelope around one page's serialized items."""
+        first_id, last_id = end_ids(data)
+        return cls(data=data, first_id=first_id, last_id=last_id, has_more=has_more)
 
 
 class OpenAIMessageList(OpenAIList):
@@ -232,13 +258,7 @@ class OpenAIMessageList(OpenAIList):
 
     @classmethod
     def of(cls, page: Page[Message]) -> OpenAIMessageList:
-        data = [OpenAIMessageRead.of(m) for m in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-        )
+        return cls.of_data([OpenAIMessageRead.of(m) for m in page.items], page.has_more)
 
 
 class OpenAIDeletedRead(ResponseModel):
@@ -353,9 +373,5 @@ class ConversationItemList(ResponseModel):
     @classmethod
     def of(cls, messages: list[Message], has_more: bool = False) -> ConversationItemList:
         data = [ConversationItemRead.of(m) for m in messages]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=has_more,
-        )
+        first_id, last_id = end_ids(data)
+        return cls(data=data, first_id=first_id, last_id=last_id, has_more=has_more)

@@ -233,13 +233,7 @@ class RunList(OpenAIList):
 
     @classmethod
     def of(cls, page: Page[Response]) -> RunList:
-        data = [RunRead.of(r) for r in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-        )
+        return cls.of_data([RunRead.of(r) for r in page.items], page.has_more)
 
 
 class MessageCreationRead(ResponseModel):
@@ -309,8 +303,7 @@ class RunStepList(OpenAIList):
 
     @classmethod
     def of(cls, response: Response) -> RunStepList:
-        step = RunStepRead.of(response)
-        return cls(data=[step], first_id=step.id, last_id=step.id, has_more=False)
+        return cls.of_data([RunStepRead.of(response)], has_more=False)
 
 
 def answer_in_progress(turn: Turn) -> OpenAIMessageRead:

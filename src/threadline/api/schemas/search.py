@@ -22,12 +22,4 @@ class ThreadSearchList(ListEnvelope):
 
     @classmethod
     def of(cls, page: Page[SearchHit], limit: int, terms: list[str]) -> ThreadSearchList:
-        data = [ThreadSearchRead.of_hit(h) for h in page.items]
-        return cls(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-            limit=limit,
-            query_terms=terms,
-        )
+        return cls.of_data([ThreadSearchRead.of_hit(h) for h in page.items], page, limit, query_terms=terms)

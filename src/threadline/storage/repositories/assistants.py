@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
+from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Assistant
 
 
@@ -36,10 +36,8 @@ class AssistantRepository:
             "after": await self._sort_key(organization_id, page.after),
             "before": await self._sort_key(organization_id, page.before),
         }
+        check_cursors(page, cursors, "assistant")
         return await fetch_page(self.session, query, (Assistant.created_at, Assistant.id), page, cursors)
-
-    async def cursor_exists(self, organization_id: str, assistant_id: str) -> bool:
-        return await self._sort_key(organization_id, assistant_id) is not None
 
     async def _sort_key(self, organization_id: str, assistant_id: str | None) -> tuple[Any, ...] | None:
         if assistant_id is None:

@@ -13,6 +13,18 @@ from threadline.storage.repositories.pagination import Page, PageRequest, check_
 from threadline.storage.tables import Message, MessageEdit
 
 
+def _live(organization_id: str, thread_id: str, roles: Collection[str] | None = None) -> list[sa.ColumnElement[bool]]:
+    """A thread's live (not deleted) messages, optionally only some roles."""
+    conditions = [
+        Message.organization_id == organization_id,
+        Message.thread_id == thread_id,
+        Message.deleted_at.is_(None),
+    ]
+    if roles is not None:
+        conditions.append(Message.role.in_(roles))
+    return conditions
+
+
 class ContextRow(NamedTuple):
     id: str
     seq: int
@@ -33,14 +45,7 @@ class MessageRepository:
     async def get(
         self, organization_id: str, thread_id: str, message_id: str, *, roles: Collection[str] | None = None
     ) -> Message | None:
-        query = sa.select(Message).where(
-            Message.organization_id == organization_id,
-            Message.id == message_id,
-            Message.thread_id == thread_id,
-            Message.deleted_at.is_(None),
-        )
-        if roles is not None:
-            query = query.where(Message.role.in_(roles))
+        query = sa.select(Message).where(*_live(organization_id, thread_id, roles), Message.id == message_id)
         return (await self.session.execute(query)).scalar_one_or_none()
 
     async def list_page(
@@ -54,13 +59,7 @@ class MessageRepository:
         seqs: tuple[int, int] | None = None,
     ) -> Page[Message]:
         """One page of live messages, optionally only some roles, one response's messages or a seq range."""
-        query = sa.select(Message).where(
-            Message.organization_id == organization_id,
-            Message.thread_id == thread_id,
-            Message.deleted_at.is_(None),
-        )
-        if roles is not None:
-            query = query.where(Message.role.in_(roles))
+        query = sa.select(Message).where(*_live(organization_id, thread_id, roles))
         if response_id is not None:
             query = query.where(Message.response_id == response_id)
         if seqs is not None:
@@ -71,9 +70,6 @@ class MessageRepository:
         }
         check_cursors(page, cursors, "message of this thread")
         return await fetch_page(self.session, query, (Message.seq,), page, cursors)
-
-    async def cursor_exists(self, organization_id: str, thread_id: str, message_id: str) -> bool:
-        return await self._sort_key(organization_id, thread_id, message_id) is not None
 
     async def _sort_key(self, organization_id: str, thread_id: str, message_id: str | None) -> tuple[Any, ...] | None:
         if message_id is None:
@@ -93,11 +89,7 @@ class MessageRepository:
         self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None
     ) -> list[Message]:
         """The newest `limit` live messages (optionally below `before_seq`), oldest first."""
-        query = sa.select(Message).where(
-            Message.organization_id == organization_id,
-            Message.thread_id == thread_id,
-            Message.deleted_at.is_(None),
-        )
+        query = sa.select(Message).where(*_live(organization_id, thread_id))
         if before_seq is not None:
             query = query.where(Message.seq < before_seq)
         rows = list((await self.session.execute(query.order_by(Message.seq.desc()).limit(limit))).scalars())
@@ -114,11 +106,7 @@ class MessageRepository:
         """
         query = sa.select(
             Message.id, Message.seq, Message.role, Message.content, Message.token_count, Message.tokenizer
-        ).where(
-            Message.organization_id == organization_id,
-            Message.thread_id == thread_id,
-            Message.deleted_at.is_(None),
-        )
+        ).where(*_live(organization_id, thread_id))
         if before_seq is not None:
             query = query.where(Message.seq < before_seq)
         query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
@@ -131,13 +119,7 @@ class MessageRepository:
         self, organization_id: str, thread_id: str, limit: int, *, roles: Collection[str] | None = None
     ) -> list[Message]:
         """The oldest `limit` live messages (optionally only some roles), oldest first."""
-        query = sa.select(Message).where(
-            Message.organization_id == organization_id,
-            Message.thread_id == thread_id,
-            Message.deleted_at.is_(None),
-        )
-        if roles is not None:
-            query = query.where(Message.role.in_(roles))
+        query = sa.select(Message).where(*_live(organization_id, thread_id, roles))
         query = query.order_by(Message.seq.asc()).limit(limit)
         return list((await self.session.execute(query)).scalars())
 
@@ -175,11 +157,7 @@ class MessageRepository:
     async def soft_delete_all(self, organization_id: str, thread_id: str, now: datetime) -> int:
         result = await self.session.execute(
             sa.update(Message)
-            .where(
-                Message.organization_id == organization_id,
-                Message.thread_id == thread_id,
-                Message.deleted_at.is_(None),
-            )
+            .where(*_live(organization_id, thread_id))
             .values(deleted_at=now)
             .execution_options(synchronize_session=False)
         )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
-from threadline.storage.repositories.threads import ThreadFilter
+from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository, thread_conditions
 from threadline.storage.tables import Message, Thread
 
 _SIMPLE: sa.ColumnElement[Any] = sa.literal_column("'simple'::regconfig")
@@ -85,43 +85,13 @@ class SearchRepository:
         by_title = sa.select(_TITLED.c.id).where(
             self._same(_TITLED.c.organization_id, where.organization_id), self._title_match(terms)
         )
-        query = sa.select(Thread).where(
-            Thread.organization_id == where.organization_id,
-            Thread.id.in_(sa.union(by_message, by_title)),
-        )
-        if where.user_id is not None:
-            query = query.where(Thread.user_id == where.user_id)
-        if where.assistant_id is not None:
-            query = query.where(Thread.assistant_id == where.assistant_id)
-        if where.workflow_id is not None:
-            query = query.where(Thread.workflow_id == where.workflow_id)
-        if where.visible_in_ui is not None:
-            query = query.where(Thread.visible_in_ui.is_(where.visible_in_ui))
-        if where.is_pinned is not None:
-            query = query.where(Thread.is_pinned.is_(where.is_pinned))
-        if not where.include_deleted:
-            query = query.where(Thread.deleted_at.is_(None))
-        return query
+        return sa.select(Thread).where(*thread_conditions(where), Thread.id.in_(sa.union(by_message, by_title)))
 
     async def search_page(self, where: ThreadFilter, terms: Sequence[str], page: PageRequest) -> Page[Thread]:
-        cursors = {
-            "after": await self.sort_key(where.organization_id, page.after),
-            "before": await self.sort_key(where.organization_id, page.before),
-        }
+        """One page in the list's order; a cursor that names no thread is a 400."""
+        cursors = await ThreadRepository(self.session).cursors(where, page)
         query = self.matching_threads(where, terms)
         return await fetch_page(self.session, query, self._sort_columns(), page, cursors)
-
-    async def sort_key(self, organization_id: str, thread_id: str | None) -> tuple[Any, ...] | None:
-        if thread_id is None:
-            return None
-        row = (
-            await self.session.execute(
-                sa.select(Thread.created_at, Thread.id).where(
-                    Thread.organization_id == organization_id, Thread.id == thread_id
-                )
-            )
-        ).first()
-        return tuple(row) if row is not None else None
 
     async def latest_hits(
         self, organization_id: str, thread_ids: Sequence[str], terms: Sequence[str]

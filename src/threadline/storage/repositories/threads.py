@@ -28,6 +28,25 @@ class ThreadFilter:
     include_deleted: bool = False
 
 
+def thread_conditions(where: ThreadFilter) -> list[sa.ColumnElement[bool]]:
+    """The WHERE conditions a filter stands for (the list and the search alike)."""
+    conditions = [Thread.organization_id == where.organization_id]
+    if where.user_id is not None:
+        conditions.append(Thread.user_id == where.user_id)
+    if where.assistant_id is not None:
+        conditions.append(Thread.assistant_id == where.assistant_id)
+    if where.workflow_id is not None:
+        conditions.append(Thread.workflow_id == where.workflow_id)
+    # `=` rather than `IS`: PostgreSQL only turns `=` into an index condition.
+    if where.visible_in_ui is not None:
+        conditions.append(Thread.visible_in_ui == where.visible_in_ui)
+    if where.is_pinned is not None:
+        conditions.append(Thread.is_pinned == where.is_pinned)
+    if not where.include_deleted:
+        conditions.append(Thread.deleted_at.is_(None))
+    return conditions
+
+
 class PathRow(NamedTuple):
     """One thread on a conversation's path (see `ThreadRepository.path`)."""
 
@@ -68,31 +87,21 @@ class ThreadRepository:
         return thread
 
     async def list_page(self, where: ThreadFilter, page: PageRequest) -> Page[Thread]:
-        query = sa.select(Thread).where(Thread.organization_id == where.organization_id)
-        if where.user_id is not None:
-            query = query.where(Thread.user_id == where.user_id)
-        if where.assistant_id is not None:
-            query = query.where(Thread.assistant_id == where.assistant_id)
-        if where.workflow_id is not None:
-            query = query.where(Thread.workflow_id == where.workflow_id)
-        # `=` rather than `IS`: PostgreSQL only turns `=` into an index condition.
-        if where.visible_in_ui is not None:
-            query = query.where(Thread.visible_in_ui == where.visible_in_ui)
-        if where.is_pinned is not None:
-            query = query.where(Thread.is_pinned == where.is_pinned)
-        if not where.include_deleted:
-            query = query.where(Thread.deleted_at.is_(None))
+        query = sa.select(Thread).where(*thread_conditions(where))
+        return await fetch_page(
+            self.session, query, (Thread.created_at, Thread.id), page, await self.cursors(where, page)
+        )
+
+    async def cursors(self, where: ThreadFilter, page: PageRequest) -> dict[str, tuple[Any, ...] | None]:
+        """The sort keys of the page's `after`/`before` threads; a cursor that names no thread is a 400."""
         cursors = {
-            "after": await self._sort_key(where.organization_id, page.after),
-            "before": await self._sort_key(where.organization_id, page.before),
+            "after": await self.sort_key(where.organization_id, page.after),
+            "before": await self.sort_key(where.organization_id, page.before),
         }
         check_cursors(page, cursors, "thread")
-        return await fetch_page(self.session, query, (Thread.created_at, Thread.id), page, cursors)
+        return cursors
 
-    async def cursor_exists(self, organization_id: str, thread_id: str) -> bool:
-        return await self._sort_key(organization_id, thread_id) is not None
-
-    async def _sort_key(self, organization_id: str, thread_id: str | None) -> tuple[Any, ...] | None:
+    async def sort_key(self, organization_id: str, thread_id: str | None) -> tuple[Any, ...] | None:
         if thread_id is None:
             return None
         row = (
