@@ -40,7 +40,7 @@ async def test_turn_without_thread_creates_one_and_saves_both_sides(
     assert body["object"] == "response"
     assert body["status"] == "completed"
     assert body["model"] == "fake-model"
-    assert isinstance(body["created_at"], int)
+    assert body["created_at"].endswith("Z") and body["completed_at"].endswith("Z")  # Freddy: ISO-8601 UTC
     assert body["output"] == [{"role": "assistant", "texts": [{"text": "echo: Hello there"}]}]
     # words: "Hello there" = 2 + 4 framing + 1 for the role, +3 priming; output "echo: Hello there" = 3 words
     assert body["usage"] == {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}

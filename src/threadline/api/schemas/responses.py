@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel
+from threadline.api.schemas.common import RequestModel, ResponseModel, iso
 from threadline.api.schemas.freddy import TextPart
 from threadline.domain.messages import ChatMessage
 from threadline.services.responses import ResponseRequest
@@ -89,8 +89,9 @@ class ResponseError(ResponseModel):
 class ResponseRead(ResponseModel):
     id: str
     object: Literal["response"] = "response"
-    created_at: int
-    completed_at: int | None
+    # A Freddy-native object: ISO-8601 UTC timestamps (DESIGN.md §4); the OpenAI Responses API has its own shape.
+    created_at: str
+    completed_at: str | None
     model: str
     status: str
     thread_id: str | None
@@ -110,8 +111,8 @@ class ResponseRead(ResponseModel):
             usage = Usage(input_tokens=inp, output_tokens=out, total_tokens=inp + out)
         return cls(
             id=response.id,
-            created_at=int(response.created_at.timestamp()),
-            completed_at=int(response.completed_at.timestamp()) if response.completed_at else None,
+            created_at=iso(response.created_at) or "",
+            completed_at=iso(response.completed_at),
             model=response.model,
             status=response.status,
             thread_id=response.thread_id,
