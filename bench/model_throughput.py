@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 from llama_cpp import Llama
 
+from processes import child_env, create_key, serve, stop
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import Finished, GenerationParams, TextDelta
 from threadline.providers.local import LocalProvider, default_model_path, default_ubatch_size
@@ -77,9 +74,6 @@ async def run_provider(provider: LocalProvider, max_tokens: int) -> tuple[int, f
     return tokens, (first or start) - start, time.perf_counter() - start
 
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
 def run_http(base: str, key: str, max_tokens: int) -> tuple[int, float, float]:
     """One streamed turn through the server: tokens from the final usage, time to the first text delta."""
     body = {
@@ -108,37 +102,10 @@ def run_http(base: str, key: str, max_tokens: int) -> tuple[int, float, float]:
 
 def serve_embedded(workdir: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """`threadline serve` on its embedded defaults (temp SQLite), and an API key made by the CLI."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update(
-        PYTHONPATH=str(SRC),
-        THREADLINE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/bench.db",
-        THREADLINE_RETENTION_ENABLED="false",
-    )
-    cli = [sys.executable, "-m", "threadline"]
-    made = subprocess.run(
-        [*cli, "keys", "create", "--org", "bench", "--email", "bench@example.test"],
-        env=env, cwd=workdir, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    key = made.stdout.strip().splitlines()[-1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)],
-        env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("threadline serve exited during start-up")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return server, base, key
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.terminate()
-    raise SystemExit("threadline serve did not start within 120 s")
+    env = child_env(THREADLINE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/bench.db")
+    key = create_key(env, workdir)
+    server, base = serve(env, workdir, timeout=120)
+    return server, base, key
 
 
 def report(name: str, runs: list[tuple[int, float, float]]) -> None:
@@ -176,8 +143,7 @@ async def main() -> None:
         try:
             report("Threadline HTTP turn (SSE)", timed(lambda: run_http(base, key, args.max_tokens), args.runs))
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop([server])
 
 
 if __name__ == "__main__":

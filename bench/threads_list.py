@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,6 +26,7 @@ import asyncpg
 import httpx
 import sqlalchemy as sa
 
+from processes import child_env, serve, stop
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
 from threadline.storage.repositories.messages import MessageRepository
@@ -36,7 +34,6 @@ from threadline.storage.repositories.pagination import PageRequest
 from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository
 from threadline.storage.tables import Message, Thread, User
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BATCH = 5_000
 LIMIT = 20
@@ -192,43 +189,6 @@ async def plans(url: str, fx: Fixture, cursor_of: dict[str, dict[str, str | None
     return lines
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def serve(url: str, cwd: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update(
-        PYTHONPATH=str(SRC),
-        THREADLINE_DATABASE_URL=url,
-        THREADLINE_LOCAL_MODEL_ENABLED="false",
-        THREADLINE_RETENTION_ENABLED="false",
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "threadline", "serve", "--port", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("threadline serve exited during start-up")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.terminate()
-    raise SystemExit("threadline serve did not start within 60 s")
-
-
 def measure(
     http: httpx.Client, path: str, cursors: dict[str, str | None], requests: int
 ) -> dict[str, tuple[float, float]]:
@@ -260,7 +220,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace, workdir: str) -> 
     fx = asyncio.run(fill(url, args.threads, args.messages))
     print(f"filled in {time.perf_counter() - started:.1f} s", flush=True)
     cursor_of = asyncio.run(cursors(url, fx))
-    server, base = serve(url, workdir)
+    server, base = serve(child_env(THREADLINE_DATABASE_URL=url, THREADLINE_LOCAL_MODEL_ENABLED="false"), workdir)
     try:
         paths = {
             "threads": "/v1/threads",
@@ -276,12 +236,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace, workdir: str) -> 
                 ratio = results["last"][0] / results["first"][0]
                 print(f"{'':<14}last/first p50 = {ratio:.2f}x")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop([server])
     print("query plans:")
     for line in asyncio.run(plans(url, fx, cursor_of)):
         print(line)

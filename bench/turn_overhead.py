@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from processes import child_env, create_key, free_port, serve, stop, wait_http  # noqa: E402
 from threadline.domain.clock import utcnow  # noqa: E402
 from threadline.storage.engine import create_engine, upgrade  # noqa: E402
 from threadline.storage.tables import Message, Thread  # noqa: E402
@@ -65,12 +65,6 @@ class Row:
     cpu_ms: float
     window: int = 0
     included: int = 0  # history messages in the last turn's model call
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -221,25 +215,11 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
             return await measure_lengths(backend, url, lengths, turns, client, {"X-API-Key": secret}, direct, window)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{what} did not come up at {url}")
-
-
 def start_processes(
     url: str, window: int, workdir: Path, backend: str
 ) -> tuple[list[subprocess.Popen[bytes]], str, int, int]:
     """The stub upstream and `threadline serve` (configured through THREADLINE_CONFIG), plus an API key."""
-    stub_port, port = free_port(), free_port()
+    stub_port = free_port()
     config = workdir / f"threadline-{backend}.toml"
     config.write_text(
         f'database_url = "{url}"\n'
@@ -256,44 +236,24 @@ def start_processes(
         f"context_window = {window}\n"
         'tokenizer = "o200k"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update(PYTHONPATH=str(REPO / "src"), THREADLINE_CONFIG=str(config), BENCH_STUB_KEY="stub-secret")
-    keys = subprocess.run(
-        [sys.executable, "-m", "threadline", "keys", "create", "--org", "bench", "--email", "bench@bench.test"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    secret = keys.stdout.strip().splitlines()[-1]
+    env = child_env(THREADLINE_CONFIG=str(config), BENCH_STUB_KEY="stub-secret")
+    secret = create_key(env)
     quiet = subprocess.DEVNULL
     stub_cmd = [sys.executable, str(REPO / "bench" / "stub_upstream.py"), "--port", str(stub_port)]
-    procs = [subprocess.Popen(stub_cmd, stdout=quiet, stderr=quiet)]
-    serve_cmd = [sys.executable, "-m", "threadline", "serve", "--port", str(port)]
-    procs.append(subprocess.Popen(serve_cmd, env=env, stdout=quiet, stderr=quiet))
+    stub = subprocess.Popen(stub_cmd, stdout=quiet, stderr=quiet)
     try:
-        _wait_http(f"http://127.0.0.1:{stub_port}/v1/models", procs[0], "the stub upstream")
-        _wait_http(f"http://127.0.0.1:{port}/healthz", procs[1], "threadline serve")
+        wait_http(f"http://127.0.0.1:{stub_port}/v1/models", stub, "the stub upstream")
+        server, base = serve(env)
     except BaseException:
-        stop_processes(procs)
+        stop([stub])
         raise
-    return procs, secret, stub_port, port
+    return [stub, server], secret, stub_port, int(base.rsplit(":", 1)[1])
 
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU of another process so far (Linux /proc; clock-tick resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def run_server(backend: str, url: str, lengths: list[int], turns: int, window: int, workdir: Path) -> list[Row]:
@@ -328,7 +288,7 @@ async def run_server(backend: str, url: str, lengths: list[int], turns: int, win
                 server_cpu=lambda: process_cpu_seconds(serve_pid),
             )
     finally:
-        await asyncio.to_thread(stop_processes, procs)
+        await asyncio.to_thread(stop, procs)
 
 
 def report(rows: list[Row]) -> None:
