@@ -4,22 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Where the one-time llama-cpp-python build is kept (scripts/build-llama-wheel says why).
 WHEELHOUSE ?= $(HOME)/.cache/threadline/wheels
-PIP_INSTALL := $(BIN)/pip install --quiet --find-links $(WHEELHOUSE)
+# Installs are locked: every third-party package comes from requirements/*.lock at its pinned version with its
+# hashes checked. llama-cpp-python is the one exception (pip builds it here, so its hash is this machine's): it is
+# installed from the wheelhouse at the version pyproject.toml pins. `make lock` rewrites the locks.
+PIP := $(BIN)/pip install --quiet
+INSTALL_LOCKED = $(PIP) --require-hashes --no-deps -r $(1) \
+	&& $(PIP) --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION) \
+	&& $(PIP) --no-deps -e . \
+	&& $(BIN)/pip check
+LLAMA_VERSION := $(shell sed -n 's/^version=\([0-9.]*\).*/\1/p' scripts/build-llama-wheel)
+UV := $(BIN)/uv
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --no-emit-package llama-cpp-python --no-header --no-annotate
 
-.PHONY: run test bench clean
+.PHONY: run test bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml scripts/build-llama-wheel | $(BIN)/python
+$(VENV)/.installed: pyproject.toml requirements/run.lock scripts/build-llama-wheel | $(BIN)/python
 	bash scripts/build-llama-wheel $(BIN)/pip $(WHEELHOUSE)
-	$(PIP_INSTALL) -e .
+	$(call INSTALL_LOCKED,requirements/run.lock)
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml scripts/build-llama-wheel | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml requirements/dev.lock scripts/build-llama-wheel | $(BIN)/python
 	bash scripts/build-llama-wheel $(BIN)/pip $(WHEELHOUSE)
-	$(PIP_INSTALL) -e '.[dev]'
+	$(call INSTALL_LOCKED,requirements/dev.lock)
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
@@ -38,6 +48,12 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/threads_list.py
 	$(BIN)/python bench/model_throughput.py
 	$(BIN)/python bench/turn_overhead.py
+
+# Re-resolve the locks from pyproject.toml's ranges (newest versions inside them), then reinstall: `make lock test`.
+lock: $(VENV)/.installed-dev
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/run.lock
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements/dev.lock
+	rm -f $(VENV)/.installed $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
