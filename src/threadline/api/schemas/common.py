@@ -9,35 +9,48 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 # NUL, lone surrogates and NaN/Infinity get through JSON parsing but no database stores them (PostgreSQL
 # text/JSONB refuse NUL and NaN; neither driver encodes a lone surrogate): refused at the edge, they are a 400
-# instead of a database error.
+# instead of a database error. This is the one text rule of every request body, Freddy and OpenAI surfaces alike.
+# Query and path strings are percent-decoded as UTF-8 (never a lone surrogate), so there the rule is no NUL:
+# `QUERY_TEXT_PATTERN`.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+QUERY_TEXT_PATTERN = r"^[^\x00]*$"
+
+# How deeply JSON values (metadata, items, content parts) may nest. Real payloads nest a handful of levels;
+# the bound keeps every later walk over the value (validation, hashing, serialization) far from Python's
+# recursion limit.
+MAX_JSON_DEPTH = 32
+NESTING_TOO_DEEP = "nesting_too_deep"
+NESTING_MESSAGE = f"JSON values must not nest more than {MAX_JSON_DEPTH} levels deep"
 
 
 def _check_storable(value: Any) -> None:
-    if isinstance(value, str):
-        if _UNSTORABLE.search(value):
-            raise ValueError("text must not contain NUL characters or unpaired surrogates")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("numbers must be finite (no NaN or Infinity)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(key)
-            _check_storable(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_storable(item)
+    """Raise ValueError unless `value` holds only text and numbers a database stores, nested at most
+    `MAX_JSON_DEPTH` deep. Iterative, so no depth a client sends can exhaust the stack."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                raise ValueError("text must not contain NUL characters or unpaired surrogates")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict | list | tuple):
+            # (Nested request models are not walked: they checked their own fields.)
+            if depth >= MAX_JSON_DEPTH:
+                raise PydanticCustomError(NESTING_TOO_DEEP, NESTING_MESSAGE)
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
 
 
-class RequestModel(BaseModel):
-    """A request body: unknown fields are an error (a typo should not be silently ignored)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
+class StorableText(BaseModel):
+    """The base of every request body (Freddy `RequestModel`, OpenAI `OpenAIRequest`): the one text rule above."""
 
     @field_validator("*", mode="after")
     @classmethod
@@ -46,9 +59,22 @@ class RequestModel(BaseModel):
         return value
 
 
+class RequestModel(StorableText):
+    """A request body: unknown fields are an error (a typo should not be silently ignored)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
+
+
 class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+
+# Integers a request may carry: each bound by the column that keeps it or by what OpenAI documents, whichever is
+# smaller. The smallest integer column is PostgreSQL's INTEGER (32-bit; SQLite's is 64-bit), so no integer field
+# goes past INT32_MAX, and token counts stop well below it.
+INT32_MAX = 2**31 - 1
+MAX_OUTPUT_TOKENS = 1_000_000
+OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
 
 # Every list's page size and order (Freddy and OpenAI lists alike): 1 to 100 items, default 20, newest first.
 LimitQuery = Annotated[int, Query(ge=1, le=100)]

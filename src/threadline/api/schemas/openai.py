@@ -20,10 +20,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, end_ids
+from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, StorableText, end_ids
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
 from threadline.ids import CLIENT_ID_PATTERN
@@ -52,8 +52,9 @@ _NON_TEXT_PARTS = {
 _TEXT_PARTS_ITEMS = {"input_text", "output_text", "text"}
 
 
-class OpenAIRequest(BaseModel):
-    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted."""
+class OpenAIRequest(StorableText):
+    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted; text
+    follows the same rule as on the Freddy routes (`StorableText`)."""
 
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="ignore")
 
@@ -284,7 +285,7 @@ def new_item(item: Any, param: str) -> NewMessage:
             param=f"{param}.type",
         )
     role = item.get("role")
-    if role not in _CONVERSATION_ROLES:
+    if not isinstance(role, str) or role not in _CONVERSATION_ROLES:
         raise ValidationFailed(
             f"Invalid role '{role}': use one of user, assistant, system, developer.",
             code="invalid_role",

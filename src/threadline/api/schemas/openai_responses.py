@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel
+from threadline.api.schemas.common import OutputTokens, RequestModel, ResponseModel
 from threadline.api.schemas.openai import OutputTextRead, new_item, unix
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
@@ -55,7 +55,7 @@ class OpenAIResponseCreate(RequestModel):
     store: bool | None = None
     stream: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_output_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     metadata: dict[str, str] | None = None

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.api.schemas.common import OutputTokens, RequestModel, ResponseModel, iso
 from threadline.api.schemas.freddy import TextPart
 from threadline.domain.messages import ChatMessage
 from threadline.services.responses import ResponseRequest
@@ -37,7 +37,7 @@ class ResponseCreate(RequestModel):
     store: bool = True
     thread_state: Literal["open", "locked", "archived"] | None = None
     previous_response_id: str | None = Field(default=None, max_length=64)
-    max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_output_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     thread_context_mode: Literal["recent", "smart", "full"] | None = None
     stream: bool = False
