@@ -313,3 +313,84 @@ def test_a_500_is_the_envelope_and_keeps_the_connection(empty_database_url: str,
     text = log.read_text(errors="replace")
     assert text.count("unhandled error") == 2 and "api_keys" in text
     assert "Exception in ASGI application" not in text
+
+
+# ---- the request schemas state the limits the server enforces (issue 14, group 3) ---------------------------
+
+
+def _inline(spec: dict[str, Any], schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_inline(spec, item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _inline(spec, spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]])
+    return {key: _inline(spec, value) for key, value in schema.items()}
+
+
+def _branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The non-null alternatives of a property (`X | None` is an anyOf)."""
+    options = schema.get("anyOf", [schema])
+    return [o for o in options if o.get("type") != "null"]
+
+
+def _walk_integers(schema: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            yield where, schema
+        for key, value in schema.items():
+            yield from _walk_integers(value, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            yield from _walk_integers(value, f"{where}[{i}]")
+
+
+async def test_request_schemas_declare_the_enforced_limits(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    bodies = {}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if content:
+                bodies[f"{method.upper()} {path}"] = _inline(spec, content["schema"])
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                if parameter["in"] == "path" and parameter["name"] != "model":
+                    (string,) = _branches(schema)
+                    assert string.get("pattern") and string.get("maxLength"), (path, parameter)
+                if parameter["name"] == "Idempotency-Key":
+                    assert schema["pattern"] == r"^[\x20-\x7e]{1,255}$"
+    # Every integer a body may carry has a range no column overflows.
+    for where, schema in _walk_integers(bodies, "body"):
+        assert "minimum" in schema and 0 < schema["maximum"] < 2**31, where
+    thread = bodies["POST /v1/threads"]
+    (body,) = _branches(thread)
+    (metadata,) = _branches(body["properties"]["metadata"])
+    assert metadata["maxProperties"] == 16
+    assert metadata["propertyNames"] == {"minLength": 1, "maxLength": 64}
+    assert metadata["additionalProperties"] == {"maxLength": 512}
+    (title,) = _branches(body["properties"]["title"])
+    assert title["maxLength"] == 200
+    (thread_id,) = _branches(body["properties"]["id"])
+    assert thread_id["pattern"].startswith("^[A-Za-z0-9]") and thread_id["maxLength"] == 128
+    responses = bodies["POST /v1/responses"]
+    (openai_metadata,) = _branches(responses["properties"]["metadata"])
+    assert openai_metadata["additionalProperties"] == {"type": "string", "maxLength": 512}
+    assert openai_metadata["maxProperties"] == 16
+
+
+async def test_values_at_every_declared_limit_are_accepted(client: httpx.AsyncClient, caller: Caller) -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    body = {"id": "A" + "z" * 127, "title": "t" * 200, "metadata": metadata}
+    created = await client.post("/v1/threads", json=body, headers=caller.headers)
+    assert created.status_code == 200, created.text
+    assert created.json()["metadata"] == metadata and created.json()["title"] == "t" * 200
+    conversation = await client.post("/v1/conversations", json={"metadata": metadata}, headers=caller.headers)
+    assert conversation.status_code == 200, conversation.text
+
+
+@pytest.mark.parametrize("thread_id", ["abc\n", "abc\n\n", "\nabc"])
+async def test_a_thread_id_with_a_newline_is_refused(client: httpx.AsyncClient, caller: Caller, thread_id: str) -> None:
+    # The id rule used `re.match` with `$`, which also matches before a trailing newline.
+    response = await client.post("/v1/threads", json={"id": thread_id}, headers=caller.headers)
+    refused(response, 400, "invalid_thread_id", "id")

@@ -62,6 +62,7 @@ async def idempotency_key_header(
             alias=idempotency.HEADER,
             description="Makes the request safe to retry: a retry with the same key and request returns the "
             "first result instead of running again (kept 24 h, scoped to the organization).",
+            json_schema_extra={"pattern": idempotency.KEY_PATTERN.pattern},
         ),
     ] = None,
 ) -> None:

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from threadline.domain import threads as thread_rules
+from threadline.domain.messages import MAX_MESSAGE_CHARS
+from threadline.ids import CLIENT_ID_PATTERN
+
 # NUL, lone surrogates and NaN/Infinity get through JSON parsing but no database stores them (PostgreSQL
 # text/JSONB refuse NUL and NaN; neither driver encodes a lone surrogate): refused at the edge, they are a 400
 # instead of a database error. This is the one text rule of every request body, Freddy and OpenAI surfaces alike.
@@ -75,6 +79,48 @@ class ResponseModel(BaseModel):
 INT32_MAX = 2**31 - 1
 MAX_OUTPUT_TOKENS = 1_000_000
 OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+
+# ---- limits the domain rules enforce, declared in the OpenAPI document ---------------------------------------
+# The rules (domain/threads.py, domain/messages.py, ids.py) refuse with their own stable codes
+# (`metadata_too_many_keys`, `title_too_long`, `invalid_thread_id`…); these annotations state the same limits,
+# from the same constants, in the request schemas, so a client (or a fuzzer) reading /openapi.json knows every
+# rule the server applies. They declare only: pydantic does not enforce them a second time.
+
+# Ids in paths, query strings and bodies: the caller-chosen id alphabet (ids.py), the one id pattern.
+ID_PATTERN = CLIENT_ID_PATTERN.pattern
+
+
+def declared(**keywords: Any) -> Any:
+    """JSON Schema keywords for a limit a domain rule enforces."""
+    return Field(json_schema_extra=keywords)
+
+
+_METADATA_LIMITS = {
+    "maxProperties": thread_rules.METADATA_MAX_PAIRS,
+    "propertyNames": {"minLength": 1, "maxLength": thread_rules.METADATA_MAX_KEY_CHARS},
+    "description": (
+        f"At most {thread_rules.METADATA_MAX_PAIRS} keys of 1 to {thread_rules.METADATA_MAX_KEY_CHARS} characters; "
+        f"each value at most {thread_rules.METADATA_MAX_VALUE_CHARS} characters (a structured value: as JSON text); "
+        f"at most {thread_rules.METADATA_MAX_BYTES} bytes in all, as JSON."
+    ),
+}
+# Freddy metadata: structured values allowed (seed 002). `maxLength` without a type binds only string values.
+Metadata = Annotated[
+    dict[str, Any],
+    declared(**_METADATA_LIMITS, additionalProperties={"maxLength": thread_rules.METADATA_MAX_VALUE_CHARS}),
+]
+# OpenAI metadata: string values only.
+StringMetadata = Annotated[
+    dict[str, str],
+    declared(
+        **_METADATA_LIMITS,
+        additionalProperties={"type": "string", "maxLength": thread_rules.METADATA_MAX_VALUE_CHARS},
+    ),
+]
+Title = Annotated[str, declared(maxLength=thread_rules.TITLE_MAX_CHARS)]
+MessageText = Annotated[str, declared(maxLength=MAX_MESSAGE_CHARS)]
+# A thread id a request may choose (pydantic enforces the length; the pattern is `invalid_thread_id`'s).
+ThreadIdText = Annotated[str, Field(max_length=128), declared(pattern=ID_PATTERN)]
 
 # Every list's page size and order (Freddy and OpenAI lists alike): 1 to 100 items, default 20, newest first.
 LimitQuery = Annotated[int, Query(ge=1, le=100)]

@@ -23,10 +23,19 @@ from fastapi import Depends, Query
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, StorableText, end_ids
+from threadline.api.schemas.common import (
+    ID_PATTERN,
+    Identified,
+    LimitQuery,
+    MessageText,
+    OrderQuery,
+    ResponseModel,
+    StorableText,
+    StringMetadata,
+    end_ids,
+)
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
-from threadline.ids import CLIENT_ID_PATTERN
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
 
@@ -124,9 +133,9 @@ def _files_unsupported(param: str) -> ValidationFailed:
 
 class OpenAIMessageCreate(OpenAIRequest):
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: MessageText | list[dict[str, Any]]
     attachments: list[dict[str, Any]] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def new_message(self, param: str = "") -> NewMessage:
         if self.attachments:
@@ -137,7 +146,7 @@ class OpenAIMessageCreate(OpenAIRequest):
 
 class OpenAIThreadCreate(OpenAIRequest):
     messages: list[OpenAIMessageCreate] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     tool_resources: dict[str, Any] | None = None
 
     def new_messages(self) -> list[NewMessage]:
@@ -147,7 +156,7 @@ class OpenAIThreadCreate(OpenAIRequest):
 
 
 class OpenAIThreadUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     tool_resources: dict[str, Any] | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -158,7 +167,7 @@ class OpenAIThreadUpdate(OpenAIRequest):
 
 
 class OpenAIMessageUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def changes(self) -> dict[str, Any]:
         # `metadata: null` clears it, as on the thread.
@@ -225,7 +234,7 @@ class OpenAIMessageRead(ResponseModel):
 
 # `after`/`before` of the OpenAI-shaped lists: any id string up to 64 characters (as the OpenAI APIs take them).
 # Cursors are ids: anything outside the id alphabet names no row and is refused before it reaches the database.
-OpenAICursorQuery = Annotated[str | None, Query(max_length=64, pattern=CLIENT_ID_PATTERN.pattern)]
+OpenAICursorQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 def openai_page_query(
@@ -302,7 +311,7 @@ def new_item(item: Any, param: str) -> NewMessage:
 
 class ConversationCreate(OpenAIRequest):
     items: list[Any] | None = Field(default=None, max_length=20)
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def new_messages(self) -> list[NewMessage]:
         return [new_item(item, f"items.{i}") for i, item in enumerate(self.items or [])]
@@ -310,7 +319,7 @@ class ConversationCreate(OpenAIRequest):
 
 class ConversationUpdate(OpenAIRequest):
     # Required by the SDK's signature; `null` clears it.
-    metadata: dict[str, str] | None
+    metadata: StringMetadata | None
 
 
 class ConversationItemsCreate(OpenAIRequest):

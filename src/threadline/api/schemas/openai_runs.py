@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from threadline.api.schemas.common import OutputTokens, ResponseModel
+from threadline.api.schemas.common import OutputTokens, ResponseModel, StringMetadata
 from threadline.api.schemas.openai import (
     OpenAIList,
     OpenAIMessageCreate,
@@ -51,7 +51,7 @@ class RunCreate(OpenAIRequest):
     additional_instructions: str | None = Field(default=None, max_length=256_000)
     additional_messages: list[OpenAIMessageCreate] | None = Field(default=None, max_length=100)
     tools: list[Any] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_prompt_tokens: OutputTokens | None = None
@@ -126,7 +126,7 @@ class ThreadAndRunCreate(RunCreate):
 
 
 class RunUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
 
 class UsageRead(ResponseModel):
