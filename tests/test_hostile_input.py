@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from tests.conftest import Caller, make_caller, started_app
 from tests.servers import threadline_env, threadline_serve
 from threadline.api.app import create_app
-from threadline.api.schemas.common import MAX_JSON_DEPTH, MAX_OUTPUT_TOKENS
+from threadline.api.schemas.common import INT32_MAX, MAX_JSON_DEPTH, MAX_OUTPUT_TOKENS
 from threadline.config import ProviderConfig, Settings
 
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
@@ -362,7 +362,7 @@ async def test_request_schemas_declare_the_enforced_limits(client: httpx.AsyncCl
                     assert schema["pattern"] == r"^[\x20-\x7e]{1,255}$"
     # Every integer a body may carry has a range no column overflows.
     for where, schema in _walk_integers(bodies, "body"):
-        assert "minimum" in schema and 0 < schema["maximum"] < 2**31, where
+        assert "minimum" in schema and 0 < schema["maximum"] <= INT32_MAX, where
     thread = bodies["POST /v1/threads"]
     (body,) = _branches(thread)
     (metadata,) = _branches(body["properties"]["metadata"])
