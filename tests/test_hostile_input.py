@@ -24,6 +24,7 @@ from tests.servers import threadline_env, threadline_serve
 from threadline.api.app import create_app
 from threadline.api.schemas.common import INT32_MAX, MAX_JSON_DEPTH, MAX_OUTPUT_TOKENS
 from threadline.config import ProviderConfig, Settings
+from threadline.services.idempotency import KEY_PATTERN
 
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
 
@@ -359,7 +360,7 @@ async def test_request_schemas_declare_the_enforced_limits(client: httpx.AsyncCl
                     (string,) = _branches(schema)
                     assert string.get("pattern") and string.get("maxLength"), (path, parameter)
                 if parameter["name"] == "Idempotency-Key":
-                    assert schema["pattern"] == r"^[\x20-\x7e]{1,255}$"
+                    assert schema["pattern"] == KEY_PATTERN.pattern
     # Every integer a body may carry has a range no column overflows.
     for where, schema in _walk_integers(bodies, "body"):
         assert "minimum" in schema and 0 < schema["maximum"] <= INT32_MAX, where

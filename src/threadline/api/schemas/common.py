@@ -20,10 +20,9 @@ from threadline.ids import CLIENT_ID_PATTERN
 # NUL, lone surrogates and NaN/Infinity get through JSON parsing but no database stores them (PostgreSQL
 # text/JSONB refuse NUL and NaN; neither driver encodes a lone surrogate): refused at the edge, they are a 400
 # instead of a database error. This is the one text rule of every request body, Freddy and OpenAI surfaces alike.
-# Query and path strings are percent-decoded as UTF-8 (never a lone surrogate), so there the rule is no NUL:
-# `QUERY_TEXT_PATTERN`.
+# (Query and path strings are percent-decoded as UTF-8, so they never hold a lone surrogate; the ones that reach
+# a database are ids, held to ID_PATTERN, or free-text filters, held to freddy.TEXT_PATTERN: neither admits NUL.)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-QUERY_TEXT_PATTERN = r"^[^\x00]*$"
 
 # How deeply JSON values (metadata, items, content parts) may nest. Real payloads nest a handful of levels;
 # the bound keeps every later walk over the value (validation, hashing, serialization) far from Python's
@@ -34,7 +33,7 @@ NESTING_MESSAGE = f"JSON values must not nest more than {MAX_JSON_DEPTH} levels 
 
 
 def _check_storable(value: Any) -> None:
-    """Raise ValueError unless `value` holds only text and numbers a database stores, nested at most
+    """Raise a validation error unless `value` holds only text and numbers a database stores, nested at most
     `MAX_JSON_DEPTH` deep. Iterative, so no depth a client sends can exhaust the stack."""
     pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
