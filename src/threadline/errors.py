@@ -10,6 +10,7 @@
     ├── Conflict                  the resource's state forbids it (409)
     ├── PayloadTooLarge           body over the limit (413)
     ├── RateLimited               (429)
+    ├── DatabaseUnavailable       the database cannot be reached right now: down, restarting, connection lost (503)
     └── UpstreamError             the model provider failed (502)
         ├── UpstreamTimeout       the model provider did not answer in time (504)
         └── UpstreamRejected      the model provider refused the request (4xx upstream; retrying cannot help)
@@ -132,6 +133,17 @@ class PayloadTooLarge(ThreadlineError):
 class RateLimited(ThreadlineError):
     code = "rate_limited"
     retryable = True
+
+
+class DatabaseUnavailable(ThreadlineError):
+    """The database is away (restarting, unreachable, the connection dropped): the same request can succeed
+    once it is back, so clients are told to retry."""
+
+    code = "database_unavailable"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__("The database is unavailable right now; retry the request.")
 
 
 class UpstreamError(ThreadlineError):

@@ -37,4 +37,5 @@ def sibling_id(prefix: str, source_id: str) -> str:
 
 
 def is_valid_client_id(value: str) -> bool:
-    return bool(CLIENT_ID_PATTERN.match(value))
+    # fullmatch: `$` alone would also accept a trailing newline.
+    return bool(CLIENT_ID_PATTERN.fullmatch(value))

@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(errors.LastResortMiddleware)  # outermost: sees every exception the layers above let out
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

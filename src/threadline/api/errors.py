@@ -1,4 +1,11 @@
-"""The one error → HTTP map. Every error leaves as {"error": {"message", "type", "param", "code"}}."""
+"""The one error → HTTP map. Every error leaves as {"error": {"message", "type", "param", "code"}}.
+
+Errors the app raises on purpose (`ThreadlineError`, request validation, Starlette's 404/405) are answered by
+exception handlers. Anything else that escapes a route is answered by `LastResortMiddleware`, the outermost
+layer: a database that is away is a 503 `database_unavailable`, any other failure a 500 `internal_error`, both
+with `x-should-retry: true`. It answers there rather than in a handler for `Exception`, because Starlette re-raises
+after such a handler and the server then closes the keep-alive connection, failing the client's next request.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline import errors
+from threadline.api.schemas.common import NESTING_MESSAGE, NESTING_TOO_DEEP
+from threadline.storage.engine import is_unavailable
 
 logger = logging.getLogger("threadline.api")
 
@@ -23,6 +33,7 @@ _STATUS: dict[type[errors.ThreadlineError], tuple[int, str]] = {
     errors.Conflict: (409, "conflict_error"),
     errors.PayloadTooLarge: (413, "invalid_request_error"),
     errors.RateLimited: (429, "rate_limit_error"),
+    errors.DatabaseUnavailable: (503, "api_error"),
     errors.UpstreamTimeout: (504, "api_error"),
     errors.UpstreamError: (502, "api_error"),
 }
@@ -46,6 +57,7 @@ _PYDANTIC_CODES = {
     "bool_parsing": "invalid_type",
     "string_too_long": "string_too_long",
     "too_long": "too_many_items",
+    NESTING_TOO_DEEP: NESTING_TOO_DEEP,
 }
 
 
@@ -103,16 +115,61 @@ def install(app: FastAPI) -> None:
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not parse the body: JSON nested past the parser's recursion limit, or not UTF-8.
+            too_deep = isinstance(exc.__cause__, RecursionError)
+            code, message = (
+                (NESTING_TOO_DEEP, f"{NESTING_MESSAGE}.")
+                if too_deep
+                else ("invalid_json", "The request body is not valid JSON.")
+            )
+            return JSONResponse(
+                error_body(message, "invalid_request_error", code), 400, headers={"x-should-retry": "false"}
+            )
         code = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = "No such route." if exc.status_code == 404 else str(exc.detail)
         return JSONResponse(error_body(message, type_, code), exc.status_code, headers={"x-should-retry": "false"})
 
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("Internal server error.", "api_error", "internal_error"), 500)
-
     app.add_exception_handler(errors.ThreadlineError, on_threadline_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+
+
+def unexpected_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler took: 503 when the database is away, else 500; both retryable."""
+    if is_unavailable(exc):
+        logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(errors.DatabaseUnavailable())
+    logger.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        error_body("Internal server error.", "api_error", "internal_error"), 500, headers={"x-should-retry": "true"}
+    )
+
+
+class LastResortMiddleware:
+    """The outermost layer (added last): answers whatever escapes the app with the envelope, and swallows it, so
+    the server keeps the connection. An exception after the response started cannot be answered any more: it
+    goes on to the server, which ends that (broken) response's connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await unexpected_response(exc)(scope, receive, send)

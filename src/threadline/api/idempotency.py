@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline.api.deps import credential_of
+from threadline.api.middleware import replaying
 from threadline.config import Settings
 from threadline.errors import ThreadlineError
 from threadline.services import auth, idempotency
@@ -61,6 +62,7 @@ async def idempotency_key_header(
             alias=idempotency.HEADER,
             description="Makes the request safe to retry: a retry with the same key and request returns the "
             "first result instead of running again (kept 24 h, scoped to the organization).",
+            json_schema_extra={"pattern": idempotency.KEY_PATTERN.pattern},
         ),
     ] = None,
 ) -> None:
@@ -143,7 +145,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, _replaying(pending.body, receive), recording_send)
+            await self.app(scope, replaying(pending.body, receive), recording_send)
         finally:
             if pending.claim is not None and not settled:
                 # An exception or a stream cut short: nothing final to remember; a retry runs again.
@@ -185,20 +187,6 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """Hand the buffered body to the route, then pass through (disconnect detection for streams)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 async def _organization(maker: async_sessionmaker[AsyncSession], request: Request, body: bytes) -> str | None:
     """The organization the request acts in, as the route will resolve it; None when it will fail anyway."""
     credential = credential_of(request)
@@ -218,7 +206,7 @@ def _requested_organization(request: Request, body: bytes) -> str | None:
         return requested
     try:
         parsed = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the route refuses the body itself
         return None
     if isinstance(parsed, dict):
         value = parsed.get("organization_id", parsed.get("organizationId"))

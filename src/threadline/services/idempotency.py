@@ -31,7 +31,8 @@ from threadline.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, Va
 from threadline.storage.repositories.idempotency import IdempotencyRepository
 
 HEADER = "Idempotency-Key"
-_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+# 1 to 255 printable ASCII characters, not all spaces (declared with the header in OpenAPI: api/idempotency.py).
+KEY_PATTERN = re.compile(r"^(?=.{1,255}$)[\x20-\x7e]*[\x21-\x7e][\x20-\x7e]*$")
 _POLL_FIRST, _POLL_MAX = 0.02, 0.5
 
 
@@ -54,7 +55,7 @@ class Stored:
 
 
 def validate_key(key: str) -> str:
-    if not _KEY.match(key) or not key.strip():
+    if not KEY_PATTERN.fullmatch(key):
         raise ValidationFailed(
             f"The {HEADER} header must be 1 to 255 printable ASCII characters.",
             code="invalid_idempotency_key",

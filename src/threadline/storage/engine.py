@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -56,6 +60,46 @@ def is_full_text_object(name: str | None) -> bool:
     tables and triggers on SQLite; generated tsvector columns and GIN indexes on PostgreSQL). They are
     dialect-specific, so they live in the migration only, not in `tables.py`."""
     return name is not None and (name.endswith("_tsv") or "_fts" in name)
+
+
+# PostgreSQL SQLSTATEs that mean "not now": connection exceptions (class 08), the server shutting down or
+# starting up (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), no free connection slot.
+_PG_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+# SQLite's equivalents: the file cannot be opened (its volume is away) or stays locked past busy_timeout.
+_SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk i/o error")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached right now (down, restarting, the connection lost,
+    the pool exhausted) rather than that the statement was wrong: the same request can succeed later.
+
+    Walks the chain SQLAlchemy and the drivers build (`orig`, `__cause__`, `__context__`): asyncpg's own
+    exceptions, socket errors from connecting, sqlite3's OperationalError.
+    """
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.TimeoutError):  # no pooled connection came free in time
+            return True
+        if isinstance(current, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        if isinstance(current, asyncpg.exceptions.ConnectionDoesNotExistError):
+            return True
+        if isinstance(current, asyncpg.PostgresError):
+            state = str(getattr(current, "sqlstate", "") or "")
+            if state.startswith(_PG_UNAVAILABLE_STATES):
+                return True
+        if isinstance(current, sqlite3.OperationalError) and str(current).lower().startswith(_SQLITE_UNAVAILABLE):
+            return True
+        origin = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        pending.extend(e for e in (origin, current.__cause__, current.__context__) if isinstance(e, BaseException))
+    return False
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -17,8 +17,7 @@ from threadline.api.schemas.auth import (
     TokenRead,
     UserRead,
 )
-from threadline.api.schemas.common import iso
-from threadline.api.schemas.freddy import ID_PATTERN
+from threadline.api.schemas.common import ID_PATTERN, iso
 from threadline.services import auth
 
 router = APIRouter(prefix="/v1", tags=["auth"])

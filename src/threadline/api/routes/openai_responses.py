@@ -27,8 +27,7 @@ from threadline.api.deps import (
     TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
-from threadline.api.schemas.common import LimitQuery, OrderQuery
-from threadline.api.schemas.freddy import ID_PATTERN
+from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
 from threadline.api.sse import EventFramer, sse_response

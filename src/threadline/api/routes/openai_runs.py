@@ -31,6 +31,7 @@ from threadline.api.deps import (
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
+from threadline.api.schemas.freddy import IdPath, ThreadIdPath
 from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIPageQueryDep, OpenAIThreadCreate, OpenAIThreadRead
 from threadline.api.schemas.openai_runs import (
     RunCreate,
@@ -82,7 +83,7 @@ async def create_thread_and_run(
 
 @router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent])
 async def create_run(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     body: RunCreate,
     principal: TurnPrincipalDep,
     maker: SessionmakerDep,
@@ -100,7 +101,7 @@ async def create_run(
 
 @router.get("/{thread_id}/runs", response_model=RunList)
 async def list_runs(
-    thread_id: str,
+    thread_id: ThreadIdPath,
     session: SessionDep,
     organization_id: OrganizationDep,
     page: OpenAIPageQueryDep,
@@ -110,7 +111,11 @@ async def list_runs(
 
 @router.get("/{thread_id}/runs/{run_id}", response_model=RunRead)
 async def get_run(
-    thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep, response: HTTPResponse
+    thread_id: ThreadIdPath,
+    run_id: IdPath,
+    session: SessionDep,
+    organization_id: OrganizationDep,
+    response: HTTPResponse,
 ) -> RunRead:
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return RunRead.of(await runs.get_run(session, organization_id, thread_id, run_id))
@@ -118,24 +123,28 @@ async def get_run(
 
 @router.post("/{thread_id}/runs/{run_id}", response_model=RunRead)
 async def update_run(
-    thread_id: str, run_id: str, body: RunUpdate, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, run_id: IdPath, body: RunUpdate, session: SessionDep, organization_id: OrganizationDep
 ) -> RunRead:
     return RunRead.of(await runs.update_run(session, organization_id, thread_id, run_id, body.metadata))
 
 
 @router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead)
-async def cancel_run(thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep) -> RunRead:
+async def cancel_run(
+    thread_id: ThreadIdPath, run_id: IdPath, session: SessionDep, organization_id: OrganizationDep
+) -> RunRead:
     return RunRead.of(await runs.cancel_run(session, organization_id, thread_id, run_id))
 
 
 @router.get("/{thread_id}/runs/{run_id}/steps", response_model=RunStepList)
-async def list_steps(thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep) -> RunStepList:
+async def list_steps(
+    thread_id: ThreadIdPath, run_id: IdPath, session: SessionDep, organization_id: OrganizationDep
+) -> RunStepList:
     return RunStepList.of(await runs.get_run(session, organization_id, thread_id, run_id))
 
 
 @router.get("/{thread_id}/runs/{run_id}/steps/{step_id}", response_model=RunStepRead)
 async def get_step(
-    thread_id: str, run_id: str, step_id: str, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath, run_id: IdPath, step_id: IdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> RunStepRead:
     return RunStepRead.of(await runs.get_step(session, organization_id, thread_id, run_id, step_id))
 

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from threadline.api.deps import OrganizationDep, SessionDep
-from threadline.api.schemas.common import LimitQuery, OrderQuery
-from threadline.api.schemas.freddy import ID_PATTERN, CursorQuery
+from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
+from threadline.api.schemas.freddy import CursorQuery
 from threadline.api.schemas.search import ThreadSearchList
 from threadline.domain.search import MAX_QUERY_CHARS
 from threadline.services import search

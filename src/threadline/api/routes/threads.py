@@ -20,8 +20,8 @@ from threadline.api.deps import (
 )
 from threadline.api.errors import error_body, status_of
 from threadline.api.idempotency import Idempotent
+from threadline.api.schemas.common import ID_PATTERN
 from threadline.api.schemas.freddy import (
-    ID_PATTERN,
     TEXT_PATTERN,
     Deleted,
     MetadataPatch,

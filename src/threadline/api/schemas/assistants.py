@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, iso
 from threadline.api.schemas.freddy import ListEnvelope
 from threadline.config import ContextMode
 from threadline.storage.repositories.pagination import Page
@@ -22,8 +22,8 @@ class _AssistantFields(RequestModel):
     instructions: str | None = Field(default=None, max_length=INSTRUCTIONS_MAX_CHARS)
     thread_context_mode: ContextMode | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    metadata: dict[str, Any] | None = None
+    max_output_tokens: OutputTokens | None = None
+    metadata: Metadata | None = None
     organization_id: str | None = Field(default=None, max_length=64)
 
 

@@ -9,24 +9,27 @@ from fastapi import Depends, Path, Query
 from pydantic import Field, StringConstraints, model_validator
 
 from threadline.api.schemas.common import (
+    ID_PATTERN,
     Identified,
     LimitQuery,
+    MessageText,
+    Metadata,
     OrderQuery,
     RequestModel,
     ResponseModel,
+    ThreadIdText,
+    Title,
     end_ids,
     iso,
 )
-from threadline.ids import CLIENT_ID_PATTERN
 from threadline.services.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, MessageEdit, Thread
 
 ThreadStateField = Literal["open", "locked", "archived"]
 
-# Ids in paths and query strings: the caller-chosen id alphabet (ids.py). Anything else can name no row, and
-# is refused as a 400 before it reaches a database that might choke on it.
-ID_PATTERN = CLIENT_ID_PATTERN.pattern
+# Ids in paths and query strings (`ID_PATTERN`, common.py): anything else can name no row, and is refused as a
+# 400 before it reaches a database that might choke on it.
 # Free-text filters (workflow_id): printable characters only.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
@@ -52,19 +55,19 @@ PageQueryDep = Annotated[PageRequest, Depends(page_query)]
 
 
 class ThreadCreate(RequestModel):
-    id: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] | None = None
+    id: ThreadIdText | None = None
+    metadata: Metadata | None = None
     assistant_id: str | None = Field(default=None, max_length=128)
     visible_in_ui: bool | None = None
-    title: str | None = Field(default=None, max_length=2000)
+    title: Title | None = None
     organization_id: str | None = Field(default=None, max_length=64)
     workflow_id: str | None = Field(default=None, max_length=128)
     space_ids: list[SpaceId] | None = Field(default=None, max_length=100)
 
 
 class ThreadUpdate(RequestModel):
-    metadata: dict[str, Any] | None = None
-    title: str | None = Field(default=None, max_length=2000)
+    metadata: Metadata | None = None
+    title: Title | None = None
     assistant_id: str | None = Field(default=None, max_length=128)
     visible_in_ui: bool | None = None
     is_pinned: bool | None = None
@@ -75,12 +78,12 @@ class ThreadUpdate(RequestModel):
 
 
 class MetadataPatch(RequestModel):
-    metadata: dict[str, Any]
+    metadata: Metadata
     organization_id: str | None = Field(default=None, max_length=64)
 
 
 class ThreadRename(RequestModel):
-    title: str | None = Field(max_length=2000)
+    title: Title | None
     organization_id: str | None = Field(default=None, max_length=64)
 
 
@@ -104,14 +107,14 @@ class ThreadNameGenerate(RequestModel):
 
 
 class TextPart(RequestModel):
-    text: str
+    text: MessageText
 
 
 class MessageCreate(RequestModel):
     role: Literal["user", "assistant", "system"] = "user"
-    content: str | None = None
+    content: MessageText | None = None
     texts: list[TextPart] | None = Field(default=None, min_length=1, max_length=100)
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     organization_id: str | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
@@ -126,8 +129,8 @@ class MessageCreate(RequestModel):
 
 
 class MessageUpdate(RequestModel):
-    content: str | None = None
-    metadata: dict[str, Any] | None = None
+    content: MessageText | None = None
+    metadata: Metadata | None = None
     organization_id: str | None = Field(default=None, max_length=64)
 
 

@@ -20,13 +20,22 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from threadline.api.schemas.common import Identified, LimitQuery, OrderQuery, ResponseModel, end_ids
+from threadline.api.schemas.common import (
+    ID_PATTERN,
+    Identified,
+    LimitQuery,
+    MessageText,
+    OrderQuery,
+    ResponseModel,
+    StorableText,
+    StringMetadata,
+    end_ids,
+)
 from threadline.domain.messages import NewMessage, Role
 from threadline.errors import ValidationFailed
-from threadline.ids import CLIENT_ID_PATTERN
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
 
@@ -52,8 +61,9 @@ _NON_TEXT_PARTS = {
 _TEXT_PARTS_ITEMS = {"input_text", "output_text", "text"}
 
 
-class OpenAIRequest(BaseModel):
-    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted."""
+class OpenAIRequest(StorableText):
+    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted; text
+    follows the same rule as on the Freddy routes (`StorableText`)."""
 
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="ignore")
 
@@ -123,9 +133,9 @@ def _files_unsupported(param: str) -> ValidationFailed:
 
 class OpenAIMessageCreate(OpenAIRequest):
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: MessageText | list[dict[str, Any]]
     attachments: list[dict[str, Any]] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def new_message(self, param: str = "") -> NewMessage:
         if self.attachments:
@@ -136,7 +146,7 @@ class OpenAIMessageCreate(OpenAIRequest):
 
 class OpenAIThreadCreate(OpenAIRequest):
     messages: list[OpenAIMessageCreate] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     tool_resources: dict[str, Any] | None = None
 
     def new_messages(self) -> list[NewMessage]:
@@ -146,7 +156,7 @@ class OpenAIThreadCreate(OpenAIRequest):
 
 
 class OpenAIThreadUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     tool_resources: dict[str, Any] | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -157,7 +167,7 @@ class OpenAIThreadUpdate(OpenAIRequest):
 
 
 class OpenAIMessageUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def changes(self) -> dict[str, Any]:
         # `metadata: null` clears it, as on the thread.
@@ -224,7 +234,7 @@ class OpenAIMessageRead(ResponseModel):
 
 # `after`/`before` of the OpenAI-shaped lists: any id string up to 64 characters (as the OpenAI APIs take them).
 # Cursors are ids: anything outside the id alphabet names no row and is refused before it reaches the database.
-OpenAICursorQuery = Annotated[str | None, Query(max_length=64, pattern=CLIENT_ID_PATTERN.pattern)]
+OpenAICursorQuery = Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)]
 
 
 def openai_page_query(
@@ -284,7 +294,7 @@ def new_item(item: Any, param: str) -> NewMessage:
             param=f"{param}.type",
         )
     role = item.get("role")
-    if role not in _CONVERSATION_ROLES:
+    if not isinstance(role, str) or role not in _CONVERSATION_ROLES:
         raise ValidationFailed(
             f"Invalid role '{role}': use one of user, assistant, system, developer.",
             code="invalid_role",
@@ -301,7 +311,7 @@ def new_item(item: Any, param: str) -> NewMessage:
 
 class ConversationCreate(OpenAIRequest):
     items: list[Any] | None = Field(default=None, max_length=20)
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
     def new_messages(self) -> list[NewMessage]:
         return [new_item(item, f"items.{i}") for i, item in enumerate(self.items or [])]
@@ -309,7 +319,7 @@ class ConversationCreate(OpenAIRequest):
 
 class ConversationUpdate(OpenAIRequest):
     # Required by the SDK's signature; `null` clears it.
-    metadata: dict[str, str] | None
+    metadata: StringMetadata | None
 
 
 class ConversationItemsCreate(OpenAIRequest):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel
+from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
 from threadline.api.schemas.openai import OutputTextRead, new_item, unix
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
@@ -48,17 +48,17 @@ class OpenAIResponseCreate(RequestModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(default=None, max_length=200)
-    input: str | list[Any] | None = None
-    instructions: str | None = None
+    input: MessageText | list[Any] | None = None
+    instructions: MessageText | None = None
     conversation: str | ConversationRef | None = None
     previous_response_id: str | None = Field(default=None, max_length=64)
     store: bool | None = None
     stream: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_output_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     background: bool | None = None
 
     @property

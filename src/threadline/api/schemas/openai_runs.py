@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from threadline.api.schemas.common import ResponseModel
+from threadline.api.schemas.common import OutputTokens, ResponseModel, StringMetadata
 from threadline.api.schemas.openai import (
     OpenAIList,
     OpenAIMessageCreate,
@@ -39,7 +39,7 @@ def _unsupported(param: str, why: str) -> ValidationFailed:
     return ValidationFailed(f"'{param}' is not supported: {why}", code="unsupported_parameter", param=param)
 
 
-class TruncationStrategy(BaseModel):
+class TruncationStrategy(OpenAIRequest):
     type: Literal["auto", "last_messages"]
     last_messages: int | None = Field(default=None, ge=1, le=100_000)
 
@@ -51,11 +51,11 @@ class RunCreate(OpenAIRequest):
     additional_instructions: str | None = Field(default=None, max_length=256_000)
     additional_messages: list[OpenAIMessageCreate] | None = Field(default=None, max_length=100)
     tools: list[Any] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_prompt_tokens: int | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_prompt_tokens: OutputTokens | None = None
+    max_completion_tokens: OutputTokens | None = None
     truncation_strategy: TruncationStrategy | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -126,7 +126,7 @@ class ThreadAndRunCreate(RunCreate):
 
 
 class RunUpdate(OpenAIRequest):
-    metadata: dict[str, str] | None = None
+    metadata: StringMetadata | None = None
 
 
 class UsageRead(ResponseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, ThreadIdText, iso
 from threadline.api.schemas.freddy import TextPart
 from threadline.domain.messages import ChatMessage
 from threadline.services.responses import ResponseRequest
@@ -25,19 +25,19 @@ class InputMessage(RequestModel):
 class ThreadRef(RequestModel):
     """`thread` as an object: the id (optional: one is generated) and metadata for a thread created here."""
 
-    id: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] | None = None
+    id: ThreadIdText | None = None
+    metadata: Metadata | None = None
 
 
 class ResponseCreate(RequestModel):
     model: str | None = Field(default=None, max_length=200)
     organization_id: str | None = Field(default=None, max_length=64)
-    thread: str | ThreadRef | None = None
+    thread: ThreadIdText | ThreadRef | None = None
     inputs: list[InputMessage] = Field(min_length=1, max_length=1000)
     store: bool = True
     thread_state: Literal["open", "locked", "archived"] | None = None
     previous_response_id: str | None = Field(default=None, max_length=64)
-    max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_output_tokens: OutputTokens | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     thread_context_mode: Literal["recent", "smart", "full"] | None = None
     stream: bool = False
