@@ -10,6 +10,7 @@
     ├── Conflict                  the resource's state forbids it (409)
     ├── PayloadTooLarge           body over the limit (413)
     ├── RateLimited               (429)
+    ├── ServiceUnavailable        this process is shutting down: another one can serve it (503)
     └── UpstreamError             the model provider failed (502)
         ├── UpstreamTimeout       the model provider did not answer in time (504)
         └── UpstreamRejected      the model provider refused the request (4xx upstream; retrying cannot help)
@@ -131,6 +132,11 @@ class PayloadTooLarge(ThreadlineError):
 
 class RateLimited(ThreadlineError):
     code = "rate_limited"
+    retryable = True
+
+
+class ServiceUnavailable(ThreadlineError):
+    code = "server_shutting_down"
     retryable = True
 
 
