@@ -99,6 +99,18 @@ class Observer:
             self.metrics.busy_waits.labels(self.surface()).inc()
             self.metrics.busy_wait_seconds.labels(self.surface()).observe(seconds)
 
+    @contextlib.contextmanager
+    def busy_waiting(self) -> Iterator[None]:
+        """While a turn waits for its busy thread."""
+        gauge = self.metrics.busy_waiting if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            yield
+        finally:
+            if gauge is not None:
+                gauge.dec()
+
     def busy_refused(self) -> None:
         """A turn gave up waiting for its busy thread (409 thread_busy)."""
         if self.metrics is not None:

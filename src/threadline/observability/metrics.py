@@ -89,6 +89,12 @@ class Metrics:
             ["surface"],
             registry=r,
         )
+        self.busy_waiting = Gauge(
+            "threadline_thread_busy_waiting",
+            "Turns waiting right now for their thread, busy with another turn.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.busy_wait_seconds = Histogram(
             "threadline_thread_busy_wait_seconds",
             "How long turns that found their thread busy waited before taking it.",

@@ -16,6 +16,7 @@ The response id doubles as the lease owner, so a takeover knows which response w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -157,30 +158,33 @@ async def start_turn(
     deadline = started + settings.thread_busy_timeout_seconds
     pause = 0.01
     waited = False
-    while True:
-        async with maker() as session:
-            try:
-                turn = await _try_start(session, settings, models, principal, request)
-            except (IntegrityError, AlreadyExists):
-                # Two requests created the same new thread id at once; the loser retries and finds it.
-                turn = None
-            if turn is not None:
-                await session.commit()
-                if waited:
-                    watch.busy_wait(time.monotonic() - started)
-                if observer is not None:
-                    turn.after_save = functools.partial(observer.turn_saved, principal)
-                return turn
-            await session.rollback()
-        waited = True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            watch.busy_refused()
-            raise ThreadBusy(
-                "Another response is being generated on this thread; retry when it has finished.", param="thread"
-            )
-        await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.2)
+    with contextlib.ExitStack() as waiting:
+        while True:
+            async with maker() as session:
+                try:
+                    turn = await _try_start(session, settings, models, principal, request)
+                except (IntegrityError, AlreadyExists):
+                    # Two requests created the same new thread id at once; the loser retries and finds it.
+                    turn = None
+                if turn is not None:
+                    await session.commit()
+                    if waited:
+                        watch.busy_wait(time.monotonic() - started)
+                    if observer is not None:
+                        turn.after_save = functools.partial(observer.turn_saved, principal)
+                    return turn
+                await session.rollback()
+            if not waited:
+                waited = True
+                waiting.enter_context(watch.busy_waiting())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                watch.busy_refused()
+                raise ThreadBusy(
+                    "Another response is being generated on this thread; retry when it has finished.", param="thread"
+                )
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.2)
 
 
 async def _lease_thread(
