@@ -195,9 +195,12 @@ async def test_readiness_fails_until_migrations_reach_head(empty_database_url: s
     from threadline.api.app import create_app
 
     application = create_app(settings, models=registry_with(FakeProvider()))
-    async with application.router.lifespan_context(application):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as c:
-            response = await c.get("/readyz")
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+    ):
+        response = await c.get("/readyz")
     assert response.status_code == 503
     assert response.json()["status"] == "migrations_pending" and response.json()["revision"] is None
 
