@@ -7,6 +7,9 @@ so a metric that stops moving, or a label that changes, fails here.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
@@ -25,6 +28,7 @@ from tests.responses_helpers import registry_with, turn
 from threadline import observability
 from threadline.config import ProviderConfig, Settings
 from threadline.domain.clock import utcnow
+from threadline.observability.logs import JsonFormatter, RequestContext, bind_request, unbind_request
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import retention
 from threadline.storage.repositories.threads import ThreadRepository
@@ -257,3 +261,25 @@ async def test_a_turn_is_traced_request_steps_sql_and_upstream(settings: Setting
     assert str((upstream.attributes or {}).get("url.full", (upstream.attributes or {}).get("http.url"))).endswith(
         "/chat/completions"
     )
+
+
+def test_log_lines_mask_secrets_and_name_the_request() -> None:
+    record = logging.LogRecord("threadline.x", logging.ERROR, __file__, 1, "login with %s", ("x",), None)
+    record.msg = (
+        "key tl_AbCdEfGhIjKlMnOpQrStUv token tlu_ZyXwVuTsRqPoNm header Bearer abc.def.ghi-jkl "
+        "url postgresql+asyncpg://app:hunter2secret@db/threadline password=hunter2secret %s"
+    )
+    try:
+        raise RuntimeError("failed for sk-proj-0123456789abcdef")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    token = bind_request(RequestContext(request_id="req_1", method="GET", route="/v1/threads", organization_id="org_1"))
+    try:
+        line = JsonFormatter().format(record)
+    finally:
+        unbind_request(token)
+    entry = json.loads(line)
+    assert entry["request_id"] == "req_1" and entry["organization_id"] == "org_1" and entry["route"] == "/v1/threads"
+    assert entry["level"] == "error" and "RuntimeError" in entry["exception"]
+    for secret in ("AbCdEfGhIjKlMnOpQrStUv", "ZyXwVuTsRqPoNm", "abc.def.ghi-jkl", "hunter2secret", "0123456789abcdef"):
+        assert secret not in line

@@ -161,17 +161,35 @@ def test_sigterm_past_the_grace_settles_the_turn_failed(empty_database_url: str,
         with served(env, tmp_path / "server.log") as (base_url, process):
             reader = StreamReader(base_url, key, "t_cut")
             reader.start()
+            answers: list[httpx.Response] = []
+            waiting = threading.Thread(target=lambda: answers.append(_plain_turn(base_url, key, "t_cut_plain")))
+            waiting.start()
             assert reader.first_delta.wait(30) and reader.error is None, reader.error
+            _until(lambda: _thread_status(base_url, key, "t_cut_plain") == "streaming", "the plain turn starting")
             process.send_signal(signal.SIGTERM)
             reader.join(60)
-            assert not reader.is_alive()
+            waiting.join(60)
+            assert not reader.is_alive() and not waiting.is_alive()
             assert "response.completed" not in reader.events
+            assert answers[0].status_code == 503, answers[0].text
+            assert answers[0].json()["error"]["code"] == "server_shutting_down"
             assert process.wait(60) is not None
 
-    thread, response = _stored(empty_database_url, "t_cut")
-    assert thread.status == "inactive" and thread.lease_owner is None and thread.message_count == 0
-    assert response.status == "failed" and response.error is not None
-    assert response.error["code"] == "turn_interrupted"
+    for thread_id in ("t_cut", "t_cut_plain"):
+        thread, response = _stored(empty_database_url, thread_id)
+        assert thread.status == "inactive" and thread.lease_owner is None and thread.message_count == 0
+        assert response.status == "failed" and response.error is not None
+        assert response.error["code"] == "turn_interrupted"
+
+
+def _plain_turn(base_url: str, key: str, thread_id: str) -> httpx.Response:
+    body = {"thread": thread_id, "inputs": [{"role": "user", "texts": [{"text": "no stream"}]}]}
+    return httpx.post(f"{base_url}/v1/model/response", json=body, headers={"X-API-Key": key}, timeout=60)
+
+
+def _thread_status(base_url: str, key: str, thread_id: str) -> str | None:
+    found = httpx.get(f"{base_url}/v1/threads/{thread_id}", headers={"X-API-Key": key}, timeout=10)
+    return str(found.json()["status"]) if found.status_code == 200 else None
 
 
 def _stored(database_url: str, thread_id: str) -> tuple[Thread, Response]:

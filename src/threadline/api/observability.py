@@ -37,7 +37,6 @@ _SURFACES = (
     ("/v1/threads/runs", "assistants"),
     ("/v1/threads/{thread_id}/runs", "assistants"),
     ("/v1/threads/{thread_id}/generateName", "naming"),
-    ("/ui", "web"),
 )
 
 
