@@ -29,6 +29,7 @@ from threadline import observability
 from threadline.config import ProviderConfig, Settings
 from threadline.domain.clock import utcnow
 from threadline.observability.logs import JsonFormatter, RequestContext, bind_request, unbind_request
+from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import retention
 from threadline.storage.repositories.threads import ThreadRepository
@@ -283,3 +284,22 @@ def test_log_lines_mask_secrets_and_name_the_request() -> None:
     assert entry["level"] == "error" and "RuntimeError" in entry["exception"]
     for secret in ("AbCdEfGhIjKlMnOpQrStUv", "ZyXwVuTsRqPoNm", "abc.def.ghi-jkl", "hunter2secret", "0123456789abcdef"):
         assert secret not in line
+
+
+def test_traces_are_off_unless_the_otel_variables_ask() -> None:
+    assert tracer_provider_from_env({}) is None
+    assert tracer_provider_from_env({"OTEL_SERVICE_NAME": "x"}) is None
+    assert tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert tracer_provider_from_env({**endpoint, "OTEL_SDK_DISABLED": "true"}) is None
+    provider = tracer_provider_from_env({**endpoint, "OTEL_SERVICE_NAME": "threadline-eu"})
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "threadline-eu"
+    finally:
+        provider.shutdown()
+    console = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert console is not None
+    console.shutdown()
+    with pytest.raises(ValueError, match="unknown exporter 'jaeger'"):
+        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "jaeger"})
