@@ -88,8 +88,10 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                message = {**message, "headers": headers}
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):  # a replayed response keeps its own
+                    headers.append((b"x-request-id", request_id.encode()))
+                    message = {**message, "headers": headers}
                 if _is_stream(headers) and metrics is not None:
                     state["stream"] = True
                     metrics.streams_in_flight.inc()
