@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ContextMode = Literal["recent", "smart", "full"]
@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     idempotency_stale_seconds: float = Field(default=600, gt=0)
 
     web_ui_enabled: bool = True
+
+    # Operations: on SIGTERM, running turns and streams get this long to finish before they are settled as failed.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # "json": one JSON object per log line (request id, organization, route, status, duration).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Set: GET /metrics needs `Authorization: Bearer <token>`; unset, it is open like the rest of the bind address.
+    metrics_token: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

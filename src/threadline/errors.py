@@ -10,6 +10,7 @@
     ├── Conflict                  the resource's state forbids it (409)
     ├── PayloadTooLarge           body over the limit (413)
     ├── RateLimited               (429)
+    ├── ServiceUnavailable        this process is shutting down: another one can serve it (503)
     ├── DatabaseUnavailable       the database cannot be reached right now: down, restarting, connection lost (503)
     └── UpstreamError             the model provider failed (502)
         ├── UpstreamTimeout       the model provider did not answer in time (504)
@@ -144,6 +145,11 @@ class DatabaseUnavailable(ThreadlineError):
 
     def __init__(self) -> None:
         super().__init__("The database is unavailable right now; retry the request.")
+
+
+class ServiceUnavailable(ThreadlineError):
+    code = "server_shutting_down"
+    retryable = True
 
 
 class UpstreamError(ThreadlineError):

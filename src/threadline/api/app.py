@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from threadline import __version__
+from threadline import __version__, observability
 from threadline.api import errors, idempotency
+from threadline.api import observability as api_observability
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import (
     assistants,
@@ -27,27 +33,57 @@ from threadline.api.routes import (
 )
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
+from threadline.observability import Lifecycle, Metrics, Observer
+from threadline.observability.metrics import process_exited
+from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
 from threadline.services import naming, retention
 from threadline.services.background import Background
-from threadline.storage.engine import create_engine, create_sessionmaker
+from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
-def create_app(settings: Settings | None = None, *, models: ModelRegistry | None = None) -> FastAPI:
-    """Build the app. `models` replaces the registry built from settings (tests pass fakes)."""
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    models: ModelRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+    drain_on_sigterm: bool = False,
+) -> FastAPI:
+    """Build the app. `models` replaces the registry built from settings (tests pass fakes); `tracer_provider`
+    replaces the one the `OTEL_*` variables describe (tests export to memory). `drain_on_sigterm` (set by
+    `threadline serve`): SIGTERM drains the process before the server stops (observability/lifecycle.py)."""
     settings = settings or Settings()
+    # Metrics, traces and draining (api/observability.py): one observer per app, bound to each request.
+    owns_tracer = tracer_provider is None
+    tracer_provider = tracer_provider or tracer_provider_from_env(os.environ)
+    lifecycle = Lifecycle()
+    observer = Observer(
+        metrics=Metrics(),
+        tracer=tracer_provider.get_tracer("threadline") if tracer_provider is not None else None,
+        lifecycle=lifecycle,
+        surface_of=api_observability.surface_of,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         app.state.engine = engine
+        app.state.schema_head = await asyncio.to_thread(head_revision)
+        assert observer.metrics is not None
+        watch_pool(engine, observer.metrics.db_pool_in_use.inc)
+        observer_token = observability.bind(observer)  # the sweeper and other lifespan tasks report through it
         app.state.sessionmaker = create_sessionmaker(engine)
         # The one HTTP client for every upstream model call; per-provider timeouts override these defaults.
         http_client = httpx.AsyncClient(
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
+        if tracer_provider is not None:
+            _instrument(engine, http_client, tracer_provider)
         try:
             # In a thread: building the embedded provider reads the GGUF's vocabulary.
             registry = (
@@ -74,9 +110,12 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             if settings.retention_enabled
             else None
         )
+        restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
             yield
         finally:
+            if restore_sigterm is not None:
+                restore_sigterm()
             await background.aclose()
             if sweeper is not None:
                 sweeper.cancel()
@@ -85,6 +124,12 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             await registry.aclose()
             await http_client.aclose()
             await engine.dispose()
+            if tracer_provider is not None:
+                _uninstrument()
+                if owns_tracer:
+                    tracer_provider.shutdown()
+            observability.unbind(observer_token)
+            process_exited(os.getpid())
 
     app = FastAPI(
         title="Threadline",
@@ -93,15 +138,24 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.observer = observer
+    app.router.dependencies.append(Depends(api_observability.record_route))
     errors.install(app)
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(errors.LastResortMiddleware)  # outermost: sees every exception the layers above let out
+    app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
+    app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz,readyz,metrics")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    api_observability.install_routes(app, settings)
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
     # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
@@ -125,3 +179,60 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     if settings.web_ui_enabled:
         app.include_router(ui_router())
     return app
+
+
+def _instrument(engine: AsyncEngine, http_client: httpx.AsyncClient, tracer_provider: TracerProvider) -> None:
+    """Spans for every SQL statement and every upstream call, through the official instrumentations."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    # skip_dep_check: the instrumentation declares SQLAlchemy < 2.1 but hooks only engine events, which 2.1 keeps
+    # (tests/test_observability.py checks the SQL spans on the version installed).
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=tracer_provider, skip_dep_check=True)
+    HTTPXClientInstrumentor.instrument_client(http_client, tracer_provider=tracer_provider)
+
+
+def _uninstrument() -> None:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().uninstrument()
+
+
+def _drain_on_sigterm(lifecycle: Lifecycle, settings: Settings) -> Callable[[], None]:
+    """Take SIGTERM over from the server (uvicorn installed its handler before the lifespan started): drain first
+    — readiness 503, no new turns, running ones get `shutdown_grace_seconds` — then hand the signal to the server,
+    which stops. A second SIGTERM goes to the server at once. Returns the function that puts its handler back."""
+    loop = asyncio.get_running_loop()
+    server_handler = signal.getsignal(signal.SIGTERM)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def drain_then_stop() -> None:
+        await lifecycle.drain(settings.shutdown_grace_seconds)
+        _forward(server_handler, signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if lifecycle.draining:
+            _forward(server_handler, signum, frame)
+            return
+        lifecycle.draining = True  # at once: a readiness probe in the next millisecond already sees it
+
+        def start() -> None:
+            task = loop.create_task(drain_then_stop(), name="drain")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.call_soon_threadsafe(start)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, server_handler)
+
+    return restore
+
+
+def _forward(handler: Any, signum: int, frame: FrameType | None = None) -> None:
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)

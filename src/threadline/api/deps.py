@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from threadline.api.observability import note_organization
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
@@ -68,7 +69,15 @@ def credential_of(request: Request) -> str | None:
 
 
 async def get_principal(request: Request, session: SessionDep) -> Principal:
-    return await auth.authenticate(session, credential_of(request))
+    principal = await auth.authenticate(session, credential_of(request))
+    _note(principal)
+    return principal
+
+
+def _note(principal: Principal) -> None:
+    """The request's log lines name the organization when the credential has exactly one."""
+    if len(principal.organization_ids) == 1:
+        note_organization(principal.organization_ids[0])
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -79,6 +88,7 @@ async def principal_outside_turn(request: Request, maker: SessionmakerDep) -> Pr
     async with maker() as session:
         principal = await auth.authenticate(session, credential_of(request))
         await session.commit()
+    _note(principal)
     return principal
 
 
@@ -90,7 +100,9 @@ OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 
 def get_query_organization(principal: PrincipalDep, organization_id: OrganizationQuery = None) -> str:
-    return principal.organization(organization_id)
+    organization = principal.organization(organization_id)
+    note_organization(organization)
+    return organization
 
 
 OrganizationDep = Annotated[str, Depends(get_query_organization)]

@@ -34,6 +34,7 @@ _STATUS: dict[type[errors.ThreadlineError], tuple[int, str]] = {
     errors.PayloadTooLarge: (413, "invalid_request_error"),
     errors.RateLimited: (429, "rate_limit_error"),
     errors.DatabaseUnavailable: (503, "api_error"),
+    errors.ServiceUnavailable: (503, "api_error"),
     errors.UpstreamTimeout: (504, "api_error"),
     errors.UpstreamError: (502, "api_error"),
 }

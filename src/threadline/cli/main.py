@@ -4,9 +4,11 @@ tooling: keep it stable. Every command honours THREADLINE_DATABASE_URL."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -69,19 +71,46 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Apply migrations, then serve the API (and the web UI)."""
+    import logging.config
+
     import uvicorn
 
+    from threadline.observability.logs import logging_config
+
     settings = _settings()
+    log_config = logging_config(settings.log_format, settings.log_level)
+    logging.config.dictConfig(log_config)
     upgrade(settings.database_url)
     bind_host = host or settings.host
     bind_port = port or settings.port
-    typer.echo(f"Threadline on http://{bind_host}:{bind_port} (database: {_redacted(settings.database_url)})")
-    if workers > 1:
-        uvicorn.run("threadline.api.app:create_app", factory=True, host=bind_host, port=bind_port, workers=workers)
-    else:
+    logging.getLogger("threadline.cli").info(
+        "Threadline on http://%s:%s (database: %s)", bind_host, bind_port, _redacted(settings.database_url)
+    )
+    options: dict[str, Any] = {
+        "host": bind_host,
+        "port": bind_port,
+        "log_config": log_config,
+        "access_log": False,  # the app writes one line per request (observability/logs.py)
+        # Past the app's own drain (shutdown_grace_seconds), the server waits this much more for connections.
+        "timeout_graceful_shutdown": 5,
+    }
+    if workers == 1:
         from threadline.api.app import create_app
 
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port)
+        uvicorn.run(create_app(settings, drain_on_sigterm=True), **options)
+        return
+    # Several workers: each builds its app through `worker_app`, and Prometheus' multiprocess mode adds up
+    # their metrics in a directory of files that lives as long as this command.
+    with tempfile.TemporaryDirectory(prefix="threadline-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run("threadline.cli.main:worker_app", factory=True, workers=workers, **options)
+
+
+def worker_app() -> Any:
+    """The app of one `serve --workers N` worker process (a uvicorn factory)."""
+    from threadline.api.app import create_app
+
+    return create_app(Settings(), drain_on_sigterm=True)
 
 
 def _redacted(url: str) -> str:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Coroutine
 from typing import Any
+
+from threadline.observability.logs import bind_request
 
 logger = logging.getLogger("threadline.background")
 
@@ -20,7 +23,10 @@ class Background:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._logged(work, name), name=name)
+        # The app's observer carries over; the request that started the work does not (it has ended).
+        context = contextvars.copy_context()
+        context.run(bind_request, None)
+        task = asyncio.create_task(self._logged(work, name), name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

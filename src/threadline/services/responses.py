@@ -16,6 +16,7 @@ The response id doubles as the lease owner, so a takeover knows which response w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from threadline import observability
 from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
@@ -36,6 +38,7 @@ from threadline.errors import (
     AlreadyExists,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     ThreadBusy,
     ThreadFull,
     ThreadNotFound,
@@ -148,28 +151,40 @@ async def start_turn(
 
     `observer` hears about the turn once it is saved (auto-naming)."""
     validate_request(request, models)
-    deadline = time.monotonic() + settings.thread_busy_timeout_seconds
+    watch = observability.current()
+    if watch.draining:
+        raise ServiceUnavailable("This server is shutting down and starts no new turns; retry the request.")
+    started = time.monotonic()
+    deadline = started + settings.thread_busy_timeout_seconds
     pause = 0.01
-    while True:
-        async with maker() as session:
-            try:
-                turn = await _try_start(session, settings, models, principal, request)
-            except (IntegrityError, AlreadyExists):
-                # Two requests created the same new thread id at once; the loser retries and finds it.
-                turn = None
-            if turn is not None:
-                await session.commit()
-                if observer is not None:
-                    turn.after_save = functools.partial(observer.turn_saved, principal)
-                return turn
-            await session.rollback()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ThreadBusy(
-                "Another response is being generated on this thread; retry when it has finished.", param="thread"
-            )
-        await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.2)
+    waited = False
+    with contextlib.ExitStack() as waiting:
+        while True:
+            async with maker() as session:
+                try:
+                    turn = await _try_start(session, settings, models, principal, request)
+                except (IntegrityError, AlreadyExists):
+                    # Two requests created the same new thread id at once; the loser retries and finds it.
+                    turn = None
+                if turn is not None:
+                    await session.commit()
+                    if waited:
+                        watch.busy_wait(time.monotonic() - started)
+                    if observer is not None:
+                        turn.after_save = functools.partial(observer.turn_saved, principal)
+                    return turn
+                await session.rollback()
+            if not waited:
+                waited = True
+                waiting.enter_context(watch.busy_waiting())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                watch.busy_refused()
+                raise ThreadBusy(
+                    "Another response is being generated on this thread; retry when it has finished.", param="thread"
+                )
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.2)
 
 
 async def _lease_thread(
@@ -280,7 +295,8 @@ async def _try_start(
     org = request.organization_id
     now = utcnow()
     lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
-    thread = await _lease_thread(session, principal, request, lease)
+    with observability.current().span("turn.lease"):
+        thread = await _lease_thread(session, principal, request, lease)
     if thread is None:
         return None
     owner = lease.owner
@@ -323,21 +339,22 @@ async def _try_start(
     inputs = [
         PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
     ]
-    plan = await plan_context(
-        session,
-        thread,
-        segments=segments,
-        tokenizer=tokenizer,
-        tokenizer_name=tokenizer.name,
-        mode=mode,
-        window=info.context_window,
-        max_output_tokens=max_output,
-        pinned=pinned,
-        inputs=inputs,
-        full_limit=settings.max_messages_per_thread,
-        priming_tokens=info.request_overhead_tokens,
-        last_messages=request.run.last_messages if request.run else None,
-    )
+    with observability.current().span("turn.context", mode=mode):
+        plan = await plan_context(
+            session,
+            thread,
+            segments=segments,
+            tokenizer=tokenizer,
+            tokenizer_name=tokenizer.name,
+            mode=mode,
+            window=info.context_window,
+            max_output_tokens=max_output,
+            pinned=pinned,
+            inputs=inputs,
+            full_limit=settings.max_messages_per_thread,
+            priming_tokens=info.request_overhead_tokens,
+            last_messages=request.run.last_messages if request.run else None,
+        )
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
     output_message_id = sibling_id("msg", owner)

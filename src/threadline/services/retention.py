@@ -34,6 +34,7 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from threadline import observability
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.ids import new_id
@@ -180,6 +181,7 @@ class _Sweep:
     async def _step(self, category: str, rows: int) -> None:
         """After each committed batch: count, report progress, keep the lease."""
         self.report.counts[category] += rows
+        observability.current().retention_purged(category, rows)
         if self.progress is not None:
             await self.progress(category, rows)
         loop_time = asyncio.get_running_loop().time()

@@ -16,8 +16,10 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import anyio
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from threadline import observability
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.domain.context import PromptMessage
@@ -87,9 +89,14 @@ async def run_turn(
     """Step 2 and 3: stream the model's answer, then save the turn (or record the failure). Always ends with
     one `TurnDone`, unless the consumer stops early, in which case the turn is recorded as failed."""
     settled = False
+    watch = observability.current()
+    recorder = watch.turn(turn.info.name)
     heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
     stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
     parts: list[str] = []
+    # Not the current span across the yields below (the consumer runs there): current only around each wait for
+    # the model, so the upstream call's span is its child.
+    model_call = watch.tracer.start_span("turn.model_call", attributes={"model": turn.info.name})
     try:
         error: ThreadlineError | None = None
         finished: Finished | None = None
@@ -99,7 +106,8 @@ async def run_turn(
                     # Only the wait for the model is timed (never our consumer): a model that goes silent would
                     # otherwise hold the thread forever, its lease renewed by the heartbeat.
                     async with asyncio.timeout(settings.model_idle_timeout_seconds):
-                        event = await anext(stream)
+                        with trace.use_span(model_call, end_on_exit=False):
+                            event = await anext(stream)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -108,6 +116,7 @@ async def run_turn(
                         code="upstream_timeout",
                     ) from None
                 if isinstance(event, TextDelta):
+                    recorder.first_token()
                     parts.append(event.text)
                     yield OutputDelta(event.text)
                 elif isinstance(event, Finished):
@@ -116,31 +125,49 @@ async def run_turn(
                 raise UpstreamError("The model's stream ended before it finished.", code="upstream_incomplete")
         except ThreadlineError as exc:
             error = exc
+            model_call.set_status(trace.StatusCode.ERROR, exc.code)
+        _end(model_call)
         heartbeat.cancel()
         if error is None and finished is not None:
             try:
-                response = await _complete(maker, settings, turn, "".join(parts), finished)
+                with watch.span("turn.save"):
+                    response = await _complete(maker, settings, turn, "".join(parts), finished)
             except ThreadlineError as exc:
                 error = exc
         if error is not None:
-            response = await _fail(maker, turn, error.code, error.message)
-        elif turn.after_save is not None:
-            try:
-                turn.after_save(response)
-            except Exception:
-                # Follow-up work is optional: the turn is saved whatever happens to it.
-                logger.exception("after-save hook failed for response %s", turn.response.id)
+            with watch.span("turn.save", outcome=error.code):
+                response = await _fail(maker, turn, error.code, error.message)
+            recorder.finished(error.code)
+        else:
+            recorder.finished(response.status, response.input_tokens, response.output_tokens)
+            if turn.after_save is not None:
+                try:
+                    turn.after_save(response)
+                except Exception:
+                    # Follow-up work is optional: the turn is saved whatever happens to it.
+                    logger.exception("after-save hook failed for response %s", turn.response.id)
         settled = True
         yield TurnDone(response, error)
     finally:
         heartbeat.cancel()
+        _end(model_call)
         with anyio.CancelScope(shield=True):
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
             if not settled:
-                await _fail(maker, turn, "turn_aborted", "The turn stopped before it finished (client disconnected).")
+                if watch.draining:
+                    code, message = "turn_interrupted", "The server shut down before the turn finished."
+                else:
+                    code, message = "turn_aborted", "The turn stopped before it finished (client disconnected)."
+                await _fail(maker, turn, code, message)
+                recorder.finished(code)
+
+
+def _end(span: trace.Span) -> None:
+    if span.is_recording():  # not ended yet
+        span.end()
 
 
 async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,30 @@ def dialect_insert(session: AsyncSession, table: Any) -> Any:
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
     return pg_insert(table)
+
+
+def head_revision() -> str | None:
+    """The newest migration shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head: str | None = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return head
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The migration the database is at (None: never migrated). A failing database raises."""
+    from alembic.runtime.migration import MigrationContext
+
+    def read(connection: Any) -> str | None:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+        return revision
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
+def watch_pool(engine: AsyncEngine, change: Callable[[int], None]) -> None:
+    """Call `change(+1)` when a connection leaves the pool and `change(-1)` when it comes back."""
+    pool = engine.sync_engine.pool
+    event.listen(pool, "checkout", lambda *_: change(1))
+    event.listen(pool, "checkin", lambda *_: change(-1))
