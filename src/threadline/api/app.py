@@ -28,7 +28,7 @@ from threadline.api.routes import (
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
-from threadline.services import naming, retention
+from threadline.services import leases, naming, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.web import ui_router
@@ -68,20 +68,23 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
             if settings.auto_name_threads
             else None
         )
-        # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
-        sweeper = (
-            asyncio.create_task(retention.run_periodically(app.state.sessionmaker, settings), name="retention")
-            if settings.retention_enabled
-            else None
-        )
+        maker = app.state.sessionmaker
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # Turns a stopped server left streaming (their leases expired): settled before the first request, then
+            # by a periodic pass in every process (conditional UPDATEs: live leases, renewed elsewhere, stay).
+            await leases.settle_at_start(maker)
+            tasks.append(asyncio.create_task(leases.run_periodically(maker, settings), name="leases"))
+            # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
+            if settings.retention_enabled:
+                tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
             yield
         finally:
             await background.aclose()
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
             await registry.aclose()
             await http_client.aclose()
             await engine.dispose()
