@@ -30,7 +30,7 @@ from tests.conftest import _empty_all_tables
 from tests.servers import free_port, running, serve_command, threadline_env
 from threadline.domain.clock import utcnow
 from threadline.services import auth
-from threadline.services.leases import settle_expired
+from threadline.services.recovery import settle_expired
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import Response, Thread
 

@@ -21,7 +21,7 @@ from threadline.config import Settings
 from threadline.domain import leases
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
-from threadline.services.leases import settle_expired
+from threadline.services.recovery import settle_expired
 from threadline.storage.tables import Response, Thread
 
 BETA = {"OpenAI-Beta": "assistants=v2"}

@@ -28,7 +28,7 @@ from threadline.api.routes import (
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
-from threadline.services import leases, naming, retention
+from threadline.services import naming, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.web import ui_router
@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         try:
             # Turns a stopped server left streaming (their leases expired): settled before the first request, then
             # by a periodic pass in every process (conditional UPDATEs: live leases, renewed elsewhere, stay).
-            await leases.settle_at_start(maker)
-            tasks.append(asyncio.create_task(leases.run_periodically(maker, settings), name="leases"))
+            await recovery.settle_at_start(maker)
+            tasks.append(asyncio.create_task(recovery.run_periodically(maker, settings), name="recovery"))
             # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
             if settings.retention_enabled:
                 tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))

@@ -3,7 +3,7 @@
 A turn holds its thread's lease while it runs: `lease_owner` is the turn's response id, `lease_expires_at` is
 pushed out by the turn's heartbeat. A lease past its expiry belongs to a turn whose server died (or stopped
 renewing): that turn can save nothing any more (its saving UPDATE needs the lease), so it is over. Every surface
-tells that truth from these rules, whether or not the settling UPDATEs (services/leases.py) have written it down
+tells that truth from these rules, whether or not the settling UPDATEs (services/recovery.py) have written it down
 yet: the thread is `inactive`, the turn's response (an Assistants run) is `failed` with `INTERRUPTED`.
 """
 

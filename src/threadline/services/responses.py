@@ -10,7 +10,7 @@
    lease released instead: the thread is left exactly as before the turn. A process killed mid-turn saved
    nothing either, and its lease expires: from then on every read sees the thread inactive and the response
    failed (`domain/leases.py`), the next turn takes the thread over, and start-up or the periodic pass of any
-   server settles the rows (`services/leases.py`).
+   server settles the rows (`services/recovery.py`).
 
 The response id doubles as the lease owner, so a takeover knows which response was interrupted.
 """
@@ -47,7 +47,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams
 from threadline.providers.registry import ModelRegistry
-from threadline.services import leases as lease_settling
+from threadline.services import recovery
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path, plan_context
@@ -465,5 +465,5 @@ async def get_response(session: AsyncSession, organization_id: str, response_id:
         thread = None
         if found.thread_id is not None:
             thread = await ThreadRepository(session).get(organization_id, found.thread_id, include_deleted=True)
-        await lease_settling.settle_response(session, found, thread)
+        await recovery.settle_response(session, found, thread)
     return found

@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 
 A server killed mid-turn leaves its threads `streaming` under a lease nobody renews. Start-up and a periodic pass
-settle them (services/leases.py): they look for streaming threads whose lease expired. The index holds only the
+settle them (services/recovery.py): they look for streaming threads whose lease expired. The index holds only the
 threads with a turn running, so that look-up costs the same however many threads the database holds.
 """
 

@@ -1,4 +1,4 @@
-"""Settling turns whose lease expired: a dead server's threads, responses and runs, written down as what they are.
+"""Crash recovery: the turns of a stopped server (their leases expired), settled so the rows say what they are.
 
 The rules are `domain.leases`: readers already see an expired lease's thread as `inactive` and its response as
 `failed` (`turn_interrupted`). Settling makes the rows say so too:
@@ -30,7 +30,7 @@ from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response, Thread
 
-logger = logging.getLogger("threadline.leases")
+logger = logging.getLogger("threadline.recovery")
 
 # Expired threads looked up per query by `settle_expired`; each is then settled in its own short transaction.
 _BATCH = 100
