@@ -80,6 +80,11 @@ def running(
             process.wait()
 
 
+def serve_command(port: int) -> list[str]:
+    """`threadline serve` on 127.0.0.1:`port` (its readiness URL: `http://127.0.0.1:{port}/healthz`)."""
+    return [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
 @contextmanager
 def threadline_serve(
     env: dict[str, str], *, log: Path, cwd: Path | None = None, port: int | None = None
@@ -87,6 +92,5 @@ def threadline_serve(
     """`threadline serve` on 127.0.0.1 (a free port unless given); yields its base URL once /healthz answers."""
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, ready_url=f"{base_url}/healthz", log=log, env=env, cwd=cwd):
+    with running(serve_command(port), ready_url=f"{base_url}/healthz", log=log, env=env, cwd=cwd):
         yield base_url

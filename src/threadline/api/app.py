@@ -37,7 +37,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import naming, retention
+from threadline.services import naming, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
@@ -104,23 +104,26 @@ def create_app(
             if settings.auto_name_threads
             else None
         )
-        # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
-        sweeper = (
-            asyncio.create_task(retention.run_periodically(app.state.sessionmaker, settings), name="retention")
-            if settings.retention_enabled
-            else None
-        )
+        maker = app.state.sessionmaker
+        tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
+            # Turns a stopped server left streaming (their leases expired): settled before the first request, then
+            # by a periodic pass in every process (conditional UPDATEs: live leases, renewed elsewhere, stay).
+            await recovery.settle_at_start(maker)
+            tasks.append(asyncio.create_task(recovery.run_periodically(maker, settings), name="recovery"))
+            # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
+            if settings.retention_enabled:
+                tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
             yield
         finally:
             if restore_sigterm is not None:
                 restore_sigterm()
             await background.aclose()
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
             await registry.aclose()
             await http_client.aclose()
             await engine.dispose()

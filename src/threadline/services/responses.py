@@ -8,7 +8,9 @@
 3. a short transaction: save the inputs and the output together, update the thread, complete the response and
    release the lease. On any failure (upstream error, client gone, bug) the response is marked failed and the
    lease released instead: the thread is left exactly as before the turn. A process killed mid-turn saved
-   nothing either, and its lease expires, so the next turn takes the thread over.
+   nothing either, and its lease expires: from then on every read sees the thread inactive and the response
+   failed (`domain/leases.py`), the next turn takes the thread over, and start-up or the periodic pass of any
+   server settles the rows (`services/recovery.py`).
 
 The response id doubles as the lease owner, so a takeover knows which response was interrupted.
 """
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline import observability
 from threadline.config import Settings
+from threadline.domain import leases
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
@@ -47,6 +50,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams
 from threadline.providers.registry import ModelRegistry
+from threadline.services import recovery
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path, plan_context
@@ -124,9 +128,6 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
         thread_service.validate_thread_id(request.thread_id, param="thread")
     if request.model is not None:
         models.resolve(request.model)
-
-
-_INTERRUPTED = {"code": "turn_interrupted", "message": "The server handling this turn stopped before it finished."}
 
 
 @dataclass(frozen=True)
@@ -256,20 +257,14 @@ async def _lease_chain(session: AsyncSession, principal: Principal, request: Res
 async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Thread | None:
     """Take the lease of a thread whose holder stopped renewing it (a crashed server); None if it is alive."""
     holder = thread.lease_owner
-    expired = thread.lease_expires_at is not None and thread.lease_expires_at < lease.now
-    if thread.status != "streaming" or not expired:
-        return None  # busy, or freed a moment ago: the next attempt's fast path takes it
+    if leases.thread_status(thread.status, thread.lease_expires_at, lease.now) == thread.status:
+        return None  # busy (a live lease), or freed a moment ago: the next attempt's fast path takes it
     repo = ThreadRepository(session)
     org = thread.organization_id
     if not await repo.take_over_lease(org, thread.id, holder, lease.owner, lease.now, lease.expires_at):
         return None
     if holder is not None:
-        await ResponseRepository(session).fail_if_in_progress(
-            org,
-            holder,
-            _INTERRUPTED,
-            lease.now,
-        )
+        await ResponseRepository(session).fail_if_in_progress(org, holder, leases.interrupted_error(), lease.now)
     await session.refresh(thread)
     return thread
 
@@ -481,18 +476,11 @@ async def get_response(session: AsyncSession, organization_id: str, response_id:
     found = await ResponseRepository(session).get(organization_id, response_id)
     if found is None:
         raise NotFound(f"No response found with id '{response_id}'.", code="response_not_found", param="response_id")
-    if found.status == "in_progress" and found.thread_id is not None:
-        # A turn whose server died (or whose stream never started) cannot finish once its lease is gone:
-        # say so now instead of leaving it in progress until the next turn on the thread takes over.
-        thread = await ThreadRepository(session).get(organization_id, found.thread_id, include_deleted=True)
-        now = utcnow()
-        alive = (
-            thread is not None
-            and thread.lease_owner == found.id
-            and thread.lease_expires_at is not None
-            and thread.lease_expires_at >= now
-        )
-        if not alive:
-            await ResponseRepository(session).fail_if_in_progress(organization_id, found.id, _INTERRUPTED, now)
-            await session.refresh(found)
+    if found.status == "in_progress":
+        # A turn whose server died cannot finish once its lease is gone: say so now (and free its thread)
+        # instead of leaving it in progress until the next turn on the thread takes over.
+        thread = None
+        if found.thread_id is not None:
+            thread = await ThreadRepository(session).get(organization_id, found.thread_id, include_deleted=True)
+        await recovery.settle_response(session, found, thread)
     return found

@@ -7,7 +7,8 @@ context report, and every message the run saved (its `additional_messages` and i
 A run executes inside the request that creates it: a non-streaming create answers once the run is finished
 (the SDK's `create_and_poll` then finds it terminal on its first poll), a streaming one streams it. So no run sits
 queued waiting for a worker that a restart would lose; a process killed mid-run leaves an `in_progress` turn that
-is failed once its lease expires, like any turn (`responses.get_response`).
+is failed once its lease expires, like any turn: every read of it (get, list, steps) says so and settles it
+(`services/recovery.py`).
 
 Cancelling a run in progress marks it cancelled and frees the thread's lease: the turn, still generating in the
 request that created it, then finds its lease gone and saves nothing (the thread stays as before the run).
@@ -28,7 +29,7 @@ from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage
 from threadline.errors import InvalidRequest, NotFound
 from threadline.providers.registry import ModelRegistry
-from threadline.services import responses
+from threadline.services import recovery, responses
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.services.messages import create_thread_with_messages
@@ -149,8 +150,11 @@ async def get_run(session: AsyncSession, organization_id: str, thread_id: str, r
 
 
 async def list_runs(session: AsyncSession, organization_id: str, thread_id: str, page: PageRequest) -> Page[Response]:
-    await get_thread(session, organization_id, thread_id)
-    return await ResponseRepository(session).list_page(organization_id, thread_id, page)
+    thread = await get_thread(session, organization_id, thread_id)
+    found = await ResponseRepository(session).list_page(organization_id, thread_id, page)
+    # A run whose server died is failed here too, not only when it is read by id.
+    await recovery.settle_runs(session, thread, found.items)
+    return found
 
 
 async def update_run(

@@ -197,6 +197,14 @@ class Thread(Base):
             postgresql_where=sa.text("kind = 'chain'"),
         ),
         # Full-text search over titles lives in migration 0002 only (FTS5 table / GIN expression index).
+        # Threads mid-turn (migration 0004): start-up and the periodic settling find the expired leases of a dead
+        # server here. Only streaming threads are in it, so it stays as small as the number of turns running.
+        sa.Index(
+            "ix_threads_streaming_lease_expires_at",
+            "lease_expires_at",
+            sqlite_where=sa.text("status = 'streaming'"),
+            postgresql_where=sa.text("status = 'streaming'"),
+        ),
         # The children of a thread (migration 0003): the sweeper keeps a chain while a live chain forks from it.
         sa.Index(
             "ix_threads_organization_id_parent_thread_id",

@@ -22,6 +22,8 @@ from threadline.api.schemas.common import (
     end_ids,
     iso,
 )
+from threadline.domain.clock import utcnow
+from threadline.domain.leases import thread_status
 from threadline.services.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, MessageEdit, Thread
@@ -168,7 +170,8 @@ class ThreadRead(ResponseModel):
             organization_id=thread.organization_id,
             user_id=thread.user_id,
             title=thread.title,
-            status=thread.status,
+            # Not the stored column alone: a thread whose turn's server died reads inactive once the lease expired.
+            status=thread_status(thread.status, thread.lease_expires_at, utcnow()),
             state=thread.state,
             message_count=thread.message_count,
             visible_in_ui=thread.visible_in_ui,

@@ -56,6 +56,11 @@ class PathRow(NamedTuple):
     message_count: int
 
 
+def lease_expired(now: datetime) -> sa.ColumnElement[bool]:
+    """The SQL of `domain.leases.lease_expired`: no expiry, or an expiry before `now`."""
+    return sa.or_(Thread.lease_expires_at.is_(None), Thread.lease_expires_at < now)
+
+
 class ThreadRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -223,12 +228,46 @@ class ThreadRepository:
                 Thread.deleted_at.is_(None),
                 Thread.status == "streaming",
                 holder_matches,
-                Thread.lease_expires_at < now,
+                lease_expired(now),
             )
             .values(lease_owner=owner, lease_expires_at=expires_at)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def settle_expired_lease(
+        self, organization_id: str, thread_id: str, holder: str | None, now: datetime
+    ) -> bool:
+        """Free a thread whose lease `holder` let expire (its server died), without a new holder: status back to
+        inactive, lease cleared. Only while the lease is still that expired one: a lease renewed or taken over
+        since the caller read the row is left alone. Deleted threads too (a turn may outlive its thread's delete).
+        """
+        holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
+        result = await self.session.execute(
+            sa.update(Thread)
+            .where(
+                Thread.organization_id == organization_id,
+                Thread.id == thread_id,
+                Thread.status == "streaming",
+                holder_matches,
+                lease_expired(now),
+            )
+            .values(status="inactive", lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def expired_leases(self, now: datetime, limit: int) -> list[tuple[str, str, str | None]]:
+        """(organization, thread, holder) of up to `limit` threads still streaming under an expired lease, the
+        longest expired first. Every organization: this serves the start-up and periodic settling. Reads the
+        small partial index of streaming threads (migration 0004), never the whole table."""
+        query = (
+            sa.select(Thread.organization_id, Thread.id, Thread.lease_owner)
+            .where(Thread.status == "streaming", lease_expired(now))
+            .order_by(Thread.lease_expires_at)
+            .limit(limit)
+        )
+        return [(org, thread_id, owner) for org, thread_id, owner in (await self.session.execute(query)).all()]
 
     async def renew_lease(self, organization_id: str, thread_id: str, owner: str, expires_at: datetime) -> bool:
         """Heartbeat: push the expiry out, only while `owner` still holds the lease."""
