@@ -58,7 +58,7 @@ async def _seed_and_search(url: str, *, seed: bool) -> list[str]:
             repo = SearchRepository(session)
             found = []
             for word in ("invoice", "quarterly"):
-                page = await repo.search_page(ThreadFilter(organization_id="org_1"), [word], PageRequest())
+                page, _ = await repo.search(ThreadFilter(organization_id="org_1"), [word], PageRequest())
                 found += [t.id for t in page.items]
             return found
     finally:

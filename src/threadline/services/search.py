@@ -26,9 +26,7 @@ async def search_threads(
 ) -> tuple[Page[SearchHit], list[str]]:
     """One page of matching threads (keyset on created_at, id like the list) and the words searched for."""
     terms = parse_query(q)
-    repo = SearchRepository(session)
-    found = await repo.search_page(where, terms, page)
-    hits = await repo.latest_hits(where.organization_id, [t.id for t in found.items], terms)
+    found, hits = await SearchRepository(session).search(where, terms, page)
     items = []
     for thread in found.items:
         hit = hits.get(thread.id)

@@ -57,11 +57,14 @@ async def fetch_page(
     sort_columns: Sequence[Any],
     page: PageRequest,
     cursor_values: dict[str, tuple[Any, ...] | None],
+    *,
+    scalars: bool = True,
 ) -> Page[Any]:
     """Run `query` (already filtered) as one keyset page.
 
     `cursor_values` maps "after"/"before" to the sort-key values of the cursor row (resolved by the caller,
-    which knows how to find a row by id); `None` means no such cursor.
+    which knows how to find a row by id); `None` means no such cursor. The items are the first column of each
+    row, or whole rows with `scalars=False`.
     """
     descending = page.order == "desc"
     paged = query
@@ -75,7 +78,8 @@ async def fetch_page(
         reverse = after is None
     walk_desc = descending != reverse
     ordering = [c.desc() if walk_desc else c.asc() for c in sort_columns]
-    rows = list((await session.execute(paged.order_by(*ordering).limit(page.limit + 1))).scalars())
+    result = await session.execute(paged.order_by(*ordering).limit(page.limit + 1))
+    rows: list[Any] = list(result.scalars() if scalars else result.all())
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     if reverse:

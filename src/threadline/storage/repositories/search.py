@@ -1,8 +1,9 @@
 """SQL for thread search, through each database's full-text index (never a table scan).
 
 SQLite: the external-content FTS5 tables `messages_fts` and `threads_fts` of migration 0002, joined to their
-content tables by rowid. PostgreSQL: the GIN-indexed generated columns `messages.content_tsv` and
-`threads.title_tsv` of migration 0002 (not mapped in `tables.py`: they exist on PostgreSQL only).
+content tables by rowid. PostgreSQL: the generated columns `messages.content_tsv` and `threads.title_tsv`
+of migration 0002 (not mapped in `tables.py`: they exist on PostgreSQL only), in the GIN indexes on
+(organization_id, tsvector) of migration 0004, with query shapes whose plan holds without statistics.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from threadline.storage.repositories.pagination import Page, PageRequest, fetch_page
 from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository, thread_conditions
@@ -23,6 +25,12 @@ _MESSAGES_FTS = sa.table("messages_fts", sa.column("rowid"))
 _THREADS_FTS = sa.table("threads_fts", sa.column("rowid"))
 # Threads found by title, under their own name: the outer query selects from `threads` too.
 _TITLED = sa.alias(Thread.__table__, name="titled")
+
+
+def _in_c(column: Any) -> sa.ColumnElement[Any]:
+    """PostgreSQL: the organization as the full-text indexes of migration 0004 hold it (collation "C"). No
+    b-tree serves this expression, so the planner cannot leave those indexes for one, statistics or not."""
+    return sa.collate(column, "C")
 
 
 def _fts_match(table: str, terms: Sequence[str]) -> sa.TextClause:
@@ -61,22 +69,20 @@ class SearchRepository:
         return vector.bool_op("@@")(sa.func.to_tsquery(_SIMPLE, " & ".join(f"{t}:*" for t in terms)))
 
     def _same(self, column: Any, value: str) -> sa.ColumnElement[bool]:
-        """`column = value`, but on SQLite as an expression no index serves: the planner must then start from
-        the full-text hits (rowid lookups) instead of walking the organization's whole index."""
-        return (sa.cast(column, sa.Text) if self.sqlite else column) == value
+        """SQLite: `column = value` as an expression no index serves: the planner must then start from the
+        full-text hits (rowid lookups) instead of walking the organization's whole index."""
+        return sa.cast(column, sa.Text) == value
 
     def _sort_columns(self) -> tuple[Any, ...]:
         """(created_at, id), the list's order. On SQLite as expressions, for the same reason as `_same`: sorting
         the hits beats walking every thread of the organization in index order to find them."""
-        if not self.sqlite:
-            return (Thread.created_at, Thread.id)
         return (
             sa.type_coerce(sa.cast(Thread.created_at, sa.Text), Thread.created_at.type),
             sa.cast(Thread.id, sa.Text),
         )
 
     def matching_threads(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Select[Any]:
-        """Threads whose title, or one of whose live messages, contains every term."""
+        """SQLite: threads whose title, or one of whose live messages, contains every term."""
         by_message = sa.select(Message.thread_id).where(
             self._same(Message.organization_id, where.organization_id),
             Message.deleted_at.is_(None),
@@ -87,16 +93,85 @@ class SearchRepository:
         )
         return sa.select(Thread).where(*thread_conditions(where), Thread.id.in_(sa.union(by_message, by_title)))
 
-    async def search_page(self, where: ThreadFilter, terms: Sequence[str], page: PageRequest) -> Page[Thread]:
-        """One page in the list's order; a cursor that names no thread is a 400."""
+    def _hits(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Subquery:
+        """PostgreSQL: each matching thread once, with the seq of its newest live matching message (NULL when
+        only its title matches). One pass over the matches, straight from the full-text indexes."""
+        by_message = sa.select(Message.thread_id.label("thread_id"), Message.seq.label("seq")).where(
+            _in_c(Message.organization_id) == where.organization_id,
+            Message.deleted_at.is_(None),
+            self._message_match(terms),
+        )
+        by_title = sa.select(_TITLED.c.id, sa.cast(sa.null(), sa.Integer)).where(
+            _in_c(_TITLED.c.organization_id) == where.organization_id, self._title_match(terms)
+        )
+        matches = sa.union_all(by_message, by_title).subquery("matches")
+        return (
+            sa.select(matches.c.thread_id, sa.func.max(matches.c.seq).label("seq"))
+            .group_by(matches.c.thread_id)
+            .subquery("hits")
+        )
+
+    def _page_query(self, where: ThreadFilter, terms: Sequence[str]) -> tuple[sa.Select[Any], tuple[Any, ...]]:
+        """The search as a list query (before keyset conditions, order and limit) and its sort columns.
+
+        PostgreSQL: the plan must not depend on statistics, which a young database does not have (autovacuum
+        has not analyzed it yet, or is off). With its default guesses every table looks like one row, and the
+        planner once looped over a whole grouped scan for every message (seconds for a few hundred messages).
+        So each matching thread is fetched by primary key in a LATERAL subquery (its LIMIT keeps it from being
+        flattened into a join the planner could reorder): the hits drive the loop, whatever the estimates.
+        """
+        if self.sqlite:
+            return self.matching_threads(where, terms), self._sort_columns()
+        hits = self._hits(where, terms)
+        by_id = (
+            sa.select(Thread).where(*thread_conditions(where), Thread.id == hits.c.thread_id).limit(1).lateral("found")
+        )
+        found = aliased(Thread, by_id)
+        query = sa.select(found, hits.c.seq).select_from(hits).join(by_id, sa.true())
+        return query, (found.created_at, found.id)
+
+    async def search(
+        self, where: ThreadFilter, terms: Sequence[str], page: PageRequest
+    ) -> tuple[Page[Thread], dict[str, MessageHit]]:
+        """One page of matching threads in the list's order, and per thread its newest live matching message
+        (for the snippet). A cursor that names no thread is a 400."""
         cursors = await ThreadRepository(self.session).cursors(where, page)
-        query = self.matching_threads(where, terms)
-        return await fetch_page(self.session, query, self._sort_columns(), page, cursors)
+        query, sort = self._page_query(where, terms)
+        if self.sqlite:
+            found = await fetch_page(self.session, query, sort, page, cursors)
+            return found, await self.latest_hits(where.organization_id, [t.id for t in found.items], terms)
+        rows = await fetch_page(self.session, query, sort, page, cursors, scalars=False)
+        newest = {thread.id: seq for thread, seq in rows.items if seq is not None}
+        threads = Page(items=[thread for thread, _ in rows.items], has_more=rows.has_more, total=rows.total)
+        return threads, await self._messages_at(where.organization_id, newest)
+
+    async def _messages_at(self, organization_id: str, seqs: dict[str, int]) -> dict[str, MessageHit]:
+        """PostgreSQL: the live messages at the given (thread, seq) positions, each by its unique key (LATERAL,
+        for the same reason as in `_page_query`)."""
+        if not seqs:
+            return {}
+        wanted = sa.values(sa.column("thread_id", sa.String), sa.column("seq", sa.Integer), name="wanted").data(
+            list(seqs.items())
+        )
+        at = (
+            sa.select(Message.id, Message.content)
+            .where(
+                Message.organization_id == organization_id,
+                Message.thread_id == wanted.c.thread_id,
+                Message.seq == wanted.c.seq,
+                Message.deleted_at.is_(None),
+            )
+            .limit(1)
+            .lateral("at")
+        )
+        query = sa.select(wanted.c.thread_id, at.c.id, at.c.content).select_from(wanted).join(at, sa.true())
+        rows = (await self.session.execute(query)).all()
+        return {r.thread_id: MessageHit(r.thread_id, r.id, r.content) for r in rows}
 
     async def latest_hits(
         self, organization_id: str, thread_ids: Sequence[str], terms: Sequence[str]
     ) -> dict[str, MessageHit]:
-        """Per thread, its newest live message that matches (for the result's snippet)."""
+        """SQLite: per thread, its newest live message that matches (for the result's snippet)."""
         if not thread_ids:
             return {}
         newest = (
@@ -122,8 +197,10 @@ class SearchRepository:
         return {r.thread_id: MessageHit(r.thread_id, r.id, r.content) for r in rows}
 
     async def explain(self, where: ThreadFilter, terms: Sequence[str]) -> str:
-        """The database's plan for the search query (tests check that it goes through the full-text index)."""
-        query = self.matching_threads(where, terms).order_by(*(c.desc() for c in self._sort_columns())).limit(21)
+        """The database's plan for the search's page query (tests check that it goes through the full-text
+        index)."""
+        query, sort = self._page_query(where, terms)
+        query = query.order_by(*(c.desc() for c in sort)).limit(21)
         compiled = query.compile(self.session.get_bind(), compile_kwargs={"literal_binds": True})
         prefix = "EXPLAIN QUERY PLAN " if self.sqlite else "EXPLAIN "
         rows = (await self.session.execute(sa.text(prefix + str(compiled)))).all()
