@@ -150,8 +150,7 @@ async def mixed(backend: str, url: str, seconds: float, rate: float) -> dict[str
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://threadline.bench", timeout=120) as client:
 
-            def turn_body(stream: bool) -> dict[str, object]:
-                thread = rng.choice(threads)
+            def turn_body(stream: bool, thread: str) -> dict[str, object]:
                 text = f"tell me more about {SOAKWORD} {rng.randrange(1000)}" if thread.startswith("soak") else (
                     f"what about the weather {rng.randrange(1000)}"
                 )  # fmt: skip
@@ -161,8 +160,15 @@ async def mixed(backend: str, url: str, seconds: float, rate: float) -> dict[str
                 started = time.perf_counter()
                 try:
                     if family in ("turn", "stream"):
-                        body = turn_body(family == "stream")
-                        response = await client.post("/v1/model/response", json=body, headers=headers)
+                        # A thread takes one turn at a time (others wait, then 409): pick one not in a turn, as
+                        # independent users would, so that the figures are the server's, not the queue's.
+                        thread = rng.choice(sorted(idle))
+                        idle.discard(thread)
+                        try:
+                            body = turn_body(family == "stream", thread)
+                            response = await client.post("/v1/model/response", json=body, headers=headers)
+                        finally:
+                            idle.add(thread)
                     elif family == "list":
                         response = await client.get("/v1/threads", headers=headers)
                     elif family == "page":
@@ -178,8 +184,9 @@ async def mixed(backend: str, url: str, seconds: float, rate: float) -> dict[str
                     return
                 samples[family].append((time.perf_counter() - started) * 1000)
 
+            idle = set(threads)
             for thread in threads:  # every thread exists from the start; the first turns fill them
-                await client.post("/v1/model/response", json=turn_body(False) | {"thread": thread}, headers=headers)
+                await client.post("/v1/model/response", json=turn_body(False, thread), headers=headers)
             tasks = []
             begin = time.perf_counter()
             for n in range(int(seconds * rate)):
