@@ -196,7 +196,7 @@ class Thread(Base):
             sqlite_where=sa.text("kind = 'chain'"),
             postgresql_where=sa.text("kind = 'chain'"),
         ),
-        # Full-text search over titles lives in migration 0002 only (FTS5 table / GIN expression index).
+        # Full-text search over titles lives in migrations 0002 and 0004 only (FTS5 table / GIN index).
         # The children of a thread (migration 0003): the sweeper keeps a chain while a live chain forks from it.
         sa.Index(
             "ix_threads_organization_id_parent_thread_id",
@@ -244,7 +244,7 @@ class Message(Base):
             sqlite_where=sa.text("deleted_at IS NOT NULL"),
             postgresql_where=sa.text("deleted_at IS NOT NULL"),
         ),
-        # Full-text search over content lives in migration 0002 only (FTS5 table / GIN expression index).
+        # Full-text search over content lives in migrations 0002 and 0004 only (FTS5 table / GIN index).
     )
 
 
