@@ -58,7 +58,7 @@ def _disable_pysqlite_transactions(engine: AsyncEngine) -> None:
 
 def is_full_text_object(name: str | None) -> bool:
     """Whether a schema object belongs to the full-text search of migration 0002 (FTS5 tables, their shadow
-    tables and triggers on SQLite; generated tsvector columns and GIN indexes on PostgreSQL). They are
+    tables and triggers on SQLite; generated tsvector columns and GIN indexes (0005) on PostgreSQL). They are
     dialect-specific, so they live in the migration only, not in `tables.py`."""
     return name is not None and (name.endswith("_tsv") or "_fts" in name)
 

@@ -196,7 +196,7 @@ class Thread(Base):
             sqlite_where=sa.text("kind = 'chain'"),
             postgresql_where=sa.text("kind = 'chain'"),
         ),
-        # Full-text search over titles lives in migration 0002 only (FTS5 table / GIN expression index).
+        # Full-text search over titles lives in migrations 0002 and 0005 only (FTS5 table / GIN index).
         # Threads mid-turn (migration 0004): start-up and the periodic settling find the expired leases of a dead
         # server here. Only streaming threads are in it, so it stays as small as the number of turns running.
         sa.Index(
@@ -252,7 +252,7 @@ class Message(Base):
             sqlite_where=sa.text("deleted_at IS NOT NULL"),
             postgresql_where=sa.text("deleted_at IS NOT NULL"),
         ),
-        # Full-text search over content lives in migration 0002 only (FTS5 table / GIN expression index).
+        # Full-text search over content lives in migrations 0002 and 0005 only (FTS5 table / GIN index).
     )
 
 

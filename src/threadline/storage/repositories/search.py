@@ -3,7 +3,7 @@
 SQLite: the external-content FTS5 tables `messages_fts` and `threads_fts` of migration 0002, joined to their
 content tables by rowid. PostgreSQL: the generated columns `messages.content_tsv` and `threads.title_tsv`
 of migration 0002 (not mapped in `tables.py`: they exist on PostgreSQL only), in the GIN indexes on
-(organization_id, tsvector) of migration 0004, with query shapes whose plan holds without statistics.
+(organization_id, tsvector) of migration 0005, with query shapes whose plan holds without statistics.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _TITLED = sa.alias(Thread.__table__, name="titled")
 
 
 def _in_c(column: Any) -> sa.ColumnElement[Any]:
-    """PostgreSQL: the organization as the full-text indexes of migration 0004 hold it (collation "C"). No
+    """PostgreSQL: the organization as the full-text indexes of migration 0005 hold it (collation "C"). No
     b-tree serves this expression, so the planner cannot leave those indexes for one, statistics or not."""
     return sa.collate(column, "C")
 
