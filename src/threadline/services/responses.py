@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
-from threadline.domain.messages import ChatMessage, validate_content, validate_role
-from threadline.domain.tokens import message_token_count
+from threadline.domain.messages import ChatMessage, check_pairing, validate_content, validate_role
+from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -42,11 +43,17 @@ from threadline.errors import (
     ValidationFailed,
 )
 from threadline.ids import new_id, sibling_id
-from threadline.providers.base import GenerationParams
+from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
-from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path, plan_context
+from threadline.services.turn_context import (
+    MAX_CHAIN_SEGMENTS,
+    conversation_path,
+    known_calls,
+    pending_calls,
+    plan_context,
+)
 from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.responses import ResponseRepository
@@ -94,6 +101,12 @@ class ResponseRequest:
     thread_must_exist: bool = False
     # Caller fields kept as-is on the response's request record (the OpenAI API echoes `metadata`, …).
     record: dict[str, Any] = field(default_factory=dict)
+    # Function tools the model may call, and how (DESIGN.md §6). A model without the `tools` capability refuses.
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: str | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
+    max_tool_calls: int | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -107,7 +120,8 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
     if not request.inputs and request.run is None:
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
-        validate_role(message.role, param=f"inputs.{index}.role")
+        if message.type == "message":
+            validate_role(message.role, param=f"inputs.{index}.role")
         validate_content(message.content, param=f"inputs.{index}.texts")
     if request.instructions is not None:
         validate_content(request.instructions, param="instructions")
@@ -304,6 +318,7 @@ async def _try_start(
 
     assistant = await _run_assistant(session, org, request.run) if request.run else await _assistant_of(session, thread)
     provider, info = models.resolve(request.model or (assistant.model if assistant else None))
+    _check_capabilities(request, info)
     tokenizer = provider.tokenizer(info.name)
     mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
     max_output = request.max_output_tokens or (assistant.max_output_tokens if assistant else None)
@@ -321,9 +336,19 @@ async def _try_start(
         text = request.instructions
         pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
     inputs = [
-        PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
+        PromptMessage(
+            m.role,
+            m.content,
+            item_token_count(tokenizer, m.role, m.content, m.name),
+            type=m.type,
+            call_id=m.call_id,
+            name=m.name,
+        )
+        for m in request.inputs
     ]
-    plan = await plan_context(
+    # Tool definitions are sent with every request: they count against the window like the priming does.
+    tool_tokens = tokenizer.count(json.dumps([_tool_record(t) for t in request.tools])) if request.tools else 0
+    plan, pending = await plan_context(
         session,
         thread,
         segments=segments,
@@ -335,9 +360,14 @@ async def _try_start(
         pinned=pinned,
         inputs=inputs,
         full_limit=settings.max_messages_per_thread,
-        priming_tokens=info.request_overhead_tokens,
+        priming_tokens=info.request_overhead_tokens + tool_tokens,
         last_messages=request.run.last_messages if request.run else None,
     )
+    # Pairing (DESIGN.md §6): outputs need their calls, a new user turn needs every call answered. The history
+    # the plan read usually shows the calls still waiting; otherwise they are looked up.
+    if pending is None:
+        pending = await pending_calls(session, org, segments)
+    check_pairing(pending, request.inputs, await known_calls(session, org, segments, pending, request.inputs))
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
     output_message_id = sibling_id("msg", owner)
@@ -369,13 +399,49 @@ async def _try_start(
         provider=provider,
         info=info,
         tokenizer=tokenizer,
-        prompt=[ChatMessage(role=m.role, content=m.content) for m in plan.messages],  # type: ignore[arg-type]
+        prompt=[
+            ChatMessage(m.role, m.content, m.type, m.call_id, m.name)  # type: ignore[arg-type]
+            for m in plan.messages
+        ],
         inputs=inputs,
-        params=GenerationParams(max_output_tokens=max_output, temperature=temperature),
+        params=GenerationParams(
+            max_output_tokens=max_output,
+            temperature=temperature,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+        ),
+        max_tool_calls=_call_cap(request),
         thread_state=request.thread_state,
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
     )
+
+
+def _check_capabilities(request: ResponseRequest, info: ModelInfo) -> None:
+    if request.tools and not info.tools:
+        raise InvalidRequest(
+            f"The model '{info.name}' does not support tools (function calling): use a model whose configuration "
+            "allows tools, or send the request without 'tools'.",
+            code="tools_not_supported",
+            param="tools",
+        )
+
+
+def _call_cap(request: ResponseRequest) -> int | None:
+    """How many calls of one answer are kept: `max_tool_calls`, and one when parallel calls are off."""
+    caps = [c for c in (request.max_tool_calls, 1 if request.parallel_tool_calls is False else None) if c is not None]
+    return min(caps) if caps else None
+
+
+def _tool_record(tool: FunctionTool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
 
 
 def _check_chainable(previous: Response, settings: Settings, now: datetime) -> int:
@@ -432,7 +498,7 @@ def _request_record(request: ResponseRequest, mode: str, max_output: int, temper
     """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
     return {
         **request.record,
-        "inputs": [{"role": m.role, "content": m.content} for m in request.inputs],
+        "inputs": [_input_record(m) for m in request.inputs],
         "instructions": request.instructions,
         "store": request.store,
         "thread_state": request.thread_state,
@@ -440,6 +506,13 @@ def _request_record(request: ResponseRequest, mode: str, max_output: int, temper
         "max_output_tokens": max_output,
         "temperature": temperature,
     }
+
+
+def _input_record(m: ChatMessage) -> dict[str, Any]:
+    if m.type == "message":
+        return {"role": m.role, "content": m.content}
+    record = {"type": m.type, "call_id": m.call_id, "content": m.content}
+    return {**record, "name": m.name} if m.name is not None else record
 
 
 async def create_response(
