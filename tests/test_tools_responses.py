@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi import FastAPI
@@ -293,3 +294,30 @@ async def test_conversation_items_of_every_type_round_trip(oa: AsyncOpenAI, tool
     await oa.conversations.items.delete(answer.output[0].id, conversation_id=conversation.id)
     remaining = [i.type async for i in oa.conversations.items.list(conversation.id, order="asc")]
     assert remaining == ["message", "function_call", "function_call_output", "message"]
+
+
+async def test_item_references_name_stored_items_and_tool_outputs_are_searchable(
+    oa: AsyncOpenAI, tool_app: FastAPI, tool_caller: Caller
+) -> None:
+    first = await oa.responses.create(model="tool-model", input="Quito", tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    (call,) = first.output
+    # A new conversation that refers to the stored call by id instead of repeating it.
+    answer = await oa.responses.create(
+        model="tool-model",
+        input=[
+            {"type": "message", "role": "user", "content": "Quito"},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "drizzle-ish"},  # type: ignore[union-attr]
+        ],
+    )
+    assert answer.output_text == "Tool said: drizzle-ish"
+    with pytest.raises(openai.NotFoundError) as missing:
+        await oa.responses.create(model="tool-model", input=[{"type": "item_reference", "id": "fc_nothing"}])
+    assert missing.value.body["code"] == "item_not_found"  # type: ignore[index]
+
+    # The output's text sits in the searchable column: search finds the thread by it.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=tool_app), base_url="http://t") as client:
+        found = await client.get("/v1/threads/search", params={"q": "drizzle"}, headers=tool_caller.headers)
+        turn = await client.get(f"/v1/model/response/{answer.id}", headers=tool_caller.headers)
+    assert found.status_code == 200, found.text
+    assert [t["id"] for t in found.json()["data"]] == [turn.json()["thread_id"]]

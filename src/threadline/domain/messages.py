@@ -49,6 +49,14 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class ItemReference:
+    """An input that names a stored item by id (OpenAI `item_reference`): the item itself is used."""
+
+    id: str
+    type: Literal["item_reference"] = "item_reference"
+
+
+@dataclass(frozen=True)
 class ToolCall:
     """A function call the model made: `arguments` is the JSON text it wrote (not parsed: clients parse it)."""
 

@@ -31,7 +31,7 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
-from threadline.domain.messages import ChatMessage, check_pairing, validate_content, validate_role
+from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, validate_content, validate_role
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import (
     AlreadyExists,
@@ -56,6 +56,7 @@ from threadline.services.turn_context import (
 )
 from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
+from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Assistant, Response, Thread
@@ -83,7 +84,8 @@ class ResponseRequest:
     """A validated request for one turn (the wire schema's fields, snake_case)."""
 
     organization_id: str
-    inputs: Sequence[ChatMessage]
+    # `ItemReference`s are resolved to the items they name in step 1.
+    inputs: Sequence[ChatMessage | ItemReference]
     thread_id: str | None = None
     thread_metadata: dict[str, Any] | None = None
     store: bool = True
@@ -120,6 +122,8 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
     if not request.inputs and request.run is None:
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
+        if isinstance(message, ItemReference):
+            continue
         if message.type == "message":
             validate_role(message.role, param=f"inputs.{index}.role")
         validate_content(message.content, param=f"inputs.{index}.texts")
@@ -292,6 +296,7 @@ async def _try_start(
     request: ResponseRequest,
 ) -> Turn | None:
     org = request.organization_id
+    items = await _resolve_references(session, org, request.inputs)
     now = utcnow()
     lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
     thread = await _lease_thread(session, principal, request, lease)
@@ -309,7 +314,7 @@ async def _try_start(
             code="previous_response_chain_too_deep",
             param="previous_response_id",
         )
-    if thread.message_count + len(request.inputs) + 1 > settings.max_messages_per_thread:
+    if thread.message_count + len(items) + 1 > settings.max_messages_per_thread:
         raise ThreadFull(
             f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is "
             f"{settings.max_messages_per_thread} per thread.",
@@ -344,7 +349,7 @@ async def _try_start(
             call_id=m.call_id,
             name=m.name,
         )
-        for m in request.inputs
+        for m in items
     ]
     # Tool definitions are sent with every request: they count against the window like the priming does.
     tool_tokens = tokenizer.count(json.dumps([_tool_record(t) for t in request.tools])) if request.tools else 0
@@ -367,11 +372,11 @@ async def _try_start(
     # the plan read usually shows the calls still waiting; otherwise they are looked up.
     if pending is None:
         pending = await pending_calls(session, org, segments)
-    check_pairing(pending, request.inputs, await known_calls(session, org, segments, pending, request.inputs))
+    check_pairing(pending, items, await known_calls(session, org, segments, pending, items))
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
     output_message_id = sibling_id("msg", owner)
-    record = _request_record(request, mode, max_output, temperature)
+    record = _request_record(request, items, mode, max_output, temperature)
     record["output_message_id"] = output_message_id
     if request.run is not None:
         run = request.run
@@ -416,6 +421,27 @@ async def _try_start(
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
     )
+
+
+async def _resolve_references(
+    session: AsyncSession, organization_id: str, inputs: Sequence[ChatMessage | ItemReference]
+) -> list[ChatMessage]:
+    """Inputs with every `item_reference` replaced by the stored item it names (any live item of the
+    organization); a reference to nothing is a 404."""
+    resolved: list[ChatMessage] = []
+    repo = MessageRepository(session)
+    for index, item in enumerate(inputs):
+        if not isinstance(item, ItemReference):
+            resolved.append(item)
+            continue
+        found = await repo.get_any(organization_id, item.id)
+        if found is None:
+            raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"inputs.{index}.id")
+        name = (found.payload or {}).get("name")
+        resolved.append(
+            ChatMessage(found.role, found.content, found.type, found.call_id, name)  # type: ignore[arg-type]
+        )
+    return resolved
 
 
 def _check_capabilities(request: ResponseRequest, info: ModelInfo) -> None:
@@ -494,11 +520,13 @@ def _mode(assistant: Assistant | None) -> ContextMode | None:
     return value if value in ("recent", "smart", "full") else None  # type: ignore[return-value]
 
 
-def _request_record(request: ResponseRequest, mode: str, max_output: int, temperature: float | None) -> dict[str, Any]:
+def _request_record(
+    request: ResponseRequest, items: Sequence[ChatMessage], mode: str, max_output: int, temperature: float | None
+) -> dict[str, Any]:
     """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
     return {
         **request.record,
-        "inputs": [_input_record(m) for m in request.inputs],
+        "inputs": [_input_record(m) for m in items],
         "instructions": request.instructions,
         "store": request.store,
         "thread_state": request.thread_state,

@@ -31,7 +31,7 @@ from threadline.api.schemas.common import RequestModel, ResponseModel
 from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import ChatMessage, ItemReference
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
@@ -190,7 +190,7 @@ class OpenAIResponseCreate(RequestModel):
             )
         return ToolChoiceFunction(str(name))
 
-    def _inputs(self) -> list[ChatMessage]:
+    def _inputs(self) -> list[ChatMessage | ItemReference]:
         if self.input is None:
             raise ValidationFailed(
                 "Missing required parameter 'input': a string or a list of message items.",
@@ -201,7 +201,7 @@ class OpenAIResponseCreate(RequestModel):
             return [ChatMessage(role="user", content=self.input)]
         if not self.input:
             raise ValidationFailed("'input' needs at least one item.", code="empty_input", param="input")
-        return [new_item(item, f"input.{i}").as_chat() for i, item in enumerate(self.input)]
+        return [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
 
 
 # ---- objects -----------------------------------------------------------------------------------------------
@@ -213,6 +213,20 @@ class OutputMessageRead(ResponseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputTextRead]
+
+
+def _input_item(item: Any, param: str) -> ChatMessage | ItemReference:
+    """An input item: a stored item named by an `item_reference`, else an item to save (`new_item`)."""
+    if isinstance(item, dict) and item.get("type") == "item_reference":
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= 64:
+            raise ValidationFailed(
+                "An 'item_reference' needs 'id' as a string of 1 to 64 characters.",
+                code="invalid_type",
+                param=f"{param}.id",
+            )
+        return ItemReference(item_id)
+    return new_item(item, param).as_chat()
 
 
 def _tool_echo(tool: FunctionTool) -> dict[str, Any]:

@@ -126,6 +126,13 @@ class MessageRepository:
             rows.reverse()
         return rows
 
+    async def get_any(self, organization_id: str, message_id: str) -> Message | None:
+        """A live item of any thread of the organization, by id."""
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id, Message.id == message_id, Message.deleted_at.is_(None)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
     async def tail_kinds(
         self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None
     ) -> list[tuple[str, str | None]]:
