@@ -146,6 +146,9 @@ async def test_parallel_calls_in_a_conversation_replay_as_one_assistant_message(
         tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[arg-type, list-item]
     )
     assert second.output_text == "Tool said: warm | dusk"
+    # The context report counts the items the model saw by type.
+    report = (await oa.get(f"/model/response/{second.id}", cast_to=dict))["context"]  # type: ignore[arg-type]
+    assert report["items_by_type"] == {"function_call": 2, "function_call_output": 2, "message": 1}
     sent = last_request_with(tool_upstream_url, "dusk")
     assistant = [m for m in sent["messages"] if m["role"] == "assistant"]
     assert len(assistant) == 1 and [c["id"] for c in assistant[0]["tool_calls"]] == [c.call_id for c in calls]  # type: ignore[union-attr]
@@ -321,3 +324,34 @@ async def test_item_references_name_stored_items_and_tool_outputs_are_searchable
         turn = await client.get(f"/v1/model/response/{answer.id}", headers=tool_caller.headers)
     assert found.status_code == 200, found.text
     assert [t["id"] for t in found.json()["data"]] == [turn.json()["thread_id"]]
+
+
+async def test_the_freddy_view_shows_every_item_with_its_type(
+    oa: AsyncOpenAI, tool_app: FastAPI, tool_caller: Caller
+) -> None:
+    conversation = await oa.conversations.create(
+        items=[
+            {"type": "message", "role": "user", "content": "Weather in Graz?"},
+            {"type": "function_call", "call_id": "call_g", "name": "get_weather", "arguments": '{"city": "Graz"}'},
+            {"type": "function_call_output", "call_id": "call_g", "output": "hail"},
+        ]
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=tool_app), base_url="http://t") as client:
+        listed = await client.get(
+            f"/v1/threads/{conversation.id}/messages", params={"order": "asc"}, headers=tool_caller.headers
+        )
+        thread = await client.get(f"/v1/threads/{conversation.id}", headers=tool_caller.headers)
+    assert listed.status_code == 200, listed.text
+    shown = [
+        {k: m[k] for k in ("type", "role", "content", "call_id", "name", "arguments", "output")}
+        for m in listed.json()["data"]
+    ]
+    assert shown == [
+        {"type": "message", "role": "user", "content": "Weather in Graz?", "call_id": None, "name": None,
+         "arguments": None, "output": None},
+        {"type": "function_call", "role": "assistant", "content": '{"city": "Graz"}', "call_id": "call_g",
+         "name": "get_weather", "arguments": '{"city": "Graz"}', "output": None},
+        {"type": "function_call_output", "role": "tool", "content": "hail", "call_id": "call_g", "name": None,
+         "arguments": None, "output": "hail"},
+    ]  # fmt: skip
+    assert thread.json()["message_count"] == 3

@@ -82,6 +82,8 @@ class ContextReport:
     seq_ranges: tuple[tuple[int, int], ...] = field(default=())
     # (thread id, first seq, last seq): where each run of `seq_ranges` is stored, so any answer can be traced.
     segments: tuple[tuple[str, int, int], ...] = field(default=())
+    # The history items and inputs in the prompt, counted by item type.
+    items_by_type: tuple[tuple[str, int], ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class ContextReport:
                 {"thread_id": thread_id, "first_seq": first, "last_seq": last}
                 for thread_id, first, last in self.segments
             ],
+            "items_by_type": dict(self.items_by_type),
         }
 
 
@@ -214,8 +217,16 @@ def build_context(
         gap_marked=note is not None,
         seq_ranges=seq_ranges([m.seq for m in chosen]),
         segments=context_segments(chosen),
+        items_by_type=_count_types([*chosen, *inputs]),
     )
     return ContextPlan(messages=messages, report=report)
+
+
+def _count_types(items: Sequence[HistoryMessage | PromptMessage]) -> tuple[tuple[str, int], ...]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.type] = counts.get(item.type, 0) + 1
+    return tuple(sorted(counts.items()))
 
 
 def _smart_or_recent(

@@ -213,7 +213,7 @@ class _StreamLayout:
             final = FunctionCallItemRead(id=item_id, call_id=call_id, name=name, arguments="".join(arguments))
         yield self.frame(
             "response.function_call_arguments.done",
-            {"item_id": item_id, "output_index": index, "name": final.name, "arguments": final.arguments},
+            {"item_id": item_id, "output_index": index, "arguments": final.arguments},
         )
         yield self.frame("response.output_item.done", {"output_index": index, "item": final.model_dump(mode="json")})
 
