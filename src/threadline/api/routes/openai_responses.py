@@ -166,6 +166,8 @@ class _StreamLayout:
         yield self.frame("response.content_part.added", {**self._where(), "part": part})
 
     def text_delta(self, delta: str) -> Iterator[str]:
+        if not delta:
+            return  # (an empty answer's message still opens at the end, in `finish`)
         yield from self.open_message()
         self.text.append(delta)
         yield self.frame("response.output_text.delta", {**self._where(), "delta": delta, "logprobs": []})
