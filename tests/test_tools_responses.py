@@ -164,6 +164,7 @@ async def test_parallel_calls_in_a_conversation_replay_as_one_assistant_message(
         "message",
     ]
     assert items[1].id == calls[0].id and items[3].output == "warm"  # type: ignore[union-attr]
+    assert items[3].id.startswith("fco_") and items[0].id.startswith("msg_")
 
 
 async def test_outputs_without_their_call_are_refused_in_openais_words(oa: AsyncOpenAI) -> None:

@@ -21,6 +21,9 @@ from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
 
+# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output.
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
 
 async def list_messages(
     session: AsyncSession,
@@ -82,7 +85,7 @@ async def append_messages(
     rows = [
         Message(
             organization_id=thread.organization_id,
-            id=m.id or new_id("msg"),
+            id=m.id or new_id(_ID_PREFIXES[m.type]),
             thread_id=thread.id,
             seq=first_seq + i,
             role=m.role,
