@@ -27,6 +27,9 @@ from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
 from threadline.storage.tables import Base
 
+# The tool-calling upstream process and the app wired to it (fixtures `tool_upstream_url`, `tool_app`).
+pytest_plugins = ("tests.tool_helpers",)
+
 POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -144,7 +144,7 @@ async def test_conversation_errors(
 
     cases: list[tuple[list[Any], str, str]] = [
         (
-            [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}],
+            [{"type": "reasoning", "id": "rs_1", "summary": []}],
             "unsupported_item_type",
             "items.0.type",
         ),

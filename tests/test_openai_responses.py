@@ -372,7 +372,7 @@ async def test_delete_cancel_and_errors(
     ("fields", "code", "param"),
     [
         (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]},
+            {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
             "unsupported_item_type",
             "input.0.type",
         ),
@@ -401,15 +401,14 @@ async def test_bad_requests(oa: AsyncOpenAI, fake: FakeProvider, fields: dict[st
 
 
 async def test_unsupported_fields_are_tolerated(oa: AsyncOpenAI, fake: FakeProvider) -> None:
+    # (Function tools are honoured, not ignored: tests/test_tools_responses.py.)
     response = await oa.responses.create(
         input="hi",
-        tools=[{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
         tool_choice="auto",
         text={"format": {"type": "text"}, "verbosity": "low"},
         reasoning={"effort": "low"},
         include=["message.output_text.logprobs"],
         user="u-1",
-        parallel_tool_calls=False,
         service_tier="auto",
         top_p=0.5,
         temperature=0.3,

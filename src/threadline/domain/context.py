@@ -10,6 +10,9 @@ Modes (seed 001):
 - ``smart``: the thread's start (leading system messages and the first exchange) plus the newest messages that
   fit; when messages are left out between them, a short system note marks the gap (its tokens count).
 - ``full``: all history, or `ContextLengthExceeded` naming the sizes: never silent truncation.
+
+Function calls and their outputs are one unit (DESIGN.md §6): a run of consecutive `function_call` /
+`function_call_output` items is kept or dropped whole, so the model never sees an output without its call.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from threadline.domain.messages import TOOL_ITEM_TYPES
 from threadline.domain.tokens import REPLY_PRIMING_TOKENS
 from threadline.errors import ContextLengthExceeded
 
@@ -39,16 +43,30 @@ class HistoryMessage:
     content: str
     tokens: int
     thread_id: str = ""
+    type: str = "message"
+    call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
 class PromptMessage:
-    """A message of the prompt; `seq` is None for messages that are not (yet) in the thread."""
+    """An item of the prompt; `seq` is None for items that are not (yet) in the thread."""
 
     role: str
     content: str
     tokens: int
     seq: int | None = None
+    type: str = "message"
+    call_id: str | None = None
+    name: str | None = None
+
+
+def _is_tool_item(message: HistoryMessage) -> bool:
+    return message.type in TOOL_ITEM_TYPES
+
+
+def _prompt(m: HistoryMessage) -> PromptMessage:
+    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name)
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,8 @@ class ContextReport:
     seq_ranges: tuple[tuple[int, int], ...] = field(default=())
     # (thread id, first seq, last seq): where each run of `seq_ranges` is stored, so any answer can be traced.
     segments: tuple[tuple[str, int, int], ...] = field(default=())
+    # The history items and inputs in the prompt, counted by item type.
+    items_by_type: tuple[tuple[str, int], ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +100,7 @@ class ContextReport:
                 {"thread_id": thread_id, "first_seq": first, "last_seq": last}
                 for thread_id, first, last in self.segments
             ],
+            "items_by_type": dict(self.items_by_type),
         }
 
 
@@ -126,7 +147,7 @@ def anchor_of(head: Sequence[HistoryMessage]) -> list[HistoryMessage]:
         elif not seen_user and message.role == "user":
             anchor.append(message)
             seen_user = True
-        elif seen_user and message.role == "assistant":
+        elif seen_user and message.role == "assistant" and message.type == "message":
             anchor.append(message)
             break
         else:
@@ -179,10 +200,10 @@ def build_context(
         anchor, chosen_rest, note = _smart_or_recent(anchor, tail, history_total, budget, count_note)
         chosen = anchor + chosen_rest
 
-    history_part: list[PromptMessage] = [PromptMessage(m.role, m.content, m.tokens, m.seq) for m in anchor]
+    history_part: list[PromptMessage] = [_prompt(m) for m in anchor]
     if note is not None:
         history_part.append(note)
-    history_part += [PromptMessage(m.role, m.content, m.tokens, m.seq) for m in chosen[len(anchor) :]]
+    history_part += [_prompt(m) for m in chosen[len(anchor) :]]
     messages = (*pinned, *history_part, *inputs)
     total = sum(m.tokens for m in messages) + priming_tokens
     report = ContextReport(
@@ -196,8 +217,16 @@ def build_context(
         gap_marked=note is not None,
         seq_ranges=seq_ranges([m.seq for m in chosen]),
         segments=context_segments(chosen),
+        items_by_type=_count_types([*chosen, *inputs]),
     )
     return ContextPlan(messages=messages, report=report)
+
+
+def _count_types(items: Sequence[HistoryMessage | PromptMessage]) -> tuple[tuple[str, int], ...]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.type] = counts.get(item.type, 0) + 1
+    return tuple(sorted(counts.items()))
 
 
 def _smart_or_recent(
@@ -232,7 +261,8 @@ def _smart_or_recent(
 
 
 def _newest_that_fit(messages: Sequence[HistoryMessage], budget: int) -> list[HistoryMessage]:
-    """The longest suffix of `messages` whose tokens fit in `budget`."""
+    """The longest suffix of `messages` whose tokens fit in `budget` and that holds tool items only in whole
+    units: a call and its output are kept or dropped together."""
     used = 0
     start = len(messages)
     for index in range(len(messages) - 1, -1, -1):
@@ -240,7 +270,22 @@ def _newest_that_fit(messages: Sequence[HistoryMessage], budget: int) -> list[Hi
             break
         used += messages[index].tokens
         start = index
-    return list(messages[start:])
+    # A cut inside a unit of tool items drops the unit's rest too.
+    while 0 < start < len(messages) and _is_tool_item(messages[start]) and _is_tool_item(messages[start - 1]):
+        start += 1
+    return _without_orphans(list(messages[start:]))
+
+
+def _without_orphans(chosen: list[HistoryMessage]) -> list[HistoryMessage]:
+    """Drop a leading unit of tool items that holds an output whose call is not there (the part of the history
+    that was read began inside the unit)."""
+    end = 0
+    while end < len(chosen) and _is_tool_item(chosen[end]):
+        end += 1
+    calls = {m.call_id for m in chosen[:end] if m.type == "function_call"}
+    if any(m.type == "function_call_output" and m.call_id not in calls for m in chosen[:end]):
+        return chosen[end:]
+    return chosen
 
 
 def seq_ranges(seqs: Sequence[int]) -> tuple[tuple[int, int], ...]:

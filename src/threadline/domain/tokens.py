@@ -51,3 +51,9 @@ def reply_overhead(tokenizer: TokenCounter) -> int:
 def message_token_count(tokenizer: TokenCounter, role: str, content: str) -> int:
     """The tokens one message costs in a prompt: its content plus its chat-format overhead."""
     return tokenizer.count(content) + message_overhead(tokenizer, role)
+
+
+def item_token_count(tokenizer: TokenCounter, role: str, content: str, name: str | None = None) -> int:
+    """The tokens one item costs: a message as above; a function call its arguments (`content`) plus the
+    function's name, framed like an assistant message; an output its text, framed like a message."""
+    return message_token_count(tokenizer, role, content) + (tokenizer.count(name) if name else 0)

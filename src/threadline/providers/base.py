@@ -8,10 +8,10 @@ httpx or llama.cpp exceptions leak upward.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import ChatMessage, ToolCall
 from threadline.domain.tokens import REPLY_PRIMING_TOKENS
 
 
@@ -27,12 +27,33 @@ class ModelInfo:
     # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
     # prompt…): the context builder reserves them. See domain/tokens.py.
     request_overhead_tokens: int = REPLY_PRIMING_TOKENS
+    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images.
+    tools: bool = False
+    vision: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """A function the model may call: `parameters` is its JSON Schema; `strict` is passed on when given."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
+class ToolChoiceFunction:
+    name: str
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     max_output_tokens: int
     temperature: float | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: str | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -43,15 +64,31 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
-class Finished:
-    """The last event of a successful stream."""
+class ToolCallStarted:
+    """The model began a function call (`index`: its place among this answer's calls)."""
 
-    finish_reason: str  # "stop" | "length" | "content_filter"
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallArgumentsDelta:
+    index: int
+    delta: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a successful stream, with the function calls the answer made (in order)."""
+
+    finish_reason: str  # "stop" | "length" | "content_filter" | "tool_calls"
     input_tokens: int | None = None
     output_tokens: int | None = None
+    tool_calls: tuple[ToolCall, ...] = field(default=())
 
 
-StreamEvent = TextDelta | Finished
+StreamEvent = TextDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished
 
 
 class Tokenizer(Protocol):

@@ -12,9 +12,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import ChatMessage, ToolCall
 from threadline.errors import UpstreamError, UpstreamTimeout
-from threadline.providers.base import Finished, GenerationParams, ModelInfo, StreamEvent, TextDelta
+from threadline.providers.base import (
+    Finished,
+    GenerationParams,
+    ModelInfo,
+    StreamEvent,
+    TextDelta,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+)
 
 FailureMode = Literal["before", "mid", "hang"]
 
@@ -39,6 +47,8 @@ class Script:
     fail_after_tokens: int = 1
     error: type[UpstreamError] = UpstreamError
     finish_reason: str = "stop"
+    # Function calls made after the text (their arguments streamed in two pieces).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass
@@ -53,9 +63,14 @@ class FakeProvider:
     closed: bool = False
     # Set when a call starts: lets a test act while a turn is in flight without polling.
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # The `tools` capability of its models.
+    tools: bool = False
 
     def models(self) -> Sequence[ModelInfo]:
-        return [ModelInfo(name, self.name, self.context_window, WordTokenizer.name) for name in self.model_names]
+        return [
+            ModelInfo(name, self.name, self.context_window, WordTokenizer.name, tools=self.tools)
+            for name in self.model_names
+        ]
 
     def tokenizer(self, model: str) -> WordTokenizer:
         return WordTokenizer()
@@ -84,7 +99,12 @@ class FakeProvider:
             if script.delay_per_token:
                 await asyncio.sleep(script.delay_per_token)
             yield TextDelta(word if index == 0 else " " + word)
-        yield Finished(finish_reason=script.finish_reason)
+        for index, call in enumerate(script.tool_calls):
+            yield ToolCallStarted(index, call.call_id, call.name)
+            middle = len(call.arguments) // 2
+            for piece in (call.arguments[:middle], call.arguments[middle:]):
+                yield ToolCallArgumentsDelta(index, piece)
+        yield Finished(finish_reason=script.finish_reason, tool_calls=script.tool_calls)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -185,7 +185,7 @@ class LocalProvider:
         self._check_model(model)
         if self._closed:
             raise UpstreamError("The embedded model is shut down.", code="local_model_unavailable")
-        job = _Job(asyncio.get_running_loop(), [{"role": m.role, "content": m.content} for m in messages], params)
+        job = _Job(asyncio.get_running_loop(), [_as_text(m) for m in messages], params)
         try:
             future: Future[None] = self._executor.submit(self._run, job)
         except RuntimeError as exc:  # shut down between the check above and now
@@ -314,3 +314,13 @@ class LocalProvider:
         # The end-of-generation token is sampled but is not part of the answer (as in OpenAI's usage).
         output_tokens = llama.sampled_tokens - (1 if llama.ended_on_eog else 0)
         job.emit(Finished(finish_reason, input_tokens=llama.prompt_tokens, output_tokens=output_tokens))
+
+
+def _as_text(message: ChatMessage) -> dict[str, str]:
+    """A chat template knows text messages only: a thread's function calls and outputs (made with another model)
+    are shown to this one as text."""
+    if message.type == "function_call":
+        return {"role": "assistant", "content": f"[called {message.name}({message.content})]"}
+    if message.type == "function_call_output":
+        return {"role": "user", "content": f"[output of call {message.call_id}]: {message.content}"}
+    return {"role": message.role, "content": message.content}

@@ -11,6 +11,12 @@ Every failure is translated here — httpx exceptions never leave this module:
 | HTTP 5xx, or an error object inside the stream        | UpstreamError      | `upstream_error`        |
 | any other HTTP 4xx (bad key, unknown model…)          | UpstreamRejected   | `upstream_rejected`     |
 | malformed JSON, cut off before finish_reason/[DONE], empty | UpstreamError | `upstream_bad_stream`   |
+
+Function tools: `tools` (with `strict` when given), `tool_choice` and `parallel_tool_calls` are sent as chat
+completions takes them. History replays a run of consecutive `function_call` items as ONE assistant message with
+`tool_calls`, and each output as a `tool` message with its `tool_call_id`. Calls are parsed from streamed deltas
+(accumulated by their `index`: the first delta of a call names it, the next ones add to its arguments) and from a
+plain JSON answer (a server that ignores `stream`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,25 @@ from typing import Any
 
 import httpx
 
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import ChatMessage, ToolCall
 from threadline.domain.tokens import reply_overhead
 from threadline.errors import ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
-from threadline.providers.base import Finished, GenerationParams, ModelInfo, StreamEvent, TextDelta
+from threadline.ids import new_id
+from threadline.providers.base import (
+    Finished,
+    FunctionTool,
+    GenerationParams,
+    ModelInfo,
+    StreamEvent,
+    TextDelta,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+    ToolChoiceFunction,
+)
 from threadline.providers.tokenizers import BpeTokenizer, EstimateTokenizer, make_tokenizer, tokenizer_name_for
 
-_FINISH_REASONS = {"length": "length", "content_filter": "content_filter"}  # anything else ends as "stop"
+# Anything else ends as "stop".
+_FINISH_REASONS = {"length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -48,6 +66,8 @@ class OpenAICompatProvider:
         tokenizer: str | None = None,
         timeout_seconds: float | None = None,
         max_tokens_param: str = "max_tokens",
+        capabilities: Mapping[str, bool] | None = None,
+        model_capabilities: Mapping[str, Mapping[str, bool]] | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -65,16 +85,21 @@ class OpenAICompatProvider:
         windows = dict(model_context_windows or {})
         names = {model: tokenizer_name_for(model, tokenizer) for model in models}
         self._tokenizers = {name: make_tokenizer(name) for name in set(names.values())}
-        self._infos = {
-            model: ModelInfo(
+        # Configured upstreams call tools unless the config says otherwise; vision only when it says so.
+        defaults = {"tools": True, "vision": False, **(capabilities or {})}
+        per_model = model_capabilities or {}
+        self._infos = {}
+        for model in models:
+            caps = {**defaults, **per_model.get(model, {})}
+            self._infos[model] = ModelInfo(
                 name=model,
                 provider=name,
                 context_window=windows.get(model, context_window),
                 tokenizer=names[model],
                 request_overhead_tokens=reply_overhead(self._tokenizers[names[model]]),
+                tools=caps["tools"],
+                vision=caps["vision"],
             )
-            for model in models
-        }
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatProvider(name={self.name!r}, base_url={self.base_url!r}, models={list(self._infos)!r})"
@@ -98,13 +123,19 @@ class OpenAICompatProvider:
     def _request(self, model: str, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": chat_messages(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
             self._max_tokens_param: params.max_output_tokens,
         }
         if params.temperature is not None:
             body["temperature"] = params.temperature
+        if params.tools:
+            body["tools"] = [_tool(tool) for tool in params.tools]
+            if params.tool_choice is not None:
+                body["tool_choice"] = _tool_choice(params.tool_choice)
+            if params.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.parallel_tool_calls
         return body
 
     async def stream(
@@ -133,6 +164,10 @@ class OpenAICompatProvider:
         try:
             if response.status_code >= 300:
                 raise await self._status_error(response)
+            if response.headers.get("content-type", "").startswith("application/json"):
+                for event in await self._plain(response):
+                    yield event
+                return
             async for event in self._events(response):
                 yield event
         except httpx.TimeoutException as exc:
@@ -161,10 +196,38 @@ class OpenAICompatProvider:
         # A 3xx: redirects are not followed, so the key never reaches another URL.
         return UpstreamError(f"Upstream '{self.name}' answered HTTP {status}.", code="upstream_error")
 
+    async def _plain(self, response: httpx.Response) -> list[StreamEvent]:
+        """A whole chat completion in one JSON body: the same events a stream would have given."""
+        chunk = _parse_chunk(self.name, (await response.aread()).decode("utf-8", errors="replace"))
+        choices = [c for c in chunk.get("choices") or [] if isinstance(c, dict) and c.get("index", 0) == 0]
+        if not choices:
+            raise UpstreamError(f"Upstream '{self.name}' answered without a choice.", code="upstream_bad_stream")
+        message = choices[0].get("message")
+        message = message if isinstance(message, dict) else {}
+        events: list[StreamEvent] = []
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            events.append(TextDelta(content))
+        calls = _ToolCalls(self.name)
+        for index, call in enumerate(message.get("tool_calls") or []):
+            events += calls.add({**call, "index": index} if isinstance(call, dict) else call)
+        usage = chunk.get("usage") if isinstance(chunk.get("usage"), dict) else None
+        finish = str(choices[0].get("finish_reason") or "stop")
+        events.append(
+            Finished(
+                _FINISH_REASONS.get(finish, "stop"),
+                input_tokens=_int(usage, "prompt_tokens"),
+                output_tokens=_int(usage, "completion_tokens"),
+                tool_calls=calls.done(),
+            )
+        )
+        return events
+
     async def _events(self, response: httpx.Response) -> AsyncIterator[StreamEvent]:
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         seen_data = done = False
+        calls = _ToolCalls(self.name)
         async for data in _sse_data(response):
             if data.strip() == "[DONE]":
                 done = True
@@ -180,6 +243,10 @@ class OpenAICompatProvider:
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str) and content:
                     yield TextDelta(content)
+                tool_calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                for call in tool_calls if isinstance(tool_calls, list) else []:
+                    for event in calls.add(call):
+                        yield event
                 if choice.get("finish_reason"):
                     finish_reason = str(choice["finish_reason"])
         if not seen_data:
@@ -192,7 +259,102 @@ class OpenAICompatProvider:
             _FINISH_REASONS.get(finish_reason or "stop", "stop"),
             input_tokens=_int(usage, "prompt_tokens"),
             output_tokens=_int(usage, "completion_tokens"),
+            tool_calls=calls.done(),
         )
+
+
+class _ToolCalls:
+    """Function calls accumulated from deltas keyed by `index`. A call is announced once its name is known;
+    arguments that came before are announced with it."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.order: list[int] = []
+        self.ids: dict[int, str] = {}
+        self.names: dict[int, str] = {}
+        self.arguments: dict[int, list[str]] = {}
+        self.announced: set[int] = set()
+
+    def add(self, call: Any) -> list[StreamEvent]:
+        if not isinstance(call, dict):
+            raise UpstreamError(f"Upstream '{self.upstream}' sent a malformed tool call.", code="upstream_bad_stream")
+        index = call.get("index", 0)
+        if not isinstance(index, int):
+            raise UpstreamError(
+                f"Upstream '{self.upstream}' sent a tool call without index.", code="upstream_bad_stream"
+            )
+        if index not in self.arguments:
+            self.order.append(index)
+            self.arguments[index] = []
+        if isinstance(call.get("id"), str) and call["id"] and index not in self.ids:
+            self.ids[index] = call["id"]
+        function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
+        name = function.get("name")
+        if isinstance(name, str) and name and index not in self.names:
+            self.names[index] = name
+        delta = function.get("arguments")
+        events: list[StreamEvent] = []
+        if isinstance(delta, str) and delta:
+            self.arguments[index].append(delta)
+        if index not in self.announced and index in self.names:
+            self.announced.add(index)
+            position = self.order.index(index)
+            events.append(ToolCallStarted(position, self._id(index), self.names[index]))
+            if self.arguments[index]:
+                events.append(ToolCallArgumentsDelta(position, "".join(self.arguments[index])))
+        elif index in self.announced and isinstance(delta, str) and delta:
+            events.append(ToolCallArgumentsDelta(self.order.index(index), delta))
+        return events
+
+    def _id(self, index: int) -> str:
+        # Some servers send no id: one is made up, as a client would need one to answer the call.
+        return self.ids.setdefault(index, new_id("call"))
+
+    def done(self) -> tuple[ToolCall, ...]:
+        calls = []
+        for index in self.order:
+            if index not in self.names:
+                raise UpstreamError(
+                    f"Upstream '{self.upstream}' sent a tool call without a function name.", code="upstream_bad_stream"
+                )
+            calls.append(ToolCall(self._id(index), self.names[index], "".join(self.arguments[index])))
+        return tuple(calls)
+
+
+def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Items as chat-completions messages: consecutive function calls become ONE assistant message with
+    `tool_calls`, outputs `tool` messages with their `tool_call_id`."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.type == "function_call":
+            call = {"id": m.call_id, "type": "function", "function": {"name": m.name, "arguments": m.content}}
+            previous = out[-1] if out else None
+            if previous is not None and previous["role"] == "assistant" and previous.get("tool_calls"):
+                previous["tool_calls"].append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif m.type == "function_call_output":
+            out.append({"role": "tool", "tool_call_id": m.call_id, "content": m.content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str | ToolChoiceFunction) -> Any:
+    if isinstance(choice, ToolChoiceFunction):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:

@@ -108,6 +108,10 @@ def _provider_from_config(config: ProviderConfig, settings: Settings, http_clien
         tokenizer=config.tokenizer,
         timeout_seconds=config.timeout_seconds,
         max_tokens_param=config.max_tokens_param,
+        capabilities={str(k): v for k, v in config.capabilities.items()},
+        model_capabilities={
+            model: {str(k): v for k, v in caps.items()} for model, caps in config.model_capabilities.items()
+        },
     )
 
 

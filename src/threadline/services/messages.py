@@ -10,15 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
-from threadline.domain.messages import NewMessage, validate_content
+from threadline.domain.messages import NewMessage, check_pairing, validate_content
 from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
 from threadline.services.auth import Principal
 from threadline.services.threads import create_thread, get_thread
+from threadline.services.turn_context import conversation_path, known_calls, pending_calls
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
+
+# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output.
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
 
 
 async def list_messages(
@@ -81,10 +85,13 @@ async def append_messages(
     rows = [
         Message(
             organization_id=thread.organization_id,
-            id=m.id or new_id("msg"),
+            id=m.id or new_id(_ID_PREFIXES[m.type]),
             thread_id=thread.id,
             seq=first_seq + i,
             role=m.role,
+            type=m.type,
+            call_id=m.call_id,
+            payload=dict(m.payload) if m.payload is not None else None,
             content=validate_content(m.content),
             metadata_=dict(m.metadata),
             token_count=m.token_count,
@@ -127,11 +134,18 @@ async def add_messages(
     *,
     user_id: str | None,
 ) -> list[Message]:
-    """Append several messages at once (OpenAI `conversations.items.create`): all or none."""
+    """Append several items at once (OpenAI `conversations.items.create`): all or none. Outputs need their calls
+    (earlier in the conversation or in `new`), and a message needs every earlier call answered (DESIGN.md §6)."""
     for i, message in enumerate(new):
         rules.validate_metadata(message.metadata, param=f"items.{i}.metadata")
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    return await append_messages(session, settings, thread, new, user_id=user_id) if new else []
+    if not new:
+        return []
+    segments = await conversation_path(session, thread)
+    pending = await pending_calls(session, organization_id, segments)
+    known = await known_calls(session, organization_id, segments, pending, new)
+    check_pairing(pending, new, known, param="items", all_answered=False)
+    return await append_messages(session, settings, thread, new, user_id=user_id)
 
 
 async def create_thread_with_messages(
@@ -149,6 +163,7 @@ async def create_thread_with_messages(
     `conversations.create(items=…)`)."""
     for i, message in enumerate(new):
         rules.validate_metadata(message.metadata, param=f"messages.{i}.metadata")
+    check_pairing((), new, param="items", all_answered=False)
     thread = await create_thread(session, principal, organization_id, thread_id=thread_id, metadata=metadata, kind=kind)
     rows = await append_messages(session, settings, thread, new, user_id=principal.user_id) if new else []
     return thread, rows

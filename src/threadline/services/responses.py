@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ from threadline.domain import leases
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
-from threadline.domain.messages import ChatMessage, validate_content, validate_role
-from threadline.domain.tokens import message_token_count
+from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, validate_content, validate_role
+from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -48,14 +49,21 @@ from threadline.errors import (
     ValidationFailed,
 )
 from threadline.ids import new_id, sibling_id
-from threadline.providers.base import GenerationParams
+from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
 from threadline.services import recovery
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
-from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path, plan_context
+from threadline.services.turn_context import (
+    MAX_CHAIN_SEGMENTS,
+    conversation_path,
+    known_calls,
+    pending_calls,
+    plan_context,
+)
 from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
+from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Assistant, Response, Thread
@@ -83,7 +91,8 @@ class ResponseRequest:
     """A validated request for one turn (the wire schema's fields, snake_case)."""
 
     organization_id: str
-    inputs: Sequence[ChatMessage]
+    # `ItemReference`s are resolved to the items they name in step 1.
+    inputs: Sequence[ChatMessage | ItemReference]
     thread_id: str | None = None
     thread_metadata: dict[str, Any] | None = None
     store: bool = True
@@ -101,6 +110,12 @@ class ResponseRequest:
     thread_must_exist: bool = False
     # Caller fields kept as-is on the response's request record (the OpenAI API echoes `metadata`, …).
     record: dict[str, Any] = field(default_factory=dict)
+    # Function tools the model may call, and how (DESIGN.md §6). A model without the `tools` capability refuses.
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: str | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
+    max_tool_calls: int | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -114,7 +129,10 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
     if not request.inputs and request.run is None:
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
-        validate_role(message.role, param=f"inputs.{index}.role")
+        if isinstance(message, ItemReference):
+            continue
+        if message.type == "message":
+            validate_role(message.role, param=f"inputs.{index}.role")
         validate_content(message.content, param=f"inputs.{index}.texts")
     if request.instructions is not None:
         validate_content(request.instructions, param="instructions")
@@ -288,6 +306,7 @@ async def _try_start(
     request: ResponseRequest,
 ) -> Turn | None:
     org = request.organization_id
+    items = await _resolve_references(session, org, request.inputs)
     now = utcnow()
     lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
     with observability.current().span("turn.lease"):
@@ -306,7 +325,7 @@ async def _try_start(
             code="previous_response_chain_too_deep",
             param="previous_response_id",
         )
-    if thread.message_count + len(request.inputs) + 1 > settings.max_messages_per_thread:
+    if thread.message_count + len(items) + 1 > settings.max_messages_per_thread:
         raise ThreadFull(
             f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is "
             f"{settings.max_messages_per_thread} per thread.",
@@ -315,6 +334,7 @@ async def _try_start(
 
     assistant = await _run_assistant(session, org, request.run) if request.run else await _assistant_of(session, thread)
     provider, info = models.resolve(request.model or (assistant.model if assistant else None))
+    _check_capabilities(request, info)
     tokenizer = provider.tokenizer(info.name)
     mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
     max_output = request.max_output_tokens or (assistant.max_output_tokens if assistant else None)
@@ -332,10 +352,20 @@ async def _try_start(
         text = request.instructions
         pinned.append(PromptMessage("system", text, message_token_count(tokenizer, "system", text)))
     inputs = [
-        PromptMessage(m.role, m.content, message_token_count(tokenizer, m.role, m.content)) for m in request.inputs
+        PromptMessage(
+            m.role,
+            m.content,
+            item_token_count(tokenizer, m.role, m.content, m.name),
+            type=m.type,
+            call_id=m.call_id,
+            name=m.name,
+        )
+        for m in items
     ]
+    # Tool definitions are sent with every request: they count against the window like the priming does.
+    tool_tokens = tokenizer.count(json.dumps([_tool_record(t) for t in request.tools])) if request.tools else 0
     with observability.current().span("turn.context", mode=mode):
-        plan = await plan_context(
+        plan, pending = await plan_context(
             session,
             thread,
             segments=segments,
@@ -347,13 +377,18 @@ async def _try_start(
             pinned=pinned,
             inputs=inputs,
             full_limit=settings.max_messages_per_thread,
-            priming_tokens=info.request_overhead_tokens,
+            priming_tokens=info.request_overhead_tokens + tool_tokens,
             last_messages=request.run.last_messages if request.run else None,
         )
+    # Pairing (DESIGN.md §6): outputs need their calls, a new user turn needs every call answered. The history
+    # the plan read usually shows the calls still waiting; otherwise they are looked up.
+    if pending is None:
+        pending = await pending_calls(session, org, segments)
+    check_pairing(pending, items, await known_calls(session, org, segments, pending, items))
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
     output_message_id = sibling_id("msg", owner)
-    record = _request_record(request, mode, max_output, temperature)
+    record = _request_record(request, items, mode, max_output, temperature)
     record["output_message_id"] = output_message_id
     if request.run is not None:
         run = request.run
@@ -381,13 +416,70 @@ async def _try_start(
         provider=provider,
         info=info,
         tokenizer=tokenizer,
-        prompt=[ChatMessage(role=m.role, content=m.content) for m in plan.messages],  # type: ignore[arg-type]
+        prompt=[
+            ChatMessage(m.role, m.content, m.type, m.call_id, m.name)  # type: ignore[arg-type]
+            for m in plan.messages
+        ],
         inputs=inputs,
-        params=GenerationParams(max_output_tokens=max_output, temperature=temperature),
+        params=GenerationParams(
+            max_output_tokens=max_output,
+            temperature=temperature,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+        ),
+        max_tool_calls=_call_cap(request),
         thread_state=request.thread_state,
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
     )
+
+
+async def _resolve_references(
+    session: AsyncSession, organization_id: str, inputs: Sequence[ChatMessage | ItemReference]
+) -> list[ChatMessage]:
+    """Inputs with every `item_reference` replaced by the stored item it names (any live item of the
+    organization); a reference to nothing is a 404."""
+    resolved: list[ChatMessage] = []
+    repo = MessageRepository(session)
+    for index, item in enumerate(inputs):
+        if not isinstance(item, ItemReference):
+            resolved.append(item)
+            continue
+        found = await repo.get_any(organization_id, item.id)
+        if found is None:
+            raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"inputs.{index}.id")
+        name = (found.payload or {}).get("name")
+        resolved.append(
+            ChatMessage(found.role, found.content, found.type, found.call_id, name)  # type: ignore[arg-type]
+        )
+    return resolved
+
+
+def _check_capabilities(request: ResponseRequest, info: ModelInfo) -> None:
+    if request.tools and not info.tools:
+        raise InvalidRequest(
+            f"The model '{info.name}' does not support tools (function calling): use a model whose configuration "
+            "allows tools, or send the request without 'tools'.",
+            code="tools_not_supported",
+            param="tools",
+        )
+
+
+def _call_cap(request: ResponseRequest) -> int | None:
+    """How many calls of one answer are kept: `max_tool_calls`, and one when parallel calls are off."""
+    caps = [c for c in (request.max_tool_calls, 1 if request.parallel_tool_calls is False else None) if c is not None]
+    return min(caps) if caps else None
+
+
+def _tool_record(tool: FunctionTool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
 
 
 def _check_chainable(previous: Response, settings: Settings, now: datetime) -> int:
@@ -440,11 +532,13 @@ def _mode(assistant: Assistant | None) -> ContextMode | None:
     return value if value in ("recent", "smart", "full") else None  # type: ignore[return-value]
 
 
-def _request_record(request: ResponseRequest, mode: str, max_output: int, temperature: float | None) -> dict[str, Any]:
+def _request_record(
+    request: ResponseRequest, items: Sequence[ChatMessage], mode: str, max_output: int, temperature: float | None
+) -> dict[str, Any]:
     """What the turn was asked, kept on the response (the inputs too: a failed turn saves none to the thread)."""
     return {
         **request.record,
-        "inputs": [{"role": m.role, "content": m.content} for m in request.inputs],
+        "inputs": [_input_record(m) for m in items],
         "instructions": request.instructions,
         "store": request.store,
         "thread_state": request.thread_state,
@@ -452,6 +546,13 @@ def _request_record(request: ResponseRequest, mode: str, max_output: int, temper
         "max_output_tokens": max_output,
         "temperature": temperature,
     }
+
+
+def _input_record(m: ChatMessage) -> dict[str, Any]:
+    if m.type == "message":
+        return {"role": m.role, "content": m.content}
+    record = {"type": m.type, "call_id": m.call_id, "content": m.content}
+    return {**record, "name": m.name} if m.name is not None else record
 
 
 async def create_response(

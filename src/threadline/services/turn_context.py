@@ -26,7 +26,8 @@ from threadline.domain.context import (
     build_context,
     history_budget,
 )
-from threadline.domain.tokens import TokenCounter, message_token_count
+from threadline.domain.messages import ChatMessage, NewMessage, unanswered_calls
+from threadline.domain.tokens import TokenCounter, item_token_count, message_token_count
 from threadline.errors import ContextLengthExceeded
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
 from threadline.storage.repositories.threads import ThreadRepository
@@ -95,12 +96,26 @@ class _Counter:
             elif row.id in self.fresh:
                 tokens = self.fresh[row.id]
             else:
-                tokens = message_token_count(self.tokenizer, row.role, row.content)
+                tokens = item_token_count(self.tokenizer, row.role, row.content, _name(row))
                 self.fresh[row.id] = tokens
             out.append(
-                HistoryMessage(seq=row.seq, role=row.role, content=row.content, tokens=tokens, thread_id=thread_id)
+                HistoryMessage(
+                    seq=row.seq,
+                    role=row.role,
+                    content=row.content,
+                    tokens=tokens,
+                    thread_id=thread_id,
+                    type=row.type,
+                    call_id=row.call_id,
+                    name=_name(row),
+                )
             )
         return out
+
+
+def _name(row: ContextRow) -> str | None:
+    name = (row.payload or {}).get("name")
+    return name if isinstance(name, str) else None
 
 
 class _PathReader:
@@ -210,9 +225,10 @@ async def plan_context(
     full_limit: int,
     priming_tokens: int,
     last_messages: int | None = None,
-) -> ContextPlan:
+) -> tuple[ContextPlan, list[str] | None]:
     """Read what the turn needs of the conversation `segments` (from `conversation_path`) and choose the prompt;
-    stores newly computed token counts.
+    stores newly computed token counts. Also returns the calls still waiting for their output when the history
+    read shows them (it reached a message or the conversation's start), else None (`pending_calls` finds them).
 
     `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
     included: only the newest `last_messages - len(inputs)` history messages are candidates."""
@@ -223,6 +239,7 @@ async def plan_context(
     counter = _Counter(tokenizer, tokenizer_name)
     reader = _PathReader(repo, counter, thread.organization_id, segments)
     head: list[HistoryMessage] = []
+    whole = False
     if last_messages is not None:
         allowed = max(last_messages - len(inputs), 0)
         tail = await reader.newest(allowed) if allowed else []
@@ -231,11 +248,15 @@ async def plan_context(
     elif mode == "full":
         tail = await reader.everything(full_limit)
         history_total = len(tail)
+        whole = True
     else:
-        tail, reached_start = await reader.tail(budget)
-        history_total = len(tail) if reached_start else max(reader.total(), len(tail))
+        tail, whole = await reader.tail(budget)
+        history_total = len(tail) if whole else max(reader.total(), len(tail))
         if mode == "smart":
-            head = tail[:HEAD_LIMIT] if reached_start else await reader.head(HEAD_LIMIT)
+            head = tail[:HEAD_LIMIT] if whole else await reader.head(HEAD_LIMIT)
+    pending: list[str] | None = None
+    if whole or any(m.type == "message" for m in tail):
+        pending = unanswered_calls((m.type, m.call_id) for m in reversed(tail))
     plan = build_context(
         mode=mode,
         window=window,
@@ -249,4 +270,44 @@ async def plan_context(
         priming_tokens=priming_tokens,
     )
     await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
-    return plan
+    return plan, pending
+
+
+# Items read from the conversation's end to find the calls still waiting for their output.
+PENDING_WINDOW = 64
+
+
+async def pending_calls(session: AsyncSession, organization_id: str, segments: Sequence[Segment]) -> list[str]:
+    """The calls of the conversation's last turn still waiting for their output, oldest first."""
+    repo = MessageRepository(session)
+    newest_first: list[tuple[str, str | None]] = []
+    for segment in segments:
+        rows = await repo.tail_kinds(organization_id, segment.thread_id, PENDING_WINDOW, before_seq=segment.before_seq)
+        newest_first += rows
+        if len(newest_first) >= PENDING_WINDOW or any(kind == "message" for kind, _ in rows):
+            break
+    return unanswered_calls(newest_first)
+
+
+async def known_calls(
+    session: AsyncSession,
+    organization_id: str,
+    segments: Sequence[Segment],
+    pending: Sequence[str],
+    items: Sequence[ChatMessage | NewMessage],
+) -> set[str]:
+    """Which of the call ids `items`' outputs answer are calls earlier in the conversation (found by index)."""
+    in_items = {m.call_id for m in items if m.type == "function_call"}
+    wanted = {
+        m.call_id
+        for m in items
+        if m.type == "function_call_output" and m.call_id is not None and m.call_id not in pending
+    } - in_items
+    found: set[str] = set()
+    repo = MessageRepository(session)
+    for call_id in wanted:
+        for segment in segments:
+            if await repo.find_call(organization_id, segment.thread_id, call_id, before_seq=segment.before_seq):
+                found.add(call_id)
+                break
+    return found

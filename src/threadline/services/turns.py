@@ -23,10 +23,20 @@ from threadline import observability
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.domain.context import PromptMessage
-from threadline.domain.messages import ChatMessage, NewMessage
-from threadline.domain.tokens import message_token_count
+from threadline.domain.messages import ChatMessage, NewMessage, ToolCall
+from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, UpstreamTimeout
-from threadline.providers.base import Finished, GenerationParams, ModelInfo, Provider, TextDelta, Tokenizer
+from threadline.ids import new_id
+from threadline.providers.base import (
+    Finished,
+    GenerationParams,
+    ModelInfo,
+    Provider,
+    TextDelta,
+    Tokenizer,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+)
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
@@ -65,11 +75,30 @@ class Turn:
     output_message_id: str | None = None
     # Metadata saved with each input (same order as `inputs`; missing entries mean none).
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
+    # At most this many function calls of the answer are kept (None: all).
+    max_tool_calls: int | None = None
 
 
 @dataclass(frozen=True)
 class OutputDelta:
     text: str
+
+
+@dataclass(frozen=True)
+class OutputCallStarted:
+    """The model began a function call; `item_id` (`fc_…`) is the id it is saved under."""
+
+    index: int
+    item_id: str
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class OutputCallArguments:
+    index: int
+    item_id: str
+    delta: str
 
 
 @dataclass(frozen=True)
@@ -80,7 +109,15 @@ class TurnDone:
     error: ThreadlineError | None
 
 
-TurnEvent = OutputDelta | TurnDone
+TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
+
+
+@dataclass(frozen=True)
+class SavedCall:
+    """A function call of the answer with the id of its item."""
+
+    item_id: str
+    call: ToolCall
 
 
 async def run_turn(
@@ -97,6 +134,9 @@ async def run_turn(
     # Not the current span across the yields below (the consumer runs there): current only around each wait for
     # the model, so the upstream call's span is its child.
     model_call = watch.tracer.start_span("turn.model_call", attributes={"model": turn.info.name})
+    # Item ids of the answer's function calls, by their index (known from the call's first delta).
+    call_ids: dict[int, str] = {}
+    cap = turn.max_tool_calls
     try:
         error: ThreadlineError | None = None
         finished: Finished | None = None
@@ -119,6 +159,13 @@ async def run_turn(
                     recorder.first_token()
                     parts.append(event.text)
                     yield OutputDelta(event.text)
+                elif isinstance(event, ToolCallStarted):
+                    if cap is None or event.index < cap:
+                        call_ids[event.index] = new_id("fc")
+                        yield OutputCallStarted(event.index, call_ids[event.index], event.call_id, event.name)
+                elif isinstance(event, ToolCallArgumentsDelta):
+                    if event.index in call_ids:
+                        yield OutputCallArguments(event.index, call_ids[event.index], event.delta)
                 elif isinstance(event, Finished):
                     finished = event
             if finished is None:
@@ -130,8 +177,13 @@ async def run_turn(
         heartbeat.cancel()
         if error is None and finished is not None:
             try:
+                calls = [
+                    SavedCall(call_ids.get(index) or new_id("fc"), call)
+                    for index, call in enumerate(finished.tool_calls)
+                    if cap is None or index < cap
+                ]
                 with watch.span("turn.save"):
-                    response = await _complete(maker, settings, turn, "".join(parts), finished)
+                    response = await _complete(maker, settings, turn, "".join(parts), finished, calls)
             except ThreadlineError as exc:
                 error = exc
         if error is not None:
@@ -188,9 +240,15 @@ async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings
 
 
 async def _complete(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, text: str, finished: Finished
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    turn: Turn,
+    text: str,
+    finished: Finished,
+    calls: list[SavedCall],
 ) -> Response:
-    """Step 3: inputs and output land together, with the thread update and the lease release."""
+    """Step 3: inputs and output land together, with the thread update and the lease release. The output is the
+    answer's text as an assistant message (left out when the answer is only function calls), then its calls."""
     output_tokens = finished.output_tokens
     if output_tokens is None:
         output_tokens = turn.tokenizer.count(text)
@@ -220,21 +278,43 @@ async def _complete(
                 tokenizer=turn.tokenizer.name,
                 response_id=turn.response.id,
                 metadata=turn.input_metadata[i] if i < len(turn.input_metadata) else {},
+                type=m.type,  # type: ignore[arg-type]
+                call_id=m.call_id,
+                payload={"name": m.name} if m.name is not None else None,
             )
             for i, m in enumerate(turn.inputs)
         ]
-        new.append(
-            NewMessage(
-                id=turn.output_message_id,
-                role="assistant",
-                content=text,
-                token_count=message_token_count(turn.tokenizer, "assistant", text),
-                tokenizer=turn.tokenizer.name,
-                model=turn.info.name,
-                response_id=turn.response.id,
-                assistant_id=turn.assistant_id,
+        with_message = bool(text) or not calls
+        if with_message:
+            new.append(
+                NewMessage(
+                    id=turn.output_message_id,
+                    role="assistant",
+                    content=text,
+                    token_count=message_token_count(turn.tokenizer, "assistant", text),
+                    tokenizer=turn.tokenizer.name,
+                    model=turn.info.name,
+                    response_id=turn.response.id,
+                    assistant_id=turn.assistant_id,
+                )
             )
-        )
+        for saved in calls:
+            call = saved.call
+            new.append(
+                NewMessage(
+                    id=saved.item_id,
+                    role="assistant",
+                    type="function_call",
+                    call_id=call.call_id,
+                    content=call.arguments,
+                    payload={"name": call.name, "status": "completed"},
+                    token_count=item_token_count(turn.tokenizer, "assistant", call.arguments, call.name),
+                    tokenizer=turn.tokenizer.name,
+                    model=turn.info.name,
+                    response_id=turn.response.id,
+                    assistant_id=turn.assistant_id,
+                )
+            )
         rows = await message_service.append_messages(
             session, settings, thread, new, user_id=turn.user_id, check_state=False
         )
@@ -246,15 +326,26 @@ async def _complete(
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "output_seq": rows[-1].seq,
-            "context": {**turn.response.context, "finish_reason": finished.finish_reason},
+            "context": {
+                **turn.response.context,
+                "finish_reason": finished.finish_reason,
+                **({} if with_message else {"output_message": False}),
+                **({"tool_calls": [_call_record(c) for c in calls]} if calls else {}),
+            },
             "completed_at": now,
         }
         if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
             values["input_first_seq"] = rows[0].seq
-            values["input_last_seq"] = rows[-2].seq
+            values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
         response = await ResponseRepository(session).update(turn.organization_id, turn.response.id, values)
         await session.commit()
         return response
+
+
+def _call_record(saved: SavedCall) -> dict[str, str]:
+    """A call as the response remembers it (its output items are read without reading the thread)."""
+    call = saved.call
+    return {"id": saved.item_id, "call_id": call.call_id, "name": call.name, "arguments": call.arguments}
 
 
 async def _fail(maker: async_sessionmaker[AsyncSession], turn: Turn, code: str, message: str) -> Response:

@@ -217,7 +217,13 @@ class Thread(Base):
 
 
 class Message(Base):
-    """One message of a thread, ordered by the per-thread `seq`, with its token count stored on the row."""
+    """One item of a thread, ordered by the per-thread `seq`, with its token count stored on the row.
+
+    `type` is the item type (DESIGN.md §6, migration 0006): `message`, `function_call` (role `assistant`,
+    `content` = its arguments), `function_call_output` (role `tool`, `content` = its output text, so search finds
+    it). `call_id` pairs a call with its output; `payload` holds the rest of what is structured (`name`,
+    `status`, an output given as content parts).
+    """
 
     __tablename__ = "messages"
 
@@ -226,6 +232,9 @@ class Message(Base):
     thread_id: Mapped[str] = mapped_column(sa.String(128))
     seq: Mapped[int]
     role: Mapped[str] = mapped_column(sa.String(16))
+    type: Mapped[str] = mapped_column(sa.String(32), default="message", server_default="message")
+    call_id: Mapped[str | None] = mapped_column(sa.String(128))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     content: Mapped[str] = mapped_column(sa.Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     token_count: Mapped[int | None]
@@ -251,6 +260,15 @@ class Message(Base):
             "deleted_at",
             sqlite_where=sa.text("deleted_at IS NOT NULL"),
             postgresql_where=sa.text("deleted_at IS NOT NULL"),
+        ),
+        # Pairing a function_call_output with its call (migration 0006).
+        sa.Index(
+            "ix_messages_organization_id_thread_id_call_id",
+            "organization_id",
+            "thread_id",
+            "call_id",
+            sqlite_where=sa.text("call_id IS NOT NULL"),
+            postgresql_where=sa.text("call_id IS NOT NULL"),
         ),
         # Full-text search over content lives in migrations 0002 and 0005 only (FTS5 table / GIN index).
     )

@@ -13,12 +13,13 @@ from threadline.api.schemas.freddy import MessageIdPath, ThreadIdPath
 from threadline.api.schemas.openai import (
     ConversationCreate,
     ConversationItemList,
-    ConversationItemRead,
     ConversationItemsCreate,
     ConversationRead,
     ConversationUpdate,
+    ItemRead,
     OpenAICursorQuery,
     OpenAIDeletedRead,
+    item_of,
 )
 from threadline.ids import new_id
 from threadline.services import messages, threads
@@ -108,11 +109,11 @@ async def list_items(
     return ConversationItemList.of(page.items, page.has_more)
 
 
-@router.get("/{conversation_id}/items/{item_id}", response_model=ConversationItemRead)
+@router.get("/{conversation_id}/items/{item_id}", response_model=ItemRead)
 async def get_item(
     conversation_id: ThreadIdPath, item_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
-) -> ConversationItemRead:
-    return ConversationItemRead.of(await messages.get_message(session, organization_id, conversation_id, item_id))
+) -> ItemRead:
+    return item_of(await messages.get_message(session, organization_id, conversation_id, item_id))
 
 
 @router.delete("/{conversation_id}/items/{item_id}", response_model=ConversationRead)

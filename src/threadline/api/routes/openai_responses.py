@@ -11,8 +11,8 @@ in OpenAI's shapes (`api/schemas/openai_responses.py`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
@@ -28,12 +28,22 @@ from threadline.api.deps import (
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
-from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
-from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
+from threadline.api.schemas.openai import (
+    ConversationItemList,
+    FunctionCallItemRead,
+    OpenAIDeletedRead,
+    OutputTextRead,
+)
+from threadline.api.schemas.openai_responses import (
+    OpenAIResponseCreate,
+    OpenAIResponseRead,
+    OutputMessageRead,
+    output_message,
+)
 from threadline.api.sse import EventFramer, sse_response
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
 from threadline.services import responses, stored_responses, turns
-from threadline.services.turns import OutputDelta, Turn, TurnDone
+from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
@@ -126,31 +136,124 @@ async def list_input_items(
     return ConversationItemList.of(page.items, page.has_more)
 
 
+class _StreamLayout:
+    """Where each output item of a streamed response sits: the message opens with the first text (or at the end,
+    when an answer had none), each call when it starts; an item is done before the next one is added."""
+
+    def __init__(self, turn: Turn, frame: Callable[[str, dict[str, Any]], str]) -> None:
+        self.frame = frame
+        self.message = output_message(turn.response, "in_progress", None)
+        self.message_index: int | None = None
+        self.text: list[str] = []
+        self.next_index = 0
+        # The open call: (output index, item id, call id, name, arguments so far).
+        self.call: tuple[int, str, str, str, list[str]] | None = None
+        self.message_done = False
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.message.id, "output_index": self.message_index, "content_index": 0}
+
+    def open_message(self) -> Iterator[str]:
+        if self.message_index is not None:
+            return
+        yield from self.close_call()
+        self.message_index = self.next_index
+        self.next_index += 1
+        item = self.message.model_dump(mode="json")
+        yield self.frame("response.output_item.added", {"output_index": self.message_index, "item": item})
+        part = OutputTextRead(text="").model_dump(mode="json")
+        yield self.frame("response.content_part.added", {**self._where(), "part": part})
+
+    def text_delta(self, delta: str) -> Iterator[str]:
+        if not delta:
+            return  # (an empty answer's message still opens at the end, in `finish`)
+        yield from self.open_message()
+        self.text.append(delta)
+        yield self.frame("response.output_text.delta", {**self._where(), "delta": delta, "logprobs": []})
+
+    def close_message(self, final: OutputMessageRead | None = None) -> Iterator[str]:
+        if self.message_index is None or self.message_done:
+            return
+        self.message_done = True
+        if final is None:
+            final = self.message.model_copy(
+                update={"status": "completed", "content": [OutputTextRead(text="".join(self.text))]}
+            )
+        part = final.content[0].model_dump(mode="json")
+        yield self.frame("response.output_text.done", {**self._where(), "text": part["text"], "logprobs": []})
+        yield self.frame("response.content_part.done", {**self._where(), "part": part})
+        item = final.model_dump(mode="json")
+        yield self.frame("response.output_item.done", {"output_index": self.message_index, "item": item})
+
+    def call_started(self, event: OutputCallStarted) -> Iterator[str]:
+        yield from self.close_message()
+        yield from self.close_call()
+        index = self.next_index
+        self.next_index += 1
+        self.call = (index, event.item_id, event.call_id, event.name, [])
+        item = FunctionCallItemRead(
+            id=event.item_id, call_id=event.call_id, name=event.name, arguments="", status="in_progress"
+        ).model_dump(mode="json")
+        yield self.frame("response.output_item.added", {"output_index": index, "item": item})
+
+    def call_arguments(self, event: OutputCallArguments) -> Iterator[str]:
+        if self.call is None or self.call[1] != event.item_id:
+            return
+        self.call[4].append(event.delta)
+        yield self.frame(
+            "response.function_call_arguments.delta",
+            {"item_id": event.item_id, "output_index": self.call[0], "delta": event.delta},
+        )
+
+    def close_call(self, final: FunctionCallItemRead | None = None) -> Iterator[str]:
+        if self.call is None:
+            return
+        index, item_id, call_id, name, arguments = self.call
+        self.call = None
+        if final is None:
+            final = FunctionCallItemRead(id=item_id, call_id=call_id, name=name, arguments="".join(arguments))
+        yield self.frame(
+            "response.function_call_arguments.done",
+            {"item_id": item_id, "output_index": index, "arguments": final.arguments},
+        )
+        yield self.frame("response.output_item.done", {"output_index": index, "item": final.model_dump(mode="json")})
+
+    def finish(self, final: OpenAIResponseRead) -> Iterator[str]:
+        """Close what is open with the saved items (their final text and arguments)."""
+        for item in final.output:
+            if isinstance(item, OutputMessageRead):
+                yield from self.open_message()
+                yield from self.close_message(item)
+            elif self.call is not None and self.call[1] == item.id:
+                yield from self.close_call(item)
+
+
 async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
-    """OpenAI's canonical text-only event sequence; `sequence_number` counts from 0, ids never change."""
+    """OpenAI's canonical event sequence; `sequence_number` counts from 0, ids never change."""
     frame = EventFramer().frame
     started = OpenAIResponseRead.of(turn.response).model_dump(mode="json")
-    item = output_message(turn.response, "in_progress", None)
-    where = {"item_id": item.id, "output_index": 0, "content_index": 0}
     yield frame("response.created", {"response": started})
     yield frame("response.in_progress", {"response": started})
-    yield frame("response.output_item.added", {"output_index": 0, "item": item.model_dump(mode="json")})
-    yield frame("response.content_part.added", {**where, "part": OutputTextRead(text="").model_dump(mode="json")})
+    layout = _StreamLayout(turn, frame)
     # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,
     # not whenever the abandoned generator is garbage-collected.
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, OutputDelta):
-                yield frame("response.output_text.delta", {**where, "delta": event.text, "logprobs": []})
+                for chunk in layout.text_delta(event.text):
+                    yield chunk
+            elif isinstance(event, OutputCallStarted):
+                for chunk in layout.call_started(event):
+                    yield chunk
+            elif isinstance(event, OutputCallArguments):
+                for chunk in layout.call_arguments(event):
+                    yield chunk
             elif isinstance(event, TurnDone):
                 final = OpenAIResponseRead.of(event.response)
                 if event.error is not None or not final.output:
                     yield frame("response.failed", {"response": final.model_dump(mode="json")})
                     continue
-                done = final.output[0]
-                part = done.content[0].model_dump(mode="json")
-                yield frame("response.output_text.done", {**where, "text": part["text"], "logprobs": []})
-                yield frame("response.content_part.done", {**where, "part": part})
-                yield frame("response.output_item.done", {"output_index": 0, "item": done.model_dump(mode="json")})
+                for chunk in layout.finish(final):
+                    yield chunk
                 name = "response.incomplete" if final.status == "incomplete" else "response.completed"
                 yield frame(name, {"response": final.model_dump(mode="json")})

@@ -22,7 +22,7 @@ from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.api.sse import EventFramer, sse_response
 from threadline.services import responses, turns
-from threadline.services.turns import OutputDelta, Turn, TurnDone
+from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 
@@ -54,14 +54,28 @@ async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> Asy
     """Server-sent events named like OpenAI's Responses stream."""
     framer = EventFramer()
     yield framer.frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
+    # Calls follow the message in the output when the answer has text (the message is saved only then).
+    texted = False
     # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,
     # not whenever the abandoned generator is garbage-collected.
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, OutputDelta):
+                texted = texted or bool(event.text)
                 yield framer.frame(
                     "response.output_text.delta",
                     {"item_id": turn.response.id, "output_index": 0, "content_index": 0, "delta": event.text},
+                )
+            elif isinstance(event, OutputCallStarted):
+                item = {"type": "function_call", "id": event.item_id, "call_id": event.call_id, "name": event.name}
+                yield framer.frame(
+                    "response.output_item.added",
+                    {"output_index": event.index + texted, "item": {**item, "arguments": ""}},
+                )
+            elif isinstance(event, OutputCallArguments):
+                yield framer.frame(
+                    "response.function_call_arguments.delta",
+                    {"item_id": event.item_id, "output_index": event.index + texted, "delta": event.delta},
                 )
             elif isinstance(event, TurnDone):
                 name = "response.completed" if event.error is None else "response.failed"

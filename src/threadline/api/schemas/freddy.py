@@ -212,8 +212,13 @@ class TextRead(ResponseModel):
 
 
 class MessageRead(ResponseModel):
+    """A thread item. `type` says which (DESIGN.md §6): a `message`, a `function_call` (role `assistant`; `name`
+    and `arguments`, which are also its `content`) or a `function_call_output` (role `tool`; `output`, also its
+    `content`). `call_id` pairs a call with its output."""
+
     id: str
     object: Literal["thread.message"] = "thread.message"
+    type: str = "message"
     thread_id: str
     role: str
     content: str
@@ -225,11 +230,22 @@ class MessageRead(ResponseModel):
     token_count: int | None
     model: str | None
     response_id: str | None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[Any] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
+        payload = message.payload or {}
+        is_call, is_output = message.type == "function_call", message.type == "function_call_output"
         return cls(
             id=message.id,
+            type=message.type,
+            call_id=message.call_id,
+            name=payload.get("name") if is_call else None,
+            arguments=message.content if is_call else None,
+            output=payload.get("output", message.content) if is_output else None,
             thread_id=message.thread_id,
             role=message.role,
             content=message.content,

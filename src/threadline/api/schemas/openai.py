@@ -34,7 +34,7 @@ from threadline.api.schemas.common import (
     StringMetadata,
     end_ids,
 )
-from threadline.domain.messages import NewMessage, Role
+from threadline.domain.messages import NewMessage, Role, role_of
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
@@ -282,14 +282,78 @@ class OpenAIDeletedRead(ResponseModel):
 # ---- Conversations: requests -------------------------------------------------------------------------------
 
 
+def _string_field(item: dict[str, Any], key: str, param: str, kind: str, max_length: int | None = None) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or (max_length is not None and not 1 <= len(value) <= max_length):
+        size = f" of 1 to {max_length} characters" if max_length is not None else ""
+        raise ValidationFailed(
+            f"A '{kind}' item needs '{key}' as a string{size}.", code="invalid_type", param=f"{param}.{key}"
+        )
+    return value
+
+
+_ITEM_STATUSES = ("in_progress", "completed", "incomplete")
+
+
+def _status(item: dict[str, Any], param: str) -> str:
+    status = item.get("status") or "completed"
+    if status not in _ITEM_STATUSES:
+        raise ValidationFailed(
+            f"Invalid status '{status}': use one of {', '.join(_ITEM_STATUSES)}.",
+            code="invalid_value",
+            param=f"{param}.status",
+        )
+    return str(status)
+
+
+def _tool_item(item: dict[str, Any], kind: str, param: str) -> NewMessage:
+    """A `function_call` (its arguments are the searchable text) or a `function_call_output` (its output is)."""
+    call_id = _string_field(item, "call_id", param, kind, max_length=128)
+    status = _status(item, param)
+    if kind == "function_call":
+        name = _string_field(item, "name", param, kind, max_length=128)
+        arguments = _string_field(item, "arguments", param, kind)
+        return NewMessage(
+            role=role_of("function_call"),
+            content=arguments,
+            type="function_call",
+            call_id=call_id,
+            payload={"name": name, "status": status},
+        )
+    output = item.get("output")
+    payload: dict[str, Any] = {"status": status}
+    if isinstance(output, list):
+        text = _parts_text(output, f"{param}.output", _TEXT_PARTS_ITEMS)
+        payload["output"] = output  # read back as given
+    elif isinstance(output, str):
+        text = output
+    else:
+        raise ValidationFailed(
+            "A 'function_call_output' item needs 'output' as a string or a list of text parts.",
+            code="invalid_type",
+            param=f"{param}.output",
+        )
+    return NewMessage(
+        role=role_of("function_call_output"),
+        content=text,
+        type="function_call_output",
+        call_id=call_id,
+        payload=payload,
+    )
+
+
 def new_item(item: Any, param: str) -> NewMessage:
-    """A conversation input item as a message to store. Only message items (text) are stored."""
+    """A conversation (or Responses input) item to store: a message with text, a function call or its output.
+    Other OpenAI item types are a 400 `unsupported_item_type` naming the type."""
     if not isinstance(item, dict):
         raise ValidationFailed("Each item is an object.", code="invalid_type", param=param)
     kind = item.get("type", "message")
+    if kind in ("function_call", "function_call_output"):
+        return _tool_item(item, kind, param)
     if kind != "message":
         raise ValidationFailed(
-            f"Items of type '{kind}' are not supported: a conversation stores message items with text.",
+            f"Items of type '{kind}' are not supported: Threadline stores message, function_call and "
+            "function_call_output items.",
             code="unsupported_item_type",
             param=f"{param}.type",
         )
@@ -373,15 +437,60 @@ class ConversationItemRead(ResponseModel):
         return cls(id=message.id, role=role, content=[part])
 
 
+class FunctionCallItemRead(ResponseModel):
+    """A stored `function_call` item (Responses output, conversation item)."""
+
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+class FunctionCallOutputItemRead(ResponseModel):
+    type: Literal["function_call_output"] = "function_call_output"
+    id: str
+    call_id: str
+    output: str | list[Any]
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead
+
+
+def item_of(message: Message) -> ItemRead:
+    """A stored item in the OpenAI item shape of its type."""
+    payload = message.payload or {}
+    status = payload.get("status", "completed")
+    if message.type == "function_call":
+        return FunctionCallItemRead(
+            id=message.id,
+            call_id=message.call_id or "",
+            name=str(payload.get("name", "")),
+            arguments=message.content,
+            status=status,
+        )
+    if message.type == "function_call_output":
+        output = payload.get("output")
+        return FunctionCallOutputItemRead(
+            id=message.id,
+            call_id=message.call_id or "",
+            output=output if isinstance(output, list) else message.content,
+            status=status,
+        )
+    return ConversationItemRead.of(message)
+
+
 class ConversationItemList(ResponseModel):
     object: Literal["list"] = "list"
-    data: list[ConversationItemRead]
+    data: list[ItemRead]
     first_id: str | None
     last_id: str | None
     has_more: bool
 
     @classmethod
     def of(cls, messages: list[Message], has_more: bool = False) -> ConversationItemList:
-        data = [ConversationItemRead.of(m) for m in messages]
+        data = [item_of(m) for m in messages]
         first_id, last_id = end_ids(data)
         return cls(data=data, first_id=first_id, last_id=last_id, has_more=has_more)

@@ -12,8 +12,13 @@ generated: see `ids.sibling_id`), its input items are the messages the turn save
 - An error's Threadline code goes to `error.type`; `error.code` takes the SDK's enum (`server_error`,
   `rate_limit_exceeded`), which strict clients validate.
 
-Unknown and unsupported-but-harmless fields (`tools`, `tool_choice`, `text`, `reasoning`, `include`, `user`, …)
-are accepted and ignored; the response reports what was actually used (`tools: []`, `text.format: text`).
+Function tools (DESIGN.md §6): `tools` (type `function` only; others are a 400 `unsupported_tool_type`),
+`tool_choice`, `parallel_tool_calls` and `max_tool_calls` go to the model and are echoed. Input items may be
+`message`, `function_call` and `function_call_output`; the output holds the answer's text as a message (left out
+when the answer is only calls), then its `function_call` items (`fc_…` ids, the model's `call_…` call ids).
+
+Unknown and unsupported-but-harmless fields (`text`, `reasoning`, `include`, `user`, …) are accepted and
+ignored; the response reports what was actually used (`text.format: text`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
-from threadline.api.schemas.openai import OutputTextRead, new_item, unix
+from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import ChatMessage, ItemReference
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
+from threadline.providers.base import FunctionTool, ToolChoiceFunction
 from threadline.services.responses import ResponseRequest
 from threadline.storage.tables import Response
 
@@ -60,6 +66,10 @@ class OpenAIResponseCreate(RequestModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     metadata: StringMetadata | None = None
     background: bool | None = None
+    tools: list[Any] | None = Field(default=None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1, le=1_000)
 
     @property
     def conversation_id(self) -> str | None:
@@ -82,6 +92,16 @@ class OpenAIResponseCreate(RequestModel):
             )
         metadata = dict(self.metadata or {})
         rules.validate_metadata(metadata)
+        tools = self._tools()
+        choice = self._tool_choice(tools)
+        echo: dict[str, Any] = {
+            "tools": [_tool_echo(t) for t in tools],
+            "tool_choice": self.tool_choice if isinstance(self.tool_choice, str) else None,
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "max_tool_calls": self.max_tool_calls,
+        }
+        if isinstance(choice, ToolChoiceFunction):
+            echo["tool_choice"] = {"type": "function", "name": choice.name}
         return ResponseRequest(
             organization_id=organization_id,
             inputs=self._inputs(),
@@ -94,10 +114,83 @@ class OpenAIResponseCreate(RequestModel):
             temperature=self.temperature,
             context_mode=_TRUNCATION[self.truncation or "disabled"],
             instructions=self.instructions,
-            record={"metadata": metadata, "conversation": conversation},
+            record={"metadata": metadata, "conversation": conversation, **echo},
+            tools=tuple(tools),
+            tool_choice=choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+            max_tool_calls=self.max_tool_calls,
         )
 
-    def _inputs(self) -> list[ChatMessage]:
+    def _tools(self) -> list[FunctionTool]:
+        tools: list[FunctionTool] = []
+        for i, tool in enumerate(self.tools or []):
+            param = f"tools.{i}"
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise InvalidRequest(
+                    f"Tools of type '{kind}' are not supported: Threadline offers the model function tools only.",
+                    code="unsupported_tool_type",
+                    param=f"{param}.type",
+                )
+            name = tool.get("name")
+            if not isinstance(name, str) or not 1 <= len(name) <= 128:
+                raise ValidationFailed(
+                    "A function tool needs 'name' as a string of 1 to 128 characters.",
+                    code="invalid_type",
+                    param=f"{param}.name",
+                )
+            description, parameters, strict = tool.get("description"), tool.get("parameters"), tool.get("strict")
+            if description is not None and not isinstance(description, str):
+                raise ValidationFailed("'description' is a string.", code="invalid_type", param=f"{param}.description")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise ValidationFailed(
+                    "'parameters' is a JSON Schema object.", code="invalid_type", param=f"{param}.parameters"
+                )
+            if strict is not None and not isinstance(strict, bool):
+                raise ValidationFailed("'strict' is a boolean.", code="invalid_type", param=f"{param}.strict")
+            if any(t.name == name for t in tools):
+                raise ValidationFailed(
+                    f"Two tools are named '{name}': tool names must be unique.",
+                    code="duplicate_tool_name",
+                    param=f"{param}.name",
+                )
+            tools.append(FunctionTool(name, description, parameters, strict))
+        return tools
+
+    def _tool_choice(self, tools: list[FunctionTool]) -> str | ToolChoiceFunction | None:
+        choice = self.tool_choice
+        if choice is None:
+            return None
+        if isinstance(choice, str):
+            if choice not in ("auto", "none", "required"):
+                raise ValidationFailed(
+                    f"Invalid tool_choice '{choice}': use auto, none, required or a function.",
+                    code="invalid_value",
+                    param="tool_choice",
+                )
+            if choice == "required" and not tools:
+                raise InvalidRequest(
+                    "Tool choice 'required' must be specified with 'tools' parameter.",
+                    code="invalid_value",
+                    param="tool_choice",
+                )
+            return choice
+        if choice.get("type") != "function":
+            raise InvalidRequest(
+                f"tool_choice of type '{choice.get('type')}' is not supported: use auto, none, required or a function.",
+                code="unsupported_tool_type",
+                param="tool_choice.type",
+            )
+        name = choice.get("name")
+        if not any(t.name == name for t in tools):
+            raise InvalidRequest(
+                f"Tool choice names the function '{name}', which is not among 'tools'.",
+                code="invalid_value",
+                param="tool_choice.name",
+            )
+        return ToolChoiceFunction(str(name))
+
+    def _inputs(self) -> list[ChatMessage | ItemReference]:
         if self.input is None:
             raise ValidationFailed(
                 "Missing required parameter 'input': a string or a list of message items.",
@@ -108,8 +201,7 @@ class OpenAIResponseCreate(RequestModel):
             return [ChatMessage(role="user", content=self.input)]
         if not self.input:
             raise ValidationFailed("'input' needs at least one item.", code="empty_input", param="input")
-        messages = [new_item(item, f"input.{i}") for i, item in enumerate(self.input)]
-        return [ChatMessage(role=m.role, content=m.content) for m in messages]
+        return [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
 
 
 # ---- objects -----------------------------------------------------------------------------------------------
@@ -121,6 +213,30 @@ class OutputMessageRead(ResponseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputTextRead]
+
+
+def _input_item(item: Any, param: str) -> ChatMessage | ItemReference:
+    """An input item: a stored item named by an `item_reference`, else an item to save (`new_item`)."""
+    if isinstance(item, dict) and item.get("type") == "item_reference":
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= 64:
+            raise ValidationFailed(
+                "An 'item_reference' needs 'id' as a string of 1 to 64 characters.",
+                code="invalid_type",
+                param=f"{param}.id",
+            )
+        return ItemReference(item_id)
+    return new_item(item, param).as_chat()
+
+
+def _tool_echo(tool: FunctionTool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
 
 
 class InputTokensDetails(ResponseModel):
@@ -170,7 +286,7 @@ class OpenAIResponseRead(ResponseModel):
     completed_at: int | None
     status: Literal["completed", "failed", "in_progress", "incomplete"]
     model: str
-    output: list[OutputMessageRead]
+    output: list[OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
     incomplete_details: IncompleteDetails | None
     instructions: str | None
@@ -185,8 +301,9 @@ class OpenAIResponseRead(ResponseModel):
     store: bool
     background: bool = False
     parallel_tool_calls: bool = True
-    tool_choice: Literal["auto"] = "auto"
-    tools: list[Any] = Field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    max_tool_calls: int | None = None
     text: TextConfig = Field(default_factory=TextConfig)
     reasoning: None = None
     user: None = None
@@ -201,9 +318,16 @@ class OpenAIResponseRead(ResponseModel):
         if response.status == "completed" and finish in ("length", "content_filter"):
             status = "incomplete"
             incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
-        output = []
+        output: list[OutputMessageRead | FunctionCallItemRead] = []
         if response.status == "completed":
-            output = [output_message(response, "incomplete" if incomplete else "completed", response.output_text)]
+            if response.context.get("output_message", True):
+                output.append(
+                    output_message(response, "incomplete" if incomplete else "completed", response.output_text)
+                )
+            output += [
+                FunctionCallItemRead(id=c["id"], call_id=c["call_id"], name=c["name"], arguments=c["arguments"])
+                for c in response.context.get("tool_calls", [])
+            ]
         usage = None
         if response.input_tokens is not None or response.output_tokens is not None:
             inp, out = response.input_tokens or 0, response.output_tokens or 0
@@ -236,6 +360,10 @@ class OpenAIResponseRead(ResponseModel):
             top_p=None,  # accepted, not applied: the providers sample with temperature only
             truncation="disabled" if request.get("thread_context_mode") == "full" else "auto",
             store=request.get("store", True) is not False,
+            parallel_tool_calls=request.get("parallel_tool_calls", True),
+            tool_choice=request.get("tool_choice") or "auto",
+            tools=request.get("tools") or [],
+            max_tool_calls=request.get("max_tool_calls"),
         )
 
 

@@ -1,25 +1,80 @@
-"""Wire shapes of POST /v1/model/response (seed 000) and GET /v1/model/response/{id}."""
+"""Wire shapes of POST /v1/model/response (seed 000) and GET /v1/model/response/{id}.
+
+Function tools (DESIGN.md §6) in the shapes the messages endpoint shows items in: `tools` (functions),
+`tool_choice`, `parallel_tool_calls`; inputs may be `{"type": "function_call_output", "call_id", "output"}` (and
+`function_call` items, for clients that keep the history themselves); the output lists the answer's message (left
+out when the answer is only calls), then its `{"type": "function_call", "id", "call_id", "name", "arguments"}`.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, ThreadIdText, iso
 from threadline.api.schemas.freddy import TextPart
 from threadline.domain.messages import ChatMessage
+from threadline.errors import InvalidRequest
+from threadline.providers.base import FunctionTool, ToolChoiceFunction
 from threadline.services.responses import ResponseRequest
 from threadline.storage.tables import Response
 
+# Which fields each input item type needs (one flat model, so errors name `inputs.N.<field>` as they always did).
+_REQUIRED = {
+    "message": ("role", "texts"),
+    "function_call": ("call_id", "name", "arguments"),
+    "function_call_output": ("call_id", "output"),
+}
+
 
 class InputMessage(RequestModel):
-    role: Literal["user", "system", "assistant"]
-    texts: list[TextPart] = Field(min_length=1, max_length=100)
+    """An input item: a message (`role`, `texts`), a `function_call` (`call_id`, `name`, `arguments`) or a
+    `function_call_output` (`call_id`, `output`)."""
+
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    role: Literal["user", "system", "assistant"] | None = Field(default=None, validate_default=True)
+    texts: list[TextPart] | None = Field(default=None, min_length=1, max_length=100, validate_default=True)
+    call_id: str | None = Field(default=None, min_length=1, max_length=128, validate_default=True)
+    name: str | None = Field(default=None, min_length=1, max_length=128, validate_default=True)
+    arguments: str | None = Field(default=None, validate_default=True)
+    output: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("role", "texts", "call_id", "name", "arguments", "output", mode="after")
+    @classmethod
+    def _needed(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("type", "message")
+        needed = info.field_name in _REQUIRED.get(kind, ())
+        if needed and value is None:
+            raise ValueError(f"Field required for an item of type '{kind}'")
+        if not needed and value is not None:
+            raise ValueError(f"Not a field of an item of type '{kind}'")
+        return value
 
     @property
     def text(self) -> str:
-        return "".join(part.text for part in self.texts)
+        return "".join(part.text for part in self.texts or [])
+
+    def item(self) -> ChatMessage:
+        if self.type == "function_call":
+            return ChatMessage("assistant", self.arguments or "", "function_call", self.call_id, self.name)
+        if self.type == "function_call_output":
+            return ChatMessage("tool", self.output or "", "function_call_output", self.call_id)
+        assert self.role is not None
+        return ChatMessage(role=self.role, content=self.text)
+
+
+class FunctionToolCreate(RequestModel):
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoiceCreate(RequestModel):
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1, max_length=128)
 
 
 class ThreadRef(RequestModel):
@@ -41,6 +96,21 @@ class ResponseCreate(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     thread_context_mode: Literal["recent", "smart", "full"] | None = None
     stream: bool = False
+    tools: list[FunctionToolCreate] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceCreate | None = None
+    parallel_tool_calls: bool | None = None
+
+    def _tool_choice(self, tools: list[FunctionTool]) -> str | ToolChoiceFunction | None:
+        choice = self.tool_choice
+        if isinstance(choice, ToolChoiceCreate):
+            if not any(t.name == choice.name for t in tools):
+                raise InvalidRequest(
+                    f"toolChoice names the function '{choice.name}', which is not among 'tools'.",
+                    code="invalid_value",
+                    param="tool_choice.name",
+                )
+            return ToolChoiceFunction(choice.name)
+        return choice
 
     def to_request(self, organization_id: str) -> ResponseRequest:
         thread_id: str | None
@@ -49,9 +119,13 @@ class ResponseCreate(RequestModel):
             thread_id, metadata = self.thread.id, self.thread.metadata
         else:
             thread_id = self.thread
+        tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in self.tools or []]
         return ResponseRequest(
             organization_id=organization_id,
-            inputs=[ChatMessage(role=m.role, content=m.text) for m in self.inputs],
+            inputs=[m.item() for m in self.inputs],
+            tools=tuple(tools),
+            tool_choice=self._tool_choice(tools),
+            parallel_tool_calls=self.parallel_tool_calls,
             thread_id=thread_id,
             thread_metadata=metadata,
             store=self.store,
@@ -75,6 +149,16 @@ class OutputMessage(ResponseModel):
     texts: list[OutputText]
 
 
+class OutputFunctionCall(ResponseModel):
+    """A function call of the answer; answer it with a `function_call_output` input naming its `call_id`."""
+
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
 class Usage(ResponseModel):
     input_tokens: int
     output_tokens: int
@@ -96,7 +180,7 @@ class ResponseRead(ResponseModel):
     status: str
     thread_id: str | None
     previous_response_id: str | None
-    output: list[OutputMessage]
+    output: list[OutputMessage | OutputFunctionCall]
     output_text: str | None
     usage: Usage | None
     context: dict[str, Any]
@@ -105,6 +189,11 @@ class ResponseRead(ResponseModel):
     @classmethod
     def of(cls, response: Response) -> ResponseRead:
         completed = response.status == "completed"
+        output: list[OutputMessage | OutputFunctionCall] = []
+        if completed:
+            if response.context.get("output_message", True):
+                output.append(OutputMessage(texts=[OutputText(text=response.output_text or "")]))
+            output += [OutputFunctionCall(**call) for call in response.context.get("tool_calls", [])]
         usage = None
         if response.input_tokens is not None or response.output_tokens is not None:
             inp, out = response.input_tokens or 0, response.output_tokens or 0
@@ -117,7 +206,7 @@ class ResponseRead(ResponseModel):
             status=response.status,
             thread_id=response.thread_id,
             previous_response_id=response.previous_response_id,
-            output=[OutputMessage(texts=[OutputText(text=response.output_text or "")])] if completed else [],
+            output=output,
             output_text=response.output_text if completed else None,
             usage=usage,
             context=dict(response.context),

@@ -14,14 +14,14 @@ from threadline.storage.tables import Message, MessageEdit
 
 
 def _live(organization_id: str, thread_id: str, roles: Collection[str] | None = None) -> list[sa.ColumnElement[bool]]:
-    """A thread's live (not deleted) messages, optionally only some roles."""
+    """A thread's live (not deleted) items, optionally only `message` items of some roles."""
     conditions = [
         Message.organization_id == organization_id,
         Message.thread_id == thread_id,
         Message.deleted_at.is_(None),
     ]
     if roles is not None:
-        conditions.append(Message.role.in_(roles))
+        conditions += [Message.role.in_(roles), Message.type == "message"]
     return conditions
 
 
@@ -32,6 +32,9 @@ class ContextRow(NamedTuple):
     content: str
     token_count: int | None
     tokenizer: str | None
+    type: str
+    call_id: str | None
+    payload: dict[str, Any] | None
 
 
 class MessageRepository:
@@ -105,7 +108,15 @@ class MessageRepository:
         the query.
         """
         query = sa.select(
-            Message.id, Message.seq, Message.role, Message.content, Message.token_count, Message.tokenizer
+            Message.id,
+            Message.seq,
+            Message.role,
+            Message.content,
+            Message.token_count,
+            Message.tokenizer,
+            Message.type,
+            Message.call_id,
+            Message.payload,
         ).where(*_live(organization_id, thread_id))
         if before_seq is not None:
             query = query.where(Message.seq < before_seq)
@@ -114,6 +125,34 @@ class MessageRepository:
         if newest:
             rows.reverse()
         return rows
+
+    async def get_any(self, organization_id: str, message_id: str) -> Message | None:
+        """A live item of any thread of the organization, by id."""
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id, Message.id == message_id, Message.deleted_at.is_(None)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def tail_kinds(
+        self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None
+    ) -> list[tuple[str, str | None]]:
+        """(type, call_id) of the newest `limit` live items (optionally below `before_seq`), newest first."""
+        query = sa.select(Message.type, Message.call_id).where(*_live(organization_id, thread_id))
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        rows = (await self.session.execute(query.order_by(Message.seq.desc()).limit(limit))).all()
+        return [(row[0], row[1]) for row in rows]
+
+    async def find_call(
+        self, organization_id: str, thread_id: str, call_id: str, *, before_seq: int | None = None
+    ) -> Message | None:
+        """The live `function_call` item with `call_id` (optionally below `before_seq`), if any."""
+        query = sa.select(Message).where(
+            *_live(organization_id, thread_id), Message.call_id == call_id, Message.type == "function_call"
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        return (await self.session.execute(query.limit(1))).scalar_one_or_none()
 
     async def head(
         self, organization_id: str, thread_id: str, limit: int, *, roles: Collection[str] | None = None
@@ -131,6 +170,7 @@ class MessageRepository:
                 Message.organization_id == organization_id,
                 Message.thread_id == thread_id,
                 Message.role == role,
+                Message.type == "message",
                 Message.seq < before_seq,
                 Message.deleted_at.is_(None),
             )
