@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from threadline import __version__
 from threadline.api import errors, idempotency
-from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
+from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
     assistants,
     auth,
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware)  # outermost: idempotent replays get the replaying request's
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
