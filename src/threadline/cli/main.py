@@ -76,12 +76,24 @@ def serve(
     bind_host = host or settings.host
     bind_port = port or settings.port
     typer.echo(f"Threadline on http://{bind_host}:{bind_port} (database: {_redacted(settings.database_url)})")
+    # X-Forwarded-For / -Proto are believed only from the proxies named in forwarded_allow_ips (deploy/ README).
+    trusted = settings.forwarded_allow_ips
     if workers > 1:
-        uvicorn.run("threadline.api.app:create_app", factory=True, host=bind_host, port=bind_port, workers=workers)
+        uvicorn.run(
+            "threadline.api.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=workers,
+            proxy_headers=True,
+            forwarded_allow_ips=trusted,
+        )
     else:
         from threadline.api.app import create_app
 
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port)
+        uvicorn.run(
+            create_app(settings), host=bind_host, port=bind_port, proxy_headers=True, forwarded_allow_ips=trusted
+        )
 
 
 def _redacted(url: str) -> str:
