@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # temperature 0.2 and top_p 0.9; the repetition penalty keeps a 135M model from looping on one line.
     local_temperature: float = Field(default=0.2, ge=0, le=2)
     local_top_p: float = Field(default=0.9, gt=0, le=1)
-    local_repeat_penalty: float = Field(default=1.3, ge=1, le=2)
+    local_repeat_penalty: float = Field(default=1.2, ge=1, le=2)
     default_max_output_tokens: int = Field(default=512, ge=1)
 
     # Turns
