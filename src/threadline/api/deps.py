@@ -89,7 +89,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 TurnPrincipalDep = PrincipalDep
 
 
-# `?organization_id=`: for routes that resolve it themselves (a turn's principal is not `PrincipalDep`).
+# `?organization_id=`: for routes that resolve the organization themselves (from the body or the query).
 OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 
