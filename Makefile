@@ -38,6 +38,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	bash scripts/ensure-postgres
 	bash scripts/ensure-chromium
+	bash scripts/ensure-nginx
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy

@@ -202,6 +202,7 @@ async def target(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> Tar
         "response_id": turn.json()["id"],
         "key_id": keys[0]["id"],
         "model": "fake-model",
+        "organization_id": caller.organization_id,
     }
     return Target(caller, await login_headers(client, app, caller), known)
 

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # llama.cpp's micro-batch for prompt evaluation. None: 512, except 1 when llama.cpp was built with AMX kernels,
     # which crash on multi-token batches in VMs that advertise AMX without providing it (see providers/local.py).
     local_ubatch_size: int | None = Field(default=None, ge=1)
+    # The embedded model's sampling when a request names none: SmolLM2-135M-Instruct's model card samples with
+    # temperature 0.2 and top_p 0.9; the repetition penalty keeps a 135M model from looping on one line.
+    local_temperature: float = Field(default=0.2, ge=0, le=2)
+    local_top_p: float = Field(default=0.9, gt=0, le=1)
+    local_repeat_penalty: float = Field(default=1.2, ge=1, le=2)
     default_max_output_tokens: int = Field(default=512, ge=1)
 
     # Turns
@@ -85,6 +90,15 @@ class Settings(BaseSettings):
 
     # Auth
     user_token_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+
+    # Rate limits per credential (API key or user token), shared by every process through the database; unset: no
+    # limit. An organization's owner may tighten them for the organization (PUT /v1/organizations/{id}/limits).
+    rate_limit_requests_per_minute: int | None = Field(default=None, ge=1)
+    rate_limit_concurrent_turns: int | None = Field(default=None, ge=1)
+
+    # Behind a proxy: the addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips: comma-separated IPs or networks, "*" for any). Anyone else's are ignored.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     # Limits
     max_messages_per_thread: int = Field(default=10_000, ge=1)

@@ -132,8 +132,14 @@ class PayloadTooLarge(ThreadlineError):
 
 
 class RateLimited(ThreadlineError):
+    """Over a credential's requests per minute or concurrent turns; `retry_after_seconds` says when to retry."""
+
     code = "rate_limited"
     retryable = True
+
+    def __init__(self, message: str, *, retry_after_seconds: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class DatabaseUnavailable(ThreadlineError):

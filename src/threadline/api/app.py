@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from threadline import __version__, observability
 from threadline.api import errors, idempotency
 from threadline.api import observability as api_observability
-from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
+from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
     assistants,
     auth,
@@ -148,6 +148,7 @@ def create_app(
     app.add_middleware(QueryCaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
+    app.add_middleware(RateLimitHeadersMiddleware)  # idempotent replays get the replaying request's
     app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours
     if tracer_provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

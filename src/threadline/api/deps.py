@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from threadline.api.middleware import record_request_quota
 from threadline.api.observability import note_organization
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
-from threadline.services import auth
+from threadline.services import auth, rate_limits
 from threadline.services.auth import Principal
 from threadline.services.turns import TurnObserver
 
@@ -68,34 +69,35 @@ def credential_of(request: Request) -> str | None:
     return None
 
 
-async def get_principal(request: Request, session: SessionDep) -> Principal:
-    principal = await auth.authenticate(session, credential_of(request))
-    _note(principal)
-    return principal
-
-
 def _note(principal: Principal) -> None:
     """The request's log lines name the organization when the credential has exactly one."""
     if len(principal.organization_ids) == 1:
         note_organization(principal.organization_ids[0])
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+async def get_principal(request: Request, maker: SessionmakerDep) -> Principal:
+    """Who is calling, counted against the credential's requests per minute (429 when over it).
 
-
-async def principal_outside_turn(request: Request, maker: SessionmakerDep) -> Principal:
-    """Authenticate in a transaction of its own: a model turn must not hold one open across the model call."""
+    In a transaction of its own, committed before the route runs: the rate-limit counter row stays locked only
+    for its one statement, never for a whole request, and a model turn holds no transaction across the model call.
+    """
     async with maker() as session:
         principal = await auth.authenticate(session, credential_of(request))
+        quota = await rate_limits.count_request(session, get_settings(request), principal)
         await session.commit()
     _note(principal)
+    if quota is not None:
+        record_request_quota(request.scope, quota)
+    rate_limits.enforce(quota)
     return principal
 
 
-TurnPrincipalDep = Annotated[Principal, Depends(principal_outside_turn)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+# The same dependency: a turn's route, like every other, authenticates outside the request's transaction.
+TurnPrincipalDep = PrincipalDep
 
 
-# `?organization_id=`: for routes that resolve it themselves (a turn's principal is not `PrincipalDep`).
+# `?organization_id=`: for routes that resolve the organization themselves (from the body or the query).
 OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 

@@ -10,6 +10,7 @@ after such a handler and the server then closes the keep-alive connection, faili
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,6 +79,10 @@ def error_response(error: errors.ThreadlineError) -> JSONResponse:
     status, type_ = status_of(error)
     # The openai SDK retries 409/429/5xx unless told otherwise (reference §1.6): say when it cannot help.
     headers = {"x-should-retry": "true" if error.retryable else "false"}
+    if isinstance(error, errors.RateLimited):
+        # Whole seconds for HTTP (RFC 9110), milliseconds for the openai SDK, which prefers them when present.
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_seconds)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(error.retry_after_seconds * 1000)))
     return JSONResponse(error_body(error.message, type_, error.code, error.param), status, headers=headers)
 
 

@@ -1,4 +1,4 @@
-"""Small ASGI middlewares: body size limit and camelCase query parameters."""
+"""Small ASGI middlewares: body size limit, camelCase query parameters, rate-limit headers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline.api.errors import error_body
+from threadline.domain.limits import openai_duration
+from threadline.services.rate_limits import RequestQuota
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -102,3 +104,43 @@ def replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+_QUOTA_KEY = "threadline.request_quota"
+
+
+def record_request_quota(scope: Scope, quota: RequestQuota) -> None:
+    """Hand the credential's standing to `RateLimitHeadersMiddleware` (called where the request is counted)."""
+    holder: list[RequestQuota] | None = scope.get(_QUOTA_KEY)
+    if holder is not None:
+        holder.append(quota)
+
+
+class RateLimitHeadersMiddleware:
+    """OpenAI's `x-ratelimit-*-requests` headers on every answer to a rate-limited credential, errors included.
+
+    The holder list travels in the scope: the middlewares below copy the scope, but shallowly, so the route's
+    dependency fills the same list this layer reads when the response starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        holder: list[RequestQuota] = []
+        scope[_QUOTA_KEY] = holder
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and holder:
+                quota = holder[-1]
+                extra = [
+                    (b"x-ratelimit-limit-requests", str(quota.limit).encode()),
+                    (b"x-ratelimit-remaining-requests", str(quota.remaining).encode()),
+                    (b"x-ratelimit-reset-requests", openai_duration(quota.reset_seconds).encode()),
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -118,14 +118,22 @@ class ObservabilityMiddleware:
                 metrics.http_requests.labels(method, route, status).inc()
                 metrics.http_duration.labels(method, route, status).observe(elapsed)
             level = logging.DEBUG if scope["path"] in _PROBES else logging.INFO
+            # The peer as uvicorn resolved it: behind a trusted proxy, the address the proxy forwarded.
+            client = (scope.get("client") or ("-",))[0]
             access_logger.log(
                 level,
-                "%s %s %s %.1fms",
+                "%s %s %s %.1fms client=%s",
                 method,
                 route,
                 status,
                 elapsed * 1000,
-                extra={"method": method, "status": state["status"], "duration_ms": round(elapsed * 1000, 3)},
+                client,
+                extra={
+                    "method": method,
+                    "status": state["status"],
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "client": client,
+                },
             )
             observability.unbind(observer_token)
             unbind_request(request_token)

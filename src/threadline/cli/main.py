@@ -93,6 +93,9 @@ def serve(
         "access_log": False,  # the app writes one line per request (observability/logs.py)
         # Past the app's own drain (shutdown_grace_seconds), the server waits this much more for connections.
         "timeout_graceful_shutdown": 5,
+        # X-Forwarded-For / -Proto are believed only from the proxies named in forwarded_allow_ips (deploy/).
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
     if workers == 1:
         from threadline.api.app import create_app
@@ -117,6 +120,32 @@ def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command("chat")
+def chat_command(
+    thread: Annotated[
+        str | None, typer.Argument(help="The thread to chat on (created if missing; default: a new one).")
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="Organization name or id (created if missing).")] = "local",
+    email: Annotated[str, typer.Option("--email", help="Whom the chat's messages are from (created if missing).")] = (
+        "you@localhost"
+    ),
+    model: Annotated[
+        str | None, typer.Option("--model", help="A configured model (default: the default model).")
+    ] = None,
+    show_context: Annotated[
+        bool, typer.Option("--show-context", help="After each answer, show what the model saw (also /context).")
+    ] = False,
+) -> None:
+    """Chat on a thread in the terminal, with the embedded model or any configured one, streaming as it generates."""
+    from threadline.cli.chat import ChatOptions, chat
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    options = ChatOptions(thread_id=thread, org=org, email=email, model=model, show_context=show_context)
+    code = asyncio.run(chat(settings, options, sys.stdin, sys.stdout))
+    raise typer.Exit(code)
 
 
 @keys_app.command("create")

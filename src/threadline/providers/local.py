@@ -113,6 +113,21 @@ def _counting_llama_class() -> type[Any]:
 _END = object()
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the embedded model samples when a request does not say.
+
+    The defaults are SmolLM2-135M-Instruct's model card (`temperature=0.2, top_p=0.9`) plus a repetition penalty:
+    without one, such a small model asked for a haiku answers "A lone soul, a lone soul," until it runs out of
+    tokens. llama.cpp applies the penalty over the last 64 tokens."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    repeat_penalty: float = 1.2
+    # None: a fresh random seed per answer; a number makes answers reproducible (tests).
+    seed: int | None = None
+
+
 @dataclass(eq=False)  # identity semantics: jobs live in a set
 class _Job:
     """One generation: the worker thread pushes events; the event loop reads them from `queue`."""
@@ -141,6 +156,7 @@ class LocalProvider:
         context_window: int = 8192,
         n_threads: int | None = None,
         ubatch_size: int | None = None,
+        sampling: Sampling | None = None,
         name: str = "local",
     ) -> None:
         self.name = name
@@ -151,6 +167,7 @@ class LocalProvider:
         self.context_window = context_window
         self._n_threads = n_threads
         self.ubatch_size = ubatch_size or default_ubatch_size()
+        self.sampling = sampling or Sampling()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-llama")
         self._llama: Any = None  # touched only on the worker thread
         self._jobs: set[_Job] = set()
@@ -291,9 +308,15 @@ class LocalProvider:
             job.emit(_END)
 
     def _generate(self, llama: Any, job: _Job) -> None:
-        kwargs: dict[str, Any] = {"max_tokens": job.params.max_output_tokens}
-        if job.params.temperature is not None:
-            kwargs["temperature"] = job.params.temperature
+        temperature = job.params.temperature
+        kwargs: dict[str, Any] = {
+            "max_tokens": job.params.max_output_tokens,
+            "temperature": self.sampling.temperature if temperature is None else temperature,
+            "top_p": self.sampling.top_p,
+            "repeat_penalty": self.sampling.repeat_penalty,
+        }
+        if self.sampling.seed is not None:
+            kwargs["seed"] = self.sampling.seed
         chunks = llama.create_chat_completion(messages=job.messages, stream=True, **kwargs)
         finish_reason = "length"
         try:

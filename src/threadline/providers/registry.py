@@ -13,6 +13,8 @@ from threadline.providers.base import ModelInfo, Provider
 if TYPE_CHECKING:
     import httpx
 
+    from threadline.providers.local import Sampling
+
 
 class ModelRegistry:
     def __init__(self, default_model: str | None = None) -> None:
@@ -40,6 +42,7 @@ class ModelRegistry:
                         context_window=settings.local_context_window,
                         n_threads=settings.local_threads,
                         ubatch_size=settings.local_ubatch_size,
+                        sampling=local_sampling(settings),
                     )
                 )
             for config in settings.providers:
@@ -79,6 +82,16 @@ class ModelRegistry:
             await provider.aclose()
 
 
+def local_sampling(settings: Settings) -> Sampling:
+    from threadline.providers.local import Sampling
+
+    return Sampling(
+        temperature=settings.local_temperature,
+        top_p=settings.local_top_p,
+        repeat_penalty=settings.local_repeat_penalty,
+    )
+
+
 def _provider_from_config(config: ProviderConfig, settings: Settings, http_client: httpx.AsyncClient) -> Provider:
     if config.type == "local":
         from pathlib import Path
@@ -92,6 +105,7 @@ def _provider_from_config(config: ProviderConfig, settings: Settings, http_clien
             context_window=config.model_context_windows.get(model_name, config.context_window),
             n_threads=settings.local_threads,
             ubatch_size=settings.local_ubatch_size,
+            sampling=local_sampling(settings),
             name=config.name,
         )
     from threadline.providers.openai_compat import OpenAICompatProvider

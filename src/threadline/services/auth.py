@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
+from threadline.domain.limits import Limits
 from threadline.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -48,6 +49,8 @@ class Principal:
     organization_ids: tuple[str, ...]
     auth_method: AuthMethod
     credential_id: str
+    # The limits each organization's owner set, in `organization_ids` order (services/rate_limits.py).
+    organization_limits: tuple[Limits, ...] = ()
 
     def organization(self, requested: str | None) -> str:
         """The organization a request acts in (DESIGN.md §4 `organization_id`)."""
@@ -98,6 +101,7 @@ async def ensure_member(session: AsyncSession, org: str, email: str) -> tuple[Or
     if not org_name or len(org_name) > 200:
         raise ValidationFailed("Organization name must be 1 to 200 characters.", param="org")
     organization = await repo.organization(org_name) or await repo.organization_by_name(org_name)
+    created = organization is None
     if organization is None:
         organization = Organization(id=new_id("org"), name=org_name, created_at=now)
         await repo.add(organization)
@@ -107,7 +111,9 @@ async def ensure_member(session: AsyncSession, org: str, email: str) -> tuple[Or
         user = User(id=new_id("usr"), email=email, created_at=now)
         await repo.add(user)
     if await repo.membership(organization.id, user.id) is None:
-        await repo.add(Membership(organization_id=organization.id, user_id=user.id, role="member", created_at=now))
+        # Whoever creates an organization owns it (may set its limits); everyone added later is a member.
+        role = "owner" if created else "member"
+        await repo.add(Membership(organization_id=organization.id, user_id=user.id, role=role, created_at=now))
     return organization, user
 
 
@@ -202,14 +208,20 @@ async def authenticate(session: AsyncSession, credential: str | None) -> Princip
         if user is None:
             raise AuthenticationFailed("The user token is invalid, expired or revoked.")
         orgs = await repo.organizations_of(user.id)
-        return Principal(user.id, user.email, tuple(o.id for o in orgs), "user_token", token.id)
+        return Principal(
+            user.id, user.email, tuple(o.id for o in orgs), "user_token", token.id, tuple(_limits(o) for o in orgs)
+        )
     found = await repo.api_key_with_user(digest)  # None also when the user left the key's organization
     if found is None or found[0].revoked_at is not None:
         raise AuthenticationFailed("The API key is invalid or revoked.")
-    key, user = found
+    key, user, organization = found
     if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
         await repo.touch_api_key(key, now)
-    return Principal(user.id, user.email, (key.organization_id,), "api_key", key.id)
+    return Principal(user.id, user.email, (key.organization_id,), "api_key", key.id, (_limits(organization),))
+
+
+def _limits(organization: Organization) -> Limits:
+    return Limits(organization.rate_limit_requests_per_minute, organization.rate_limit_concurrent_turns)
 
 
 async def describe(session: AsyncSession, principal: Principal) -> tuple[User, list[Organization]]:

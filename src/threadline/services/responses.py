@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,7 +52,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import recovery
+from threadline.services import rate_limits, recovery
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import (
@@ -168,11 +169,33 @@ async def start_turn(
 ) -> Turn:
     """Step 1. Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread.
 
-    `observer` hears about the turn once it is saved (auto-naming)."""
+    `observer` hears about the turn once it is saved (auto-naming). The credential's concurrent-turn slot is taken
+    first (429 when none is free) and travels with the turn, which gives it back; a refusal here gives it back."""
     validate_request(request, models)
     watch = observability.current()
     if watch.draining:
         raise ServiceUnavailable("This server is shutting down and starts no new turns; retry the request.")
+    slot = await rate_limits.acquire_turn_slot(maker, settings, principal)
+    try:
+        turn = await _start_turn(maker, settings, models, principal, request, observer)
+    except BaseException:
+        if slot is not None:
+            with anyio.CancelScope(shield=True):
+                await rate_limits.release_turn_slot(maker, slot)
+        raise
+    turn.slot = slot
+    return turn
+
+
+async def _start_turn(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    request: ResponseRequest,
+    observer: TurnObserver | None,
+) -> Turn:
+    watch = observability.current()
     started = time.monotonic()
     deadline = started + settings.thread_busy_timeout_seconds
     pause = 0.01

@@ -38,6 +38,7 @@ from threadline.providers.base import (
     ToolCallStarted,
 )
 from threadline.services import messages as message_service
+from threadline.services import rate_limits
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
@@ -77,6 +78,9 @@ class Turn:
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
     # At most this many function calls of the answer are kept (None: all).
     max_tool_calls: int | None = None
+
+    # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
+    slot: rate_limits.TurnSlot | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,8 @@ async def run_turn(
                     # Follow-up work is optional: the turn is saved whatever happens to it.
                     logger.exception("after-save hook failed for response %s", turn.response.id)
         settled = True
+        # Freed before the last event: a consumer that stops reading at TurnDone does not keep the slot.
+        await _release_slot(maker, turn)
         yield TurnDone(response, error)
     finally:
         heartbeat.cancel()
@@ -215,6 +221,18 @@ async def run_turn(
                     code, message = "turn_aborted", "The turn stopped before it finished (client disconnected)."
                 await _fail(maker, turn, code, message)
                 recorder.finished(code)
+            await _release_slot(maker, turn)
+
+
+async def _release_slot(maker: async_sessionmaker[AsyncSession], turn: Turn) -> None:
+    slot, turn.slot = turn.slot, None
+    if slot is None:
+        return
+    try:
+        await rate_limits.release_turn_slot(maker, slot)
+    except Exception:
+        # Not given back, it still expires with the lease time: the credential gets it back then.
+        logger.warning("could not release a turn slot of thread %s", turn.thread_id, exc_info=True)
 
 
 def _end(span: trace.Span) -> None:
@@ -233,6 +251,8 @@ async def _heartbeat(maker: async_sessionmaker[AsyncSession], settings: Settings
                 await ThreadRepository(session).renew_lease(
                     turn.organization_id, turn.thread_id, turn.response.id, expires_at
                 )
+                if turn.slot is not None:
+                    await rate_limits.renew_turn_slot(session, settings, turn.slot)
                 await session.commit()
         except Exception:
             # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.

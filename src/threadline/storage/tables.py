@@ -55,6 +55,9 @@ class Organization(Base):
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime]
+    # The owner's limits for the organization's credentials (migration 0007); None: the server's alone.
+    rate_limit_requests_per_minute: Mapped[int | None]
+    rate_limit_concurrent_turns: Mapped[int | None]
 
 
 class User(Base):
@@ -67,6 +70,8 @@ class User(Base):
 
 
 class Membership(Base):
+    """A user in an organization; `role` is "owner" (who created it: may set its limits) or "member"."""
+
     __tablename__ = "memberships"
 
     organization_id: Mapped[str] = mapped_column(
@@ -353,3 +358,17 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     owner: Mapped[str] = mapped_column(sa.String(64))
     expires_at: Mapped[datetime]
+
+
+class RateLimitCounter(Base):
+    """Requests of one credential (API key or user token id) in the current fixed one-minute window.
+
+    One row per credential, moved to the new window by the same upsert that counts a request, so every process
+    on the database shares the count (migration 0007)."""
+
+    __tablename__ = "rate_limit_counters"
+
+    credential_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    # Minutes since the epoch: the fixed window `count` belongs to.
+    window_minute: Mapped[int] = mapped_column(sa.BigInteger)
+    count: Mapped[int]

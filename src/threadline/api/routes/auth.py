@@ -1,4 +1,4 @@
-"""Login, the caller, and API key management."""
+"""Login, the caller, API key management, and an organization's rate limits."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from threadline.api.schemas.auth import (
     ApiKeyList,
     ApiKeyRead,
     MeRead,
+    OrganizationLimitsRead,
+    OrganizationLimitsUpdate,
     OrganizationRead,
     TokenCreate,
     TokenRead,
     UserRead,
 )
 from threadline.api.schemas.common import ID_PATTERN, iso
-from threadline.services import auth
+from threadline.services import auth, rate_limits
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
@@ -68,3 +70,31 @@ async def revoke_api_key(
     organization_id: OrganizationDep,
 ) -> ApiKeyRead:
     return ApiKeyRead.of(await auth.revoke_api_key(session, organization_id, key_id))
+
+
+OrganizationPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
+
+
+@router.get("/organizations/{organization_id}/limits", response_model=OrganizationLimitsRead)
+async def get_organization_limits(
+    organization_id: OrganizationPath, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> OrganizationLimitsRead:
+    organization, server = await rate_limits.organization_limits(session, settings, principal, organization_id)
+    return OrganizationLimitsRead.of(organization, server)
+
+
+@router.put("/organizations/{organization_id}/limits", response_model=OrganizationLimitsRead)
+async def set_organization_limits(
+    organization_id: OrganizationPath,
+    body: OrganizationLimitsUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+) -> OrganizationLimitsRead:
+    """Replace the organization's own limits (its owner only): each credential of it then runs under the tighter
+    of these and the server's."""
+    changes = {"requests_per_minute": body.requests_per_minute, "concurrent_turns": body.concurrent_turns}
+    organization, server = await rate_limits.set_organization_limits(
+        session, settings, principal, organization_id, changes
+    )
+    return OrganizationLimitsRead.of(organization, server)

@@ -1,4 +1,4 @@
-"""Wire schemas for identity: login, the caller, API keys."""
+"""Wire schemas for identity: login, the caller, API keys, an organization's limits."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from threadline.api.schemas.common import RequestModel, ResponseModel, iso
+from threadline.domain.limits import Limits, effective_limits
 from threadline.storage.tables import ApiKey, Organization
 
 
@@ -81,3 +82,44 @@ class ApiKeyRead(ResponseModel):
 class ApiKeyList(ResponseModel):
     object: Literal["list"] = "list"
     data: list[ApiKeyRead]
+
+
+class LimitsRead(ResponseModel):
+    """Requests per minute and concurrent turns per credential; null: no limit."""
+
+    requests_per_minute: int | None
+    concurrent_turns: int | None
+
+    @classmethod
+    def of(cls, limits: Limits) -> LimitsRead:
+        return cls(requests_per_minute=limits.requests_per_minute, concurrent_turns=limits.concurrent_turns)
+
+
+class OrganizationLimitsUpdate(RequestModel):
+    """The organization's own limits for each of its credentials (omitted or null: none of its own). They tighten
+    the server's limits, never lift them."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    concurrent_turns: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class OrganizationLimitsRead(ResponseModel):
+    object: Literal["organization.limits"] = "organization.limits"
+    organization_id: str
+    # The organization's own limits (set by its owner).
+    requests_per_minute: int | None
+    concurrent_turns: int | None
+    # The server's (THREADLINE_RATE_LIMIT_*), and what each credential of the organization runs under.
+    server: LimitsRead
+    effective: LimitsRead
+
+    @classmethod
+    def of(cls, organization: Organization, server: Limits) -> OrganizationLimitsRead:
+        own = Limits(organization.rate_limit_requests_per_minute, organization.rate_limit_concurrent_turns)
+        return cls(
+            organization_id=organization.id,
+            requests_per_minute=own.requests_per_minute,
+            concurrent_turns=own.concurrent_turns,
+            server=LimitsRead.of(server),
+            effective=LimitsRead.of(effective_limits(server, [own])),
+        )

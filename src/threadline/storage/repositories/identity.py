@@ -48,14 +48,15 @@ class IdentityRepository:
         query = sa.select(ApiKey).where(ApiKey.key_hash == key_hash)
         return (await self.session.execute(query)).scalar_one_or_none()
 
-    async def api_key_with_user(self, key_hash: str) -> tuple[ApiKey, User] | None:
-        """The key and its user, only while the user is still a member of the key's organization.
+    async def api_key_with_user(self, key_hash: str) -> tuple[ApiKey, User, Organization] | None:
+        """The key, its user and its organization, only while the user is still a member of the key's organization.
 
-        One statement instead of three (key, user, membership): authentication runs on every request.
+        One statement instead of four (key, user, membership, organization): authentication runs on every request.
         """
         query = (
-            sa.select(ApiKey, User)
+            sa.select(ApiKey, User, Organization)
             .join(User, User.id == ApiKey.user_id)
+            .join(Organization, Organization.id == ApiKey.organization_id)
             .join(
                 Membership,
                 sa.and_(Membership.organization_id == ApiKey.organization_id, Membership.user_id == ApiKey.user_id),
@@ -63,7 +64,7 @@ class IdentityRepository:
             .where(ApiKey.key_hash == key_hash)
         )
         row = (await self.session.execute(query)).one_or_none()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
 
     async def api_key(self, organization_id: str, key_id: str) -> ApiKey | None:
         return await self.session.get(ApiKey, (organization_id, key_id))

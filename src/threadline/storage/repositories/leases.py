@@ -39,6 +39,11 @@ class LeaseRepository:
     async def release(self, name: str, owner: str) -> None:
         await self.session.execute(sa.delete(Lease).where(Lease.name == name, Lease.owner == owner))
 
+    async def live_names(self, prefix: str, now: datetime) -> set[str]:
+        """The names starting with `prefix` whose leases have not expired."""
+        query = sa.select(Lease.name).where(Lease.name.startswith(prefix, autoescape=True), Lease.expires_at > now)
+        return set((await self.session.execute(query)).scalars())
+
     async def holder(self, name: str, now: datetime) -> str | None:
         query = sa.select(Lease.owner).where(Lease.name == name, Lease.expires_at > now)
         return (await self.session.execute(query)).scalar_one_or_none()
