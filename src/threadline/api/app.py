@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from threadline import __version__
-from threadline.api import errors, idempotency
+from threadline.api import errors, idempotency, openapi
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware
 from threadline.api.routes import (
     assistants,
@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
     app = FastAPI(
         title="Threadline",
         version=__version__,
-        description="Persistent LLM conversation threads: the Freddy Threads API and OpenAI wire compatibility.",
+        description="Persistent LLM conversation threads: the Freddy Threads API and OpenAI wire compatibility. "
+        "The Assistants v2 dialect of /v1/threads… (the same paths, with `OpenAI-Beta: assistants=v2`) has its own "
+        f"document: {openapi.ASSISTANTS_V2_URL}.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -123,4 +125,5 @@ def create_app(settings: Settings | None = None, *, models: ModelRegistry | None
         app.include_router(module.router)
     if settings.web_ui_enabled:
         app.include_router(ui_router())
+    openapi.install(app, [module.router for module in routers])
     return app

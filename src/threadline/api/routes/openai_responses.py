@@ -32,6 +32,7 @@ from threadline.api.schemas.freddy import ID_PATTERN
 from threadline.api.schemas.openai import ConversationItemList, OpenAIDeletedRead, OutputTextRead
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate, OpenAIResponseRead, output_message
 from threadline.api.sse import EventFramer, sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
 from threadline.services import responses, stored_responses, turns
 from threadline.services.turns import OutputDelta, Turn, TurnDone
@@ -63,7 +64,12 @@ def _openai_names() -> Iterator[None]:
         raise
 
 
-@router.post("", response_model=OpenAIResponseRead, dependencies=[Idempotent])
+@router.post(
+    "",
+    response_model=OpenAIResponseRead,
+    dependencies=[Idempotent],
+    responses=MODEL_CALL | streamed("OpenAI's Responses stream, `response.created` to `response.completed`."),
+)
 async def create_response(
     body: OpenAIResponseCreate,
     principal: TurnPrincipalDep,
@@ -105,7 +111,7 @@ async def delete_response(
     return OpenAIDeletedRead(id=deleted.id, object="response.deleted")
 
 
-@router.post("/{response_id}/cancel", response_model=OpenAIResponseRead)
+@router.post("/{response_id}/cancel", response_model=OpenAIResponseRead, responses=CONFLICT)
 async def cancel_response(
     response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIResponseRead:

@@ -45,6 +45,7 @@ from threadline.api.schemas.openai_runs import (
     message_delta,
 )
 from threadline.api.sse import sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.config import Settings
 from threadline.services import runs
 from threadline.services.runs import RunFinished
@@ -55,9 +56,10 @@ router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=Assistants
 # How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
 # normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
 POLL_AFTER_MS = "500"
+RUN_EVENTS = streamed("`thread.run.created` … `thread.message.delta`… `thread.run.completed`, then `done`.")
 
 
-@router.post("/runs", response_model=RunRead, dependencies=[Idempotent])
+@router.post("/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
 async def create_thread_and_run(
     body: ThreadAndRunCreate,
     principal: TurnPrincipalDep,
@@ -80,7 +82,7 @@ async def create_thread_and_run(
     return sse_response(_sse(maker, settings, turn, OpenAIThreadRead.of(thread)))
 
 
-@router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent])
+@router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
 async def create_run(
     thread_id: str,
     body: RunCreate,
@@ -123,7 +125,7 @@ async def update_run(
     return RunRead.of(await runs.update_run(session, organization_id, thread_id, run_id, body.metadata))
 
 
-@router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead)
+@router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead, responses=CONFLICT)
 async def cancel_run(thread_id: str, run_id: str, session: SessionDep, organization_id: OrganizationDep) -> RunRead:
     return RunRead.of(await runs.cancel_run(session, organization_id, thread_id, run_id))
 

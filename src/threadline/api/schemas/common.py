@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 # NUL, lone surrogates and NaN/Infinity get through JSON parsing but no database stores them (PostgreSQL
@@ -48,6 +48,19 @@ class RequestModel(BaseModel):
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorDetailRead(ResponseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str = Field(description="Stable and machine-readable: branch on this, not on the message.")
+
+
+class ErrorRead(ResponseModel):
+    """The one error envelope of every 4xx and 5xx, on the Freddy and the OpenAI surfaces alike (api/errors.py)."""
+
+    error: ErrorDetailRead
 
 
 # Every list's page size and order (Freddy and OpenAI lists alike): 1 to 100 items, default 20, newest first.
