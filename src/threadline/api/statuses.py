@@ -35,11 +35,25 @@ USER_TOKEN_ONLY = errors(403)  # refuses API keys
 MODEL_CALL = errors(404, 409, 502, 504)  # a turn: the model or thread named, busy or locked, the upstream failing
 
 
-def streamed(description: str) -> dict[int | str, dict[str, Any]]:
-    """The 200 of a route that answers with server-sent events when the body asks for `"stream": true`."""
+def streamed(events: list[str]) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers with server-sent events when the body asks for `"stream": true`.
+
+    Before OpenAPI 3.2's `itemSchema`, the `schema` of `text/event-stream` describes one event: its name (one of
+    `events`) and its `data`, a JSON object as text (`done` alone sends `[DONE]`).
+    """
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    }
     return {
         200: {
-            "description": f'The result as JSON; with `"stream": true`, server-sent events instead: {description}',
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": 'The result as JSON; with `"stream": true`, server-sent events instead: '
+            + ", ".join(f"`{name}`" for name in events)
+            + ".",
+            "content": {"text/event-stream": {"schema": event}},
         }
     }

@@ -44,6 +44,20 @@ router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 # Ids are patterned (no NUL or control characters reach the database).
 ResponseIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 _PARAMS = {"thread": "conversation", "inputs": "input", "thread_context_mode": "truncation"}
+# What `_sse` sends, in order (one of the last three ends the stream).
+RESPONSE_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+]
 
 
 @contextlib.contextmanager
@@ -68,7 +82,7 @@ def _openai_names() -> Iterator[None]:
     "",
     response_model=OpenAIResponseRead,
     dependencies=[Idempotent],
-    responses=MODEL_CALL | streamed("OpenAI's Responses stream, `response.created` to `response.completed`."),
+    responses=MODEL_CALL | streamed(RESPONSE_EVENTS),
 )
 async def create_response(
     body: OpenAIResponseCreate,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
@@ -36,8 +36,10 @@ from threadline.api.schemas.openai_runs import (
     RunCreate,
     RunList,
     RunRead,
+    RunStatus,
     RunStepList,
     RunStepRead,
+    RunStepStatus,
     RunUpdate,
     ThreadAndRunCreate,
     answer_in_progress,
@@ -56,7 +58,16 @@ router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=Assistants
 # How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
 # normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
 POLL_AFTER_MS = "500"
-RUN_EVENTS = streamed("`thread.run.created` … `thread.message.delta`… `thread.run.completed`, then `done`.")
+# What `_sse` sends: the run's and its step's status changes, the answer's message events, then `done`.
+RUN_EVENTS = streamed(
+    [
+        "thread.created",
+        *(f"thread.run.{status}" for status in ("created", *get_args(RunStatus))),
+        *(f"thread.run.step.{status}" for status in ("created", *get_args(RunStepStatus))),
+        *(f"thread.message.{name}" for name in ("created", "in_progress", "delta", "completed", "incomplete")),
+        "done",
+    ]
+)
 
 
 @router.post("/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)

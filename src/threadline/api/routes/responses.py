@@ -33,7 +33,7 @@ router = APIRouter(prefix="/v1/model/response", tags=["responses"])
     response_model=ResponseRead,
     dependencies=[Idempotent],
     responses=MODEL_CALL
-    | streamed("`response.created`, `response.output_text.delta`…, then `response.completed` or `response.failed`."),
+    | streamed(["response.created", "response.output_text.delta", "response.completed", "response.failed"]),
 )
 async def create_response(
     body: ResponseCreate,

@@ -157,7 +157,7 @@ async def rename_thread(
     "/threads/{thread_id}/generateName",
     response_model=ThreadRead,
     dependencies=[Idempotent],
-    responses=MODEL_CALL | streamed("`thread.name.delta`…, then `thread.name.completed` or `thread.name.failed`."),
+    responses=MODEL_CALL | streamed(["thread.name.delta", "thread.name.completed", "thread.name.failed"]),
 )
 async def generate_name(
     thread_id: ThreadIdPath,
