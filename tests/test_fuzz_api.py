@@ -28,6 +28,7 @@ and NUL in every text field, a chunked body over the size limit, bad path parame
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -625,20 +626,20 @@ def _raw_request(server: Server, head: str, body_chunks: Iterator[bytes]) -> tup
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer and close before the whole body is sent
         received = b""
-        while b"\r\n\r\n" not in received:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        with contextlib.suppress(ConnectionResetError):  # a close with the body unread may come as a reset
+            while data := sock.recv(65536):  # `Connection: close`: the server ends the response by closing
+                received += data
         head_bytes, _, rest = received.partition(b"\r\n\r\n")
         lines = head_bytes.decode("latin-1").split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        length = int(headers.get("content-length", headers.get("Content-Length", "0")))
-        while len(rest) < length:
-            data = sock.recv(65536)
-            if not data:
-                break
-            rest += data
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                if int(size, 16) == 0:
+                    break
+                body, rest = body + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+            rest = body
         return int(lines[0].split()[1]), headers, rest
 
 
