@@ -1,339 +1,656 @@
-"""Property-based fuzzing of every route of the app's own OpenAPI document, plus the hidden Assistants-v2
-routes (the same paths with `OpenAI-Beta: assistants=v2`).
+"""Schema-driven fuzzing of every operation (schemathesis), on SQLite and PostgreSQL, against a real server process.
 
-Hypothesis builds requests (path ids, query strings, `Idempotency-Key` headers, JSON bodies with hostile values:
-NUL bytes, lone surrogates, NaN, huge numbers, deep nesting, wrong types, unknown fields, camelCase and snake_case
-names) and asserts the two promises of the API: no 5xx, and every error is the envelope with a non-empty `code`.
-Model routes answer through a FakeProvider, so turns run whole (and quickly) instead of stopping at "no model".
+Every operation of the two OpenAPI documents the server publishes (/openapi.json, and the Assistants v2 dialect of
+/v1/threads… at /openapi/assistants-v2.json, sent with its `OpenAI-Beta: assistants=v2` header) gets requests
+that the document calls valid and requests it calls invalid, and every answer must keep the contract:
+
+- no 5xx (`not_a_server_error`);
+- a status the operation declares, with the declared content type, headers and body schema
+  (`status_code_conformance`, `content_type_conformance`, `response_headers_conformance`,
+  `response_schema_conformance`);
+- a request the document calls invalid is refused with a 4xx (`negative_data_rejection`);
+- every error carries the one envelope with a stable `code` (`assert_envelope`).
+
+Valid requests mostly use real ids (a thread, a message, a response… made for each operation), the caller's
+organization and real credentials, so they reach past the lookups into the services and the database; the rest
+keep what schemathesis generated (random ids, garbage credentials: 404 and 401, both declared). The model is a
+FakeProvider (`tests/fuzz_server.py`), so turns run whole.
+
+`make test` runs a fixed seed, FUZZ_EXAMPLES examples per operation. A long run with random seeds:
+`THREADLINE_FUZZ_SECONDS=600 .venv/bin/python -m pytest tests/test_fuzz_api.py -k for_a_while` fuzzes the
+operations in turn, each round with a fresh random seed, for that many seconds per backend (a failure names its
+seed; `THREADLINE_FUZZ_SEED` replays one).
+
+The hostile catalogue runs as explicit cases too (`test_hostile_*`): huge integers, deep nesting, lone surrogates
+and NUL in every text field, a chunked body over the size limit, bad path parameters on every path.
 """
 
 from __future__ import annotations
 
-import copy
+import asyncio
+import contextlib
 import json
+import os
+import random
 import re
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from hypothesis import HealthCheck, given, settings
+import requests
+import schemathesis
+import sqlalchemy as sa
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from tests.conftest import Caller
-from tests.helpers import login_headers
-from tests.responses_helpers import running_app
-from threadline.api.routes import openai_threads
-from threadline.api.routes.openai_threads import AssistantsRoute
+from tests.servers import REPO_SRC, free_port, running, threadline_env
+from threadline.api.app import create_app
 from threadline.config import Settings
-from threadline.providers.fake import FakeProvider
+from threadline.services import auth
+from threadline.storage.engine import create_engine, create_sessionmaker
+from threadline.storage.tables import Base
 
+REPO_ROOT = REPO_SRC.parent
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
-_PARAM = re.compile(r"\{([a-z_]+)\}")
-
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str
-    query: tuple[str, ...]
-    body_fields: tuple[tuple[str, Any], ...] | None  # (name, schema) of each body field; None: no body
-    headers: tuple[tuple[str, str], ...] = ()  # e.g. OpenAI-Beta for the Assistants-v2 routes
-    idempotent: bool = False  # takes an Idempotency-Key header
-
-
-def _inline(spec: dict[str, Any], schema: Any, depth: int = 0) -> Any:
-    """The schema with every `$ref` replaced by its definition (bounded: schemas may be recursive)."""
-    if isinstance(schema, list):
-        return [_inline(spec, item, depth) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    if "$ref" in schema:
-        if depth > 6:
-            return {}
-        return _inline(spec, spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]], depth + 1)
-    return {key: _inline(spec, value, depth) for key, value in schema.items()}
-
-
-def _properties(spec: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, Any]]:
-    schema = _inline(spec, schema)
-    for variant in schema.get("anyOf", []):
-        if variant.get("properties"):
-            return _properties(spec, variant)
-    return list(schema.get("properties", {}).items())
-
-
-def _operations_of(spec: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> list[Operation]:
-    found = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            parameters = op.get("parameters", [])
-            query = tuple(p["name"] for p in parameters if p["in"] == "query")
-            idempotent = any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in parameters)
-            body = op.get("requestBody")
-            fields = None
-            if body is not None:
-                fields = tuple(_properties(spec, body["content"]["application/json"]["schema"]))
-            found.append(Operation(method.upper(), path, query, fields, headers, idempotent))
-    return found
-
-
-def hidden_spec() -> dict[str, Any]:
-    """The OpenAPI document of the routes kept out of the public one (one operation per path and method there):
-    the Assistants-v2 dialect of /v1/threads (the app serves them from this router)."""
-    routes = []
-    for route in openai_threads.router.routes:
-        assert isinstance(route, AssistantsRoute)
-        shown = copy.copy(route)
-        shown.include_in_schema = True
-        routes.append(shown)
-    return get_openapi(title="hidden", version="0", routes=routes)
-
-
-def operations(app: FastAPI) -> list[Operation]:
-    """Every operation of the OpenAPI document, and the hidden Assistants-v2 ones with their header (built once
-    per app: rebuilding the documents for every example would cost more than the requests)."""
-    if not hasattr(app.state, "fuzz_operations"):
-        app.state.fuzz_operations = _operations_of(app.openapi()) + _operations_of(
-            hidden_spec(), tuple(ASSISTANTS_V2.items())
-        )
-    found: list[Operation] = app.state.fuzz_operations
-    return found
-
-
-def _quote(value: str) -> str:
-    """Percent-encode every byte, lone surrogates included (as the invalid UTF-8 a raw client could send)."""
-    return quote(value.encode("utf-8", "surrogatepass"), safe="")
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-
-
-# Strings a database or driver may refuse (NUL, lone surrogates, control characters), sizes at and past the
-# limits, and ordinary text.
-hostile_text = st.one_of(
-    st.sampled_from(["\x00", "a\x00b", "\ud800", "x\udfffy", "\x1b[0m\x7f"]),
-    st.text(max_size=40),
-    st.text(alphabet=st.characters(categories=["Cc", "Cs"]), min_size=1, max_size=4),
-    st.sampled_from(["", " ", "x" * 200, "x" * 201, "thread_" + "a" * 200, "../x", "%00", "💥" * 10]),
-    st.sampled_from(["open", "locked", "archived", "user", "assistant", "system", "ok_id"]),
-)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    hostile_text,
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(hostile_text, inner, max_size=20)),
-    max_leaves=40,
-)
-
-
-def typed_values(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Values that mostly have the field's type (so they reach the service and the database), with hostile
-    contents, and sometimes anything at all."""
-    variants = [v for v in schema.get("anyOf", []) if v.get("type") != "null"] or [schema]
-    strategies: list[st.SearchStrategy[Any]] = []
-    for variant in variants:
-        kind = variant.get("type")
-        if "enum" in variant or "const" in variant:
-            strategies.append(st.sampled_from(variant.get("enum") or [variant.get("const")]))
-        if kind == "string":
-            strategies.append(hostile_text)
-        elif kind == "boolean":
-            strategies.append(st.booleans())
-        elif kind == "integer":
-            strategies.append(st.integers(min_value=-(2**70), max_value=2**70))
-        elif kind == "object" and variant.get("properties"):
-            # A nested model (e.g. an input message): well-formed keys, so its values reach the service.
-            optional = {name: typed_values(sub) for name, sub in variant["properties"].items()}
-            strategies.append(st.fixed_dictionaries({}, optional=optional))
-        elif kind == "object":
-            strategies.append(st.dictionaries(hostile_text, json_values, max_size=18))
-        elif kind == "array":
-            strategies.append(st.lists(typed_values(variant.get("items", {})), max_size=5))
-    typed = st.one_of(*strategies) if strategies else json_values
-    return st.one_of(typed, typed, typed, typed, typed, typed, st.none(), json_values)
-
-
-@dataclass
-class Target:
-    caller: Caller
-    token_headers: dict[str, str]
-    known: dict[str, str]  # a real value for each path parameter, so requests reach past the lookups
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The app with a FakeProvider as its only model: turns run whole, instantly."""
-    async for application in running_app(settings, FakeProvider()):
-        yield application
-
-
-@pytest.fixture
-async def target(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> Target:
-    headers = caller.headers
-    thread = (await client.post("/v1/threads", json={"id": "fuzz_thread"}, headers=headers)).json()
-    message = (
-        await client.post(f"/v1/threads/{thread['id']}/messages", json={"content": "hi"}, headers=headers)
-    ).json()
-    assistant = await client.post("/v1/assistants", json={"name": "fuzz", "model": "fake-model"}, headers=headers)
-    turn = await client.post(
-        "/v1/model/response",
-        json={"thread": thread["id"], "inputs": [{"role": "user", "texts": [{"text": "hello"}]}]},
-        headers=headers,
-    )
-    assert turn.status_code == 200, turn.text  # the fake model answers: model routes run whole
-    keys = (await client.get("/v1/api-keys", headers=headers)).json()["data"]
-    known = {
-        "thread_id": thread["id"],
-        "conversation_id": thread["id"],
-        "message_id": message["id"],
-        "item_id": message["id"],
-        "assistant_id": assistant.json()["id"],
-        "response_id": turn.json()["id"],
-        "key_id": keys[0]["id"],
-        "model": "fake-model",
-        "organization_id": caller.organization_id,
+PASSWORD = "correct horse battery staple"
+FUZZ_SEED = int(os.environ.get("THREADLINE_FUZZ_SEED", "20261201"))
+FUZZ_EXAMPLES = int(os.environ.get("THREADLINE_FUZZ_EXAMPLES", "6"))  # per operation, valid and invalid alike
+# Logging in hashes a password (argon2, slow on purpose): fewer examples there.
+SLOW_OPERATIONS = {"/v1/auth/token", "/v1/auth/logout"}
+FUZZ_SECONDS = float(os.environ.get("THREADLINE_FUZZ_SECONDS", "0"))
+MAX_BODY_BYTES = Settings.model_fields["max_body_bytes"].default
+MAIN, V2 = "/openapi.json", "/openapi/assistants-v2.json"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+# An invalid request is refused with a 4xx: schemathesis' list, plus 413 (an invalid body can also be too large,
+# and is then refused before it is read) and without 422 (never sent). 5xx is left to `not_a_server_error`.
+FUZZ_CONFIG = schemathesis.Config.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "413", "415", "429", "5xx"]
+            }
+        }
     }
-    return Target(caller, await login_headers(client, app, caller), known)
-
-
-idempotency_keys = st.one_of(
-    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12),
-    st.sampled_from(["", " ", "k" * 255, "k" * 256, "a b", "\t", "key-1"]),
 )
+# Explicit cases have no generation mode: the rest of the checks apply.
+EXPLICIT_CHECKS = CHECKS[:-1]
+CREDENTIAL_HEADERS = {"x-api-key", "authorization"}
+# Headers about the HTTP framing, not the API: a generated `Transfer-Encoding: #` is refused by the HTTP server
+# itself (uvicorn's plain-text 400) before the app sees a request, so no document can speak for it.
+FRAMING_HEADERS = {"transfer-encoding", "content-length", "connection", "host", "expect", "upgrade", "te", "trailer"}
+# A request the document calls valid may still be refused with a 400 for a rule about the state of things, which
+# no schema can state. Any other 400 for a valid request is a rule the document does not state (the request
+# schemas must carry them): with THREADLINE_FUZZ_VALID_ACCEPTED=1 the fuzz fails on those too.
+STATE_RULES = {
+    "invalid_cursor",  # a well-formed cursor that names no item of the list
+    "response_not_cancellable",  # every stored response is finished
+    "run_not_cancellable",  # a run finishes in the request that starts it
+    "thread_empty",  # generateName on a thread with no message
+    "context_length_exceeded",  # the thread and the inputs do not fit the model's window
+    "organization_required",  # a user in several organizations
+}
+VALID_ACCEPTED = os.environ.get("THREADLINE_FUZZ_VALID_ACCEPTED") == "1"
 
 
-@st.composite
-def requests(
-    draw: st.DrawFn, ops: list[Operation], target: Target
-) -> tuple[str, str, dict[str, Any], bytes | None, dict[str, str]]:
-    op = draw(st.sampled_from(ops))
-    known = target.known
-
-    def path_value(match: re.Match[str]) -> str:
-        value = draw(
-            st.one_of(
-                st.just(known[match.group(1)]), hostile_text.filter(lambda s: "/" not in s and s not in (".", ".."))
-            )
-        )
-        return _quote(value) or "x"
-
-    path = _PARAM.sub(path_value, op.path)
-    query: dict[str, Any] = {}
-    own_org = st.just(target.caller.organization_id)
-    for name in op.query:
-        if name == "organization_id":
-            if draw(st.integers(0, 3)) == 0:
-                query[name] = draw(st.one_of(own_org, hostile_text))
-        elif draw(st.integers(0, 2)) == 0:
-            key = draw(st.sampled_from([name, re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)]))
-            query[key] = draw(
-                st.one_of(
-                    hostile_text,
-                    st.integers(-5, 500).map(str),
-                    st.sampled_from(["true", "false", "asc", "desc", known["thread_id"], known["message_id"]]),
-                )
-            )
-    content: bytes | None = None
-    if op.body_fields is not None:
-        kind = draw(st.sampled_from(["one", "one", "one", "fields", "json", "raw"]))
-        if kind in ("one", "fields"):
-            # "one": a single field, so one hostile value is not hidden behind another field's type error.
-            fields = [draw(st.sampled_from(op.body_fields))] if kind == "one" and op.body_fields else op.body_fields
-            body: dict[str, Any] = {}
-            for name, schema in fields:
-                if kind == "one" or draw(st.booleans()):
-                    # Another organization's id only ever gets a 403: mostly send the caller's own.
-                    values = (
-                        st.one_of(own_org, own_org, hostile_text) if name == "organizationId" else typed_values(schema)
-                    )
-                    body[draw(st.sampled_from([name, _snake(name)]))] = draw(values)
-            if draw(st.integers(0, 9)) == 0:
-                body["unknown_field"] = draw(json_values)
-            content = json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
-        elif kind == "json":
-            content = json.dumps(draw(json_values), ensure_ascii=True, allow_nan=True).encode()
-        else:
-            content = draw(st.binary(max_size=64))
-    auth = draw(st.sampled_from(["key", "key", "key", "token", "token", "none", "garbage"]))
-    if op.path == "/v1/auth/logout" and auth == "token":
-        auth = "key"  # logging out would revoke the token every later example uses
-    headers = {
-        "key": target.caller.headers,
-        "token": target.token_headers,
-        "none": {},
-        "garbage": {"Authorization": "Bearer tlu_garbage"},
-    }[auth]
-    headers = {**headers, **dict(op.headers), "Content-Type": "application/json"}
-    if op.idempotent and draw(st.integers(0, 3)) == 0:
-        headers["Idempotency-Key"] = draw(idempotency_keys)
-    if query:
-        path += "?" + "&".join(f"{_quote(k)}={_quote(str(v))}" for k, v in query.items())
-    return op.method, path, query, content, headers
+def _documents() -> dict[str, dict[str, Any]]:
+    """The two documents as this checkout builds them (to parametrize over; the tests use the server's)."""
+    app = create_app(Settings(database_url="sqlite+aiosqlite://", local_model_enabled=False, retention_enabled=False))
+    return {url: build() for url, build in app.state.openapi_documents.items()}
 
 
-@pytest.fixture
-def statuses() -> Iterator[set[int]]:
-    """The statuses seen over all examples: the fuzzer must reach past validation, not only into 400s."""
-    seen: set[int] = set()
-    yield seen
-    assert {200, 400, 404} <= seen, seen
-
-
-@settings(
-    max_examples=700,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
-@given(data=st.data())
-async def test_no_request_produces_a_5xx(
-    client: httpx.AsyncClient, app: FastAPI, target: Target, statuses: set[int], data: st.DataObject
-) -> None:
-    ops = operations(app)
-    # Every router's routes are in: threads, messages, search, auth, assistants, responses, models,
-    # conversations, and the hidden Assistants-v2 dialect.
-    assert len(ops) >= 50, len(ops)
-    method, path, query, content, headers = data.draw(requests(ops, target))
-    response = await client.request(method, path, content=content, headers=headers)
-    statuses.add(response.status_code)
-    assert response.status_code < 500, (method, path, query, content, response.text)
-    if response.status_code >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}, response.text
-        assert isinstance(error["code"], str) and error["code"], response.text
-        assert isinstance(error["message"], str) and error["message"], response.text
-
-
-# Regressions the widened fuzzer found: ids that no row can have (a NUL byte, here) reached PostgreSQL, which
-# refuses NUL in text, and came back as 500s. Each route now refuses them as a 400 before any query.
-NUL_ID_REQUESTS = [
-    ("GET", "/v1/threads/%00", ASSISTANTS_V2),
-    ("DELETE", "/v1/threads/fuzz_thread/messages/%00", ASSISTANTS_V2),
-    ("GET", "/v1/threads/fuzz_thread/messages?after=%00", ASSISTANTS_V2),
-    ("GET", "/v1/conversations/%00", {}),
-    ("GET", "/v1/conversations/fuzz_thread/items/%00", {}),
-    ("GET", "/v1/conversations/fuzz_thread/items?after=%00", {}),
-    ("DELETE", "/v1/assistants/%00", {}),
-    ("GET", "/v1/assistants?after=%00", {}),
-    ("GET", "/v1/model/response/%00", {}),
+DOCUMENTS = _documents()
+OPERATIONS = [
+    pytest.param(url, method.upper(), path, id=f"{'v2 ' if url == V2 else ''}{method.upper()} {path}")
+    for url, document in DOCUMENTS.items()
+    for path, operations in document["paths"].items()
+    for method in operations
 ]
 
 
-async def test_an_impossible_id_is_a_400_not_a_500(client: httpx.AsyncClient, target: Target) -> None:
-    params = {"thread_id", "message_id", "conversation_id", "item_id", "assistant_id", "response_id", "after"}
-    for method, path, extra in NUL_ID_REQUESTS:
-        response = await client.request(method, path, headers={**target.caller.headers, **extra})
-        assert response.status_code == 400, (method, path, response.text)
-        error = response.json()["error"]
-        assert error["code"] and error["param"] in params, (path, error)
+@dataclass
+class Server:
+    """The server process under test, and how to call it."""
+
+    backend: str
+    base_url: str
+    organization_id: str
+    key_headers: dict[str, str]
+    token_headers: dict[str, str]
+    schemas: dict[str, Any]
+    http: requests.Session = field(default_factory=requests.Session)
+    reached: dict[str, set[int]] = field(default_factory=dict)  # the statuses each fuzzed operation answered
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def operation(self, url: str, method: str, path: str) -> Any:
+        return self.schemas[url][path][method]
+
+
+async def _make_caller(url: str) -> tuple[str, str]:
+    engine = create_engine(url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            key, secret = await auth.create_api_key(session, "fuzz", "fuzz@fuzz.test", "fuzz")
+            await auth.set_password(session, key.organization_id, "fuzz@fuzz.test", PASSWORD)
+            await session.commit()
+        return key.organization_id, secret
+    finally:
+        await engine.dispose()
+
+
+async def _empty_all_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                await conn.execute(sa.delete(table))
+    finally:
+        await engine.dispose()
+
+
+def _without_beta_header(document: dict[str, Any]) -> dict[str, Any]:
+    """The v2 document minus its `OpenAI-Beta` parameter, which every call sends itself: an invalid value would
+    route the request to the Freddy operation of the same path, another contract."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["parameters"] = [p for p in operation.get("parameters", []) if p["name"] != "OpenAI-Beta"]
+    return document
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tests/fuzz_server.py` on the backend's database, and a member of an organization with a key and a token."""
+    database_url = str(request.getfixturevalue(f"{request.param}_url"))
+    env = threadline_env(database_url)
+    env["PYTHONPATH"] = f"{REPO_SRC}{os.pathsep}{REPO_ROOT}"
+    base_url = f"http://127.0.0.1:{free_port()}"
+    port = urlsplit(base_url).port
+    log = tmp_path_factory.mktemp("fuzz") / "server.log"
+    command = [sys.executable, "-m", "tests.fuzz_server", str(port)]
+    try:
+        with running(command, ready_url=f"{base_url}/healthz", log=log, env=env, cwd=REPO_ROOT):
+            organization_id, secret = asyncio.run(_make_caller(database_url))
+            main = requests.get(base_url + MAIN).json()
+            v2 = _without_beta_header(requests.get(base_url + V2).json())
+            server = Server(
+                backend=request.param,
+                base_url=base_url,
+                organization_id=organization_id,
+                key_headers={"X-API-Key": secret},
+                token_headers=_login(base_url),
+                schemas={
+                    MAIN: schemathesis.openapi.from_dict(main, config=FUZZ_CONFIG),
+                    V2: schemathesis.openapi.from_dict(v2, config=FUZZ_CONFIG),
+                },
+            )
+            yield server
+            _assert_reach(server.reached)
+    finally:
+        asyncio.run(_empty_all_tables(database_url))
+
+
+def _assert_reach(reached: dict[str, set[int]]) -> None:
+    """The fuzzer must reach past validation and the lookups, not only collect refusals: most operations got a
+    2xx for some example. (Not all: a few cannot succeed by construction, cancelling a finished response, and a
+    few examples rarely satisfy what a request schema does not state yet; the issue 14 request side.)"""
+    never = sorted(op for op, statuses in reached.items() if not any(200 <= s < 300 for s in statuses))
+    assert len(never) <= len(reached) // 4, f"{len(never)} of {len(reached)} operations never succeeded: {never}"
+
+
+def _known(server: Server, path: str | None = None) -> dict[str, str]:
+    """Fresh resources for one operation's examples (an earlier operation may have deleted or archived what it
+    used): a thread with a message, an assistant, and what `path` needs besides (all of it when None)."""
+
+    def post(path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = server.http.post(server.url(path), json=body, headers=headers or server.key_headers)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def needs(*names: str) -> bool:
+        return path is None or any("{" + name + "}" in path for name in names)
+
+    thread = post("/v1/threads", {})["id"]
+    message = post(f"/v1/threads/{thread}/messages", {"content": "hello there"})["id"]
+    known = {
+        "thread_id": thread,
+        "conversation_id": thread,
+        "message_id": message,
+        "item_id": message,
+        "assistant_id": post("/v1/assistants", {"name": "fuzz", "model": "fake-model"})["id"],
+        "model": "fake-model",
+        "organization_id": server.organization_id,
+    }
+    # A response to continue (`previousResponseId`) on the turn operations, a run to read on the run operations.
+    if needs("response_id", "run_id", "step_id") or path in ("/v1/model/response", "/v1/responses"):
+        inputs = [{"role": "user", "texts": [{"text": "hi"}]}]
+        known["response_id"] = known["run_id"] = post("/v1/model/response", {"thread": thread, "inputs": inputs})["id"]
+    if needs("step_id"):
+        steps = server.http.get(
+            server.url(f"/v1/threads/{thread}/runs/{known['run_id']}/steps"),
+            headers={**server.key_headers, **ASSISTANTS_V2},
+        )
+        assert steps.status_code == 200, steps.text
+        known["step_id"] = steps.json()["data"][0]["id"]
+    if needs("key_id"):
+        # Another key than the fuzzer's own: revoking it must not lock the fuzzer out.
+        known["key_id"] = post("/v1/api-keys", {"name": "fuzz-victim"}, server.token_headers)["id"]
+    return known
+
+
+def assert_envelope(response: requests.Response) -> None:
+    if response.status_code < 400:
+        return
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, response.text
+    assert isinstance(error["code"], str) and error["code"], response.text
+    assert isinstance(error["message"], str) and error["message"], response.text
+
+
+def _login(base_url: str) -> dict[str, str]:
+    login = requests.post(f"{base_url}/v1/auth/token", json={"email": "fuzz@fuzz.test", "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def _credentials(server: Server, kind: str, path: str) -> dict[str, str]:
+    if kind != "token":
+        return server.key_headers
+    # Logging out revokes the token it came with: a token of its own, not the one later examples use.
+    return _login(server.base_url) if path == "/v1/auth/logout" else server.token_headers
+
+
+def fuzz_operation(server: Server, url: str, method: str, path: str, *, examples: int, seed_value: int) -> set[int]:
+    """Run `examples` generated requests against one operation; returns the statuses seen."""
+    operation = server.operation(url, method, path)
+    known = _known(server, path)
+    dialect = ASSISTANTS_V2 if url == V2 else {}
+    # Body fields that name something: the real thing (the login, the thread, the model, the organization…).
+    known_body = {
+        "email": "fuzz@fuzz.test",
+        "password": PASSWORD,
+        "organizationId": server.organization_id,
+        "thread": known["thread_id"],
+        "conversation": known["thread_id"],
+        "assistantId": known["assistant_id"],
+        "model": known["model"],
+        "previousResponseId": known.get("response_id"),
+    }
+    statuses: set[int] = set()
+
+    @seed(seed_value)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(data=st.data())
+    def run(data: st.DataObject) -> None:
+        positive = data.draw(st.integers(0, 2), label="valid") > 0  # two in three examples valid
+        mode = GenerationMode.POSITIVE if positive else GenerationMode.NEGATIVE
+        case = data.draw(operation.as_strategy(generation_mode=mode), label="case")
+        # Valid requests mostly name what exists and act in the caller's own organization (a substitution keeps
+        # them valid; invalid ones stay as generated, their invalid part intact).
+        if positive and data.draw(st.integers(0, 7), label="real values") > 0:
+            for name in case.path_parameters or {}:
+                if name in known:
+                    case.path_parameters[name] = known[name]
+            if case.query and "organization_id" in case.query:
+                case.query["organization_id"] = server.organization_id
+            if isinstance(case.body, dict):
+                for name in case.body:
+                    value = known_body.get(name)
+                    if value is not None and data.draw(st.integers(0, 3), label=f"known {name}"):
+                        case.body[name] = value
+            if case.headers and "Idempotency-Key" in case.headers:
+                # A generated key repeats across examples: a reuse is a (declared) 409, a new key runs the request.
+                case.headers["Idempotency-Key"] = uuid.uuid4().hex
+        credential = data.draw(st.sampled_from(["key", "key", "token", "token", "generated"]), label="credential")
+        headers = dict(dialect)
+        dropped = FRAMING_HEADERS | (CREDENTIAL_HEADERS if credential != "generated" else set())
+        case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in dropped}
+        if credential != "generated":
+            headers.update(_credentials(server, credential, path))
+        response = case.call(base_url=server.base_url, session=server.http, headers=headers)
+        statuses.add(response.status_code)
+        case.validate_response(response, checks=CHECKS, headers=headers)
+        assert_envelope(response)
+        if VALID_ACCEPTED and mode is GenerationMode.POSITIVE and response.status_code == 400:
+            code = response.json()["error"]["code"]
+            assert code in STATE_RULES, f"a valid request refused by a rule the document does not state: {code}"
+
+    run()
+    return statuses
+
+
+@pytest.mark.parametrize(("url", "method", "path"), OPERATIONS)
+def test_every_operation_keeps_its_contract(server: Server, url: str, method: str, path: str) -> None:
+    examples = 3 if path in SLOW_OPERATIONS else FUZZ_EXAMPLES
+    statuses = fuzz_operation(server, url, method, path, examples=examples, seed_value=FUZZ_SEED)
+    server.reached[f"{method} {path} ({url})"] = statuses
+
+
+LONG_RUN_EXAMPLES = 25
+
+
+@pytest.mark.skipif(not FUZZ_SECONDS, reason="set THREADLINE_FUZZ_SECONDS for a long run with random seeds")
+def test_fuzz_for_a_while(server: Server) -> None:
+    """Round after round over every operation, each round with a new random seed, until the time is up; every
+    failure is collected (with the command that replays it) and reported at the end."""
+    deadline = time.monotonic() + FUZZ_SECONDS
+    rounds, failures = 0, []
+    while time.monotonic() < deadline:
+        round_seed = random.randrange(2**32)
+        for param in random.sample(OPERATIONS, len(OPERATIONS)):
+            url, method, path = param.values
+            try:
+                fuzz_operation(server, url, method, path, examples=LONG_RUN_EXAMPLES, seed_value=round_seed)
+            except (Exception, FailureGroup) as exc:  # schemathesis reports its findings as a group
+                failures.append(
+                    f"{param.id}: THREADLINE_FUZZ_SEED={round_seed} THREADLINE_FUZZ_EXAMPLES={LONG_RUN_EXAMPLES} "
+                    f"pytest 'tests/test_fuzz_api.py::test_every_operation_keeps_its_contract"
+                    f"[{server.backend}-{param.id}]' replays:\n{str(exc)[:1500]}"
+                )
+            if time.monotonic() > deadline:
+                break
+        rounds += 1
+    print(f"{rounds} rounds over {len(OPERATIONS)} operations in {FUZZ_SECONDS:g} s, {len(failures)} failures")
+    assert not failures, "\n\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The hostile catalogue: explicit cases, each sent to every operation it applies to.
+
+
+def _resolve(document: dict[str, Any], schema: Any) -> Any:
+    while isinstance(schema, dict) and "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _variants(document: dict[str, Any], schema: Any) -> list[dict[str, Any]]:
+    schema = _resolve(document, schema)
+    if not isinstance(schema, dict):
+        return []
+    nested = schema.get("anyOf", []) + schema.get("oneOf", [])
+    if nested:
+        return [v for variant in nested for v in _variants(document, variant)]
+    return [schema]
+
+
+def _body_fields(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each top-level body property and the schema variants it accepts."""
+    content = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if content is None:
+        return {}
+    fields: dict[str, list[dict[str, Any]]] = {}
+    for variant in _variants(document, content["schema"]):
+        for name, schema in variant.get("properties", {}).items():
+            fields.setdefault(name, []).extend(_variants(document, schema))
+    return fields
+
+
+def _kinds(variants: list[dict[str, Any]]) -> set[str]:
+    return {str(v.get("type")) for v in variants if "type" in v}
+
+
+def _hostile_cases() -> Iterator[Any]:
+    """(label, url, method, path, query, body): every text field with a lone surrogate and a NUL, every integer
+    with 2**31 and 2**63, every metadata nested 1000 deep."""
+    for url, document in DOCUMENTS.items():
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                label = f"{method.upper()} {path}"
+                params = [p for p in operation.get("parameters", []) if p["in"] == "query"]
+                for param in params:
+                    kinds = _kinds(_variants(document, param.get("schema", {})))
+                    values: list[Any] = []
+                    if "string" in kinds:
+                        values += ["\ud800", "\u0000", "a\u0000b"]
+                    if "integer" in kinds:
+                        values += [2**31, 2**63, -(2**63) - 1]
+                    for value in values:
+                        yield (
+                            f"{label} ?{param['name']}={value!r}",
+                            url,
+                            method.upper(),
+                            path,
+                            {param["name"]: value},
+                            None,
+                        )
+                for name, variants in _body_fields(document, operation).items():
+                    kinds = _kinds(variants)
+                    values = []
+                    if "string" in kinds:
+                        values += ["\ud800", "\u0000", "x\udfffy"]
+                    if "integer" in kinds or "number" in kinds:
+                        values += [2**31, 2**63, -(2**63) - 1, 10**400]
+                    if "array" in kinds:
+                        values += [["\ud800"], ["\u0000"]]
+                    if "object" in kinds:
+                        values += [{"\ud800": "x"}, {"k": "\u0000"}]
+                    if name == "metadata":
+                        values.append(Deep(1000))
+                    for value in values:
+                        yield (f"{label} {name}={_short(value)}", url, method.upper(), path, {}, {name: value})
+
+
+@dataclass(frozen=True)
+class Deep:
+    """An object nested `depth` levels deep (written out only as JSON text: Python could not even print it)."""
+
+    depth: int
+
+    def json(self) -> str:
+        return '{"a":' * self.depth + '"deep"' + "}" * self.depth
+
+
+def _short(value: Any) -> str:
+    text = f"<nested {value.depth} deep>" if isinstance(value, Deep) else repr(value)
+    return text if len(text) < 40 else f"{text[:20]}…({len(text)} chars)"
+
+
+HOSTILE: dict[str, list[tuple[str, dict[str, Any], Any]]] = {}
+for _label, _url, _method, _path, _query, _body in _hostile_cases():
+    HOSTILE.setdefault(f"{'v2 ' if _url == V2 else ''}{_method} {_path}", []).append((_label, _query, _body))
+
+
+def _encode(value: Any) -> str:
+    """JSON as a raw client may send it: lone surrogates as \\u escapes, nesting past Python's recursion limit."""
+    if isinstance(value, Deep):
+        return value.json()
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_encode(k)}:{_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_encode(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=True)
+
+
+@pytest.fixture(scope="module")
+def known(server: Server) -> dict[str, str]:
+    return _known(server)
+
+
+def _send(
+    server: Server, url: str, method: str, path: str, path_parameters: dict[str, str], **kwargs: Any
+) -> requests.Response:
+    raw_path = re.sub(r"\{([a-z_]+)\}", lambda m: path_parameters[m.group(1)], path)
+    headers = {**server.key_headers, **(ASSISTANTS_V2 if url == V2 else {}), **kwargs.pop("headers", {})}
+    response = server.http.request(method, server.url(raw_path), headers=headers, **kwargs)
+    operation = server.operation(url, method, path)
+    operation.Case(path_parameters=path_parameters).validate_response(response, checks=EXPLICIT_CHECKS)
+    assert_envelope(response)
+    return response
+
+
+@pytest.mark.parametrize(("url", "method", "path"), [p for p in OPERATIONS if p.id in HOSTILE])
+def test_hostile_values_are_refused_cleanly(
+    request: pytest.FixtureRequest, server: Server, known: dict[str, str], url: str, method: str, path: str
+) -> None:
+    """Each hostile value in each field of the operation: refused (or, where a field takes it, accepted) in a
+    declared status and the envelope, never a 5xx. Every case runs; the failures are reported together."""
+    label = f"{'v2 ' if url == V2 else ''}{method} {path}"
+    failures = []
+    for name, query, body in HOSTILE[label]:
+        content = None if body is None else _encode(body).encode()
+        encoded = {k: v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v for k, v in query.items()}
+        path_parameters = {param: known[param] for param in re.findall(r"\{([a-z_]+)\}", path)}
+        try:
+            _send(
+                server,
+                url,
+                method,
+                path,
+                path_parameters,
+                params=encoded,
+                data=content,
+                headers={"Content-Type": "application/json"},
+            )
+        except (AssertionError, FailureGroup, requests.ConnectionError) as exc:  # schemathesis: a group
+            failures.append(f"{name}: {_summary(exc)}")
+    assert not failures, "\n\n".join(failures)
+
+
+def _summary(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_summary(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+BAD_PATH_VALUES = ["%00", "%0a", "%ff", "%ed%a0%80", "..%2f..", "x" * 300]
+
+
+@pytest.mark.parametrize(("url", "method", "path"), [p for p in OPERATIONS if "{" in p.values[2]])
+def test_hostile_path_parameters_are_refused_cleanly(
+    request: pytest.FixtureRequest, server: Server, known: dict[str, str], url: str, method: str, path: str
+) -> None:
+    """Each path parameter in turn set to a NUL, a newline, invalid UTF-8, a traversal, an overlong id."""
+    names = re.findall(r"\{([a-z_]+)\}", path)
+    for name in names:
+        for bad in BAD_PATH_VALUES:
+            values = {other: bad if other == name else known[other] for other in names}
+            response = _send(
+                server, url, method, path, values, headers={"Content-Type": "application/json"}, data=b"{}"
+            )
+            assert 400 <= response.status_code < 500, (values, response.status_code, response.text)
+
+
+def _raw_request(server: Server, head: str, body_chunks: Iterator[bytes]) -> tuple[int, dict[str, str], bytes]:
+    """One request on a raw socket (chunked bodies as a client streams them); returns the status, headers, body."""
+    parts = urlsplit(server.base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head.encode("latin-1"))
+        try:
+            for chunk in body_chunks:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before the whole body is sent
+        received = b""
+        with contextlib.suppress(ConnectionResetError):  # a close with the body unread may come as a reset
+            while data := sock.recv(65536):  # `Connection: close`: the server ends the response by closing
+                received += data
+        head_bytes, _, rest = received.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                if int(size, 16) == 0:
+                    break
+                body, rest = body + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+            rest = body
+        return int(lines[0].split()[1]), headers, rest
+
+
+@pytest.mark.parametrize("path", ["/v1/threads", "/v1/model/response", "/v1/responses"])
+def test_a_chunked_body_over_the_limit_is_a_413(request: pytest.FixtureRequest, server: Server, path: str) -> None:
+    """2 MiB sent with Transfer-Encoding: chunked (no Content-Length to refuse it up front)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: fuzz\r\nX-API-Key: {server.key_headers['X-API-Key']}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    chunk = b" " * 65536
+    status, _, body = _raw_request(server, head, iter([b'{"metadata": {"k": "'] + [chunk] * 32 + [b'"}}']))
+    assert MAX_BODY_BYTES < 2 * 2**20
+    assert status == 413, body
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_a_405_names_every_method_of_the_path(server: Server) -> None:
+    """Allow lists the union of the routes of the path, in the envelope (RFC 9110 §15.5.6)."""
+    response = server.http.put(server.url("/v1/threads/anything"), headers=server.key_headers)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "DELETE, GET, PATCH, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    v2 = server.http.put(server.url("/v1/threads/anything/runs"), headers={**server.key_headers, **ASSISTANTS_V2})
+    assert v2.status_code == 405
+    assert v2.headers["Allow"] == "GET, POST"
+    freddy_only = server.http.post(server.url("/v1/threads/anything/runs"), headers=server.key_headers)
+    assert freddy_only.status_code == 404  # without the header, no route has this path
+
+
+def test_the_documents_declare_no_422_and_every_error_envelope() -> None:
+    """FastAPI's automatic 422 is gone (the server answers 400); every 4xx/5xx names the envelope."""
+    for url, document in DOCUMENTS.items():
+        assert "HTTPValidationError" not in document["components"]["schemas"], url
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                responses = operation["responses"]
+                assert "422" not in responses, (method, path)
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        schema = response["content"]["application/json"]["schema"]
+                        assert schema == {"$ref": "#/components/schemas/ErrorRead"}, (method, path, status)
+
+
+def test_the_documents_describe_streams_the_assistants_header_and_credentials() -> None:
+    main, v2 = DOCUMENTS[MAIN], DOCUMENTS[V2]
+    streams = [
+        (main, "/v1/model/response"),
+        (main, "/v1/responses"),
+        (main, "/v1/threads/{thread_id}/generateName"),
+        (v2, "/v1/threads/runs"),
+        (v2, "/v1/threads/{thread_id}/runs"),
+    ]
+    for document, path in streams:
+        content = document["paths"][path]["post"]["responses"]["200"]["content"]
+        assert set(content) == {"application/json", "text/event-stream"}, path
+    for operations in v2["paths"].values():
+        for operation in operations.values():
+            beta = [p for p in operation["parameters"] if p["name"] == "OpenAI-Beta"]
+            assert beta == [{**beta[0], "in": "header", "required": True}], operation["operationId"]
+            assert beta[0]["schema"]["enum"] == ["assistants=v2"]
+    assert set(main["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert "security" not in main["paths"]["/v1/auth/token"]["post"]
+    assert main["paths"]["/v1/threads"]["get"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    # A turn can fail upstream; a read of a thread cannot.
+    assert {"502", "504"} <= set(main["paths"]["/v1/model/response"]["post"]["responses"])
+    assert not {"409", "502", "504"} & set(main["paths"]["/v1/threads/{thread_id}"]["get"]["responses"])

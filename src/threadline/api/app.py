@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from threadline import __version__, observability
-from threadline.api import errors, idempotency
+from threadline.api import errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
@@ -137,7 +137,9 @@ def create_app(
     app = FastAPI(
         title="Threadline",
         version=__version__,
-        description="Persistent LLM conversation threads: the Freddy Threads API and OpenAI wire compatibility.",
+        description="Persistent LLM conversation threads: the Freddy Threads API and OpenAI wire compatibility. "
+        "The Assistants v2 dialect of /v1/threads… (the same paths, with `OpenAI-Beta: assistants=v2`) has its own "
+        f"document: {openapi.ASSISTANTS_V2_URL}.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -182,6 +184,7 @@ def create_app(
         app.include_router(module.router)
     if settings.web_ui_enabled:
         app.include_router(ui_router())
+    openapi.install(app, [module.router for module in routers])
     return app
 
 

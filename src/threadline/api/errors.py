@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline import errors
@@ -71,7 +72,7 @@ def status_of(error: errors.ThreadlineError) -> tuple[int, str]:
     return 500, "api_error"
 
 
-def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -110,6 +111,23 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path takes (RFC 9110 §15.5.6: a 405 lists them in `Allow`).
+
+    Starlette's own 405 names only the methods of the first route whose path matched, but one path is often
+    served by several routes (GET, POST, PATCH and DELETE of /v1/threads/{id}, each its own route, and the
+    Assistants-v2 routes matched by header): the union of every route matching the path is the truth.
+    """
+    methods: set[str] = set()
+    # The flat list `api/openapi.py` keeps: depending on the FastAPI version, `app.router.routes` holds one entry
+    # per included router instead of its routes.
+    for route in getattr(request.app.state, "api_routes", request.app.router.routes):
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     async def on_threadline_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, errors.ThreadlineError)
@@ -119,7 +137,7 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _validation_response(exc)
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI could not parse the body: JSON nested past the parser's recursion limit, or not UTF-8.
@@ -135,7 +153,12 @@ def install(app: FastAPI) -> None:
         code = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = "No such route." if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse(error_body(message, type_, code), exc.status_code, headers={"x-should-retry": "false"})
+        headers = {"x-should-retry": "false"}
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"Method {request.method} is not allowed on this path; it takes {', '.join(allowed)}."
+        return JSONResponse(error_body(message, type_, code), exc.status_code, headers=headers)
 
     app.add_exception_handler(errors.ThreadlineError, on_threadline_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

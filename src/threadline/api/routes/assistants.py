@@ -9,13 +9,14 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
 from threadline.api.schemas.common import LimitQuery, OrderQuery
 from threadline.api.schemas.freddy import CursorQuery, Deleted, IdPath
+from threadline.api.statuses import REFERENCES
 from threadline.services import assistants
 from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/assistants", tags=["assistants"])
 
 
-@router.post("", response_model=AssistantRead, dependencies=[Idempotent])
+@router.post("", response_model=AssistantRead, dependencies=[Idempotent], responses=REFERENCES)
 async def create_assistant(
     body: AssistantCreate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
 ) -> AssistantRead:

@@ -20,18 +20,19 @@ from threadline.api.schemas.auth import (
     UserRead,
 )
 from threadline.api.schemas.common import ID_PATTERN, iso
+from threadline.api.statuses import USER_TOKEN_ONLY, errors
 from threadline.services import auth, rate_limits
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
 
-@router.post("/auth/token", response_model=TokenRead)
+@router.post("/auth/token", response_model=TokenRead, responses=errors(401))
 async def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) -> TokenRead:
     token, secret = await auth.login(session, settings, body.email, body.password)
     return TokenRead(access_token=secret, expires_at=iso(token.expires_at) or "")
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, responses=USER_TOKEN_ONLY)
 async def logout(session: SessionDep, principal: PrincipalDep) -> Response:
     """Revoke the user token this request came with (API keys are revoked through /v1/api-keys)."""
     principal.require_user_token("the session")
@@ -55,7 +56,7 @@ async def list_api_keys(session: SessionDep, organization_id: OrganizationDep) -
     return ApiKeyList(data=[ApiKeyRead.of(k) for k in await auth.list_api_keys(session, organization_id)])
 
 
-@router.post("/api-keys", response_model=ApiKeyRead)
+@router.post("/api-keys", response_model=ApiKeyRead, responses=USER_TOKEN_ONLY)
 async def create_api_key(body: ApiKeyCreate, session: SessionDep, principal: PrincipalDep) -> ApiKeyRead:
     principal.require_user_token("API keys")
     org = principal.organization(body.organization_id)

@@ -21,6 +21,7 @@ from threadline.api.schemas.openai import (
     OpenAIDeletedRead,
     item_of,
 )
+from threadline.api.statuses import CONFLICT
 from threadline.ids import new_id
 from threadline.services import messages, threads
 from threadline.storage.repositories.pagination import PageRequest
@@ -28,7 +29,7 @@ from threadline.storage.repositories.pagination import PageRequest
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 
-@router.post("", response_model=ConversationRead, dependencies=[Idempotent])
+@router.post("", response_model=ConversationRead, dependencies=[Idempotent], responses=CONFLICT)
 async def create_conversation(
     body: ConversationCreate,
     session: SessionDep,
@@ -56,7 +57,7 @@ async def get_conversation(
     return ConversationRead.of(await threads.get_thread(session, organization_id, conversation_id))
 
 
-@router.post("/{conversation_id}", response_model=ConversationRead)
+@router.post("/{conversation_id}", response_model=ConversationRead, responses=CONFLICT)
 async def update_conversation(
     conversation_id: ThreadIdPath,
     body: ConversationUpdate,
@@ -78,7 +79,9 @@ async def delete_conversation(
     return OpenAIDeletedRead(id=thread.id, object="conversation.deleted")
 
 
-@router.post("/{conversation_id}/items", response_model=ConversationItemList, dependencies=[Idempotent])
+@router.post(
+    "/{conversation_id}/items", response_model=ConversationItemList, dependencies=[Idempotent], responses=CONFLICT
+)
 async def create_items(
     conversation_id: ThreadIdPath,
     body: ConversationItemsCreate,
@@ -116,7 +119,7 @@ async def get_item(
     return item_of(await messages.get_message(session, organization_id, conversation_id, item_id))
 
 
-@router.delete("/{conversation_id}/items/{item_id}", response_model=ConversationRead)
+@router.delete("/{conversation_id}/items/{item_id}", response_model=ConversationRead, responses=CONFLICT)
 async def delete_item(
     conversation_id: ThreadIdPath, item_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> ConversationRead:

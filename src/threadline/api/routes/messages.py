@@ -19,6 +19,7 @@ from threadline.api.schemas.freddy import (
     PageQueryDep,
     ThreadIdPath,
 )
+from threadline.api.statuses import CONFLICT
 from threadline.domain.messages import NewMessage
 from threadline.services import messages
 
@@ -35,7 +36,7 @@ async def list_messages(
     return MessageList.of(await messages.list_messages(session, organization_id, thread_id, page), page.limit)
 
 
-@router.post("", response_model=MessageRead, dependencies=[Idempotent])
+@router.post("", response_model=MessageRead, dependencies=[Idempotent], responses=CONFLICT)
 async def add_message(
     thread_id: ThreadIdPath, body: MessageCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> MessageRead:
@@ -50,7 +51,7 @@ async def add_message(
     return MessageRead.of(message)
 
 
-@router.delete("", response_model=MessagesDeleted)
+@router.delete("", response_model=MessagesDeleted, responses=CONFLICT)
 async def delete_all_messages(
     thread_id: ThreadIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> MessagesDeleted:
@@ -65,7 +66,7 @@ async def get_message(
     return MessageRead.of(await messages.get_message(session, organization_id, thread_id, message_id))
 
 
-@router.patch("/{message_id}", response_model=MessageRead)
+@router.patch("/{message_id}", response_model=MessageRead, responses=CONFLICT)
 async def update_message(
     thread_id: ThreadIdPath,
     message_id: MessageIdPath,
@@ -92,7 +93,7 @@ async def list_message_edits(
     return MessageEditList(message=MessageRead.of(message), data=[MessageEditRead.of(e) for e in edits])
 
 
-@router.delete("/{message_id}", response_model=Deleted)
+@router.delete("/{message_id}", response_model=Deleted, responses=CONFLICT)
 async def delete_message(
     thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> Deleted:

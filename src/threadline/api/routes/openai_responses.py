@@ -41,6 +41,7 @@ from threadline.api.schemas.openai_responses import (
     output_message,
 )
 from threadline.api.sse import EventFramer, sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
 from threadline.services import responses, stored_responses, turns
 from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
@@ -52,6 +53,20 @@ router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 # Ids are patterned (no NUL or control characters reach the database).
 ResponseIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 _PARAMS = {"thread": "conversation", "inputs": "input", "thread_context_mode": "truncation"}
+# What `_sse` sends, in order (one of the last three ends the stream).
+RESPONSE_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+]
 
 
 @contextlib.contextmanager
@@ -72,7 +87,12 @@ def _openai_names() -> Iterator[None]:
         raise
 
 
-@router.post("", response_model=OpenAIResponseRead, dependencies=[Idempotent])
+@router.post(
+    "",
+    response_model=OpenAIResponseRead,
+    dependencies=[Idempotent],
+    responses=MODEL_CALL | streamed(RESPONSE_EVENTS),
+)
 async def create_response(
     body: OpenAIResponseCreate,
     principal: TurnPrincipalDep,
@@ -114,7 +134,7 @@ async def delete_response(
     return OpenAIDeletedRead(id=deleted.id, object="response.deleted")
 
 
-@router.post("/{response_id}/cancel", response_model=OpenAIResponseRead)
+@router.post("/{response_id}/cancel", response_model=OpenAIResponseRead, responses=CONFLICT)
 async def cancel_response(
     response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIResponseRead:

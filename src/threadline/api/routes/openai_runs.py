@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
@@ -37,8 +37,10 @@ from threadline.api.schemas.openai_runs import (
     RunCreate,
     RunList,
     RunRead,
+    RunStatus,
     RunStepList,
     RunStepRead,
+    RunStepStatus,
     RunUpdate,
     ThreadAndRunCreate,
     answer_in_progress,
@@ -46,6 +48,7 @@ from threadline.api.schemas.openai_runs import (
     message_delta,
 )
 from threadline.api.sse import sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.config import Settings
 from threadline.services import runs
 from threadline.services.runs import RunFinished
@@ -56,9 +59,19 @@ router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=Assistants
 # How long the SDK's poll helper waits between GETs of a run (it reads this header; the default is 1 s). A run
 # normally finishes inside the request that creates it, so polls only happen for one started elsewhere.
 POLL_AFTER_MS = "500"
+# What `_sse` sends: the run's and its step's status changes, the answer's message events, then `done`.
+RUN_EVENTS = streamed(
+    [
+        "thread.created",
+        *(f"thread.run.{status}" for status in ("created", *get_args(RunStatus))),
+        *(f"thread.run.step.{status}" for status in ("created", *get_args(RunStepStatus))),
+        *(f"thread.message.{name}" for name in ("created", "in_progress", "delta", "completed", "incomplete")),
+        "done",
+    ]
+)
 
 
-@router.post("/runs", response_model=RunRead, dependencies=[Idempotent])
+@router.post("/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
 async def create_thread_and_run(
     body: ThreadAndRunCreate,
     principal: TurnPrincipalDep,
@@ -81,7 +94,7 @@ async def create_thread_and_run(
     return sse_response(_sse(maker, settings, turn, OpenAIThreadRead.of(thread)))
 
 
-@router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent])
+@router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
 async def create_run(
     thread_id: ThreadIdPath,
     body: RunCreate,
@@ -128,7 +141,7 @@ async def update_run(
     return RunRead.of(await runs.update_run(session, organization_id, thread_id, run_id, body.metadata))
 
 
-@router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead)
+@router.post("/{thread_id}/runs/{run_id}/cancel", response_model=RunRead, responses=CONFLICT)
 async def cancel_run(
     thread_id: ThreadIdPath, run_id: IdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> RunRead:

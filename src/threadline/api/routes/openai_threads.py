@@ -29,6 +29,7 @@ from threadline.api.schemas.openai import (
     OpenAIThreadRead,
     OpenAIThreadUpdate,
 )
+from threadline.api.statuses import CONFLICT
 from threadline.services import messages, threads
 
 
@@ -54,7 +55,7 @@ class AssistantsRoute(APIRoute):
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
 
-@router.post("", response_model=OpenAIThreadRead, dependencies=[Idempotent])
+@router.post("", response_model=OpenAIThreadRead, dependencies=[Idempotent], responses=CONFLICT)
 async def create_thread(
     body: OpenAIThreadCreate,
     session: SessionDep,
@@ -75,7 +76,7 @@ async def get_thread(
     return OpenAIThreadRead.of(await threads.get_thread(session, organization_id, thread_id))
 
 
-@router.post("/{thread_id}", response_model=OpenAIThreadRead)
+@router.post("/{thread_id}", response_model=OpenAIThreadRead, responses=CONFLICT)
 async def update_thread(
     thread_id: ThreadIdPath,
     body: OpenAIThreadUpdate,
@@ -95,7 +96,7 @@ async def delete_thread(
     return OpenAIDeletedRead(id=thread.id, object="thread.deleted")
 
 
-@router.post("/{thread_id}/messages", response_model=OpenAIMessageRead, dependencies=[Idempotent])
+@router.post("/{thread_id}/messages", response_model=OpenAIMessageRead, dependencies=[Idempotent], responses=CONFLICT)
 async def create_message(
     thread_id: ThreadIdPath,
     body: OpenAIMessageCreate,
@@ -138,7 +139,7 @@ async def get_message(
     return OpenAIMessageRead.of(message)
 
 
-@router.post("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead)
+@router.post("/{thread_id}/messages/{message_id}", response_model=OpenAIMessageRead, responses=CONFLICT)
 async def update_message(
     thread_id: ThreadIdPath,
     message_id: MessageIdPath,
@@ -159,7 +160,7 @@ async def update_message(
     return OpenAIMessageRead.of(message)
 
 
-@router.delete("/{thread_id}/messages/{message_id}", response_model=OpenAIDeletedRead)
+@router.delete("/{thread_id}/messages/{message_id}", response_model=OpenAIDeletedRead, responses=CONFLICT)
 async def delete_message(
     thread_id: ThreadIdPath, message_id: MessageIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIDeletedRead:

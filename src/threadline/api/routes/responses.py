@@ -21,13 +21,20 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.api.sse import EventFramer, sse_response
+from threadline.api.statuses import MODEL_CALL, streamed
 from threadline.services import responses, turns
 from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 
 
-@router.post("", response_model=ResponseRead, dependencies=[Idempotent])
+@router.post(
+    "",
+    response_model=ResponseRead,
+    dependencies=[Idempotent],
+    responses=MODEL_CALL
+    | streamed(["response.created", "response.output_text.delta", "response.completed", "response.failed"]),
+)
 async def create_response(
     body: ResponseCreate,
     principal: TurnPrincipalDep,

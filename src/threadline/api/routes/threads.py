@@ -35,6 +35,7 @@ from threadline.api.schemas.freddy import (
     ThreadUpdate,
 )
 from threadline.api.sse import EventFramer, sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, REFERENCES, streamed
 from threadline.services import naming, threads
 from threadline.services.naming import NameDelta, NameDone, NameEvent
 from threadline.storage.repositories.threads import ThreadFilter
@@ -76,7 +77,7 @@ class ThreadListQuery:
 ListQueryDep = Annotated[ThreadListQuery, Depends()]
 
 
-@router.post("/threads", response_model=ThreadRead, dependencies=[Idempotent])
+@router.post("/threads", response_model=ThreadRead, dependencies=[Idempotent], responses=CONFLICT | REFERENCES)
 async def create_thread(
     session: SessionDep, principal: PrincipalDep, body: Annotated[ThreadCreate | None, Body()] = None
 ) -> ThreadRead:
@@ -116,8 +117,8 @@ async def get_thread(thread_id: ThreadIdPath, session: SessionDep, organization_
     return ThreadRead.of(await threads.get_thread(session, organization_id, thread_id))
 
 
-@router.post("/threads/{thread_id}", response_model=ThreadRead)
-@router.patch("/threads/{thread_id}", response_model=ThreadRead)
+@router.post("/threads/{thread_id}", response_model=ThreadRead, responses=CONFLICT | REFERENCES)
+@router.patch("/threads/{thread_id}", response_model=ThreadRead, responses=CONFLICT | REFERENCES)
 async def update_thread(
     thread_id: ThreadIdPath, body: ThreadUpdate, session: SessionDep, principal: PrincipalDep
 ) -> ThreadRead:
@@ -134,7 +135,7 @@ async def delete_thread(thread_id: ThreadIdPath, session: SessionDep, organizati
     return Deleted(id=thread.id, object="thread.deleted")
 
 
-@router.patch("/threads/{thread_id}/metadata", response_model=ThreadRead)
+@router.patch("/threads/{thread_id}/metadata", response_model=ThreadRead, responses=CONFLICT)
 async def patch_metadata(
     thread_id: ThreadIdPath, body: MetadataPatch, session: SessionDep, principal: PrincipalDep
 ) -> ThreadRead:
@@ -144,7 +145,7 @@ async def patch_metadata(
     return ThreadRead.of(thread)
 
 
-@router.put("/threads/{thread_id}/rename", response_model=ThreadRead)
+@router.put("/threads/{thread_id}/rename", response_model=ThreadRead, responses=CONFLICT)
 async def rename_thread(
     thread_id: ThreadIdPath, body: ThreadRename, session: SessionDep, principal: PrincipalDep
 ) -> ThreadRead:
@@ -152,7 +153,12 @@ async def rename_thread(
     return ThreadRead.of(thread)
 
 
-@router.post("/threads/{thread_id}/generateName", response_model=ThreadRead, dependencies=[Idempotent])
+@router.post(
+    "/threads/{thread_id}/generateName",
+    response_model=ThreadRead,
+    dependencies=[Idempotent],
+    responses=MODEL_CALL | streamed(["thread.name.delta", "thread.name.completed", "thread.name.failed"]),
+)
 async def generate_name(
     thread_id: ThreadIdPath,
     principal: TurnPrincipalDep,

@@ -121,6 +121,20 @@ MessageText = Annotated[str, declared(maxLength=MAX_MESSAGE_CHARS)]
 # A thread id a request may choose (pydantic enforces the length; the pattern is `invalid_thread_id`'s).
 ThreadIdText = Annotated[str, Field(max_length=128), declared(pattern=ID_PATTERN)]
 
+
+class ErrorDetailRead(ResponseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str = Field(description="Stable and machine-readable: branch on this, not on the message.")
+
+
+class ErrorRead(ResponseModel):
+    """The one error envelope of every 4xx and 5xx, on the Freddy and the OpenAI surfaces alike (api/errors.py)."""
+
+    error: ErrorDetailRead
+
+
 # Every list's page size and order (Freddy and OpenAI lists alike): 1 to 100 items, default 20, newest first.
 LimitQuery = Annotated[int, Query(ge=1, le=100)]
 OrderQuery = Literal["asc", "desc"]

@@ -33,6 +33,7 @@ from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Response
 
 RunStatus = Literal["queued", "in_progress", "cancelled", "failed", "completed", "incomplete"]
+RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed"]
 
 
 def _unsupported(param: str, why: str) -> ValidationFailed:
@@ -258,7 +259,7 @@ class RunStepRead(ResponseModel):
     thread_id: str
     run_id: str
     type: Literal["message_creation"] = "message_creation"
-    status: Literal["in_progress", "cancelled", "failed", "completed"]
+    status: RunStepStatus
     step_details: StepDetailsRead
     completed_at: int | None
     cancelled_at: int | None
@@ -271,7 +272,7 @@ class RunStepRead(ResponseModel):
     @classmethod
     def of(cls, response: Response) -> RunStepRead:
         run = RunRead.of(response)
-        status: Literal["in_progress", "cancelled", "failed", "completed"] = (
+        status: RunStepStatus = (
             "completed" if run.status == "incomplete" else run.status  # type: ignore[assignment]
         )
         error = run.last_error
