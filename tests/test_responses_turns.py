@@ -181,14 +181,16 @@ async def test_two_app_instances_share_the_lease_through_the_database(
     settings: Settings, caller: Caller, app: FastAPI
 ) -> None:
     """Two engines on one database behave like two server processes: the lease still serializes turns."""
-    fakes = [FakeProvider(default=Script(delay_per_token=0.05)), FakeProvider(default=Script(delay_per_token=0.05))]
+    # Turns (~3.6 s) longer than the lease (3 s): only the heartbeat (every second) keeps the other instance out.
+    # The margin is a missed beat and then some, so a loaded machine delaying one renewal cannot lose the lease.
+    settings = settings.model_copy(update={"thread_lease_seconds": 3.0})
+    fakes = [FakeProvider(default=Script(delay_per_token=0.15)), FakeProvider(default=Script(delay_per_token=0.15))]
     apps = [create_app(settings, models=registry_with(f)) for f in fakes]
     async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
         clients = [
             httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://threadline.test") for a in apps
         ]
         async with clients[0], clients[1]:
-            # Turns (~1.3 s) longer than the 1 s lease: only the heartbeat keeps the other instance out.
             results = await asyncio.gather(
                 turn(clients[0], caller, " ".join(["x"] * 24), thread="t_two"),
                 turn(clients[1], caller, " ".join(["y"] * 24), thread="t_two"),
