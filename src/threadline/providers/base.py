@@ -41,6 +41,16 @@ class FunctionTool:
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    def as_response_tool(self) -> dict[str, Any]:
+        """The tool as the Responses API spells it: echoed in a response, and what its token count is taken of."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "strict": self.strict,
+        }
+
 
 @dataclass(frozen=True)
 class ToolChoiceFunction:

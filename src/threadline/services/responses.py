@@ -386,7 +386,7 @@ async def _try_start(
         for m in items
     ]
     # Tool definitions are sent with every request: they count against the window like the priming does.
-    tool_tokens = tokenizer.count(json.dumps([_tool_record(t) for t in request.tools])) if request.tools else 0
+    tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
     with observability.current().span("turn.context", mode=mode):
         plan, pending = await plan_context(
             session,
@@ -493,16 +493,6 @@ def _call_cap(request: ResponseRequest) -> int | None:
     """How many calls of one answer are kept: `max_tool_calls`, and one when parallel calls are off."""
     caps = [c for c in (request.max_tool_calls, 1 if request.parallel_tool_calls is False else None) if c is not None]
     return min(caps) if caps else None
-
-
-def _tool_record(tool: FunctionTool) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "name": tool.name,
-        "description": tool.description,
-        "parameters": tool.parameters,
-        "strict": tool.strict,
-    }
 
 
 def _check_chainable(previous: Response, settings: Settings, now: datetime) -> int:

@@ -95,7 +95,7 @@ class OpenAIResponseCreate(RequestModel):
         tools = self._tools()
         choice = self._tool_choice(tools)
         echo: dict[str, Any] = {
-            "tools": [_tool_echo(t) for t in tools],
+            "tools": [t.as_response_tool() for t in tools],
             "tool_choice": self.tool_choice if isinstance(self.tool_choice, str) else None,
             "parallel_tool_calls": self.parallel_tool_calls is not False,
             "max_tool_calls": self.max_tool_calls,
@@ -227,16 +227,6 @@ def _input_item(item: Any, param: str) -> ChatMessage | ItemReference:
             )
         return ItemReference(item_id)
     return new_item(item, param).as_chat()
-
-
-def _tool_echo(tool: FunctionTool) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "name": tool.name,
-        "description": tool.description,
-        "parameters": tool.parameters,
-        "strict": tool.strict,
-    }
 
 
 class InputTokensDetails(ResponseModel):

@@ -61,6 +61,13 @@ def lease_expired(now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(Thread.lease_expires_at.is_(None), Thread.lease_expires_at < now)
 
 
+def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """A thread still streaming under `holder`'s lease, which has expired: what take-over and settling match on,
+    so a lease renewed or taken by someone else since it was read is left alone."""
+    holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
+    return Thread.status == "streaming", holder_matches, lease_expired(now)
+
+
 class ThreadRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -219,16 +226,13 @@ class ThreadRepository:
         expires_at: datetime,
     ) -> bool:
         """Take a lease that `holder` let expire (a crashed server); only if nobody else took it first."""
-        holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
         result = await self.session.execute(
             sa.update(Thread)
             .where(
                 Thread.organization_id == organization_id,
                 Thread.id == thread_id,
                 Thread.deleted_at.is_(None),
-                Thread.status == "streaming",
-                holder_matches,
-                lease_expired(now),
+                *_streaming_under_expired_lease(holder, now),
             )
             .values(lease_owner=owner, lease_expires_at=expires_at)
             .execution_options(synchronize_session=False)
@@ -242,15 +246,12 @@ class ThreadRepository:
         inactive, lease cleared. Only while the lease is still that expired one: a lease renewed or taken over
         since the caller read the row is left alone. Deleted threads too (a turn may outlive its thread's delete).
         """
-        holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
         result = await self.session.execute(
             sa.update(Thread)
             .where(
                 Thread.organization_id == organization_id,
                 Thread.id == thread_id,
-                Thread.status == "streaming",
-                holder_matches,
-                lease_expired(now),
+                *_streaming_under_expired_lease(holder, now),
             )
             .values(status="inactive", lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
