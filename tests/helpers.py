@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from fastapi import FastAPI
 
@@ -20,3 +22,14 @@ async def login_headers(client: httpx.AsyncClient, app: FastAPI, caller: Caller)
     response = await client.post("/v1/auth/token", json={"email": caller.email, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def refused(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict[str, Any]:
+    """Assert the error envelope: this status, this stable `code`, a message, and `param` when given."""
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error

@@ -45,7 +45,6 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import schemathesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -59,12 +58,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.conftest import _empty_all_tables
 from tests.servers import REPO_SRC, free_port, running, threadline_env
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker
-from threadline.storage.tables import Base
 
 REPO_ROOT = REPO_SRC.parent
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
@@ -158,16 +157,6 @@ async def _make_caller(url: str) -> tuple[str, str]:
             await auth.set_password(session, key.organization_id, "fuzz@fuzz.test", PASSWORD)
             await session.commit()
         return key.organization_id, secret
-    finally:
-        await engine.dispose()
-
-
-async def _empty_all_tables(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            for table in reversed(Base.metadata.sorted_tables):
-                await conn.execute(sa.delete(table))
     finally:
         await engine.dispose()
 

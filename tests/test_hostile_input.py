@@ -20,6 +20,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller, make_caller, started_app
+from tests.helpers import refused
 from tests.servers import threadline_env, threadline_serve
 from threadline.api.app import create_app
 from threadline.api.schemas.common import INT32_MAX, MAX_JSON_DEPTH, MAX_OUTPUT_TOKENS
@@ -27,16 +28,6 @@ from threadline.config import ProviderConfig, Settings
 from threadline.services.idempotency import KEY_PATTERN
 
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
-
-
-def refused(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    return error
 
 
 async def post_json(client: httpx.AsyncClient, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller
-from tests.helpers import login_headers
+from tests.helpers import login_headers, refused
 
 
 async def _create(client: httpx.AsyncClient, caller: Caller, **body: Any) -> dict[str, Any]:
@@ -17,16 +17,6 @@ async def _create(client: httpx.AsyncClient, caller: Caller, **body: Any) -> dic
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
-
-
-def _error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    return error
 
 
 async def test_create_thread_returns_every_field(client: httpx.AsyncClient, caller: Caller) -> None:
@@ -77,7 +67,7 @@ async def test_create_without_body_and_with_every_field_in_camel_case(
     assert thread["metadata"]["tags"] == ["billing", "urgent"]
 
     again = await client.post("/v1/threads", json={"id": "support_user123_ticket789"}, headers=caller.headers)
-    _error(again, 409, "thread_exists", "id")
+    refused(again, 409, "thread_exists", "id")
 
 
 async def test_other_organization_sees_404(client: httpx.AsyncClient, caller: Caller, other_caller: Caller) -> None:
@@ -103,7 +93,7 @@ async def test_other_organization_sees_404(client: httpx.AsyncClient, caller: Ca
     ]
     for method, url, body in attempts:
         response = await client.request(method, url, json=body, headers=other_caller.headers)
-        _error(response, 404, "thread_not_found")
+        refused(response, 404, "thread_not_found")
     # Nothing leaked into the other organization's lists, and nothing changed for the owner.
     listed = (await client.get("/v1/threads", headers=other_caller.headers)).json()
     assert listed["data"] == []
@@ -116,16 +106,16 @@ async def test_other_organization_sees_404(client: httpx.AsyncClient, caller: Ca
     response = await client.get(
         "/v1/threads", params={"organization_id": caller.organization_id}, headers=other_caller.headers
     )
-    _error(response, 403, "organization_forbidden", "organization_id")
+    refused(response, 403, "organization_forbidden", "organization_id")
 
 
 async def test_missing_credentials_is_401(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/threads")
-    _error(response, 401, "missing_credentials")
+    refused(response, 401, "missing_credentials")
     response = await client.get("/v1/threads", headers={"Authorization": "Bearer tl_nope"})
-    _error(response, 401, "invalid_credentials")
+    refused(response, 401, "invalid_credentials")
     response = await client.post("/v1/threads", json={}, headers={"X-API-Key": "wrong"})
-    _error(response, 401, "invalid_credentials")
+    refused(response, 401, "invalid_credentials")
 
 
 async def _ids(client: httpx.AsyncClient, caller: Caller, url: str = "/v1/threads", **params: Any) -> list[str]:
@@ -186,7 +176,7 @@ async def test_keyset_pagination_walks_both_orders(client: httpx.AsyncClient, ca
         "limit": 20,
         "total": None,
     }
-    _error(
+    refused(
         await client.get("/v1/threads", params={"after": "thread_unknown"}, headers=caller.headers),
         400,
         "invalid_cursor",
@@ -229,7 +219,7 @@ async def test_list_filters(client: httpx.AsyncClient, app: FastAPI, caller: Cal
         ({"after": "bad id!"}, "after"),
     ):
         response = await client.get("/v1/threads", params=params, headers=caller.headers)
-        error = _error(response, 400, response.json()["error"]["code"], param)
+        error = refused(response, 400, response.json()["error"]["code"], param)
         assert error["type"] == "invalid_request_error"
 
 
@@ -257,19 +247,19 @@ async def test_modify_thread_and_pinning(client: httpx.AsyncClient, caller: Call
 
     renamed = await client.put(f"/v1/threads/{tid}/rename", json={"title": "New name"}, headers=caller.headers)
     assert renamed.json()["title"] == "New name"
-    _error(
+    refused(
         await client.put(f"/v1/threads/{tid}/rename", json={"title": "x" * 201}, headers=caller.headers),
         400,
         "title_too_long",
         "title",
     )
-    _error(
+    refused(
         await client.patch(f"/v1/threads/{tid}", json={"bogus": 1}, headers=caller.headers),
         400,
         "unknown_parameter",
         "bogus",
     )
-    _error(
+    refused(
         await client.patch(f"/v1/threads/{tid}", json={"assistantId": "asst_missing"}, headers=caller.headers),
         404,
         "assistant_not_found",
@@ -287,7 +277,7 @@ async def test_metadata_merge_removes_null_keys(client: httpx.AsyncClient, calle
     assert response.status_code == 200, response.text
     assert response.json()["metadata"] == {"keep": "1", "new": {"nested": True}}
     too_many = {f"k{i}": "v" for i in range(16)}
-    _error(
+    refused(
         await client.patch(f"/v1/threads/{tid}/metadata", json={"metadata": too_many}, headers=caller.headers),
         400,
         "metadata_too_many_keys",
@@ -317,23 +307,23 @@ async def test_metadata_merge_removes_null_keys(client: httpx.AsyncClient, calle
 async def test_create_validation(
     client: httpx.AsyncClient, caller: Caller, body: dict[str, Any], code: str, param: str | None
 ) -> None:
-    error = _error(await client.post("/v1/threads", json=body, headers=caller.headers), 400, code, param)
+    error = refused(await client.post("/v1/threads", json=body, headers=caller.headers), 400, code, param)
     assert error["type"] == "invalid_request_error"
     assert (await client.get("/v1/threads", headers=caller.headers)).json()["data"] == []
 
 
 async def test_invalid_json_nan_and_oversized_bodies(client: httpx.AsyncClient, caller: Caller) -> None:
     headers = {**caller.headers, "Content-Type": "application/json"}
-    _error(await client.post("/v1/threads", content=b"{not json", headers=headers), 400, "invalid_json")
-    _error(
+    refused(await client.post("/v1/threads", content=b"{not json", headers=headers), 400, "invalid_json")
+    refused(
         await client.post("/v1/threads", content=b'{"metadata": {"x": NaN}}', headers=headers),
         400,
         "invalid_value",
         "metadata",
     )
     big = b'{"title": "' + b"x" * 1_100_000 + b'"}'
-    _error(await client.post("/v1/threads", content=big, headers=headers), 413, "payload_too_large")
-    _error(await client.get("/v1/threads/bad%20id", headers=caller.headers), 400, "invalid_value", "thread_id")
+    refused(await client.post("/v1/threads", content=big, headers=headers), 413, "payload_too_large")
+    refused(await client.get("/v1/threads/bad%20id", headers=caller.headers), 400, "invalid_value", "thread_id")
 
 
 async def test_lifecycle(client: httpx.AsyncClient, caller: Caller) -> None:
@@ -343,14 +333,16 @@ async def test_lifecycle(client: httpx.AsyncClient, caller: Caller) -> None:
 
     locked = await client.patch(url, json={"state": "locked"}, headers=caller.headers)
     assert locked.json()["state"] == "locked"
-    _error(await client.post(f"{url}/messages", json={"content": "more"}, headers=caller.headers), 409, "thread_locked")
-    _error(
+    refused(
+        await client.post(f"{url}/messages", json={"content": "more"}, headers=caller.headers), 409, "thread_locked"
+    )
+    refused(
         await client.patch(f"{url}/messages/{msg['id']}", json={"content": "x"}, headers=caller.headers),
         409,
         "thread_locked",
     )
-    _error(await client.delete(f"{url}/messages/{msg['id']}", headers=caller.headers), 409, "thread_locked")
-    _error(await client.delete(f"{url}/messages", headers=caller.headers), 409, "thread_locked")
+    refused(await client.delete(f"{url}/messages/{msg['id']}", headers=caller.headers), 409, "thread_locked")
+    refused(await client.delete(f"{url}/messages", headers=caller.headers), 409, "thread_locked")
     # Metadata stays editable on a locked thread.
     patched = await client.patch(f"{url}/metadata", json={"metadata": {"review": "pending"}}, headers=caller.headers)
     assert patched.status_code == 200 and patched.json()["metadata"] == {"review": "pending"}
@@ -363,13 +355,13 @@ async def test_lifecycle(client: httpx.AsyncClient, caller: Caller) -> None:
     archived = await client.patch(url, json={"state": "archived"}, headers=caller.headers)
     assert archived.json()["state"] == "archived"
     for target in ("open", "locked"):
-        _error(
+        refused(
             await client.patch(url, json={"state": target}, headers=caller.headers),
             409,
             "invalid_state_transition",
             "state",
         )
-    _error(await client.patch(url, json={"state": "frozen"}, headers=caller.headers), 400, "invalid_value", "state")
+    refused(await client.patch(url, json={"state": "frozen"}, headers=caller.headers), 400, "invalid_value", "state")
     for method, path, body in (
         ("POST", "/messages", {"content": "x"}),
         ("PATCH", "/metadata", {"metadata": {"a": "b"}}),
@@ -380,7 +372,7 @@ async def test_lifecycle(client: httpx.AsyncClient, caller: Caller) -> None:
         ("DELETE", f"/messages/{msg['id']}", None),
         ("DELETE", "/messages", None),
     ):
-        _error(await client.request(method, url + path, json=body, headers=caller.headers), 409, "thread_archived")
+        refused(await client.request(method, url + path, json=body, headers=caller.headers), 409, "thread_archived")
     # Reads still work, archiving again is a no-op, and delete is allowed.
     thread = (await client.get(url, headers=caller.headers)).json()
     assert thread["state"] == "archived" and thread["message_count"] == 2
@@ -393,26 +385,26 @@ async def test_lifecycle(client: httpx.AsyncClient, caller: Caller) -> None:
 async def test_soft_delete(client: httpx.AsyncClient, caller: Caller) -> None:
     tid = (await _create(client, caller, id="to_delete"))["id"]
     assert (await client.delete(f"/v1/threads/{tid}", headers=caller.headers)).status_code == 200
-    _error(await client.get(f"/v1/threads/{tid}", headers=caller.headers), 404, "thread_not_found")
-    _error(await client.delete(f"/v1/threads/{tid}", headers=caller.headers), 404, "thread_not_found")
-    _error(await client.get(f"/v1/threads/{tid}/messages", headers=caller.headers), 404, "thread_not_found")
+    refused(await client.get(f"/v1/threads/{tid}", headers=caller.headers), 404, "thread_not_found")
+    refused(await client.delete(f"/v1/threads/{tid}", headers=caller.headers), 404, "thread_not_found")
+    refused(await client.get(f"/v1/threads/{tid}/messages", headers=caller.headers), 404, "thread_not_found")
     assert await _ids(client, caller) == []
     listed = (await client.get("/v1/threads", params={"include_deleted": True}, headers=caller.headers)).json()
     assert [t["id"] for t in listed["data"]] == [tid]
     assert listed["data"][0]["deleted_at"] is not None
     # The id stays taken: a deleted thread is kept until the retention sweeper purges it.
-    _error(await client.post("/v1/threads", json={"id": tid}, headers=caller.headers), 409, "thread_exists")
+    refused(await client.post("/v1/threads", json={"id": tid}, headers=caller.headers), 409, "thread_exists")
 
 
 async def test_visible_in_ui_needs_a_user_token(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> None:
-    _error(
+    refused(
         await client.post("/v1/threads", json={"visibleInUi": False}, headers=caller.headers),
         403,
         "user_token_required",
         "visible_in_ui",
     )
     tid = (await _create(client, caller))["id"]
-    _error(
+    refused(
         await client.patch(f"/v1/threads/{tid}", json={"visible_in_ui": False}, headers=caller.headers),
         403,
         "user_token_required",
