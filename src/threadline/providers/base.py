@@ -27,9 +27,23 @@ class ModelInfo:
     # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
     # prompt…): the context builder reserves them. See domain/tokens.py.
     request_overhead_tokens: int = REPLY_PRIMING_TOKENS
-    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images.
+    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images, whether it
+    # keeps to a JSON Schema (structured output: OpenAI `text.format`), whether it takes a reasoning effort.
     tools: bool = False
     vision: bool = False
+    json_schema: bool = False
+    reasoning: bool = False
+    # What the model samples with when a request names no value (echoed by the Responses API as used).
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def capabilities(self) -> dict[str, bool]:
+        return {
+            "tools": self.tools,
+            "vision": self.vision,
+            "json_schema": self.json_schema,
+            "reasoning": self.reasoning,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,26 @@ class ToolChoiceFunction:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: `json_schema` (the answer keeps to `schema`) or `json_object` (any JSON object)."""
+
+    type: str  # "json_schema" | "json_object"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     max_output_tokens: int
     temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    # OpenAI's `reasoning_effort` (minimal / low / medium / high), for models with the `reasoning` capability.
+    reasoning_effort: str | None = None
     tools: tuple[FunctionTool, ...] = ()
     tool_choice: str | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None

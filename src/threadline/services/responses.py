@@ -50,9 +50,9 @@ from threadline.errors import (
     ValidationFailed,
 )
 from threadline.ids import new_id, sibling_id
-from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
+from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ResponseFormat, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import rate_limits, recovery
+from threadline.services import rate_limits, recovery, sampling
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import (
@@ -102,6 +102,12 @@ class ResponseRequest:
     model: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Structured output (OpenAI `text.format`) and `reasoning.effort`: models without the capability refuse.
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None
     context_mode: ContextMode | None = None
     run: RunOptions | None = None
     # A system message for this turn only (OpenAI `instructions`): always in the context, like an assistant's
@@ -358,6 +364,7 @@ async def _try_start(
     assistant = await _run_assistant(session, org, request.run) if request.run else await _assistant_of(session, thread)
     provider, info = models.resolve(request.model or (assistant.model if assistant else None))
     _check_capabilities(request, info)
+    sampling.check_capabilities(request, info)
     tokenizer = provider.tokenizer(info.name)
     mode: ContextMode = request.context_mode or _mode(assistant) or settings.default_context_mode
     max_output = request.max_output_tokens or (assistant.max_output_tokens if assistant else None)
@@ -411,8 +418,21 @@ async def _try_start(
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
     output_message_id = sibling_id("msg", owner)
+    params = GenerationParams(
+        max_output_tokens=max_output,
+        temperature=temperature,
+        top_p=request.top_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        response_format=request.response_format,
+        reasoning_effort=request.reasoning_effort,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        parallel_tool_calls=request.parallel_tool_calls,
+    )
     record = _request_record(request, items, mode, max_output, temperature)
     record["output_message_id"] = output_message_id
+    record["sampling"] = sampling.used(params, info)
     if request.run is not None:
         run = request.run
         record["run"] = {**run.record, "assistant_id": run.assistant_id, "instructions": instructions or ""}
@@ -444,13 +464,7 @@ async def _try_start(
             for m in plan.messages
         ],
         inputs=inputs,
-        params=GenerationParams(
-            max_output_tokens=max_output,
-            temperature=temperature,
-            tools=request.tools,
-            tool_choice=request.tool_choice,
-            parallel_tool_calls=request.parallel_tool_calls,
-        ),
+        params=params,
         max_tool_calls=_call_cap(request),
         thread_state=request.thread_state,
         output_message_id=output_message_id,
