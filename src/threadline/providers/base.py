@@ -127,6 +127,13 @@ class Finished:
     input_tokens: int | None = None
     output_tokens: int | None = None
     tool_calls: tuple[ToolCall, ...] = field(default=())
+    # What the upstream reports of its usage beyond the totals (OpenAI's usage details), when it does.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def usage_details(self) -> dict[str, int]:
+        details = {"cached_tokens": self.cached_tokens, "reasoning_tokens": self.reasoning_tokens}
+        return {k: v for k, v in details.items() if v is not None}
 
 
 StreamEvent = TextDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished

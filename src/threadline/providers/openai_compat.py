@@ -233,6 +233,8 @@ class OpenAICompatProvider:
                 _FINISH_REASONS.get(finish, "stop"),
                 input_tokens=_int(usage, "prompt_tokens"),
                 output_tokens=_int(usage, "completion_tokens"),
+                cached_tokens=_int((usage or {}).get("prompt_tokens_details"), "cached_tokens"),
+                reasoning_tokens=_int((usage or {}).get("completion_tokens_details"), "reasoning_tokens"),
                 tool_calls=calls.done(),
             )
         )
@@ -274,6 +276,8 @@ class OpenAICompatProvider:
             _FINISH_REASONS.get(finish_reason or "stop", "stop"),
             input_tokens=_int(usage, "prompt_tokens"),
             output_tokens=_int(usage, "completion_tokens"),
+            cached_tokens=_int((usage or {}).get("prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=_int((usage or {}).get("completion_tokens_details"), "reasoning_tokens"),
             tool_calls=calls.done(),
         )
 
@@ -434,6 +438,6 @@ def _error_message(body: bytes) -> str | None:
     return text[:500] or None
 
 
-def _int(usage: dict[str, Any] | None, key: str) -> int | None:
-    value = (usage or {}).get(key)
+def _int(usage: Any, key: str) -> int | None:
+    value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -351,6 +351,7 @@ async def _complete(
                 "finish_reason": finished.finish_reason,
                 **({} if with_message else {"output_message": False}),
                 **({"tool_calls": [_call_record(c) for c in calls]} if calls else {}),
+                **({"usage_details": finished.usage_details()} if finished.usage_details() else {}),
             },
             "completed_at": now,
         }

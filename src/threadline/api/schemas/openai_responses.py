@@ -371,7 +371,14 @@ class OpenAIResponseRead(ResponseModel):
         usage = None
         if response.input_tokens is not None or response.output_tokens is not None:
             inp, out = response.input_tokens or 0, response.output_tokens or 0
-            usage = OpenAIUsage(input_tokens=inp, output_tokens=out, total_tokens=inp + out)
+            details = response.context.get("usage_details") or {}
+            usage = OpenAIUsage(
+                input_tokens=inp,
+                input_tokens_details=InputTokensDetails(cached_tokens=details.get("cached_tokens", 0)),
+                output_tokens=out,
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=details.get("reasoning_tokens", 0)),
+                total_tokens=inp + out,
+            )
         error = None
         if response.error:
             code = str(response.error.get("code", "error"))
