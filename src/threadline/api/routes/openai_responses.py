@@ -53,7 +53,7 @@ router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 # Ids are patterned (no NUL or control characters reach the database).
 ResponseIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 _PARAMS = {"thread": "conversation", "inputs": "input", "thread_context_mode": "truncation"}
-# What `_sse` sends, in order (one of the last three ends the stream).
+# What `response_events` sends, in order (one of the last three ends the stream).
 RESPONSE_EVENTS = [
     "response.created",
     "response.in_progress",
@@ -70,7 +70,7 @@ RESPONSE_EVENTS = [
 
 
 @contextlib.contextmanager
-def _openai_names() -> Iterator[None]:
+def openai_names() -> Iterator[None]:
     """Errors name the OpenAI request's fields, and a context overflow says how to allow truncation."""
     try:
         yield
@@ -101,13 +101,13 @@ async def create_response(
     models: ModelsDep,
     organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
-    with _openai_names():
+    with openai_names():
         request = body.to_request(principal.organization(organization_id))
         if not body.stream:
             return OpenAIResponseRead.of(await responses.create_response(maker, settings, models, principal, request))
         # Errors found before the model is called (busy, unknown model, too long…) still answer as JSON errors.
         turn = await responses.start_turn(maker, settings, models, principal, request)
-    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
+    return sse_response(response_events(turns.run_turn(maker, settings, turn), turn, EventFramer().frame))
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
@@ -248,9 +248,11 @@ class _StreamLayout:
                 yield from self.close_call(item)
 
 
-async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
-    """OpenAI's canonical event sequence; `sequence_number` counts from 0, ids never change."""
-    frame = EventFramer().frame
+async def response_events(
+    events: AsyncGenerator[turns.TurnEvent, None], turn: Turn, frame: Callable[[str, dict[str, Any]], str]
+) -> AsyncIterator[str]:
+    """OpenAI's canonical event sequence, each event framed by `frame` (SSE here, a WebSocket message in
+    `openai_responses_ws.py`); `sequence_number` counts from 0, ids never change."""
     started = OpenAIResponseRead.of(turn.response).model_dump(mode="json")
     yield frame("response.created", {"response": started})
     yield frame("response.in_progress", {"response": started})
