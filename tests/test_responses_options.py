@@ -121,6 +121,7 @@ async def test_json_object_sampling_and_reasoning_effort_reach_the_upstream(
         ("reasoner", {"reasoning": {"summary": "auto"}}, "unsupported_parameter", "reasoning.summary"),
         ("tool-model", {"include": ["message.output_text.logprobs"]}, "unsupported_parameter", "include"),
         ("tool-model", {"include": ["everything"]}, "invalid_value", "include.0"),
+        ("tool-model", {"include": [{"not": "a string"}]}, "invalid_type", "include.0"),
         ("tool-model", {"top_logprobs": 3}, "unsupported_parameter", "top_logprobs"),
         ("tool-model", {"service_tier": "priority"}, "unsupported_parameter", "service_tier"),
         ("tool-model", {"text": {"verbosity": "low"}}, "unsupported_parameter", "text.verbosity"),

@@ -58,6 +58,8 @@ def check_refused(fields: dict[str, Any]) -> None:
 def check_include(include: list[Any] | None) -> list[str]:
     values: list[str] = []
     for i, value in enumerate(include or []):
+        if not isinstance(value, str):
+            raise ValidationFailed("'include' lists strings.", code="invalid_type", param=f"include.{i}")
         if value in INCLUDE_REFUSED:
             unsupported("include", f"'{value}' asks for what {INCLUDE_REFUSED[value]}")
         if value not in INCLUDE_NO_EFFECT:
