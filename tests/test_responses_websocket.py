@@ -4,6 +4,7 @@ the same events as the SSE stream, continuation within the socket, errors as err
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,29 +17,37 @@ from openai import AsyncOpenAI
 from openai.resources.responses.responses import AsyncResponsesConnection
 
 from tests.conftest import make_caller, started_app
+from tests.paced_upstream import paced_upstream
 from tests.servers import free_port, running, serve_command, threadline_env
 from tests.tool_helpers import WEATHER_TOOL, tool_settings
+from threadline.config import ProviderConfig, Settings
 
 pytestmark = pytest.mark.slow
 FINAL = ("response.completed", "response.incomplete", "response.failed")
 
 
-@pytest.fixture
-async def oa(database_url: str, tool_upstream_url: str, tmp_path: Path) -> AsyncIterator[AsyncOpenAI]:
-    """An SDK client of a `threadline serve` process whose models are the tool upstream's."""
-    settings = tool_settings(database_url, tool_upstream_url)
+@contextlib.asynccontextmanager
+async def served(settings: Settings, default_model: str, log: Path) -> AsyncIterator[AsyncOpenAI]:
+    """An SDK client of a `threadline serve` process on `settings`' database and providers."""
     async for app in started_app(settings):  # (migrated database, a key; tables emptied afterwards)
         key = (await make_caller(app)).api_key
-        env = threadline_env(database_url)
+        env = threadline_env(settings.database_url)
         env.update(
             THREADLINE_PROVIDERS=json.dumps([p.model_dump() for p in settings.providers]),
-            THREADLINE_DEFAULT_MODEL="tool-model",
+            THREADLINE_DEFAULT_MODEL=default_model,
         )
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
-        with running(serve_command(port), ready_url=f"{base_url}/healthz", log=tmp_path / "server.log", env=env):
+        with running(serve_command(port), ready_url=f"{base_url}/healthz", log=log, env=env):
             async with AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0) as client:
                 yield client
+
+
+@pytest.fixture
+async def oa(database_url: str, tool_upstream_url: str, tmp_path: Path) -> AsyncIterator[AsyncOpenAI]:
+    """Models from the tool upstream."""
+    async with served(tool_settings(database_url, tool_upstream_url), "tool-model", tmp_path / "server.log") as oa:
+        yield oa
 
 
 async def answer(connection: AsyncResponsesConnection) -> list[Any]:
@@ -130,3 +139,34 @@ async def test_the_handshake_authenticates_as_http_does(oa: AsyncOpenAI) -> None
             pass
     assert refused.value.response.status_code == 401
     assert json.loads(refused.value.response.body or b"{}")["error"] == over_http.value.body and over_http.value.body
+
+
+async def test_a_socket_closed_mid_response_leaves_the_conversation_as_it_was(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The turn of a socket that goes away fails and frees its thread; the conversation gains nothing from it."""
+    with paced_upstream(tmp_path / "upstream.log", tokens=200, pace=0.02) as upstream:
+        settings = Settings(
+            database_url=database_url,
+            local_model_enabled=False,
+            retention_enabled=False,
+            providers=[ProviderConfig(name="paced", base_url=upstream, models=["paced"])],
+        )
+        async with served(settings, "paced", tmp_path / "server.log") as oa:
+            conversation = await oa.conversations.create(items=[{"role": "user", "content": "before"}])
+            async with oa.responses.connect() as connection:
+                await connection.response.create(conversation=conversation.id, input="cut short")
+                async for event in connection:
+                    if event.type == "response.created":
+                        cut_response = event.response.id
+                    if event.type == "response.output_text.delta":
+                        cut = event.item_id
+                        break
+            # The next turn on the conversation waits for the thread only as long as the cut turn holds it.
+            after = await oa.responses.create(conversation=conversation.id, input="after", max_output_tokens=2)
+            assert after.status in ("completed", "incomplete")
+            items = await oa.conversations.items.list(conversation.id, order="asc")
+            texts = [i.content[0].text for i in items.data if i.type == "message"]  # type: ignore[union-attr]
+            assert texts[:2] == ["before", "after"] and "cut short" not in texts
+            assert cut not in {i.id for i in items.data}
+            assert (await oa.responses.retrieve(cut_response)).status == "failed"
