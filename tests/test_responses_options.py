@@ -155,3 +155,21 @@ async def test_what_cannot_be_honoured_is_refused_by_name(
         assert model in failed.value.message  # names the model and the capability
     with pytest.raises(AssertionError):
         last_request_with(tool_upstream_url, marker)  # nothing reached the model
+
+
+async def test_an_agent_with_an_output_type_gets_structured_output(oa: AsyncOpenAI, tool_upstream_url: str) -> None:
+    """The `openai-agents` SDK asks for its `output_type` through `text.format`; the answer parses into it."""
+    from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    agent = Agent(
+        name="cities",
+        instructions="Name the city.",
+        model=OpenAIResponsesModel(model="tool-model", openai_client=oa),
+        output_type=City,
+    )
+    result = await Runner.run(agent, "Toulouse")
+    assert result.final_output == City(city="Toulouse", letters=8)
+    sent = last_request_with(tool_upstream_url, "Toulouse")
+    assert sent["response_format"]["type"] == "json_schema"
+    assert set(sent["response_format"]["json_schema"]["schema"]["properties"]) == {"city", "letters"}
