@@ -26,8 +26,8 @@ from threadline.api.routes.openai_responses import openai_names, response_events
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate
 from threadline.api.sse import EventFramer
 from threadline.errors import InvalidRequest, ThreadlineError
-from threadline.services import responses, turns
 from threadline.services.auth import Principal
+from threadline.turns.engine import TurnEngine
 
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 
@@ -102,18 +102,18 @@ def _client_event(message: str) -> dict[str, Any]:
 
 
 async def _create(websocket: WebSocket, principal: Principal, event: dict[str, Any], stream_id: Any) -> None:
-    app = websocket.app.state
+    turns: TurnEngine = websocket.app.state.turns
     body = OpenAIResponseCreate.model_validate(event)
     with openai_names():
         request = body.to_request(principal.organization(websocket.query_params.get("organization_id")))
-        turn = await responses.start_turn(app.sessionmaker, app.settings, app.models, principal, request)
+        turn = await turns.start(principal, request)
     framer = EventFramer()
 
     def frame(name: str, payload: dict[str, Any]) -> str:
         data = framer.data(name, payload)
         return json.dumps(data if stream_id is None else {**data, "stream_id": stream_id}, ensure_ascii=False)
 
-    async for text in response_events(turns.run_turn(app.sessionmaker, app.settings, turn), turn, frame):
+    async for text in response_events(turns.run(turn), turn, frame):
         await websocket.send_text(text)
 
 

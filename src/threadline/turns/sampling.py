@@ -7,16 +7,14 @@ else the model's own default — is kept on the response record, so the Response
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from threadline.errors import InvalidRequest
 from threadline.providers.base import GenerationParams, ModelInfo
-
-if TYPE_CHECKING:
-    from threadline.services.responses import ResponseRequest
+from threadline.turns.request import TurnRequest
 
 
-def check_capabilities(request: ResponseRequest, info: ModelInfo) -> None:
+def check_capabilities(request: TurnRequest, info: ModelInfo) -> None:
     if request.response_format is not None and not info.json_schema:
         raise InvalidRequest(
             f"The model '{info.name}' does not support structured output ({request.response_format.type}): use a "
