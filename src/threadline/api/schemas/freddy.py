@@ -211,6 +211,11 @@ class TextRead(ResponseModel):
     text: str
 
 
+class ImageRead(ResponseModel):
+    url: str
+    detail: str = "auto"
+
+
 class MessageRead(ResponseModel):
     """A thread item. `type` says which (docs/items.md): a `message`, a `function_call` (role `assistant`; `name`
     and `arguments`, which are also its `content`) or a `function_call_output` (role `tool`; `output`, also its
@@ -234,6 +239,8 @@ class MessageRead(ResponseModel):
     name: str | None = None
     arguments: str | None = None
     output: str | list[Any] | None = None
+    # A message's image parts (`payload.content`, docs/items.md), in Freddy's input spelling `{url, detail}`.
+    images: list[ImageRead] = Field(default_factory=list)
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
@@ -246,6 +253,12 @@ class MessageRead(ResponseModel):
             name=payload.get("name") if is_call else None,
             arguments=message.content if is_call else None,
             output=payload.get("output", message.content) if is_output else None,
+            images=[
+                ImageRead(url=part["url"], detail=part.get("detail", "auto"))
+                for part in payload.get("content", [])
+                if message.type == "message"
+                if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("url"), str)
+            ],
             thread_id=message.thread_id,
             role=message.role,
             content=message.content,
