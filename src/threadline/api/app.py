@@ -29,6 +29,7 @@ from threadline.api.routes import (
     openai_threads,
     responses,
     search,
+    thread_data,
     threads,
 )
 from threadline.api.routes import models as models_routes
@@ -169,6 +170,8 @@ def create_app(
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (
         auth,
+        # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
+        thread_data,
         openai_runs,
         openai_threads,
         search,
