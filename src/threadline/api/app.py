@@ -149,7 +149,11 @@ def create_app(
     errors.install(app)
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        streamed={thread_data.IMPORT_PATH: settings.max_import_bytes},
+    )
     app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
     app.add_middleware(RateLimitHeadersMiddleware)  # idempotent replays get the replaying request's
     app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours

@@ -1,0 +1,418 @@
+"""Import: the export format (JSON Lines) or ChatGPT's `conversations.json`, streamed, without duplicates.
+
+Each thread carries a stable source id (its header's `source_id`, "threadline:<organization>/<id>", or
+"chatgpt:<conversation id>"): a thread already imported from that source is skipped, so re-importing a file
+creates nothing new. Threads are read one at a time from the body as it arrives and each is written in one short
+transaction of its own; a bad line fails its thread (reported with its line number) and the rest goes on. With
+`atomic`, the whole file is one transaction and any error writes nothing (docs/threads-as-data.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ijson  # type: ignore[import-untyped]
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from threadline.config import Settings
+from threadline.domain.clock import utcnow
+from threadline.domain.thread_data import (
+    ImportedThread,
+    LineError,
+    chatgpt_thread,
+    check_items,
+    parse_header,
+    parse_item,
+)
+from threadline.errors import AlreadyExists, InvalidRequest, PayloadTooLarge, ValidationFailed
+from threadline.ids import is_valid_client_id, new_id
+from threadline.services.auth import Principal
+from threadline.storage.repositories.thread_data import ThreadDataRepository
+from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.tables import Message, MessageEdit, Thread
+
+ImportFormat = Literal["threadline", "chatgpt"]
+FORMATS: dict[str, ImportFormat] = {"application/x-ndjson": "threadline", "application/json": "chatgpt"}
+# Item id prefixes by type, as items created here get them (services/messages.py).
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+# One line of the export format, at most (an item's text is at most 1,000,000 characters).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class ImportReport:
+    """Counts of threads; `thread_ids` in file order (created and skipped ones); `errors` say what failed where;
+    `warnings` what a source held that was not imported."""
+
+    created: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    thread_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Failure:
+    """A thread (or a line outside any thread) that cannot be imported."""
+
+    position: int
+    code: str
+    message: str
+    source_id: str | None = None
+
+
+Progress = Callable[[ImportReport], Awaitable[None]]
+
+
+def format_of(content_type: str | None, requested: str | None = None) -> ImportFormat:
+    """The format a body is in: `requested` (the CLI's --format), else its Content-Type."""
+    if requested is not None:
+        if requested not in ("threadline", "chatgpt"):
+            raise ValidationFailed(
+                f"Unknown import format '{requested}': use threadline or chatgpt.",
+                code="unsupported_import_format",
+                param="format",
+            )
+        return "threadline" if requested == "threadline" else "chatgpt"
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in FORMATS:
+        raise InvalidRequest(
+            f"Content-Type '{media or '(none)'}' is no import format: send the export format as "
+            "application/x-ndjson or ChatGPT's conversations.json as application/json.",
+            code="unsupported_import_format",
+            param="Content-Type",
+        )
+    return FORMATS[media]
+
+
+class _Limited:
+    """The body as a file ijson can read, counting bytes against the import limit."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], max_bytes: int) -> None:
+        self.chunks = chunks
+        self.max_bytes = max_bytes
+        self.received = 0
+        self.buffer = b""
+
+    async def next_chunk(self) -> bytes:
+        async for chunk in self.chunks:
+            self.received += len(chunk)
+            if self.received > self.max_bytes:
+                raise PayloadTooLarge(f"The import body is larger than {self.max_bytes} bytes.")
+            if chunk:
+                return chunk
+        return b""
+
+    async def read(self, size: int = -1) -> bytes:
+        if not self.buffer:
+            self.buffer = await self.next_chunk()
+        if size < 0 or size >= len(self.buffer):
+            out, self.buffer = self.buffer, b""
+        else:
+            out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+
+async def _lines(body: _Limited) -> AsyncIterator[tuple[int, bytes]]:
+    """(line number, line) of a JSON Lines body; blank lines are skipped."""
+    pending = b""
+    number = 0
+    while chunk := await body.read():
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        if len(pending) > MAX_LINE_BYTES:
+            raise PayloadTooLarge(f"Line {number + len(complete) + 1} is longer than {MAX_LINE_BYTES} bytes.")
+        for line in complete:
+            number += 1
+            if line.strip():
+                yield number, line
+    if pending.strip():
+        yield number + 1, pending
+
+
+async def threadline_threads(body: _Limited, max_items: int) -> AsyncIterator[ImportedThread | _Failure]:
+    """The threads of an export-format body: each header line starts a thread, its item lines follow."""
+    current: ImportedThread | None = None
+    broken: _Failure | None = None
+
+    def finished() -> ImportedThread | _Failure | None:
+        if broken is not None:
+            return broken
+        if current is None:
+            return None
+        try:
+            check_items(current.items)
+        except LineError as exc:
+            return _Failure(current.position, exc.code, exc.message, current.source_id)
+        return current
+
+    async for number, raw in _lines(body):
+        try:
+            line = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            line = None
+            error: LineError | None = LineError("invalid_json", f"Not a JSON object: {exc}.")
+        else:
+            error = None if isinstance(line, dict) else LineError("invalid_json", "Each line must be a JSON object.")
+        kind = line.get("object") if isinstance(line, dict) else None
+        if error is None and kind == "thread":
+            done = finished()
+            if done is not None:
+                yield done
+            current, broken = None, None
+            try:
+                current = parse_header(line)
+                current.position = number
+            except LineError as exc:
+                broken = _Failure(number, exc.code, exc.message, _source_of(line))
+            continue
+        if error is None and kind != "thread.item":
+            error = LineError("invalid_value", f"'object' is {kind!r}: each line is a 'thread' or a 'thread.item'.")
+        if broken is not None:
+            continue  # the thread already failed; its other lines change nothing
+        if current is None:
+            yield _Failure(number, error.code if error else "item_without_thread", _no_header(error))
+            continue
+        try:
+            if error is not None:
+                raise error
+            current.items.append(parse_item(line))
+            if len(current.items) > max_items:
+                raise LineError("thread_full", f"The thread has more than {max_items} items, the limit per thread.")
+        except LineError as exc:
+            broken = _Failure(number, exc.code, f"Line {number}: {exc.message}", current.source_id)
+            current = None
+    done = finished()
+    if done is not None:
+        yield done
+
+
+def _no_header(error: LineError | None) -> str:
+    return error.message if error else "An item line before any thread header."
+
+
+def _source_of(line: Any) -> str | None:
+    if isinstance(line, dict):
+        value = line.get("source_id") or line.get("id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+async def chatgpt_threads(body: _Limited) -> AsyncIterator[ImportedThread | _Failure]:
+    """The conversations of a `conversations.json` body, parsed one at a time from the array as it arrives."""
+    index = 0
+    try:
+        async for conversation in ijson.items(body, "item", use_float=True):
+            index += 1
+            try:
+                thread = chatgpt_thread(conversation)
+            except LineError as exc:
+                yield _Failure(index, exc.code, exc.message, _chatgpt_source(conversation))
+                continue
+            thread.position = index
+            yield thread
+    except ijson.JSONError as exc:
+        yield _Failure(index + 1, "invalid_json", f"The file stops being JSON after conversation {index}: {exc}.")
+
+
+def _chatgpt_source(conversation: Any) -> str | None:
+    if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
+        return f"chatgpt:{conversation['id']}"
+    return None
+
+
+async def import_threads(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    principal: Principal,
+    organization_id: str,
+    chunks: AsyncIterator[bytes],
+    import_format: ImportFormat,
+    *,
+    atomic: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import every thread of the body; returns what happened to each. With `atomic`, any error rolls the whole
+    import back and is raised as a 400 `import_failed` naming the first error."""
+    body = _Limited(chunks, settings.max_import_bytes)
+    report = ImportReport()
+    where = "line" if import_format == "threadline" else "conversation"
+    threads = (
+        threadline_threads(body, settings.max_messages_per_thread)
+        if import_format == "threadline"
+        else chatgpt_threads(body)
+    )
+    shared: AsyncSession | None = maker() if atomic else None
+    try:
+        async for thread in threads:
+            if isinstance(thread, ImportedThread):
+                await _import_one(maker, shared, principal, organization_id, thread, report, where)
+            else:
+                _fail(report, where, thread)
+            if atomic and report.errors:
+                first = report.errors[0]
+                raise InvalidRequest(
+                    f"Nothing was imported: {where} {first[where]}: {first['message']}",
+                    code="import_failed",
+                    param=first["code"],
+                )
+            if progress is not None:
+                await progress(report)
+        if shared is not None:
+            await shared.commit()
+    finally:
+        if shared is not None:
+            await shared.close()
+    return report
+
+
+def _fail(report: ImportReport, where: str, failure: _Failure) -> None:
+    report.failed += 1
+    report.errors.append(
+        {where: failure.position, "source_id": failure.source_id, "code": failure.code, "message": failure.message}
+    )
+
+
+async def _import_one(
+    maker: async_sessionmaker[AsyncSession],
+    shared: AsyncSession | None,
+    principal: Principal,
+    organization_id: str,
+    thread: ImportedThread,
+    report: ImportReport,
+    where: str,
+) -> None:
+    session = shared or maker()
+    try:
+        try:
+            existing, thread_id = await _write(session, principal, organization_id, thread)
+        except AlreadyExists:
+            # Another import of the same source committed first.
+            if shared is not None:
+                raise
+            await session.rollback()
+            found = await ThreadDataRepository(session).thread_of_source(organization_id, thread.source_id)
+            if found is None:
+                raise
+            existing, thread_id = True, found
+        except LineError as exc:
+            if shared is None:
+                await session.rollback()
+            _fail(report, where, _Failure(thread.position, exc.code, exc.message, thread.source_id))
+            return
+        if shared is None:
+            await session.commit()
+    finally:
+        if shared is None:
+            await session.close()
+    report.thread_ids.append(thread_id)
+    if existing:
+        report.skipped += 1
+        return
+    report.created += 1
+    if thread.warnings:
+        report.warnings.append(
+            {where: thread.position, "source_id": thread.source_id, "thread_id": thread_id, "messages": thread.warnings}
+        )
+
+
+async def _write(
+    session: AsyncSession, principal: Principal, organization_id: str, imported: ImportedThread
+) -> tuple[bool, str]:
+    """(already there, thread id): the thread and its items, or the thread an earlier import made of the source."""
+    data = ThreadDataRepository(session)
+    found = await data.thread_of_source(organization_id, imported.source_id)
+    if found is not None:
+        return True, found
+    threads = ThreadRepository(session)
+    # An export read back into its own organization: the thread it came from is that source.
+    own = imported.id is not None and imported.source_id == f"threadline:{organization_id}/{imported.id}"
+    if own and imported.id is not None and await threads.exists(organization_id, imported.id):
+        return True, imported.id
+    if imported.visible_in_ui is False and principal.auth_method != "user_token":
+        raise LineError("user_token_required", "A hidden thread (visible_in_ui false) is imported with a user token.")
+    thread_id = imported.id
+    if thread_id is None or not is_valid_client_id(thread_id) or await threads.exists(organization_id, thread_id):
+        thread_id = new_id("thread")
+    now = utcnow()
+    items = imported.items
+    taken = await data.taken_message_ids(organization_id, [i.id for i in items if i.id is not None])
+    seqs = _seqs([i.seq for i in items])
+    created_at = imported.created_at or (items[0].created_at if items and items[0].created_at else now)
+    thread = Thread(
+        organization_id=organization_id,
+        id=thread_id,
+        user_id=principal.user_id,
+        title=imported.title,
+        metadata_=imported.metadata,
+        assistant_id=imported.assistant_id,
+        workflow_id=imported.workflow_id,
+        space_ids=imported.space_ids,
+        visible_in_ui=imported.visible_in_ui,
+        kind="thread",
+        state=imported.state,
+        status="inactive",
+        is_pinned=imported.is_pinned,
+        pinned_at=imported.pinned_at,
+        message_count=len(items),
+        next_seq=(seqs[-1] if seqs else 0) + 1,
+        last_model_used=imported.last_model_used,
+        source_id=imported.source_id,
+        created_at=created_at,
+        updated_at=imported.updated_at or created_at,
+        last_message_at=imported.last_message_at or (items[-1].created_at if items else None) or created_at,
+        deleted_at=imported.deleted_at,
+    )
+    await threads.add(thread)
+    rows: list[Message | MessageEdit] = []
+    for item, seq in zip(items, seqs, strict=True):
+        keep_id = item.id is not None and item.id not in taken
+        message_id = item.id if keep_id and item.id is not None else new_id(_ID_PREFIXES.get(item.type, "item"))
+        rows.append(
+            Message(
+                organization_id=organization_id,
+                id=message_id,
+                thread_id=thread_id,
+                seq=seq,
+                role=item.role,
+                type=item.type,
+                call_id=item.call_id,
+                payload=item.payload,
+                content=item.content,
+                metadata_=item.metadata,
+                model=item.model,
+                assistant_id=item.assistant_id,
+                user_id=principal.user_id if item.role == "user" else None,
+                created_at=item.created_at or created_at,
+                edited_at=item.edited_at,
+                edit_count=len(item.edits),
+                # An id that had to change is remembered as where the item came from.
+                source_id=item.source_id or (None if keep_id else item.id),
+            )
+        )
+        rows += [
+            MessageEdit(
+                organization_id=organization_id,
+                id=new_id("edit"),
+                thread_id=thread_id,
+                message_id=message_id,
+                previous_content=edit.previous_content,
+                previous_metadata=edit.previous_metadata,
+                edited_by=edit.edited_by,
+                edited_at=edit.edited_at,
+            )
+            for edit in item.edits
+        ]
+    await data.add(rows)
+    return False, thread_id
+
+
+def _seqs(given: list[int | None]) -> list[int]:
+    """The seqs the file gave (they rise: checked when read), else 1, 2, 3 …"""
+    if given and all(s is not None for s in given):
+        return [s for s in given if s is not None]
+    return list(range(1, len(given) + 1))
