@@ -99,6 +99,7 @@ export class MessagesView {
     const actions = h(
       "div",
       { class: "message-actions" },
+      h("button", { type: "button", class: "button-quiet", "aria-label": "Fork from this message", title: "A new thread with the history up to here", onClick: (event) => busy(event.currentTarget, () => this.fork(message)) }, "Fork"),
       h("button", { type: "button", class: "button-quiet", "aria-label": "Edit message", onClick: () => this.edit(message) }, "Edit"),
       h("button", { type: "button", class: "button-quiet", "aria-label": "Delete message", onClick: () => this.remove(message) }, "Delete"),
     );
@@ -129,6 +130,18 @@ export class MessagesView {
   replace(updated) {
     this.messages = this.messages.map((m) => (m.id === updated.id ? updated : m));
     this.render();
+  }
+
+  /** A new thread whose history is this one's up to `message` (nothing is copied), opened at once. */
+  async fork(message) {
+    try {
+      const forked = await this.ctx.api.request("POST", `${threadPath(this.thread)}/fork`, {
+        body: { message_id: message.id },
+      });
+      this.ctx.threadCreated(forked);
+    } catch (error) {
+      this.ctx.fail(error);
+    }
   }
 
   async edit(message) {
