@@ -288,3 +288,31 @@ async def test_the_sweeper_copies_a_purged_source_into_its_forks_first(
     assert texts(messages) == [f"m{seq}" for seq in range(1, 51)] + ["new"]
     row = await thread_row(maker, forked["id"])
     assert (row.parent_thread_id, row.message_count, row.inherited_message_count) == (None, 51, 0)
+
+
+async def test_search_finds_a_fork_by_what_it_reads_from_its_source(client: httpx.AsyncClient, caller: Caller) -> None:
+    source = await thread_with(client, caller, "the kiwi harvest", "more about apples", title="Fruit")
+    messages = await history(client, caller, source)
+    forked = await fork(client, caller, source, message_id=messages[0]["id"], title="Branch")
+    grandchild = await fork(client, caller, forked["id"], title="Twig")
+    await ok(
+        await client.post(f"/v1/threads/{forked['id']}/messages", json={"content": "own mango"}, headers=caller.headers)
+    )
+
+    async def found(word: str) -> dict[str, str | None]:
+        page = await ok(await client.get("/v1/threads/search", params={"q": word}, headers=caller.headers))
+        return {t["id"]: t["matched_message_id"] for t in page["data"]}
+
+    # Inherited by the fork and, through it, by the fork of the fork; the hit names the source's message.
+    assert await found("kiwi") == {
+        source: messages[0]["id"],
+        forked["id"]: messages[0]["id"],
+        grandchild["id"]: messages[0]["id"],
+    }
+    # After the fork point: the source's alone.
+    assert await found("apples") == {source: messages[1]["id"]}
+    # The fork's own item is not the source's (the grandchild forked before it).
+    assert list(await found("mango")) == [forked["id"]]
+    # A deleted source item leaves every reader's results.
+    await ok(await client.delete(f"/v1/threads/{source}/messages/{messages[0]['id']}", headers=caller.headers))
+    assert await found("kiwi") == {}
