@@ -41,12 +41,16 @@ async def export_thread(
         if thread is None:
             raise ThreadNotFound(thread_id)
         spans = await _spans(session, thread)
-    async for chunk in _thread_lines(maker, thread, spans):
-        yield chunk
+        chunk, last_id = await _first_items(session, thread, spans)
+    yield chunk
+    if last_id is not None:
+        async for rest in _more_items(maker, thread, spans, last_id):
+            yield rest
 
 
 async def export_threads(maker: async_sessionmaker[AsyncSession], where: ThreadFilter) -> AsyncIterator[bytes]:
-    """Every thread the filter selects, oldest first."""
+    """Every thread the filter selects, oldest first. Short threads share a transaction (up to a page of items in
+    all); a long one goes on page by page in transactions of its own."""
     after: str | None = None
     while True:
         async with maker() as session:
@@ -54,9 +58,25 @@ async def export_threads(maker: async_sessionmaker[AsyncSession], where: ThreadF
                 where, PageRequest(limit=THREADS_PER_PAGE, order="asc", after=after)
             )
             spans = [await _spans(session, thread) for thread in page.items]
-        for thread, thread_spans in zip(page.items, spans, strict=True):
-            async for chunk in _thread_lines(maker, thread, thread_spans):
-                yield chunk
+        pending = list(zip(page.items, spans, strict=True))
+        index = 0
+        while index < len(pending):
+            chunks: list[bytes] = []
+            unfinished: tuple[Thread, list[Span], str] | None = None
+            async with maker() as session:
+                read = 0
+                while index < len(pending) and read < ITEMS_PER_PAGE and unfinished is None:
+                    thread, thread_spans = pending[index]
+                    index += 1
+                    chunk, last_id = await _first_items(session, thread, thread_spans)
+                    chunks.append(chunk)
+                    read += chunk.count(b"\n")
+                    if last_id is not None:
+                        unfinished = (thread, thread_spans, last_id)
+            yield b"".join(chunks)
+            if unfinished is not None:
+                async for rest in _more_items(maker, *unfinished):
+                    yield rest
         if not page.has_more or not page.items:
             return
         after = page.items[-1].id
@@ -66,22 +86,31 @@ async def _spans(session: AsyncSession, thread: Thread) -> list[Span]:
     return await forks.spans_of(session, thread) if forks.reads_through(thread) else [Span(thread.id, 0, None)]
 
 
-async def _thread_lines(
-    maker: async_sessionmaker[AsyncSession], thread: Thread, spans: Sequence[Span]
+async def _items(
+    session: AsyncSession, thread: Thread, spans: Sequence[Span], after: str | None
+) -> tuple[bytes, str | None]:
+    """One page of the thread's items as lines, and the last one's id if more follow."""
+    page = await HistoryRepository(session).page(
+        thread.organization_id, spans, PageRequest(limit=ITEMS_PER_PAGE, order="asc", after=after)
+    )
+    edits = await ThreadDataRepository(session).edits_of(thread.organization_id, [m.id for m in page.items])
+    lines = b"".join(_line(item_line(thread.id, m, edits.get(m.id, []))) for m in page.items)
+    return lines, page.items[-1].id if page.has_more and page.items else None
+
+
+async def _first_items(session: AsyncSession, thread: Thread, spans: Sequence[Span]) -> tuple[bytes, str | None]:
+    lines, last_id = await _items(session, thread, spans, None)
+    return _line(header_line(thread)) + lines, last_id
+
+
+async def _more_items(
+    maker: async_sessionmaker[AsyncSession], thread: Thread, spans: Sequence[Span], after: str
 ) -> AsyncIterator[bytes]:
-    yield _line(header_line(thread))
-    after: str | None = None
-    while True:
+    last_id: str | None = after
+    while last_id is not None:
         async with maker() as session:
-            page = await HistoryRepository(session).page(
-                thread.organization_id, spans, PageRequest(limit=ITEMS_PER_PAGE, order="asc", after=after)
-            )
-            edits = await ThreadDataRepository(session).edits_of(thread.organization_id, [m.id for m in page.items])
-        if page.items:
-            yield b"".join(_line(item_line(thread.id, m, edits.get(m.id, []))) for m in page.items)
-        if not page.has_more or not page.items:
-            return
-        after = page.items[-1].id
+            lines, last_id = await _items(session, thread, spans, last_id)
+        yield lines
 
 
 def _line(value: dict[str, Any]) -> bytes:

@@ -32,7 +32,7 @@ from threadline.ids import is_valid_client_id, new_id
 from threadline.services.auth import Principal
 from threadline.storage.repositories.thread_data import ThreadDataRepository
 from threadline.storage.repositories.threads import ThreadRepository
-from threadline.storage.tables import Message, MessageEdit, Thread
+from threadline.storage.tables import Thread
 
 ImportFormat = Literal["threadline", "chatgpt"]
 FORMATS: dict[str, ImportFormat] = {"application/x-ndjson": "threadline", "application/json": "chatgpt"}
@@ -237,7 +237,10 @@ async def import_threads(
     progress: Progress | None = None,
 ) -> ImportReport:
     """Import every thread of the body; returns what happened to each. With `atomic`, any error rolls the whole
-    import back and is raised as a 400 `import_failed` naming the first error."""
+    import back and is raised as a 400 `import_failed` naming the first error.
+
+    Threads are parsed into small batches (`BATCH_THREADS` threads or `BATCH_ITEMS` items) and each batch is
+    written in one transaction, a savepoint per thread: no transaction waits on the client's body."""
     body = _Limited(chunks, settings.max_import_bytes)
     report = ImportReport()
     where = "line" if import_format == "threadline" else "conversation"
@@ -246,28 +249,108 @@ async def import_threads(
         if import_format == "threadline"
         else chatgpt_threads(body)
     )
-    shared: AsyncSession | None = maker() if atomic else None
+    writer = _Writer(maker, principal, organization_id, report, where, atomic)
     try:
+        batch: list[ImportedThread | _Failure] = []
+        items = 0
         async for thread in threads:
-            if isinstance(thread, ImportedThread):
-                await _import_one(maker, shared, principal, organization_id, thread, report, where)
-            else:
-                _fail(report, where, thread)
-            if atomic and report.errors:
-                first = report.errors[0]
-                raise InvalidRequest(
-                    f"Nothing was imported: {where} {first[where]}: {first['message']}",
-                    code="import_failed",
-                    param=first["code"],
-                )
-            if progress is not None:
-                await progress(report)
-        if shared is not None:
-            await shared.commit()
+            batch.append(thread)
+            items += len(thread.items) if isinstance(thread, ImportedThread) else 0
+            if len(batch) >= BATCH_THREADS or items >= BATCH_ITEMS:
+                await writer.write(batch)
+                batch, items = [], 0
+                if progress is not None:
+                    await progress(report)
+        await writer.write(batch)
+        await writer.finish()
     finally:
-        if shared is not None:
-            await shared.close()
+        await writer.close()
     return report
+
+
+BATCH_THREADS = 50
+BATCH_ITEMS = 2_000
+
+
+class _Writer:
+    """Writes batches of parsed threads; in `atomic` mode all of them in one transaction that any error ends."""
+
+    def __init__(
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        principal: Principal,
+        organization_id: str,
+        report: ImportReport,
+        where: str,
+        atomic: bool,
+    ) -> None:
+        self.maker = maker
+        self.principal = principal
+        self.organization_id = organization_id
+        self.report = report
+        self.where = where
+        self.shared: AsyncSession | None = maker() if atomic else None
+
+    async def write(self, batch: list[ImportedThread | _Failure]) -> None:
+        if not batch:
+            return
+        session = self.shared or self.maker()
+        try:
+            for thread in batch:
+                if isinstance(thread, ImportedThread):
+                    await self._one(session, thread)
+                else:
+                    _fail(self.report, self.where, thread)
+                if self.shared is not None and self.report.errors:
+                    first = self.report.errors[0]
+                    raise InvalidRequest(
+                        f"Nothing was imported: {self.where} {first[self.where]}: {first['message']}",
+                        code="import_failed",
+                        param=first["code"],
+                    )
+            if self.shared is None:
+                await session.commit()
+        finally:
+            if self.shared is None:
+                await session.close()
+
+    async def _one(self, session: AsyncSession, thread: ImportedThread) -> None:
+        try:
+            async with session.begin_nested():
+                existing, thread_id = await _write(session, self.principal, self.organization_id, thread)
+        except AlreadyExists:
+            # Another import of the same source committed first (the savepoint is rolled back).
+            if self.shared is not None:
+                raise
+            found = await ThreadDataRepository(session).thread_of_source(self.organization_id, thread.source_id)
+            if found is None:
+                raise
+            existing, thread_id = True, found
+        except LineError as exc:
+            _fail(self.report, self.where, _Failure(thread.position, exc.code, exc.message, thread.source_id))
+            return
+        self.report.thread_ids.append(thread_id)
+        if existing:
+            self.report.skipped += 1
+            return
+        self.report.created += 1
+        if thread.warnings:
+            self.report.warnings.append(
+                {
+                    self.where: thread.position,
+                    "source_id": thread.source_id,
+                    "thread_id": thread_id,
+                    "messages": thread.warnings,
+                }
+            )
+
+    async def finish(self) -> None:
+        if self.shared is not None:
+            await self.shared.commit()
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
 
 
 def _fail(report: ImportReport, where: str, failure: _Failure) -> None:
@@ -275,49 +358,6 @@ def _fail(report: ImportReport, where: str, failure: _Failure) -> None:
     report.errors.append(
         {where: failure.position, "source_id": failure.source_id, "code": failure.code, "message": failure.message}
     )
-
-
-async def _import_one(
-    maker: async_sessionmaker[AsyncSession],
-    shared: AsyncSession | None,
-    principal: Principal,
-    organization_id: str,
-    thread: ImportedThread,
-    report: ImportReport,
-    where: str,
-) -> None:
-    session = shared or maker()
-    try:
-        try:
-            existing, thread_id = await _write(session, principal, organization_id, thread)
-        except AlreadyExists:
-            # Another import of the same source committed first.
-            if shared is not None:
-                raise
-            await session.rollback()
-            found = await ThreadDataRepository(session).thread_of_source(organization_id, thread.source_id)
-            if found is None:
-                raise
-            existing, thread_id = True, found
-        except LineError as exc:
-            if shared is None:
-                await session.rollback()
-            _fail(report, where, _Failure(thread.position, exc.code, exc.message, thread.source_id))
-            return
-        if shared is None:
-            await session.commit()
-    finally:
-        if shared is None:
-            await session.close()
-    report.thread_ids.append(thread_id)
-    if existing:
-        report.skipped += 1
-        return
-    report.created += 1
-    if thread.warnings:
-        report.warnings.append(
-            {where: thread.position, "source_id": thread.source_id, "thread_id": thread_id, "messages": thread.warnings}
-        )
 
 
 async def _write(
@@ -368,46 +408,47 @@ async def _write(
         deleted_at=imported.deleted_at,
     )
     await threads.add(thread)
-    rows: list[Message | MessageEdit] = []
+    messages: list[dict[str, Any]] = []
+    edits: list[dict[str, Any]] = []
     for item, seq in zip(items, seqs, strict=True):
         keep_id = item.id is not None and item.id not in taken
         message_id = item.id if keep_id and item.id is not None else new_id(_ID_PREFIXES.get(item.type, "item"))
-        rows.append(
-            Message(
-                organization_id=organization_id,
-                id=message_id,
-                thread_id=thread_id,
-                seq=seq,
-                role=item.role,
-                type=item.type,
-                call_id=item.call_id,
-                payload=item.payload,
-                content=item.content,
-                metadata_=item.metadata,
-                model=item.model,
-                assistant_id=item.assistant_id,
-                user_id=principal.user_id if item.role == "user" else None,
-                created_at=item.created_at or created_at,
-                edited_at=item.edited_at,
-                edit_count=len(item.edits),
+        messages.append(
+            {
+                "organization_id": organization_id,
+                "id": message_id,
+                "thread_id": thread_id,
+                "seq": seq,
+                "role": item.role,
+                "type": item.type,
+                "call_id": item.call_id,
+                "payload": item.payload,
+                "content": item.content,
+                "metadata_": item.metadata,
+                "model": item.model,
+                "assistant_id": item.assistant_id,
+                "user_id": principal.user_id if item.role == "user" else None,
+                "created_at": item.created_at or created_at,
+                "edited_at": item.edited_at,
+                "edit_count": len(item.edits),
                 # An id that had to change is remembered as where the item came from.
-                source_id=item.source_id or (None if keep_id else item.id),
-            )
+                "source_id": item.source_id or (None if keep_id else item.id),
+            }
         )
-        rows += [
-            MessageEdit(
-                organization_id=organization_id,
-                id=new_id("edit"),
-                thread_id=thread_id,
-                message_id=message_id,
-                previous_content=edit.previous_content,
-                previous_metadata=edit.previous_metadata,
-                edited_by=edit.edited_by,
-                edited_at=edit.edited_at,
-            )
+        edits += [
+            {
+                "organization_id": organization_id,
+                "id": new_id("edit"),
+                "thread_id": thread_id,
+                "message_id": message_id,
+                "previous_content": edit.previous_content,
+                "previous_metadata": edit.previous_metadata,
+                "edited_by": edit.edited_by,
+                "edited_at": edit.edited_at,
+            }
             for edit in item.edits
         ]
-    await data.add(rows)
+    await data.insert_items(messages, edits)
     return False, thread_id
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +45,9 @@ class ThreadDataRepository:
             found.setdefault(edit.message_id, []).append(edit)
         return found
 
-    async def add(self, rows: Sequence[Message | MessageEdit]) -> None:
-        self.session.add_all(rows)
-        await self.session.flush()
+    async def insert_items(self, messages: Sequence[dict[str, Any]], edits: Sequence[dict[str, Any]]) -> None:
+        """Bulk inserts (one statement per batch, no ORM objects): an import writes many rows."""
+        for start in range(0, len(messages), 1000):
+            await self.session.execute(sa.insert(Message), list(messages[start : start + 1000]))
+        for start in range(0, len(edits), 1000):
+            await self.session.execute(sa.insert(MessageEdit), list(edits[start : start + 1000]))
