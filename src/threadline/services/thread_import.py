@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ijson  # type: ignore[import-untyped]
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.config import Settings
@@ -31,8 +32,6 @@ from threadline.errors import AlreadyExists, InvalidRequest, PayloadTooLarge, Va
 from threadline.ids import is_valid_client_id, new_id
 from threadline.services.auth import Principal
 from threadline.storage.repositories.thread_data import ThreadDataRepository
-from threadline.storage.repositories.threads import ThreadRepository
-from threadline.storage.tables import Thread
 
 ImportFormat = Literal["threadline", "chatgpt"]
 FORMATS: dict[str, ImportFormat] = {"application/x-ndjson": "threadline", "application/json": "chatgpt"}
@@ -272,8 +271,35 @@ BATCH_THREADS = 50
 BATCH_ITEMS = 2_000
 
 
+@dataclass
+class _Known:
+    """What the organization already holds that a batch's threads may name, looked up once per batch and
+    updated as the batch's threads are planned (a file may repeat a source, an id, a fork's inherited items)."""
+
+    sources: dict[str, str]
+    thread_ids: set[str]
+    item_ids: set[str]
+
+
+@dataclass
+class _New:
+    thread: ImportedThread
+    thread_id: str
+    rows: tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+@dataclass
+class _Existing:
+    thread_id: str
+
+
+_Outcome = _New | _Existing | _Failure
+
+
 class _Writer:
-    """Writes batches of parsed threads; in `atomic` mode all of them in one transaction that any error ends."""
+    """Writes batches of parsed threads: the lookups of a whole batch in three queries, its rows in bulk inserts,
+    one transaction. Should a concurrent import write the same source first, the batch is redone one thread at a
+    time under savepoints. In `atomic` mode every batch goes into one transaction that any error ends."""
 
     def __init__(
         self,
@@ -296,51 +322,83 @@ class _Writer:
             return
         session = self.shared or self.maker()
         try:
-            for thread in batch:
-                if isinstance(thread, ImportedThread):
-                    await self._one(session, thread)
-                else:
-                    _fail(self.report, self.where, thread)
-                if self.shared is not None and self.report.errors:
-                    first = self.report.errors[0]
-                    raise InvalidRequest(
-                        f"Nothing was imported: {self.where} {first[self.where]}: {first['message']}",
-                        code="import_failed",
-                        param=first["code"],
-                    )
+            try:
+                async with session.begin_nested():
+                    outcomes = await self._plan_and_insert(session, batch)
+            except IntegrityError:
+                if self.shared is not None:
+                    raise AlreadyExists(
+                        "Another import wrote one of these threads at the same time; nothing was imported.",
+                        code="thread_exists",
+                    ) from None
+                outcomes = [await self._one(session, entry) for entry in batch]
+            for outcome in outcomes:
+                self._record(outcome)
+            if self.shared is not None and self.report.errors:
+                first = self.report.errors[0]
+                raise InvalidRequest(
+                    f"Nothing was imported: {self.where} {first[self.where]}: {first['message']}",
+                    code="import_failed",
+                    param=first["code"],
+                )
             if self.shared is None:
                 await session.commit()
         finally:
             if self.shared is None:
                 await session.close()
 
-    async def _one(self, session: AsyncSession, thread: ImportedThread) -> None:
+    async def _plan_and_insert(self, session: AsyncSession, batch: list[ImportedThread | _Failure]) -> list[_Outcome]:
+        threads = [t for t in batch if isinstance(t, ImportedThread)]
+        known = await _lookup(session, self.organization_id, threads)
+        outcomes = [self._plan(known, entry) for entry in batch]
+        new = [o for o in outcomes if isinstance(o, _New)]
+        await ThreadDataRepository(session).insert(
+            [o.rows[0] for o in new],
+            [m for o in new for m in o.rows[1]],
+            [e for o in new for e in o.rows[2]],
+        )
+        return outcomes
+
+    async def _one(self, session: AsyncSession, entry: ImportedThread | _Failure) -> _Outcome:
+        """One thread under a savepoint, with fresh lookups (the batch lost a race with another import)."""
+        if not isinstance(entry, ImportedThread):
+            return entry
         try:
             async with session.begin_nested():
-                existing, thread_id = await _write(session, self.principal, self.organization_id, thread)
-        except AlreadyExists:
-            # Another import of the same source committed first (the savepoint is rolled back).
-            if self.shared is not None:
-                raise
-            found = await ThreadDataRepository(session).thread_of_source(self.organization_id, thread.source_id)
-            if found is None:
-                raise
-            existing, thread_id = True, found
+                (outcome,) = await self._plan_and_insert(session, [entry])
+                return outcome
+        except IntegrityError:
+            found = await ThreadDataRepository(session).threads_of_sources(self.organization_id, [entry.source_id])
+            if entry.source_id not in found:
+                raise AlreadyExists(
+                    f"Thread {entry.source_id} collided with a thread written at the same time.", code="thread_exists"
+                ) from None
+            return _Existing(found[entry.source_id])
+
+    def _plan(self, known: _Known, entry: ImportedThread | _Failure) -> _Outcome:
+        if not isinstance(entry, ImportedThread):
+            return entry
+        try:
+            return _plan(known, self.principal, self.organization_id, entry)
         except LineError as exc:
-            _fail(self.report, self.where, _Failure(thread.position, exc.code, exc.message, thread.source_id))
+            return _Failure(entry.position, exc.code, exc.message, entry.source_id)
+
+    def _record(self, outcome: _Outcome) -> None:
+        if isinstance(outcome, _Failure):
+            _fail(self.report, self.where, outcome)
             return
-        self.report.thread_ids.append(thread_id)
-        if existing:
+        self.report.thread_ids.append(outcome.thread_id)
+        if isinstance(outcome, _Existing):
             self.report.skipped += 1
             return
         self.report.created += 1
-        if thread.warnings:
+        if outcome.thread.warnings:
             self.report.warnings.append(
                 {
-                    self.where: thread.position,
-                    "source_id": thread.source_id,
-                    "thread_id": thread_id,
-                    "messages": thread.warnings,
+                    self.where: outcome.thread.position,
+                    "source_id": outcome.thread.source_id,
+                    "thread_id": outcome.thread_id,
+                    "messages": outcome.thread.warnings,
                 }
             )
 
@@ -360,59 +418,68 @@ def _fail(report: ImportReport, where: str, failure: _Failure) -> None:
     )
 
 
-async def _write(
-    session: AsyncSession, principal: Principal, organization_id: str, imported: ImportedThread
-) -> tuple[bool, str]:
-    """(already there, thread id): the thread and its items, or the thread an earlier import made of the source."""
+async def _lookup(session: AsyncSession, organization_id: str, threads: list[ImportedThread]) -> _Known:
     data = ThreadDataRepository(session)
-    found = await data.thread_of_source(organization_id, imported.source_id)
+    return _Known(
+        sources=await data.threads_of_sources(organization_id, [t.source_id for t in threads]),
+        thread_ids=await data.taken_thread_ids(organization_id, [t.id for t in threads if t.id is not None]),
+        item_ids=await data.taken_message_ids(
+            organization_id, [i.id for t in threads for i in t.items if i.id is not None]
+        ),
+    )
+
+
+def _plan(known: _Known, principal: Principal, organization_id: str, imported: ImportedThread) -> _New | _Existing:
+    """The rows of a new thread, or the thread an earlier import (or this file) already made of the source."""
+    found = known.sources.get(imported.source_id)
     if found is not None:
-        return True, found
-    threads = ThreadRepository(session)
+        return _Existing(found)
     # An export read back into its own organization: the thread it came from is that source.
-    own = imported.id is not None and imported.source_id == f"threadline:{organization_id}/{imported.id}"
-    if own and imported.id is not None and await threads.exists(organization_id, imported.id):
-        return True, imported.id
+    own_source = imported.source_id == f"threadline:{organization_id}/{imported.id}"
+    if imported.id is not None and imported.id in known.thread_ids and own_source:
+        return _Existing(imported.id)
     if imported.visible_in_ui is False and principal.auth_method != "user_token":
         raise LineError("user_token_required", "A hidden thread (visible_in_ui false) is imported with a user token.")
     thread_id = imported.id
-    if thread_id is None or not is_valid_client_id(thread_id) or await threads.exists(organization_id, thread_id):
+    if thread_id is None or not is_valid_client_id(thread_id) or thread_id in known.thread_ids:
         thread_id = new_id("thread")
+    known.sources[imported.source_id] = thread_id
+    known.thread_ids.add(thread_id)
     now = utcnow()
     items = imported.items
-    taken = await data.taken_message_ids(organization_id, [i.id for i in items if i.id is not None])
     seqs = _seqs([i.seq for i in items])
     created_at = imported.created_at or (items[0].created_at if items and items[0].created_at else now)
-    thread = Thread(
-        organization_id=organization_id,
-        id=thread_id,
-        user_id=principal.user_id,
-        title=imported.title,
-        metadata_=imported.metadata,
-        assistant_id=imported.assistant_id,
-        workflow_id=imported.workflow_id,
-        space_ids=imported.space_ids,
-        visible_in_ui=imported.visible_in_ui,
-        kind="thread",
-        state=imported.state,
-        status="inactive",
-        is_pinned=imported.is_pinned,
-        pinned_at=imported.pinned_at,
-        message_count=len(items),
-        next_seq=(seqs[-1] if seqs else 0) + 1,
-        last_model_used=imported.last_model_used,
-        source_id=imported.source_id,
-        created_at=created_at,
-        updated_at=imported.updated_at or created_at,
-        last_message_at=imported.last_message_at or (items[-1].created_at if items else None) or created_at,
-        deleted_at=imported.deleted_at,
-    )
-    await threads.add(thread)
+    thread = {
+        "organization_id": organization_id,
+        "id": thread_id,
+        "user_id": principal.user_id,
+        "title": imported.title,
+        "metadata": imported.metadata,
+        "assistant_id": imported.assistant_id,
+        "workflow_id": imported.workflow_id,
+        "space_ids": imported.space_ids,
+        "visible_in_ui": imported.visible_in_ui,
+        "kind": "thread",
+        "state": imported.state,
+        "status": "inactive",
+        "is_pinned": imported.is_pinned,
+        "pinned_at": imported.pinned_at,
+        "message_count": len(items),
+        "inherited_message_count": 0,
+        "next_seq": (seqs[-1] if seqs else 0) + 1,
+        "last_model_used": imported.last_model_used,
+        "source_id": imported.source_id,
+        "created_at": created_at,
+        "updated_at": imported.updated_at or created_at,
+        "last_message_at": imported.last_message_at or (items[-1].created_at if items else None) or created_at,
+        "deleted_at": imported.deleted_at,
+    }
     messages: list[dict[str, Any]] = []
     edits: list[dict[str, Any]] = []
     for item, seq in zip(items, seqs, strict=True):
-        keep_id = item.id is not None and item.id not in taken
+        keep_id = item.id is not None and item.id not in known.item_ids
         message_id = item.id if keep_id and item.id is not None else new_id(_ID_PREFIXES.get(item.type, "item"))
+        known.item_ids.add(message_id)
         messages.append(
             {
                 "organization_id": organization_id,
@@ -424,7 +491,7 @@ async def _write(
                 "call_id": item.call_id,
                 "payload": item.payload,
                 "content": item.content,
-                "metadata_": item.metadata,
+                "metadata": item.metadata,
                 "model": item.model,
                 "assistant_id": item.assistant_id,
                 "user_id": principal.user_id if item.role == "user" else None,
@@ -448,8 +515,7 @@ async def _write(
             }
             for edit in item.edits
         ]
-    await data.insert_items(messages, edits)
-    return False, thread_id
+    return _New(imported, thread_id, (thread, messages, edits))
 
 
 def _seqs(given: list[int | None]) -> list[int]:

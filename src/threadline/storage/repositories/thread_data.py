@@ -8,22 +8,39 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.storage.tables import Message, MessageEdit, Thread
+from threadline.storage.tables import Base, Message, MessageEdit, Thread
 
 
 class ThreadDataRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def thread_of_source(self, organization_id: str, source_id: str) -> str | None:
-        """The thread imported from `source_id` (deleted ones too: a re-import does not bring it back)."""
-        query = sa.select(Thread.id).where(Thread.organization_id == organization_id, Thread.source_id == source_id)
-        return (await self.session.execute(query)).scalar_one_or_none()
+    async def threads_of_sources(self, organization_id: str, source_ids: Collection[str]) -> dict[str, str]:
+        """source id → the thread imported from it (deleted ones too: a re-import does not bring them back)."""
+        found: dict[str, str] = {}
+        wanted = sorted(set(source_ids))
+        for start in range(0, len(wanted), 500):
+            query = sa.select(Thread.source_id, Thread.id).where(
+                Thread.organization_id == organization_id, Thread.source_id.in_(wanted[start : start + 500])
+            )
+            found.update({str(source): thread_id for source, thread_id in (await self.session.execute(query)).all()})
+        return found
+
+    async def taken_thread_ids(self, organization_id: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` already name a thread of the organization (deleted ones too)."""
+        wanted = sorted(set(ids))
+        taken: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            query = sa.select(Thread.id).where(
+                Thread.organization_id == organization_id, Thread.id.in_(wanted[start : start + 500])
+            )
+            taken.update((await self.session.execute(query)).scalars())
+        return taken
 
     async def taken_message_ids(self, organization_id: str, ids: Collection[str]) -> set[str]:
         """Which of `ids` already name an item of the organization."""
         taken: set[str] = set()
-        wanted = sorted(ids)
+        wanted = sorted(set(ids))
         for start in range(0, len(wanted), 500):
             query = sa.select(Message.id).where(
                 Message.organization_id == organization_id, Message.id.in_(wanted[start : start + 500])
@@ -45,9 +62,12 @@ class ThreadDataRepository:
             found.setdefault(edit.message_id, []).append(edit)
         return found
 
-    async def insert_items(self, messages: Sequence[dict[str, Any]], edits: Sequence[dict[str, Any]]) -> None:
-        """Bulk inserts (one statement per batch, no ORM objects): an import writes many rows."""
-        for start in range(0, len(messages), 1000):
-            await self.session.execute(sa.insert(Message), list(messages[start : start + 1000]))
-        for start in range(0, len(edits), 1000):
-            await self.session.execute(sa.insert(MessageEdit), list(edits[start : start + 1000]))
+    async def insert(
+        self, threads: Sequence[dict[str, Any]], messages: Sequence[dict[str, Any]], edits: Sequence[dict[str, Any]]
+    ) -> None:
+        """Bulk inserts of rows keyed by column name: Core executemany, no ORM objects (an import writes many)."""
+        connection = await self.session.connection()
+        for name, rows in (("threads", threads), ("messages", messages), ("message_edits", edits)):
+            table = Base.metadata.tables[name]
+            for start in range(0, len(rows), 1000):
+                await connection.execute(sa.insert(table), list(rows[start : start + 1000]))
