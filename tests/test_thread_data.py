@@ -332,3 +332,32 @@ async def test_the_import_limit_is_its_own(small_import_app: FastAPI) -> None:
 
         streamed = await client.post("/v1/threads/import", content=chunks(), headers={**caller.headers, **JSON})
         refused(streamed, 413, "payload_too_large")
+
+
+async def test_long_threads_and_forks_export_page_by_page(
+    app: FastAPI, client: httpx.AsyncClient, caller: Caller
+) -> None:
+    from tests.responses_helpers import prefill
+
+    long = await post(client, caller, "/v1/threads", {"title": "Long"})
+    await prefill(app, caller, long["id"], 1_234)
+    short = await post(client, caller, "/v1/threads", {"title": "Short"})
+    await post(client, caller, f"/v1/threads/{short['id']}/messages", {"content": "only"})
+    forked = await post(client, caller, f"/v1/threads/{long['id']}/fork", {})
+    await post(client, caller, f"/v1/threads/{forked['id']}/messages", {"content": "after"})
+    exported = lines((await client.get("/v1/threads/export", headers=caller.headers)).content)
+    per_thread: dict[str, list[str]] = {}
+    current = ""
+    for line in exported:
+        if line["object"] == "thread":
+            current = line["id"]
+            per_thread[current] = []
+        else:
+            per_thread[current].append(line["content"])
+    assert list(per_thread) == [long["id"], short["id"], forked["id"]]
+    expected = [f"m{seq}" for seq in range(1, 1_235)]
+    assert per_thread[long["id"]] == expected
+    assert per_thread[short["id"]] == ["only"]
+    assert per_thread[forked["id"]] == [*expected, "after"]
+    one = lines((await client.get(f"/v1/threads/{forked['id']}/export", headers=caller.headers)).content)
+    assert [line.get("content") for line in one[1:]] == [*expected, "after"]

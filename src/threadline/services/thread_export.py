@@ -49,8 +49,9 @@ async def export_thread(
 
 
 async def export_threads(maker: async_sessionmaker[AsyncSession], where: ThreadFilter) -> AsyncIterator[bytes]:
-    """Every thread the filter selects, oldest first. Short threads share a transaction (up to a page of items in
-    all); a long one goes on page by page in transactions of its own."""
+    """Every thread the filter selects, oldest first. Short threads that are not forks are read together (up to
+    a page of items in all, two queries per group); a fork or a long thread page by page, each page in a
+    transaction of its own."""
     after: str | None = None
     while True:
         async with maker() as session:
@@ -58,28 +59,63 @@ async def export_threads(maker: async_sessionmaker[AsyncSession], where: ThreadF
                 where, PageRequest(limit=THREADS_PER_PAGE, order="asc", after=after)
             )
             spans = [await _spans(session, thread) for thread in page.items]
-        pending = list(zip(page.items, spans, strict=True))
-        index = 0
-        while index < len(pending):
-            chunks: list[bytes] = []
-            unfinished: tuple[Thread, list[Span], str] | None = None
+        for group in _groups(page.items):
+            if len(group) > 1 or _short(group[0]):
+                async with maker() as session:
+                    chunk = await _short_threads(session, group)
+                yield chunk
+                continue
+            thread = group[0]
+            thread_spans = spans[page.items.index(thread)]
             async with maker() as session:
-                read = 0
-                while index < len(pending) and read < ITEMS_PER_PAGE and unfinished is None:
-                    thread, thread_spans = pending[index]
-                    index += 1
-                    chunk, last_id = await _first_items(session, thread, thread_spans)
-                    chunks.append(chunk)
-                    read += chunk.count(b"\n")
-                    if last_id is not None:
-                        unfinished = (thread, thread_spans, last_id)
-            yield b"".join(chunks)
-            if unfinished is not None:
-                async for rest in _more_items(maker, *unfinished):
+                chunk, last_id = await _first_items(session, thread, thread_spans)
+            yield chunk
+            if last_id is not None:
+                async for rest in _more_items(maker, thread, thread_spans, last_id):
                     yield rest
         if not page.has_more or not page.items:
             return
         after = page.items[-1].id
+
+
+def _short(thread: Thread) -> bool:
+    """A thread read with others: not a fork, and its live items (`message_count` is exact) fit in a page."""
+    return not forks.reads_through(thread) and thread.message_count <= ITEMS_PER_PAGE
+
+
+def _groups(threads: Sequence[Thread]) -> list[list[Thread]]:
+    """Consecutive short threads with at most a page of items in all; any other thread alone."""
+    groups: list[list[Thread]] = []
+    current: list[Thread] = []
+    items = 0
+    for thread in threads:
+        if not _short(thread):
+            if current:
+                groups.append(current)
+            groups.append([thread])
+            current, items = [], 0
+            continue
+        if current and items + thread.message_count > ITEMS_PER_PAGE:
+            groups.append(current)
+            current, items = [], 0
+        current.append(thread)
+        items += thread.message_count
+    if current:
+        groups.append(current)
+    return groups
+
+
+async def _short_threads(session: AsyncSession, threads: Sequence[Thread]) -> bytes:
+    organization_id = threads[0].organization_id
+    items = await HistoryRepository(session).items_of_threads(organization_id, [t.id for t in threads])
+    edits = await ThreadDataRepository(session).edits_of(
+        organization_id, [m.id for messages in items.values() for m in messages]
+    )
+    return b"".join(
+        _line(header_line(thread))
+        + b"".join(_line(item_line(thread.id, m, edits.get(m.id, []))) for m in items[thread.id])
+        for thread in threads
+    )
 
 
 async def _spans(session: AsyncSession, thread: Thread) -> list[Span]:

@@ -115,6 +115,19 @@ class HistoryRepository:
             return None
         return (row[1],)
 
+    async def items_of_threads(self, organization_id: str, thread_ids: Sequence[str]) -> dict[str, list[Message]]:
+        """Every live item of several threads that are not forks, in `seq` order per thread, in one query (an
+        export of many short threads; the caller bounds the total by their counts)."""
+        query = (
+            sa.select(Message)
+            .where(*_live(organization_id, None), Message.thread_id.in_(list(thread_ids)))
+            .order_by(Message.thread_id, Message.seq)
+        )
+        found: dict[str, list[Message]] = {thread_id: [] for thread_id in thread_ids}
+        for message in (await self.session.execute(query)).scalars():
+            found[message.thread_id].append(message)
+        return found
+
     async def newest_seq(self, organization_id: str, span: Span) -> int | None:
         """The seq of the span's newest live item."""
         query = sa.select(sa.func.max(Message.seq)).where(*_live(organization_id, None), *_in_span(span))
