@@ -361,3 +361,29 @@ async def test_long_threads_and_forks_export_page_by_page(
     assert per_thread[forked["id"]] == [*expected, "after"]
     one = lines((await client.get(f"/v1/threads/{forked['id']}/export", headers=caller.headers)).content)
     assert [line.get("content") for line in one[1:]] == [*expected, "after"]
+
+
+async def test_an_import_racing_another_skips_what_the_other_wrote(
+    client: httpx.AsyncClient, caller: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's lookups ran before another import committed the same sources: the inserts collide with the
+    unique source index, and the batch is redone a thread at a time, skipping what is there now."""
+    from threadline.services import thread_import
+
+    body = json.dumps(chatgpt_export()).encode()
+    first = await ok(await client.post("/v1/threads/import", content=body, headers={**caller.headers, **JSON}))
+    real_lookup = thread_import._lookup
+    calls = 0
+
+    async def stale_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # what the batch saw before the other import committed
+            return thread_import._Known(sources={}, thread_ids=set(), item_ids=set())
+        return await real_lookup(*args)
+
+    monkeypatch.setattr(thread_import, "_lookup", stale_once)
+    again = await ok(await client.post("/v1/threads/import", content=body, headers={**caller.headers, **JSON}))
+    assert calls == 3  # the stale batch, then each thread on its own
+    assert (again["created"], again["skipped"], again["thread_ids"]) == (0, 2, first["thread_ids"])
+    assert len((await ok(await client.get("/v1/threads", headers=caller.headers)))["data"]) == 2
