@@ -195,6 +195,16 @@ async def test_the_fork_reads_the_source_as_it_is_now(client: httpx.AsyncClient,
     ):
         error = refused(await attempt, 409, "message_inherited", "message_id")
         assert source in error["message"]
+    # Deleting all of a fork's messages empties its history (and its forks'); the source keeps its items.
+    other = await fork(client, caller, source)
+    await ok(await client.post(f"/v1/threads/{other['id']}/messages", json={"content": "mine"}, headers=caller.headers))
+    other_child = await fork(client, caller, other["id"])
+    assert other_child["message_count"] == 4
+    await ok(await client.delete(f"/v1/threads/{other['id']}/messages", headers=caller.headers))
+    for thread_id in (other["id"], other_child["id"]):
+        assert await history(client, caller, thread_id) == []
+        assert (await ok(await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)))["message_count"] == 0
+    assert texts(await history(client, caller, source)) == ["A", "c", "later"]
     # Deleting all of the source's messages empties what the forks read from it.
     await ok(await client.delete(f"/v1/threads/{source}/messages", headers=caller.headers))
     assert (await ok(await client.get(f"/v1/threads/{grandchild['id']}", headers=caller.headers)))["message_count"] == 0

@@ -153,12 +153,20 @@ async def items_deleted(session: AsyncSession, organization_id: str, thread_id: 
 
 
 async def all_items_deleted(session: AsyncSession, thread: Thread) -> None:
-    """Before the thread's own items are all deleted: each fork loses what it read of them."""
+    """Before the thread's own items are all deleted: each fork made from it loses what it read of them. A fork
+    whose history is emptied stops reading its source too (the source keeps its items), so the forks made from
+    it also lose what they read through it."""
     history = HistoryRepository(session)
     own = thread.parent_seq or 0
+    through = thread.inherited_message_count if reads_through(thread) else 0
     for child_id, point in await history.children(thread.organization_id, thread.id):
         lost = await history.count(thread.organization_id, [Span(thread.id, own, point)])
-        await history.adjust_inherited(thread.organization_id, [child_id], -lost)
+        await history.adjust_inherited(thread.organization_id, [child_id], -(lost + through))
+    if reads_through(thread):
+        thread.parent_thread_id = None
+        thread.parent_seq = None
+        thread.inherited_message_count = 0
+        await session.flush()
 
 
 async def detach_forks(session: AsyncSession, organization_id: str, thread_id: str) -> int:
