@@ -19,7 +19,7 @@ from threadline.domain.clock import utcnow
 from threadline.errors import Conflict, InvalidRequest, MessageNotFound, ThreadNotFound
 from threadline.ids import new_id
 from threadline.services.auth import Principal
-from threadline.services.turn_context import MAX_CHAIN_SEGMENTS, conversation_path
+from threadline.services.conversation import MAX_CHAIN_SEGMENTS, conversation_path
 from threadline.storage.repositories.history import HistoryRepository, Span
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, Thread
