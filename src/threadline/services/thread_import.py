@@ -2,43 +2,33 @@
 
 Each thread carries a stable source id (its header's `source_id`, "threadline:<organization>/<id>", or
 "chatgpt:<conversation id>"): a thread already imported from that source is skipped, so re-importing a file
-creates nothing new. Threads are read one at a time from the body as it arrives and each is written in one short
-transaction of its own; a bad line fails its thread (reported with its line number) and the rest goes on. With
-`atomic`, the whole file is one transaction and any error writes nothing (docs/threads-as-data.md).
+creates nothing new. Threads are read from the body as it arrives (`import_readers.py`) and written in small
+batches, one short transaction each; a bad line fails its thread (reported with its line number) and the rest goes
+on. With `atomic`, the whole file is one transaction and any error writes nothing (docs/threads-as-data.md).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import ijson  # type: ignore[import-untyped]
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
-from threadline.domain.thread_data import (
-    ImportedThread,
-    LineError,
-    chatgpt_thread,
-    check_items,
-    parse_header,
-    parse_item,
-)
-from threadline.errors import AlreadyExists, InvalidRequest, PayloadTooLarge, ValidationFailed
+from threadline.domain.thread_data import ImportedThread, LineError
+from threadline.errors import AlreadyExists, InvalidRequest, ValidationFailed
 from threadline.ids import is_valid_client_id, new_id
 from threadline.services.auth import Principal
+from threadline.services.import_readers import Failure, LimitedBody, chatgpt_threads, threadline_threads
 from threadline.storage.repositories.thread_data import ThreadDataRepository
 
 ImportFormat = Literal["threadline", "chatgpt"]
 FORMATS: dict[str, ImportFormat] = {"application/x-ndjson": "threadline", "application/json": "chatgpt"}
 # Item id prefixes by type, as items created here get them (services/messages.py).
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
-# One line of the export format, at most (an item's text is at most 1,000,000 characters).
-MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -52,16 +42,6 @@ class ImportReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     thread_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Failure:
-    """A thread (or a line outside any thread) that cannot be imported."""
-
-    position: int
-    code: str
-    message: str
-    source_id: str | None = None
 
 
 Progress = Callable[[ImportReport], Awaitable[None]]
@@ -88,142 +68,6 @@ def format_of(content_type: str | None, requested: str | None = None) -> ImportF
     return FORMATS[media]
 
 
-class _Limited:
-    """The body as a file ijson can read, counting bytes against the import limit."""
-
-    def __init__(self, chunks: AsyncIterator[bytes], max_bytes: int) -> None:
-        self.chunks = chunks
-        self.max_bytes = max_bytes
-        self.received = 0
-        self.buffer = b""
-
-    async def next_chunk(self) -> bytes:
-        async for chunk in self.chunks:
-            self.received += len(chunk)
-            if self.received > self.max_bytes:
-                raise PayloadTooLarge(f"The import body is larger than {self.max_bytes} bytes.")
-            if chunk:
-                return chunk
-        return b""
-
-    async def read(self, size: int = -1) -> bytes:
-        if not self.buffer:
-            self.buffer = await self.next_chunk()
-        if size < 0 or size >= len(self.buffer):
-            out, self.buffer = self.buffer, b""
-        else:
-            out, self.buffer = self.buffer[:size], self.buffer[size:]
-        return out
-
-
-async def _lines(body: _Limited) -> AsyncIterator[tuple[int, bytes]]:
-    """(line number, line) of a JSON Lines body; blank lines are skipped."""
-    pending = b""
-    number = 0
-    while chunk := await body.read():
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        if len(pending) > MAX_LINE_BYTES:
-            raise PayloadTooLarge(f"Line {number + len(complete) + 1} is longer than {MAX_LINE_BYTES} bytes.")
-        for line in complete:
-            number += 1
-            if line.strip():
-                yield number, line
-    if pending.strip():
-        yield number + 1, pending
-
-
-async def threadline_threads(body: _Limited, max_items: int) -> AsyncIterator[ImportedThread | _Failure]:
-    """The threads of an export-format body: each header line starts a thread, its item lines follow."""
-    current: ImportedThread | None = None
-    broken: _Failure | None = None
-
-    def finished() -> ImportedThread | _Failure | None:
-        if broken is not None:
-            return broken
-        if current is None:
-            return None
-        try:
-            check_items(current.items)
-        except LineError as exc:
-            return _Failure(current.position, exc.code, exc.message, current.source_id)
-        return current
-
-    async for number, raw in _lines(body):
-        try:
-            line = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            line = None
-            error: LineError | None = LineError("invalid_json", f"Not a JSON object: {exc}.")
-        else:
-            error = None if isinstance(line, dict) else LineError("invalid_json", "Each line must be a JSON object.")
-        kind = line.get("object") if isinstance(line, dict) else None
-        if error is None and kind == "thread":
-            done = finished()
-            if done is not None:
-                yield done
-            current, broken = None, None
-            try:
-                current = parse_header(line)
-                current.position = number
-            except LineError as exc:
-                broken = _Failure(number, exc.code, exc.message, _source_of(line))
-            continue
-        if error is None and kind != "thread.item":
-            error = LineError("invalid_value", f"'object' is {kind!r}: each line is a 'thread' or a 'thread.item'.")
-        if broken is not None:
-            continue  # the thread already failed; its other lines change nothing
-        if current is None:
-            yield _Failure(number, error.code if error else "item_without_thread", _no_header(error))
-            continue
-        try:
-            if error is not None:
-                raise error
-            current.items.append(parse_item(line))
-            if len(current.items) > max_items:
-                raise LineError("thread_full", f"The thread has more than {max_items} items, the limit per thread.")
-        except LineError as exc:
-            broken = _Failure(number, exc.code, f"Line {number}: {exc.message}", current.source_id)
-            current = None
-    done = finished()
-    if done is not None:
-        yield done
-
-
-def _no_header(error: LineError | None) -> str:
-    return error.message if error else "An item line before any thread header."
-
-
-def _source_of(line: Any) -> str | None:
-    if isinstance(line, dict):
-        value = line.get("source_id") or line.get("id")
-        return value if isinstance(value, str) else None
-    return None
-
-
-async def chatgpt_threads(body: _Limited) -> AsyncIterator[ImportedThread | _Failure]:
-    """The conversations of a `conversations.json` body, parsed one at a time from the array as it arrives."""
-    index = 0
-    try:
-        async for conversation in ijson.items(body, "item", use_float=True):
-            index += 1
-            try:
-                thread = chatgpt_thread(conversation)
-            except LineError as exc:
-                yield _Failure(index, exc.code, exc.message, _chatgpt_source(conversation))
-                continue
-            thread.position = index
-            yield thread
-    except ijson.JSONError as exc:
-        yield _Failure(index + 1, "invalid_json", f"The file stops being JSON after conversation {index}: {exc}.")
-
-
-def _chatgpt_source(conversation: Any) -> str | None:
-    if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
-        return f"chatgpt:{conversation['id']}"
-    return None
-
-
 async def import_threads(
     maker: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -240,7 +84,7 @@ async def import_threads(
 
     Threads are parsed into small batches (`BATCH_THREADS` threads or `BATCH_ITEMS` items) and each batch is
     written in one transaction, a savepoint per thread: no transaction waits on the client's body."""
-    body = _Limited(chunks, settings.max_import_bytes)
+    body = LimitedBody(chunks, settings.max_import_bytes)
     report = ImportReport()
     where = "line" if import_format == "threadline" else "conversation"
     threads = (
@@ -250,7 +94,7 @@ async def import_threads(
     )
     writer = _Writer(maker, principal, organization_id, report, where, atomic)
     try:
-        batch: list[ImportedThread | _Failure] = []
+        batch: list[ImportedThread | Failure] = []
         items = 0
         async for thread in threads:
             batch.append(thread)
@@ -293,7 +137,7 @@ class _Existing:
     thread_id: str
 
 
-_Outcome = _New | _Existing | _Failure
+_Outcome = _New | _Existing | Failure
 
 
 class _Writer:
@@ -317,7 +161,7 @@ class _Writer:
         self.where = where
         self.shared: AsyncSession | None = maker() if atomic else None
 
-    async def write(self, batch: list[ImportedThread | _Failure]) -> None:
+    async def write(self, batch: list[ImportedThread | Failure]) -> None:
         if not batch:
             return
         session = self.shared or self.maker()
@@ -347,7 +191,7 @@ class _Writer:
             if self.shared is None:
                 await session.close()
 
-    async def _plan_and_insert(self, session: AsyncSession, batch: list[ImportedThread | _Failure]) -> list[_Outcome]:
+    async def _plan_and_insert(self, session: AsyncSession, batch: list[ImportedThread | Failure]) -> list[_Outcome]:
         threads = [t for t in batch if isinstance(t, ImportedThread)]
         known = await _lookup(session, self.organization_id, threads)
         outcomes = [self._plan(known, entry) for entry in batch]
@@ -359,7 +203,7 @@ class _Writer:
         )
         return outcomes
 
-    async def _one(self, session: AsyncSession, entry: ImportedThread | _Failure) -> _Outcome:
+    async def _one(self, session: AsyncSession, entry: ImportedThread | Failure) -> _Outcome:
         """One thread under a savepoint, with fresh lookups (the batch lost a race with another import)."""
         if not isinstance(entry, ImportedThread):
             return entry
@@ -375,16 +219,16 @@ class _Writer:
                 ) from None
             return _Existing(found[entry.source_id])
 
-    def _plan(self, known: _Known, entry: ImportedThread | _Failure) -> _Outcome:
+    def _plan(self, known: _Known, entry: ImportedThread | Failure) -> _Outcome:
         if not isinstance(entry, ImportedThread):
             return entry
         try:
             return _plan(known, self.principal, self.organization_id, entry)
         except LineError as exc:
-            return _Failure(entry.position, exc.code, exc.message, entry.source_id)
+            return Failure(entry.position, exc.code, exc.message, entry.source_id)
 
     def _record(self, outcome: _Outcome) -> None:
-        if isinstance(outcome, _Failure):
+        if isinstance(outcome, Failure):
             _fail(self.report, self.where, outcome)
             return
         self.report.thread_ids.append(outcome.thread_id)
@@ -411,7 +255,7 @@ class _Writer:
             await self.shared.close()
 
 
-def _fail(report: ImportReport, where: str, failure: _Failure) -> None:
+def _fail(report: ImportReport, where: str, failure: Failure) -> None:
     report.failed += 1
     report.errors.append(
         {where: failure.position, "source_id": failure.source_id, "code": failure.code, "message": failure.message}
