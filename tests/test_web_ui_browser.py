@@ -597,3 +597,49 @@ def test_a_turn_from_the_composer_streams_the_real_models_answer(browser: Browse
         expect(messages).to_have_count(2)
         expect(messages.nth(0).locator(".message-content")).to_have_text("Say hello to Ada.")
         expect(messages.nth(1).locator(".message-content")).to_have_text(stored[1]["content"])
+
+
+def test_fork_export_and_import(page: Page, server: Server, tmp_path: Path) -> None:
+    """Fork from a message, download a thread's export, import a ChatGPT conversations.json."""
+    from playwright.sync_api import expect
+
+    from tests.test_thread_data import chatgpt_export
+
+    key = server.cli("keys", "create", "--org", "forker", "--email", "fay@forker.test").strip().splitlines()[-1]
+    with httpx.Client(base_url=server.base_url, headers={"X-API-Key": key}, timeout=10) as api:
+        source = api.post("/v1/threads", json={"title": "Source"}).json()["id"]
+        for text in ("first", "second", "third"):
+            api.post(f"/v1/threads/{source}/messages", json={"role": "user", "content": text})
+
+    page.goto("/")
+    page.get_by_label("API key", exact=True).fill(key)
+    page.get_by_role("button", name="Sign in with key").click()
+    page.locator("#thread-list .thread-item").filter(has_text="Source").click()
+    contents = page.locator("#messages .message-content")
+    expect(contents).to_have_count(3)
+
+    # Fork after the second message: a new thread opens with the history up to there.
+    page.locator("#messages .message").nth(1).get_by_role("button", name="Fork from this message").click()
+    expect(page.locator("#thread-meta code")).not_to_have_text(source)
+    expect(contents).to_have_count(2)
+    assert contents.all_inner_texts() == ["first", "second"]
+    expect(page.locator("#thread-meta")).to_contain_text("2 messages")
+    expect(page.locator("#thread-list .thread-item").filter(has_text="Source")).to_have_count(2)
+
+    # Export the fork: a JSON Lines download, its header then its two items.
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Export", exact=True).click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".jsonl")
+    lines = [json.loads(line) for line in Path(download.path()).read_text().splitlines()]
+    assert [line["object"] for line in lines] == ["thread", "thread.item", "thread.item"]
+    assert [line["content"] for line in lines[1:]] == ["first", "second"]
+
+    # Import a ChatGPT export: the result is said, the conversations appear in the list.
+    conversations = tmp_path / "conversations.json"
+    conversations.write_text(json.dumps(chatgpt_export()))
+    page.locator("#import-file").set_input_files(str(conversations))
+    expect(page.locator("#notice-text")).to_contain_text("2 created, 0 already there, 0 failed")
+    expect(page.locator("#thread-list .thread-item").filter(has_text="Paris trip")).to_have_count(1)
+    page.locator("#import-file").set_input_files(str(conversations))
+    expect(page.locator("#notice-text")).to_contain_text("0 created, 2 already there, 0 failed")

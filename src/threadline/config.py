@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # Limits
     max_messages_per_thread: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # POST /v1/threads/import alone: an export or a ChatGPT conversations.json is large, and it is streamed (read a
+    # thread at a time), so it needs no more memory than a small one (docs/threads-as-data.md).
+    max_import_bytes: int = Field(default=1_073_741_824, ge=1024)
 
     # Retention (days / hours); the sweeper runs inside `serve` every `retention_interval_seconds`.
     message_retention_days: float = Field(default=90, gt=0)

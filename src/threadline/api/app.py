@@ -30,6 +30,7 @@ from threadline.api.routes import (
     openai_threads,
     responses,
     search,
+    thread_data,
     threads,
 )
 from threadline.api.routes import models as models_routes
@@ -162,7 +163,11 @@ def create_app(
     errors.install(app)
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        streamed={thread_data.IMPORT_PATH: settings.max_import_bytes},
+    )
     app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
     app.add_middleware(RateLimitHeadersMiddleware)  # idempotent replays get the replaying request's
     app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours
@@ -183,6 +188,8 @@ def create_app(
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (
         auth,
+        # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
+        thread_data,
         openai_runs,
         openai_threads,
         search,

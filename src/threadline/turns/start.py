@@ -188,9 +188,11 @@ class TurnStarter:
                 param="previous_response_id",
             )
         limit = self.settings.max_messages_per_thread
-        if thread.message_count + len(items) + 1 > limit:
+        # A fork's whole history counts: what it reads from its source too (docs/threads-as-data.md).
+        held = thread.message_count + thread.inherited_message_count
+        if held + len(items) + 1 > limit:
             raise ThreadFull(
-                f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is {limit} per thread.",
+                f"Thread '{thread.id}' holds {held} messages; the limit is {limit} per thread.",
                 param="thread",
             )
 

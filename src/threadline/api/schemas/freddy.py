@@ -79,6 +79,17 @@ class ThreadUpdate(RequestModel):
     organization_id: str | None = Field(default=None, max_length=64)
 
 
+class ThreadFork(RequestModel):
+    """POST /v1/threads/{id}/fork: the new thread's history is the source's up to `message_id` (default: its newest
+    item), then its own."""
+
+    message_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
+    title: Title | None = None
+    metadata: Metadata | None = None
+    visible_in_ui: bool | None = None
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
 class MetadataPatch(RequestModel):
     metadata: Metadata
     organization_id: str | None = Field(default=None, max_length=64)
@@ -173,7 +184,8 @@ class ThreadRead(ResponseModel):
             # Not the stored column alone: a thread whose turn's server died reads inactive once the lease expired.
             status=thread_status(thread.status, thread.lease_expires_at, utcnow()),
             state=thread.state,
-            message_count=thread.message_count,
+            # A fork's whole history: its own items and those it reads from its source (docs/threads-as-data.md).
+            message_count=thread.message_count + thread.inherited_message_count,
             visible_in_ui=thread.visible_in_ui,
             last_model_used=thread.last_model_used,
             is_pinned=thread.is_pinned,

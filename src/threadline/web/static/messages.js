@@ -135,6 +135,7 @@ export class MessagesView {
     const actions = h(
       "div",
       { class: "message-actions" },
+      h("button", { type: "button", class: "button-quiet", "aria-label": "Fork from this message", title: "A new thread with the history up to here", onClick: (event) => busy(event.currentTarget, () => this.fork(message)) }, "Fork"),
       // A call's arguments and a tool's output are what the model said and got: they are not edited here.
       isMessage
         ? h("button", { type: "button", class: "button-quiet", "aria-label": "Edit message", onClick: () => this.edit(message) }, "Edit")
@@ -196,6 +197,18 @@ export class MessagesView {
   replace(updated) {
     this.messages = this.messages.map((m) => (m.id === updated.id ? updated : m));
     this.render();
+  }
+
+  /** A new thread whose history is this one's up to `message` (nothing is copied), opened at once. */
+  async fork(message) {
+    try {
+      const forked = await this.ctx.api.request("POST", `${threadPath(this.thread)}/fork`, {
+        body: { message_id: message.id },
+      });
+      this.ctx.threadCreated(forked);
+    } catch (error) {
+      this.ctx.fail(error);
+    }
   }
 
   async edit(message) {
