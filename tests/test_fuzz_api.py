@@ -110,6 +110,9 @@ STATE_RULES = {
     "thread_empty",  # generateName on a thread with no message
     "context_length_exceeded",  # the thread and the inputs do not fit the model's window
     "organization_required",  # a user in several organizations
+    "invalid_webhook_url",  # a webhook URL must be http(s) with a host (the document states only its length)
+    "webhook_url_not_allowed",  # …on an address deliveries may go to
+    "webhook_url_unresolvable",  # …whose host resolves
 }
 VALID_ACCEPTED = os.environ.get("THREADLINE_FUZZ_VALID_ACCEPTED") == "1"
 
@@ -176,6 +179,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     database_url = str(request.getfixturevalue(f"{request.param}_url"))
     env = threadline_env(database_url)
     env["PYTHONPATH"] = f"{REPO_SRC}{os.pathsep}{REPO_ROOT}"
+    env["THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the webhook endpoints of `_known` (nothing listens)
     base_url = f"http://127.0.0.1:{free_port()}"
     port = urlsplit(base_url).port
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
@@ -245,6 +249,15 @@ def _known(server: Server, path: str | None = None) -> dict[str, str]:
         )
         assert steps.status_code == 200, steps.text
         known["step_id"] = steps.json()["data"][0]["id"]
+    if needs("webhook_id", "delivery_id"):
+        # A closed port: the delivery fails at once, and its log is there to read.
+        hook = {"url": "http://127.0.0.1:9/hook", "events": ["response.completed"]}
+        known["webhook_id"] = post("/v1/webhooks", hook)["id"]
+    if needs("delivery_id"):
+        post("/v1/model/response", {"thread": thread, "inputs": [{"role": "user", "texts": [{"text": "hi"}]}]})
+        log = server.http.get(server.url(f"/v1/webhooks/{known['webhook_id']}/deliveries"), headers=server.key_headers)
+        assert log.status_code == 200, log.text
+        known["delivery_id"] = log.json()["data"][0]["id"]
     if needs("key_id"):
         # Another key than the fuzzer's own: revoking it must not lock the fuzzer out.
         known["key_id"] = post("/v1/api-keys", {"name": "fuzz-victim"}, server.token_headers)["id"]

@@ -30,6 +30,7 @@ from threadline.api.routes import (
     responses,
     search,
     threads,
+    webhooks,
 )
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
@@ -37,7 +38,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import naming, recovery, retention
+from threadline.services import naming, recovery, retention, webhook_delivery
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
@@ -82,6 +83,8 @@ def create_app(
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
+        # Webhook deliveries have their own client: no redirects, no proxy (services/webhook_delivery.py).
+        app.state.webhook_http = webhook_delivery.new_client()
         if tracer_provider is not None:
             _instrument(engine, http_client, tracer_provider)
         try:
@@ -93,6 +96,7 @@ def create_app(
             )
         except BaseException:
             await http_client.aclose()
+            await app.state.webhook_http.aclose()
             await engine.dispose()
             raise
         app.state.models = registry
@@ -126,6 +130,7 @@ def create_app(
                     await task
             await registry.aclose()
             await http_client.aclose()
+            await app.state.webhook_http.aclose()
             await engine.dispose()
             if tracer_provider is not None:
                 _uninstrument()
@@ -179,6 +184,7 @@ def create_app(
         responses,
         openai_responses,
         models_routes,
+        webhooks,
     )
     for module in routers:
         app.include_router(module.router)

@@ -52,7 +52,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import rate_limits, recovery
+from threadline.services import rate_limits, recovery, webhooks
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import (
@@ -304,8 +304,10 @@ async def _take_over(session: AsyncSession, thread: Thread, lease: _Lease) -> Th
     org = thread.organization_id
     if not await repo.take_over_lease(org, thread.id, holder, lease.owner, lease.now, lease.expires_at):
         return None
-    if holder is not None:
-        await ResponseRepository(session).fail_if_in_progress(org, holder, leases.interrupted_error(), lease.now)
+    if holder is not None and await ResponseRepository(session).fail_if_in_progress(
+        org, holder, leases.interrupted_error(), lease.now
+    ):
+        await webhooks.response_settled(session, org, holder)
     await session.refresh(thread)
     return thread
 

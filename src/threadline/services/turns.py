@@ -38,7 +38,7 @@ from threadline.providers.base import (
     ToolCallStarted,
 )
 from threadline.services import messages as message_service
-from threadline.services import rate_limits
+from threadline.services import rate_limits, webhooks
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
@@ -358,6 +358,7 @@ async def _complete(
             values["input_first_seq"] = rows[0].seq
             values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
         response = await ResponseRepository(session).update(turn.organization_id, turn.response.id, values)
+        await webhooks.response_settled(session, turn.organization_id, turn.response.id)  # the outbox
         await session.commit()
         return response
 
@@ -372,9 +373,10 @@ async def _fail(maker: async_sessionmaker[AsyncSession], turn: Turn, code: str, 
     """Record the failure and free the thread; the thread's messages are untouched."""
     async with maker() as session:
         now = utcnow()
-        await ResponseRepository(session).fail_if_in_progress(
+        if await ResponseRepository(session).fail_if_in_progress(
             turn.organization_id, turn.response.id, {"code": code, "message": message}, now
-        )
+        ):
+            await webhooks.response_settled(session, turn.organization_id, turn.response.id)
         await ThreadRepository(session).release_lease(turn.organization_id, turn.thread_id, turn.response.id)
         response = await _stored(session, turn)
         await session.commit()
