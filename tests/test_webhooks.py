@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
-from openai import InvalidWebhookSignatureError, OpenAI
+from openai import BadRequestError, InvalidWebhookSignatureError, NotFoundError, OpenAI
 from openai.types.webhooks import (
     ResponseCompletedWebhookEvent,
     ResponseFailedWebhookEvent,
@@ -24,6 +24,7 @@ from openai.types.webhooks import (
 
 from tests.conftest import Caller, make_caller
 from tests.helpers import refused
+from tests.openai_sdk import sdk_client
 from tests.responses_helpers import running_app, turn
 from tests.servers import free_port, running
 from threadline.config import Settings
@@ -496,3 +497,62 @@ async def test_rotation_old_secret_fails_new_passes(
     assert len(got["headers"]["webhook-signature"].split(" ")) == 2
     SDK.webhooks.unwrap(got["body"], got["headers"], secret=kept["secret"])
     SDK.webhooks.unwrap(got["body"], got["headers"], secret=rotated["secret"])
+
+
+# ---- the OpenAI SDK's own webhook endpoint API -------------------------------------------------------------------
+
+
+async def test_the_openai_sdk_manages_endpoints(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+) -> None:
+    sdk, _ = sdk_client(app, caller.api_key)
+    created = await sdk.webhooks.create(event_types=["response.completed"], name="orders", url=hook)
+    assert created.signing_secret.startswith("whsec_") and created.name == "orders"
+    assert created.signing_secret_hint == f"whsec_…{created.signing_secret[-4:]}"
+    fetched = await sdk.webhooks.retrieve(created.id)
+    assert (fetched.url, fetched.event_types, fetched.created_at) == (hook, ["response.completed"], created.created_at)
+    assert [e.id async for e in sdk.webhooks.list(limit=1)] == [created.id]
+    updated = await sdk.webhooks.update(created.id, name="renamed", event_types=["response.failed"])
+    assert (updated.name, updated.event_types) == ("renamed", ["response.failed"])
+    # The Freddy view of the same row.
+    freddy = (await client.get(f"/v1/webhooks/{created.id}", headers=caller.headers)).json()
+    assert (freddy["description"], freddy["events"]) == ("renamed", ["response.failed"])
+
+    result = await sdk.webhooks.test(created.id, event_type="response.completed")
+    assert (result.status_code, result.success, result.webhook_endpoint_id) == (200, True, created.id)
+    [got] = received(receiver)
+    sample = SDK.webhooks.unwrap(got["body"], got["headers"], secret=created.signing_secret)
+    assert isinstance(sample, ResponseCompletedWebhookEvent)
+    assert await deliveries(app, caller.organization_id) == []  # a test is not a delivery
+
+    rotated = await sdk.webhooks.rotate_secret(created.id)
+    assert rotated.signing_secret != created.signing_secret
+    assert (await sdk.webhooks.event_types.list()).data == [
+        "response.completed",
+        "response.failed",
+        "response.cancelled",
+        "response.incomplete",
+    ]
+    with pytest.raises(BadRequestError) as refusal:
+        await sdk.webhooks.create(event_types=["batch.completed"], name="batches", url=hook)
+    assert refusal.value.code == "invalid_event_type" and refusal.value.param == "event_types"
+    with pytest.raises(BadRequestError) as refusal:
+        await sdk.webhooks.create(event_types=["response.completed"], name="x", url="http://169.254.169.254/")
+    assert refusal.value.code == "webhook_url_not_allowed"
+    deleted = await sdk.webhooks.delete(created.id)
+    assert deleted.deleted and deleted.id == created.id
+    with pytest.raises(NotFoundError):
+        await sdk.webhooks.retrieve(created.id)
+
+
+async def test_a_test_to_an_unreachable_endpoint_is_a_502(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI
+) -> None:
+    sdk, _ = sdk_client(app, caller.api_key)
+    created = await sdk.webhooks.create(
+        event_types=["response.completed"], name="closed", url=f"http://127.0.0.1:{free_port()}/hook"
+    )
+    answer = await client.post(
+        f"/v1/webhook_endpoints/{created.id}/test", json={"event_type": "response.completed"}, headers=caller.headers
+    )
+    refused(answer, 502, "webhook_endpoint_unreachable")

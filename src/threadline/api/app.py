@@ -27,6 +27,7 @@ from threadline.api.routes import (
     openai_responses,
     openai_runs,
     openai_threads,
+    openai_webhooks,
     responses,
     search,
     threads,
@@ -185,6 +186,7 @@ def create_app(
         openai_responses,
         models_routes,
         webhooks,
+        openai_webhooks,
     )
     for module in routers:
         app.include_router(module.router)

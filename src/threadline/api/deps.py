@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -43,6 +44,12 @@ def get_models(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_webhook_http(request: Request) -> httpx.AsyncClient:
+    """The client webhook deliveries go through (services/webhook_delivery.py)."""
+    client: httpx.AsyncClient = request.app.state.webhook_http
+    return client
+
+
 def get_turn_observer(request: Request) -> TurnObserver | None:
     """What hears about saved turns (auto-naming), or None when nothing listens."""
     observer: TurnObserver | None = request.app.state.turn_observer
@@ -52,6 +59,7 @@ def get_turn_observer(request: Request) -> TurnObserver | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+WebhookHttpDep = Annotated[httpx.AsyncClient, Depends(get_webhook_http)]
 TurnObserverDep = Annotated[TurnObserver | None, Depends(get_turn_observer)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.config import Settings
 from threadline.domain import threads as thread_rules
 from threadline.domain import webhooks as rules
 from threadline.domain.clock import utcnow
-from threadline.errors import Conflict, NotFound, ValidationFailed
+from threadline.errors import Conflict, NotFound, UpstreamError, ValidationFailed
 from threadline.ids import new_id, sibling_id
 from threadline.services import webhook_delivery
 from threadline.storage.repositories.pagination import Page, PageRequest
@@ -36,15 +37,15 @@ def _not_found(endpoint_id: str) -> NotFound:
     )
 
 
-def _event_types(values: Sequence[str]) -> list[str]:
+def _event_types(values: Sequence[str], param: str) -> list[str]:
     if not values:
-        raise ValidationFailed("Name at least one event type.", code="invalid_event_type", param="events")
+        raise ValidationFailed("Name at least one event type.", code="invalid_event_type", param=param)
     unknown = [value for value in values if value not in rules.EVENT_TYPES]
     if unknown:
         raise ValidationFailed(
             f"Unknown event type '{unknown[0]}'; Threadline sends {', '.join(rules.EVENT_TYPES)}.",
             code="invalid_event_type",
-            param="events",
+            param=param,
         )
     return list(dict.fromkeys(values))  # once each, in the order given
 
@@ -75,9 +76,11 @@ async def create_endpoint(
     event_types: Sequence[str],
     description: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    events_param: str = "events",
 ) -> WebhookEndpoint:
-    """A new, enabled endpoint with a new signing secret (the caller shows it this once)."""
-    events = _event_types(event_types)
+    """A new, enabled endpoint with a new signing secret (the caller shows it this once). `events_param` names
+    the field of the event types in errors (`event_types` on the OpenAI surface)."""
+    events = _event_types(event_types, events_param)
     values = dict(metadata or {})
     thread_rules.validate_metadata(values)
     repo = WebhookRepository(session)
@@ -110,19 +113,26 @@ async def list_endpoints(session: AsyncSession, organization_id: str, page: Page
 
 
 async def update_endpoint(
-    session: AsyncSession, settings: Settings, organization_id: str, endpoint_id: str, changes: Mapping[str, Any]
+    session: AsyncSession,
+    settings: Settings,
+    organization_id: str,
+    endpoint_id: str,
+    changes: Mapping[str, Any],
+    *,
+    events_param: str = "events",
 ) -> WebhookEndpoint:
     """Set the fields given. `status: "enabled"` re-enables a disabled endpoint (its failure count starts over;
     deliveries closed while it was disabled stay closed); `"disabled"` stops deliveries by hand."""
     for field in ("url", "events"):
         if field in changes and changes[field] is None:
-            raise ValidationFailed(f"'{field}' cannot be null.", code="invalid_value", param=field)
+            param = events_param if field == "events" else field
+            raise ValidationFailed(f"'{param}' cannot be null.", code="invalid_value", param=param)
     endpoint = await get_endpoint(session, organization_id, endpoint_id, for_update=True)
     now = utcnow()
     if "url" in changes:
         endpoint.url = await check_url(settings, changes["url"])
     if "events" in changes:
-        endpoint.event_types = _event_types(changes["events"])
+        endpoint.event_types = _event_types(changes["events"], events_param)
     if "description" in changes:
         endpoint.description = changes["description"]
     if "metadata" in changes:
@@ -191,6 +201,29 @@ async def get_delivery(
             f"No delivery found with id '{delivery_id}'.", code="webhook_delivery_not_found", param="delivery_id"
         )
     return found
+
+
+async def test_endpoint(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    http: httpx.AsyncClient,
+    organization_id: str,
+    endpoint_id: str,
+    event_type: str,
+) -> int:
+    """Send a sample event (about no real response) to the endpoint now and return the status it answered. Not
+    recorded, and not counted towards disabling; sent to a disabled endpoint too, to check it before enabling it."""
+    [event_type] = _event_types([event_type], "event_type")
+    async with maker() as session:
+        endpoint = await get_endpoint(session, organization_id, endpoint_id)
+        await session.commit()
+    now = utcnow()
+    body = rules.event_body(new_id("evt"), event_type, now, {"id": new_id("resp")})
+    headers = rules.signature_headers(new_id("wh"), now, body, [endpoint.secret])
+    sent = await webhook_delivery.send(http, settings, endpoint.url, headers, body)
+    if sent.status_code is None:
+        raise UpstreamError(sent.error or "The endpoint did not answer.", code="webhook_endpoint_unreachable")
+    return sent.status_code
 
 
 # ---- events ------------------------------------------------------------------------------------------------------
