@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
@@ -169,8 +169,12 @@ def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
         return None
 
 
-# Carrier-grade NAT space (RFC 6598): not "private" to Python, not reachable from the internet either.
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_ALLOWED_IF_PRIVATE = ("a loopback address", "a private address")
+# The networks that are private in the sense of "an organization's own": RFC 1918, carrier-grade NAT (RFC 6598) and
+# IPv6 unique-local space. (Python's `is_private` also covers documentation and reserved ranges, which are nobody's.)
+_PRIVATE = tuple(
+    ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 
 def refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> str | None:
@@ -189,9 +193,9 @@ def refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_pri
         return "a link-local address"
     if address.is_loopback:
         return None if allow_private else "a loopback address"
-    if address.is_private or address in _SHARED:
+    if any(address in network for network in _PRIVATE):
         return None if allow_private else "a private address"
-    if address.is_reserved or not address.is_global:
+    if not address.is_global:
         return "a reserved address"
     return None
 
@@ -216,19 +220,14 @@ def check_addresses(
     for text in addresses:
         address = ipaddress.ip_address(text)
         reason = refusal(address, allow_private=allow_private)
-        own = text in own_addresses or address.is_loopback or address.is_unspecified
+        hint = " (THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS allows it)" if reason in _ALLOWED_IF_PRIVATE else ""
         if reason is None and text in own_addresses and not allow_private:
             reason = "this server's own address"
-        if reason is None and own and target.port == own_port:
+        if reason is None and target.port == own_port and (text in own_addresses or address.is_loopback):
             reason = "this server itself"
         if reason is not None:
-            hint = "" if allow_private or "server" in reason else " (THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS allows it)"
             raise ValidationFailed(
                 f"Webhooks cannot be delivered to {target.host} ({text}): it is {reason}{hint}.",
                 code="webhook_url_not_allowed",
                 param="url",
             )
-
-
-def utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

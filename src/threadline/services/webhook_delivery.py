@@ -30,6 +30,7 @@ from threadline.domain import webhooks as rules
 from threadline.domain.clock import utcnow
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.webhooks import WebhookRepository
+from threadline.storage.tables import WebhookDelivery
 
 logger = logging.getLogger("threadline.webhooks")
 
@@ -225,20 +226,19 @@ async def attempt_delivery(
         "error": sent.error,
         "response_excerpt": sent.excerpt,
     }
-    return await _record(maker, settings, organization_id, delivery.id, endpoint.id, delivery, sent, attempt, clock())
+    return await _record(maker, settings, delivery, sent, attempt, clock())
 
 
 async def _record(
     maker: async_sessionmaker[AsyncSession],
     settings: Settings,
-    organization_id: str,
-    delivery_id: str,
-    endpoint_id: str,
-    delivery: Any,
+    delivery: WebhookDelivery,
     sent: Sent,
     attempt: dict[str, Any],
     now: datetime,
 ) -> Outcome:
+    """Write the attempt down and decide what comes next, in one transaction (see `attempt_delivery`)."""
+    organization_id, endpoint_id = delivery.organization_id, delivery.endpoint_id
     count = delivery.attempt_count + 1
     values: dict[str, Any] = {
         "attempt_count": count,
@@ -261,19 +261,25 @@ async def _record(
             else:
                 values.update(next_attempt_at=retry_at)
                 outcome = Outcome(rules.PENDING, retry_at, attempt)
-        if not await repo.record_attempt(organization_id, delivery_id, delivery.attempt_count, values):
+        if not await repo.record_attempt(organization_id, delivery.id, delivery.attempt_count, values):
             await session.rollback()
             return Outcome("gone", attempt=attempt)
         if sent.ok:
             await repo.record_success(organization_id, endpoint_id)
         else:
-            outcome = await _count_failure(repo, settings, organization_id, endpoint_id, now, outcome)
+            outcome = await _count_failure(repo, settings, organization_id, endpoint_id, now, outcome, sent.error)
         await session.commit()
     return outcome
 
 
 async def _count_failure(
-    repo: WebhookRepository, settings: Settings, organization_id: str, endpoint_id: str, now: datetime, outcome: Outcome
+    repo: WebhookRepository,
+    settings: Settings,
+    organization_id: str,
+    endpoint_id: str,
+    now: datetime,
+    outcome: Outcome,
+    error: str | None,
 ) -> Outcome:
     """One more failure of the endpoint; past the policy, it is disabled and its pending deliveries closed."""
     counted = await repo.record_failure(organization_id, endpoint_id, now)
@@ -287,9 +293,9 @@ async def _count_failure(
         return outcome
     assert since is not None
     reason = (
-        f"Disabled after {failures} failed attempts in a row since {since.isoformat(timespec='seconds')} "
-        "(last: see the delivery log). Update the endpoint with status 'enabled' to resume."
-    )
+        f"Disabled after {failures} failed attempts in a row since {since.isoformat(timespec='seconds')}; the "
+        f"last: {error} Update the endpoint with status 'enabled' to resume."
+    )[:1000]
     if await repo.disable(organization_id, endpoint_id, reason, now):
         logger.warning("webhook endpoint %s of %s disabled: %s", endpoint_id, organization_id, reason)
         await repo.abandon_pending(organization_id, endpoint_id, "The endpoint was disabled.", now)
