@@ -4,9 +4,10 @@ official `openai` SDK's `client.webhooks.unwrap`. Time is a parameter (the attem
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import webhook_delivery
-from threadline.storage.tables import WebhookDelivery
+from threadline.storage.tables import Job, WebhookDelivery
 
 TESTS = Path(__file__).parent
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
@@ -75,6 +76,7 @@ def settings(database_url: str) -> Settings:
         webhook_allow_private_urls=True,
         webhook_disable_after_hours=1,
         webhook_disable_after_failures=3,
+        job_poll_seconds=3600,  # every job that runs was woken by a commit, never by the poll
     )
 
 
@@ -87,6 +89,12 @@ def fake() -> FakeProvider:
 async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
     async for application in running_app(settings, fake):
         yield application
+
+
+@pytest.fixture
+async def by_hand(app: FastAPI) -> None:
+    """The app's job runner stopped: the test makes each attempt itself (`attempt`), at the time it chooses."""
+    await app.state.jobs.stop()
 
 
 async def register(client: httpx.AsyncClient, caller: Caller, url: str, **fields: Any) -> dict[str, Any]:
@@ -105,6 +113,34 @@ async def deliveries(app: FastAPI, organization_id: str) -> list[WebhookDelivery
             .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
         )
         return list(rows.scalars())
+
+
+async def delivery_jobs(app: FastAPI) -> list[Job]:
+    async with app.state.sessionmaker() as session:
+        rows = await session.execute(
+            sa.select(Job).where(Job.kind == webhook_delivery.JOB_KIND).order_by(Job.created_at, Job.id)
+        )
+        return list(rows.scalars())
+
+
+async def due_now(app: FastAPI) -> None:
+    """Make the queued delivery jobs due at once (the time a retry waits is the job's `run_after`), and wake."""
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            sa.update(Job)
+            .where(Job.kind == webhook_delivery.JOB_KIND, Job.status == "queued")
+            .values(run_after=utcnow())
+        )
+        await session.commit()
+    app.state.jobs.wake()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
+    """Wait for what the code under test brings about (bounded; the bound is no timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.02)
 
 
 async def attempt(app: FastAPI, delivery: WebhookDelivery, at: datetime | None = None) -> webhook_delivery.Outcome:
@@ -247,7 +283,7 @@ async def test_private_targets_allowed_but_never_link_local_or_the_server(
 
 
 async def test_each_settled_response_yields_exactly_one_event(
-    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, app: FastAPI, hook: str
+    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, app: FastAPI, hook: str, by_hand: None
 ) -> None:
     first = await register(client, caller, hook)
     completed_only = await register(client, caller, f"{hook}/2", events=["response.completed"])
@@ -276,6 +312,10 @@ async def test_each_settled_response_yields_exactly_one_event(
     assert ResponseIncompleteWebhookEvent.model_validate_json(bodies["response.incomplete"]).data.id == cut["id"]
     assert ResponseFailedWebhookEvent.model_validate_json(bodies["response.failed"]).data.id.startswith("resp_")
     assert all(row.status == "pending" and row.attempt_count == 0 for row in rows)
+    # …and each one's first attempt is a job, queued in the same transaction.
+    queued = await delivery_jobs(app)
+    assert sorted(job.payload["delivery_id"] for job in queued) == sorted(row.id for row in rows)
+    assert {(job.organization_id, job.status) for job in queued} == {(caller.organization_id, "queued")}
     # One event per response, shared by the endpoints that take it.
     same = [row.event_id for row in rows if row.event_type == "response.completed"]
     assert len(set(same)) == 1 and same[0] == "evt_" + ok["id"].removeprefix("resp_")
@@ -296,7 +336,7 @@ async def test_no_endpoint_no_event_and_disabled_endpoints_get_none(
 
 
 async def test_delivery_is_verified_by_the_openai_sdk(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     created = await register(client, caller, hook)
     ok = (await turn(client, caller, "Hello")).json()
@@ -337,7 +377,7 @@ async def test_delivery_is_verified_by_the_openai_sdk(
 
 
 async def test_retries_back_off_then_succeed(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     created = await register(client, caller, hook)
     await turn(client, caller, "Hello")
@@ -366,7 +406,7 @@ async def test_retries_back_off_then_succeed(
 
 
 async def test_retries_stop_at_the_end_of_the_window(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     app.state.settings.webhook_retry_hours = 0.01  # 36 s: the third wait (45 s) is past it
     app.state.settings.webhook_disable_after_failures = 100
@@ -388,7 +428,7 @@ async def test_retries_stop_at_the_end_of_the_window(
 
 
 async def test_an_endpoint_that_keeps_failing_is_disabled_and_can_be_enabled(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     created = await register(client, caller, hook)
     url = f"/v1/webhooks/{created['id']}"
@@ -429,7 +469,7 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_and_can_be_enabled(
 
 
 async def test_redirects_are_not_followed(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     await register(client, caller, f"{receiver}/redirect")
     await turn(client, caller, "Hello")
@@ -442,7 +482,7 @@ async def test_redirects_are_not_followed(
 
 
 async def test_addresses_are_checked_again_at_delivery_time(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     """Registered while private targets were allowed; then the operator forbids them: nothing is sent."""
     await register(client, caller, hook.replace("127.0.0.1", "localhost"))
@@ -469,7 +509,7 @@ async def test_a_name_resolving_to_a_forbidden_address_anywhere_is_refused(setti
 
 
 async def test_rotation_old_secret_fails_new_passes(
-    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str, by_hand: None
 ) -> None:
     created = await register(client, caller, hook)
     url = f"/v1/webhooks/{created['id']}"
@@ -556,3 +596,64 @@ async def test_a_test_to_an_unreachable_endpoint_is_a_502(
         f"/v1/webhook_endpoints/{created.id}/test", json={"event_type": "response.completed"}, headers=caller.headers
     )
     refused(answer, 502, "webhook_endpoint_unreachable")
+
+
+# ---- the job queue runs them ---------------------------------------------------------------------------------------
+
+
+async def test_the_queue_delivers_each_event(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+) -> None:
+    created = await register(client, caller, hook)
+    ok = (await turn(client, caller, "Hello")).json()
+
+    async def arrived() -> bool:
+        return len(received(receiver)) == 1
+
+    await until(arrived, "the delivery arrived")
+    [got] = received(receiver)
+    event = SDK.webhooks.unwrap(got["body"], got["headers"], secret=created["secret"])
+    assert isinstance(event, ResponseCompletedWebhookEvent) and event.data.id == ok["id"]
+
+    async def recorded() -> bool:
+        return [row.status for row in await deliveries(app, caller.organization_id)] == ["delivered"]
+
+    await until(recorded, "the delivery was recorded")
+    [job] = await delivery_jobs(app)
+    await until(lambda: _job_done(app, job.id), "its job is done")
+
+
+async def _job_done(app: FastAPI, job_id: str) -> bool:
+    return [j.status for j in await delivery_jobs(app) if j.id == job_id] == ["done"]
+
+
+async def test_the_queue_retries_after_500s_when_the_schedule_says(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, receiver: str, hook: str
+) -> None:
+    created = await register(client, caller, hook)
+    script(receiver, 500, 500)
+    await turn(client, caller, "Hello")
+
+    async def attempts(n: int) -> bool:
+        rows = await deliveries(app, caller.organization_id)
+        return len(rows) == 1 and rows[0].attempt_count == n and len(await delivery_jobs(app)) == n + (n < 3)
+
+    waits = []
+    for n in (1, 2):
+        await until(lambda n=n: attempts(n), f"attempt {n} was recorded")  # type: ignore[misc]
+        [row] = await deliveries(app, caller.organization_id)
+        retry = (await delivery_jobs(app))[-1]
+        # The next attempt is its own job, due when the delivery's schedule says, not before.
+        assert retry.status == "queued" and retry.run_after == row.next_attempt_at
+        assert row.next_attempt_at is not None and row.attempts[-1]["status_code"] == 500
+        waits.append(row.next_attempt_at - row.updated_at)
+        assert len(received(receiver)) == n
+        await due_now(app)
+    assert timedelta(seconds=5) <= waits[0] <= timedelta(seconds=5.5)
+    assert timedelta(seconds=15) <= waits[1] <= timedelta(seconds=16.5)
+    await until(lambda: attempts(3), "attempt 3 was recorded")
+    [row] = await deliveries(app, caller.organization_id)
+    assert (row.status, row.next_attempt_at) == ("delivered", None)
+    bodies = [got["body"] for got in received(receiver)]
+    assert len(bodies) == 3 and len(set(bodies)) == 1
+    SDK.webhooks.unwrap(bodies[-1], received(receiver)[-1]["headers"], secret=created["secret"])

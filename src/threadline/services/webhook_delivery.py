@@ -29,6 +29,7 @@ from threadline.config import Settings
 from threadline.domain import webhooks as rules
 from threadline.domain.clock import utcnow
 from threadline.errors import ValidationFailed
+from threadline.services import jobs
 from threadline.storage.repositories.webhooks import WebhookRepository
 from threadline.storage.tables import WebhookDelivery
 
@@ -37,6 +38,11 @@ logger = logging.getLogger("threadline.webhooks")
 USER_AGENT = f"Threadline/{__version__} (webhooks)"
 # What the delivery log keeps of an answer's body, and of an error.
 _EXCERPT_CHARS = 500
+
+# Each attempt at a delivery is a job of the app's queue (services/jobs.py), queued with the event (the first) or
+# with the previous attempt's record (the next, due when the schedule says). A process that dies mid-attempt
+# leaves its job to be taken over: the attempt is made again (deliveries are at least once).
+JOB_KIND = "webhook.deliver"
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Clock = Callable[[], datetime]
@@ -264,12 +270,41 @@ async def _record(
         if not await repo.record_attempt(organization_id, delivery.id, delivery.attempt_count, values):
             await session.rollback()
             return Outcome("gone", attempt=attempt)
+        if outcome.status == rules.PENDING:
+            await enqueue(session, organization_id, delivery.id, run_after=outcome.next_attempt_at)
         if sent.ok:
             await repo.record_success(organization_id, endpoint_id)
         else:
             outcome = await _count_failure(repo, settings, organization_id, endpoint_id, now, outcome, sent.error)
         await session.commit()
     return outcome
+
+
+def handler(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    clock: Clock = utcnow,
+    resolver: Resolver = resolve,
+) -> jobs.Handler:
+    """The job handler of `JOB_KIND` (registered in the app's lifespan): one attempt at the job's delivery. The
+    next attempt, if any, is another job, queued with the attempt's record."""
+
+    async def deliver(job: jobs.QueuedJob) -> None:
+        delivery_id = str(job.payload["delivery_id"])
+        await attempt_delivery(maker, settings, http, job.organization_id, delivery_id, clock=clock, resolver=resolver)
+
+    return deliver
+
+
+async def enqueue(
+    session: AsyncSession, organization_id: str, delivery_id: str, run_after: datetime | None = None
+) -> None:
+    """Queue an attempt at a delivery, in the caller's transaction (the one that wrote the delivery, or the
+    previous attempt's record)."""
+    payload = {"delivery_id": delivery_id}
+    await jobs.enqueue(session, organization_id=organization_id, kind=JOB_KIND, payload=payload, run_after=run_after)
 
 
 async def _count_failure(

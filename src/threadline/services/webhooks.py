@@ -237,7 +237,8 @@ def _announced(response: Response) -> bool:
 
 async def response_settled(session: AsyncSession, organization_id: str, response_id: str) -> list[str]:
     """Write the event of a response that just reached its final status, one delivery per endpoint that wants
-    it, in the caller's transaction (the one that settles the response). Returns the delivery ids written.
+    it and the job that sends it, in the caller's transaction (the one that settles the response). Returns the
+    delivery ids written.
 
     Costs one indexed query when the organization has no webhook endpoint. The event id is derived from the
     response's, and (endpoint, event) is unique: settling twice, were it ever to happen, writes nothing new."""
@@ -272,4 +273,7 @@ async def response_settled(session: AsyncSession, organization_id: str, response
         }
         for endpoint in endpoints
     ]
-    return await repo.add_deliveries(rows)
+    written = await repo.add_deliveries(rows)
+    for delivery_id in written:
+        await webhook_delivery.enqueue(session, organization_id, delivery_id)
+    return written
