@@ -31,7 +31,7 @@ from tests.servers import free_port, running
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider, Script
-from threadline.services import webhook_delivery
+from threadline.services import retention, webhook_delivery
 from threadline.storage.tables import Job, WebhookDelivery
 
 TESTS = Path(__file__).parent
@@ -657,3 +657,28 @@ async def test_the_queue_retries_after_500s_when_the_schedule_says(
     bodies = [got["body"] for got in received(receiver)]
     assert len(bodies) == 3 and len(set(bodies)) == 1
     SDK.webhooks.unwrap(bodies[-1], received(receiver)[-1]["headers"], secret=created["secret"])
+
+
+async def test_the_sweeper_purges_finished_deliveries_after_their_retention(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, hook: str, by_hand: None
+) -> None:
+    created = await register(client, caller, hook)
+    for text in ("old delivered", "old failed", "recent", "old pending"):
+        await turn(client, caller, text)
+    old, failed, recent, pending = await deliveries(app, caller.organization_id)
+    month_ago = utcnow() - timedelta(days=31)
+    async with app.state.sessionmaker() as session:
+        for row, status, at in ((old, "delivered", month_ago), (failed, "failed", month_ago),
+                                (recent, "delivered", utcnow()), (pending, "pending", month_ago)):  # fmt: skip
+            await session.execute(
+                sa.update(WebhookDelivery)
+                .where(WebhookDelivery.organization_id == row.organization_id, WebhookDelivery.id == row.id)
+                .values(status=status, updated_at=at)
+            )
+        await session.commit()
+    dry = await retention.sweep(app.state.sessionmaker, app.state.settings, dry_run=True)
+    assert dry.counts["webhook_deliveries"] == 2
+    report = await retention.sweep(app.state.sessionmaker, app.state.settings)
+    assert report.counts["webhook_deliveries"] == 2
+    left = (await client.get(f"/v1/webhooks/{created['id']}/deliveries", headers=caller.headers)).json()["data"]
+    assert sorted(entry["id"] for entry in left) == sorted([recent.id, pending.id])

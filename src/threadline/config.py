@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     # `webhook_disable_after_failures` attempts in a row) is disabled until someone enables it again.
     webhook_disable_after_hours: float = Field(default=24, ge=0)
     webhook_disable_after_failures: int = Field(default=10, ge=1)
+    # The delivery log keeps finished deliveries (delivered or given up) this long; the retention sweeper purges them.
+    webhook_delivery_retention_days: float = Field(default=30, gt=0)
 
     web_ui_enabled: bool = True
 

@@ -497,4 +497,11 @@ class WebhookDelivery(Base):
         # One delivery per event and endpoint, whatever happens: a second settling of a response inserts nothing.
         sa.UniqueConstraint("organization_id", "endpoint_id", "event_id", name="uq_webhook_deliveries_event"),
         sa.Index("ix_webhook_deliveries_endpoint_created_at", "organization_id", "endpoint_id", "created_at", "id"),
+        # The retention sweeper purges finished deliveries by age.
+        sa.Index(
+            "ix_webhook_deliveries_finished_updated_at",
+            "updated_at",
+            sqlite_where=sa.text("status IN ('delivered', 'failed')"),
+            postgresql_where=sa.text("status IN ('delivered', 'failed')"),
+        ),
     )

@@ -184,6 +184,29 @@ class WebhookRepository:
         ).first()
         return tuple(row) if row is not None else None
 
+    async def count_finished_before(self, before: datetime) -> int:
+        query = sa.select(sa.func.count()).select_from(WebhookDelivery).where(self._finished_before(before))
+        return int((await self.session.execute(query)).scalar_one())
+
+    async def purge_finished_before(self, before: datetime, limit: int) -> int:
+        """Delete at most `limit` deliveries finished (delivered or given up) before `before` (the retention
+        sweeper calls this in a loop, one transaction per batch)."""
+        batch = (
+            sa.select(WebhookDelivery.organization_id, WebhookDelivery.id)
+            .where(self._finished_before(before))
+            .limit(limit)
+        )
+        result = await self.session.execute(
+            sa.delete(WebhookDelivery)
+            .where(sa.tuple_(WebhookDelivery.organization_id, WebhookDelivery.id).in_(batch))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _finished_before(before: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(WebhookDelivery.status.in_(("delivered", "failed")), WebhookDelivery.updated_at < before)
+
     async def abandon_pending(self, organization_id: str, endpoint_id: str, error: str, now: datetime) -> None:
         """Close the endpoint's pending deliveries (it was disabled): they are not retried."""
         await self.session.execute(

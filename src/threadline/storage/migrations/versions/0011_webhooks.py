@@ -87,9 +87,17 @@ def upgrade() -> None:
         "webhook_deliveries",
         ["organization_id", "endpoint_id", "created_at", "id"],
     )
+    op.create_index(
+        "ix_webhook_deliveries_finished_updated_at",
+        "webhook_deliveries",
+        ["updated_at"],
+        sqlite_where=sa.text("status IN ('delivered', 'failed')"),
+        postgresql_where=sa.text("status IN ('delivered', 'failed')"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_finished_updated_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_endpoint_created_at", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index(op.f("ix_webhook_endpoints_organization_id_created_at_id"), table_name="webhook_endpoints")
