@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from openai import BadRequestError, InvalidWebhookSignatureError, NotFoundError, OpenAI
 from openai.types.webhooks import (
+    ResponseCancelledWebhookEvent,
     ResponseCompletedWebhookEvent,
     ResponseFailedWebhookEvent,
     ResponseIncompleteWebhookEvent,
@@ -30,9 +31,11 @@ from tests.responses_helpers import running_app, turn
 from tests.servers import free_port, running
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
+from threadline.ids import new_id
 from threadline.providers.fake import FakeProvider, Script
-from threadline.services import retention, webhook_delivery
-from threadline.storage.tables import Job, WebhookDelivery
+from threadline.services import recovery, retention, webhook_delivery, webhooks
+from threadline.storage.repositories.responses import ResponseRepository
+from threadline.storage.tables import Job, Response, Thread, WebhookDelivery
 
 TESTS = Path(__file__).parent
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
@@ -682,3 +685,64 @@ async def test_the_sweeper_purges_finished_deliveries_after_their_retention(
     assert report.counts["webhook_deliveries"] == 2
     left = (await client.get(f"/v1/webhooks/{created['id']}/deliveries", headers=caller.headers)).json()["data"]
     assert sorted(entry["id"] for entry in left) == sorted([recent.id, pending.id])
+
+
+async def _in_progress(app: FastAPI, caller: Caller, client: httpx.AsyncClient, lease_expired: bool) -> str:
+    """A response still in progress on a thread whose lease it holds (expired: its server died)."""
+    thread = (await client.post("/v1/threads", json={}, headers=caller.headers)).json()["id"]
+    response_id = new_id("resp")
+    now = utcnow()
+    async with app.state.sessionmaker() as session:
+        session.add(
+            Response(
+                organization_id=caller.organization_id,
+                id=response_id,
+                thread_id=thread,
+                model="fake-model",
+                status="in_progress",
+                request={},
+                context={},
+                created_at=now,
+            )
+        )
+        await session.execute(
+            sa.update(Thread)
+            .where(Thread.organization_id == caller.organization_id, Thread.id == thread)
+            .values(
+                status="streaming",
+                lease_owner=response_id,
+                lease_expires_at=now + (timedelta(minutes=-1) if lease_expired else timedelta(minutes=1)),
+            )
+        )
+        await session.commit()
+    return response_id
+
+
+async def test_a_turn_a_dead_server_left_is_announced_once_as_failed(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, hook: str, by_hand: None
+) -> None:
+    await register(client, caller, hook)
+    response_id = await _in_progress(app, caller, client, lease_expired=True)
+    assert await recovery.settle_expired(app.state.sessionmaker) == 1
+    assert await recovery.settle_expired(app.state.sessionmaker) == 0
+    fetched = await client.get(f"/v1/model/response/{response_id}", headers=caller.headers)
+    assert fetched.json()["status"] == "failed"
+    [row] = await deliveries(app, caller.organization_id)
+    event = ResponseFailedWebhookEvent.model_validate_json(row.body)
+    assert (event.type, event.data.id) == ("response.failed", response_id)
+
+
+async def test_a_cancelled_response_is_announced_once(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, hook: str, by_hand: None
+) -> None:
+    await register(client, caller, hook, events=["response.cancelled"])
+    response_id = await _in_progress(app, caller, client, lease_expired=False)
+    async with app.state.sessionmaker() as session:
+        assert await ResponseRepository(session).cancel_if_in_progress(caller.organization_id, response_id, utcnow())
+        written = await webhooks.response_settled(session, caller.organization_id, response_id)
+        again = await webhooks.response_settled(session, caller.organization_id, response_id)
+        await session.commit()
+    assert len(written) == 1 and again == []  # settling twice writes nothing new
+    [row] = await deliveries(app, caller.organization_id)
+    event = ResponseCancelledWebhookEvent.model_validate_json(row.body)
+    assert (event.type, event.data.id) == ("response.cancelled", response_id)
