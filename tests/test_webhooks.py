@@ -624,6 +624,8 @@ async def test_the_queue_delivers_each_event(
     await until(recorded, "the delivery was recorded")
     [job] = await delivery_jobs(app)
     await until(lambda: _job_done(app, job.id), "its job is done")
+    metrics = (await client.get("/metrics")).text
+    assert 'threadline_webhook_attempts_total{outcome="delivered"} 1.0' in metrics
 
 
 async def _job_done(app: FastAPI, job_id: str) -> bool:

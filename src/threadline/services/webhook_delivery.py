@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from threadline import __version__
+from threadline import __version__, observability
 from threadline.config import Settings
 from threadline.domain import webhooks as rules
 from threadline.domain.clock import utcnow
@@ -277,7 +277,11 @@ async def _record(
         else:
             outcome = await _count_failure(repo, settings, organization_id, endpoint_id, now, outcome, sent.error)
         await session.commit()
+    observability.current().webhook_attempt(_METRIC_OUTCOMES[outcome.status])
     return outcome
+
+
+_METRIC_OUTCOMES = {rules.DELIVERED: "delivered", rules.PENDING: "retry", rules.FAILED: "given_up"}
 
 
 def handler(
