@@ -167,7 +167,7 @@ async def send(
         target = rules.parse_url(url)
         addresses = await checked_addresses(settings, target, resolver)
     except ValidationFailed as exc:
-        return Sent(None, exc.message)
+        return Sent(None, exc.message[:_EXCERPT_CHARS])
     error = "No address could be reached."
     for address in addresses:
         try:
@@ -250,7 +250,7 @@ async def _record(
         "attempt_count": count,
         "attempts": [*delivery.attempts, attempt],
         "last_status_code": sent.status_code,
-        "last_error": sent.error,
+        "last_error": sent.error[:_EXCERPT_CHARS] if sent.error else None,
         "updated_at": now,
     }
     async with maker() as session:
