@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from standardwebhooks import Webhook
 
+from threadline.domain import turns
 from threadline.errors import ValidationFailed
 
 # What a response's end is announced as (OpenAI's names). Threadline emits no others: see docs/webhooks.md for why
@@ -49,10 +50,13 @@ def secret_hint(secret: str) -> str:
 def response_event_type(status: str, finish_reason: str | None) -> EventType | None:
     """The event a response's final status is announced as; None while it is not final. A completed answer that
     stopped at its token limit (or a content filter) is `incomplete`, as the OpenAI Responses surface shows it."""
-    if status == "completed":
-        return "response.incomplete" if finish_reason in ("length", "content_filter") else "response.completed"
-    if status in ("failed", "cancelled"):
-        return f"response.{status}"  # type: ignore[return-value]
+    if status == turns.COMPLETED:
+        truncated = finish_reason in (turns.TRUNCATED_BY_LENGTH, turns.TRUNCATED_BY_FILTER)
+        return "response.incomplete" if truncated else "response.completed"
+    if status == turns.FAILED:
+        return "response.failed"
+    if status == turns.CANCELLED:
+        return "response.cancelled"
     return None
 
 

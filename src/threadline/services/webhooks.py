@@ -231,7 +231,8 @@ async def test_endpoint(
 
 def _announced(response: Response) -> bool:
     """Responses of the Responses surfaces (Freddy and OpenAI) are announced; an Assistants run (its own
-    lifecycle, which OpenAI announces by no webhook) and the internal turn that names a thread are not."""
+    lifecycle, which OpenAI announces by no webhook) and the internal turn that names a thread are not. (The keys
+    are turns/record.py's: `run` for a run, `purpose` from the naming turn's `TurnRequest.record`.)"""
     return "run" not in response.request and response.request.get("purpose") is None
 
 
