@@ -110,6 +110,10 @@ STATE_RULES = {
     "thread_empty",  # generateName on a thread with no message
     "context_length_exceeded",  # the thread and the inputs do not fit the model's window
     "organization_required",  # a user in several organizations
+    "invalid_webhook_url",  # a webhook URL must be http(s) with a host (the document states only its length)
+    "webhook_url_not_allowed",  # …on an address deliveries may go to
+    "webhook_url_unresolvable",  # …whose host resolves
+    "invalid_event_type",  # OpenAI's surface takes any event type name; Threadline sends four
 }
 VALID_ACCEPTED = os.environ.get("THREADLINE_FUZZ_VALID_ACCEPTED") == "1"
 
@@ -139,6 +143,7 @@ class Server:
     key_headers: dict[str, str]
     token_headers: dict[str, str]
     schemas: dict[str, Any]
+    webhook_url: str  # a receiver (tests/webhook_receiver.py) for the webhook endpoints made by `_known`
     http: requests.Session = field(default_factory=requests.Session)
     reached: dict[str, set[int]] = field(default_factory=dict)  # the statuses each fuzzed operation answered
 
@@ -176,12 +181,18 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     database_url = str(request.getfixturevalue(f"{request.param}_url"))
     env = threadline_env(database_url)
     env["PYTHONPATH"] = f"{REPO_SRC}{os.pathsep}{REPO_ROOT}"
+    env["THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the webhook endpoints of `_known` are on 127.0.0.1
     base_url = f"http://127.0.0.1:{free_port()}"
     port = urlsplit(base_url).port
-    log = tmp_path_factory.mktemp("fuzz") / "server.log"
+    logs = tmp_path_factory.mktemp("fuzz")
     command = [sys.executable, "-m", "tests.fuzz_server", str(port)]
+    receiver = f"http://127.0.0.1:{free_port()}"
+    receive = [sys.executable, "tests/webhook_receiver.py", "--port", str(urlsplit(receiver).port)]
     try:
-        with running(command, ready_url=f"{base_url}/healthz", log=log, env=env, cwd=REPO_ROOT):
+        with (
+            running(receive, ready_url=f"{receiver}/healthz", log=logs / "receiver.log", env=env, cwd=REPO_ROOT),
+            running(command, ready_url=f"{base_url}/healthz", log=logs / "server.log", env=env, cwd=REPO_ROOT),
+        ):
             organization_id, secret = asyncio.run(_make_caller(database_url))
             main = requests.get(base_url + MAIN).json()
             v2 = _without_beta_header(requests.get(base_url + V2).json())
@@ -195,6 +206,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                     MAIN: schemathesis.openapi.from_dict(main, config=FUZZ_CONFIG),
                     V2: schemathesis.openapi.from_dict(v2, config=FUZZ_CONFIG),
                 },
+                webhook_url=f"{receiver}/hook",
             )
             yield server
             _assert_reach(server.reached)
@@ -245,6 +257,14 @@ def _known(server: Server, path: str | None = None) -> dict[str, str]:
         )
         assert steps.status_code == 200, steps.text
         known["step_id"] = steps.json()["data"][0]["id"]
+    if needs("webhook_id", "webhook_endpoint_id", "delivery_id"):
+        hook = {"url": server.webhook_url, "events": ["response.completed"]}
+        known["webhook_id"] = known["webhook_endpoint_id"] = post("/v1/webhooks", hook)["id"]
+    if needs("delivery_id"):
+        post("/v1/model/response", {"thread": thread, "inputs": [{"role": "user", "texts": [{"text": "hi"}]}]})
+        log = server.http.get(server.url(f"/v1/webhooks/{known['webhook_id']}/deliveries"), headers=server.key_headers)
+        assert log.status_code == 200, log.text
+        known["delivery_id"] = log.json()["data"][0]["id"]
     if needs("key_id"):
         # Another key than the fuzzer's own: revoking it must not lock the fuzzer out.
         known["key_id"] = post("/v1/api-keys", {"name": "fuzz-victim"}, server.token_headers)["id"]

@@ -100,6 +100,7 @@ EXPECTED = {
     "inactive_thread_messages": 4,
     "deleted_messages": 1,
     "idempotency_keys": 1,
+    "webhook_deliveries": 0,  # tests/test_webhooks.py seeds and purges these
 }
 
 

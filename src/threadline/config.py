@@ -130,6 +130,21 @@ class Settings(BaseSettings):
     idempotency_wait_seconds: float = Field(default=30, ge=0)
     idempotency_stale_seconds: float = Field(default=600, gt=0)
 
+    # Webhooks (docs/webhooks.md). Deliveries go to public http(s) addresses only; `true` also allows loopback,
+    # private, link-local and other non-public targets (tests, on-prem receivers). Never the server's own port.
+    webhook_allow_private_urls: bool = False
+    # One attempt: connecting, sending and reading the answer's first `webhook_max_response_bytes`.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_max_response_bytes: int = Field(default=65_536, ge=0, le=10_485_760)
+    # Failed attempts are retried with exponential backoff for this long after the event, then given up.
+    webhook_retry_hours: float = Field(default=72, gt=0)
+    # An endpoint whose every attempt failed for `webhook_disable_after_hours` (at least
+    # `webhook_disable_after_failures` attempts in a row) is disabled until someone enables it again.
+    webhook_disable_after_hours: float = Field(default=24, ge=0)
+    webhook_disable_after_failures: int = Field(default=10, ge=1)
+    # The delivery log keeps finished deliveries (delivered or given up) this long; the retention sweeper purges them.
+    webhook_delivery_retention_days: float = Field(default=30, gt=0)
+
     web_ui_enabled: bool = True
 
     # Operations: on SIGTERM, running turns and streams get this long to finish before they are settled as failed.

@@ -28,10 +28,12 @@ from threadline.api.routes import (
     openai_responses_ws,
     openai_runs,
     openai_threads,
+    openai_webhooks,
     responses,
     search,
     thread_data,
     threads,
+    webhooks,
 )
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
@@ -39,7 +41,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs, recovery, retention
+from threadline.services import jobs, recovery, retention, webhook_delivery
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.turns.engine import TurnEngine
@@ -86,6 +88,8 @@ def create_app(
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
+        # Webhook deliveries have their own client: no redirects, no proxy (services/webhook_delivery.py).
+        app.state.webhook_http = webhook_delivery.new_client()
         if tracer_provider is not None:
             _instrument(engine, http_client, tracer_provider)
         try:
@@ -97,6 +101,7 @@ def create_app(
             )
         except BaseException:
             await http_client.aclose()
+            await app.state.webhook_http.aclose()
             await engine.dispose()
             raise
         app.state.models = registry
@@ -118,6 +123,7 @@ def create_app(
             poll_seconds=settings.job_poll_seconds,
         )
         app.state.jobs = runner
+        runner.register(webhook_delivery.JOB_KIND, webhook_delivery.handler(maker, settings, app.state.webhook_http))
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -141,6 +147,7 @@ def create_app(
                     await task
             await registry.aclose()
             await http_client.aclose()
+            await app.state.webhook_http.aclose()
             await engine.dispose()
             if tracer_provider is not None:
                 _uninstrument()
@@ -201,6 +208,8 @@ def create_app(
         openai_responses,
         openai_responses_ws,
         models_routes,
+        webhooks,
+        openai_webhooks,
     )
     for module in routers:
         app.include_router(module.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
@@ -44,6 +45,12 @@ def get_models(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_webhook_http(request: Request) -> httpx.AsyncClient:
+    """The client webhook deliveries go through (services/webhook_delivery.py)."""
+    client: httpx.AsyncClient = request.app.state.webhook_http
+    return client
+
+
 def get_turns(request: Request) -> TurnEngine:
     """The turn engine the app built at start-up."""
     engine: TurnEngine = request.app.state.turns
@@ -53,6 +60,7 @@ def get_turns(request: Request) -> TurnEngine:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+WebhookHttpDep = Annotated[httpx.AsyncClient, Depends(get_webhook_http)]
 TurnsDep = Annotated[TurnEngine, Depends(get_turns)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

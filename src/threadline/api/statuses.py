@@ -19,7 +19,8 @@ _DESCRIPTIONS = {
     413: "The request body is larger than the server's limit (`payload_too_large`).",
     429: "Over the credential's rate limit (`rate_limited`, retryable): requests per minute or model turns at once; "
     "`Retry-After` says when to retry.",
-    502: "The model provider failed or sent something unusable (`upstream_error`, retryable).",
+    502: "The model provider failed or sent something unusable (`upstream_error`, retryable), or the webhook "
+    "endpoint under test could not be reached (`webhook_endpoint_unreachable`).",
     503: "The database is unavailable right now (`database_unavailable`), or this process is shutting down and "
     "starts no new turns (`server_shutting_down`); both retryable.",
     504: "The model provider did not answer in time (`upstream_timeout`, retryable).",
@@ -36,6 +37,7 @@ CONFLICT = errors(409)  # the thread's lifecycle, an existing id, a thread full 
 REFERENCES = errors(404)  # the body names another resource (an assistant, a model, a thread, a response)
 USER_TOKEN_ONLY = errors(403)  # refuses API keys
 MODEL_CALL = errors(404, 409, 502, 504)  # a turn: the model or thread named, busy or locked, the upstream failing
+ENDPOINT_CALL = errors(502)  # a webhook endpoint called while the request waits
 
 
 def streamed(events: list[str]) -> dict[int | str, dict[str, Any]]:

@@ -120,6 +120,10 @@ class Observer:
         if self.metrics is not None and rows:
             self.metrics.retention_purged.labels(category).inc(rows)
 
+    def webhook_attempt(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_attempts.labels(outcome).inc()
+
 
 _NOTHING = Observer()
 _current: contextvars.ContextVar[Observer] = contextvars.ContextVar("threadline_observer", default=_NOTHING)

@@ -120,6 +120,12 @@ class Metrics:
             ["category"],
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "threadline_webhook_attempts_total",
+            "Webhook delivery attempts, by outcome: delivered, retry (failed, another attempt queued), given_up.",
+            ["outcome"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text format for a scrape: this process's metrics, or every worker's in multiprocess mode."""

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from threadline.config import Settings
 from threadline.domain import leases as rules
 from threadline.domain.clock import utcnow
+from threadline.services import webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response, Thread
@@ -43,8 +44,10 @@ async def _settle_lease(
     """Free the thread if `holder`'s lease on it expired, and fail the holder's response; True if it was freed."""
     if not await ThreadRepository(session).settle_expired_lease(organization_id, thread_id, holder, now):
         return False
-    if holder is not None:
-        await ResponseRepository(session).fail_if_in_progress(organization_id, holder, rules.interrupted_error(), now)
+    if holder is not None and await ResponseRepository(session).fail_if_in_progress(
+        organization_id, holder, rules.interrupted_error(), now
+    ):
+        await webhooks.response_settled(session, organization_id, holder)
     return True
 
 
@@ -71,10 +74,10 @@ async def settle_response(
         return
     if thread is not None and owner == response.id:
         await settle_thread(session, thread, now)
-    else:
-        await ResponseRepository(session).fail_if_in_progress(
-            response.organization_id, response.id, rules.interrupted_error(), now
-        )
+    elif await ResponseRepository(session).fail_if_in_progress(
+        response.organization_id, response.id, rules.interrupted_error(), now
+    ):
+        await webhooks.response_settled(session, response.organization_id, response.id)
     await session.refresh(response)
 
 

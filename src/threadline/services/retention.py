@@ -14,7 +14,9 @@ What a sweep purges, in this order (each category excludes the ones before it, s
   copies of the text) of threads with no new message for `message_retention_days`; the thread stays, with
   `message_count` fixed;
 - `deleted_messages`: messages soft-deleted more than `deleted_thread_grace_days` ago;
-- `idempotency_keys`: expired Idempotency-Key records.
+- `idempotency_keys`: expired Idempotency-Key records;
+- `webhook_deliveries`: the webhook delivery log's entries finished (delivered or given up) more than
+  `webhook_delivery_retention_days` ago.
 
 Purging a thread removes its messages, message edits and responses too. Before a thread's messages are purged, the
 forks made from it get their own copy of what they read from it (one transaction per thread, see services/forks.py),
@@ -50,6 +52,7 @@ from threadline.storage.repositories.retention import (
     inactive_condition,
     thread_condition,
 )
+from threadline.storage.repositories.webhooks import WebhookRepository
 
 logger = logging.getLogger("threadline.retention")
 
@@ -63,6 +66,7 @@ CATEGORIES = (
     "inactive_thread_messages",
     "deleted_messages",
     "idempotency_keys",
+    "webhook_deliveries",
 )
 _THREAD_CATEGORIES: tuple[ThreadCategory, ...] = ("deleted_threads", "expired_threads", "expired_chains")
 # Threads handled per batch; their rows are still deleted `retention_batch_size` at a time.
@@ -108,6 +112,9 @@ async def count_due(maker: async_sessionmaker[AsyncSession], settings: Settings,
         report.counts["inactive_thread_messages"] = await repo.count_inactive_messages(c)
         report.counts["deleted_messages"] = await repo.count_deleted_messages(c)
         report.counts["idempotency_keys"] = await IdempotencyRepository(session).count_expired(now)
+        report.counts["webhook_deliveries"] = await WebhookRepository(session).count_finished_before(
+            _deliveries_before(settings, now)
+        )
         await session.rollback()
     return report
 
@@ -166,6 +173,7 @@ class _Sweep:
         self.owner = owner
         self.progress = progress
         self.batch = settings.retention_batch_size
+        self.deliveries_before = _deliveries_before(settings, c.now)
         self.report = RetentionReport(dry_run=False)
         self.renewed_at = asyncio.get_running_loop().time()
 
@@ -177,6 +185,7 @@ class _Sweep:
             await self._purge_inactive()
             await self._repeat("deleted_messages", lambda r: r.purge_deleted_messages(self.c, self.batch))
             await self._repeat_keys()
+            await self._repeat_deliveries()
         except LeaseLost:
             logger.warning("retention sweep stopped: its lease was taken over")
         return self.report
@@ -207,6 +216,14 @@ class _Sweep:
             if rows == 0:
                 return
             await self._step("idempotency_keys", rows)
+
+    async def _repeat_deliveries(self) -> None:
+        purge = partial(_purge_deliveries, self.deliveries_before, self.batch)
+        while True:
+            rows = await _in_tx(self.maker, lambda s: purge(WebhookRepository(s)))
+            if rows == 0:
+                return
+            await self._step("webhook_deliveries", rows)
 
     async def _due(
         self, condition: ColumnElement[bool], seen: set[tuple[str, str]], stuck: set[tuple[str, str]]
@@ -282,6 +299,14 @@ async def _delete_threads(
 
 async def _recount(organization_id: str, ids: list[str], repo: RetentionRepository) -> None:
     await repo.recount_messages(organization_id, ids)
+
+
+def _deliveries_before(settings: Settings, now: datetime) -> datetime:
+    return now - timedelta(days=settings.webhook_delivery_retention_days)
+
+
+async def _purge_deliveries(before: datetime, limit: int, repo: WebhookRepository) -> int:
+    return await repo.purge_finished_before(before, limit)
 
 
 def _by_organization(keys: list[tuple[str, str]]) -> dict[str, list[str]]:

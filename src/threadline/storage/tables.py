@@ -442,3 +442,82 @@ class Job(Base):
             postgresql_where=sa.text("finished_at IS NOT NULL"),
         ),
     )
+
+
+class WebhookEndpoint(Base):
+    """Where an organization wants to hear about its responses (migration 0011, docs/webhooks.md).
+
+    The signing secret must be stored as it is, not as a digest: every delivery is signed with it (HMAC). After a
+    rotation that keeps the old secret for a while, `previous_secret` signs too until `previous_secret_expires_at`.
+    `consecutive_failures`/`failing_since` count the attempts failed since the last success: they decide when the
+    endpoint is disabled (`status`, `disabled_reason`).
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    organization_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    event_types: Mapped[list[Any]] = mapped_column(default=list)
+    description: Mapped[str | None] = mapped_column(sa.String(512))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    secret: Mapped[str] = mapped_column(sa.String(100))
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(100))
+    previous_secret_expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(sa.String(16), default="enabled")
+    disabled_reason: Mapped[str | None] = mapped_column(sa.String(1000))
+    disabled_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    failing_since: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (sa.Index(None, "organization_id", "created_at", "id"),)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the signed body sent on every attempt and the log of those attempts.
+
+    Written in the transaction that settles the response (an outbox): a delivery exists exactly when its event
+    happened. The id is the `webhook-id` header, the same on every retry, so receivers can drop duplicates.
+    `attempts` is the log (bounded by the retry window): `{"at", "duration_ms", "status_code", "error"}` each.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(sa.String(64))
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[list[Any]] = mapped_column(default=list)
+    next_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(1000))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["organization_id", "endpoint_id"],
+            ["webhook_endpoints.organization_id", "webhook_endpoints.id"],
+            ondelete="CASCADE",
+            name="fk_webhook_deliveries_endpoint",  # (named: the convention's name is over PostgreSQL's 63 bytes)
+        ),
+        # One delivery per event and endpoint, whatever happens: a second settling of a response inserts nothing.
+        sa.UniqueConstraint("organization_id", "endpoint_id", "event_id", name="uq_webhook_deliveries_event"),
+        sa.Index("ix_webhook_deliveries_endpoint_created_at", "organization_id", "endpoint_id", "created_at", "id"),
+        # The retention sweeper purges finished deliveries by age.
+        sa.Index(
+            "ix_webhook_deliveries_finished_updated_at",
+            "updated_at",
+            sqlite_where=sa.text("status IN ('delivered', 'failed')"),
+            postgresql_where=sa.text("status IN ('delivered', 'failed')"),
+        ),
+    )

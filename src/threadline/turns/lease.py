@@ -17,6 +17,7 @@ from threadline.domain import leases
 from threadline.domain.turns import COMPLETED
 from threadline.errors import InvalidRequest, NotFound, ThreadNotFound
 from threadline.services import threads as thread_service
+from threadline.services import webhooks
 from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
@@ -141,9 +142,9 @@ class LeaseAttempt:
         org = thread.organization_id
         if not await repo.take_over_lease(org, thread.id, holder, self.owner, self.now, self.expires_at):
             return None
-        if holder is not None:
-            await ResponseRepository(self.session).fail_if_in_progress(
-                org, holder, leases.interrupted_error(), self.now
-            )
+        if holder is not None and await ResponseRepository(self.session).fail_if_in_progress(
+            org, holder, leases.interrupted_error(), self.now
+        ):
+            await webhooks.response_settled(self.session, org, holder)
         await self.session.refresh(thread)
         return thread

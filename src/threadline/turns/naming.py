@@ -96,6 +96,7 @@ async def start_naming(engine: TurnEngine, principal: Principal, request: NameRe
         inputs=naming_prompt([ExcerptMessage(row.role, row.content) for row in rows]),
         store=False,
         thread_metadata={"purpose": PURPOSE, "source_thread_id": request.thread_id},
+        record={"purpose": PURPOSE},  # an internal turn: announced by no webhook
         model=model,
         max_output_tokens=request.max_output_tokens,
         temperature=request.temperature,

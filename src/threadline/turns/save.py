@@ -19,6 +19,7 @@ from threadline.errors import ThreadBusy
 from threadline.providers.base import Finished
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
+from threadline.services import webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.turns.record import answer_context, stored
@@ -76,6 +77,7 @@ class TurnSaver:
                 values["input_first_seq"] = rows[0].seq
                 values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
             row = await ResponseRepository(session).update(turn.organization_id, turn.id, values)
+            await webhooks.response_settled(session, turn.organization_id, turn.id)  # the outbox (docs/webhooks.md)
             await session.commit()
             return stored(row)
 
@@ -83,7 +85,9 @@ class TurnSaver:
         """Record the failure and free the thread; the thread's messages are untouched."""
         async with self.maker() as session:
             repo = ResponseRepository(session)
-            await repo.fail_if_in_progress(turn.organization_id, turn.id, {"code": code, "message": message}, utcnow())
+            error = {"code": code, "message": message}
+            if await repo.fail_if_in_progress(turn.organization_id, turn.id, error, utcnow()):
+                await webhooks.response_settled(session, turn.organization_id, turn.id)
             await ThreadRepository(session).release_lease(turn.organization_id, turn.thread_id, turn.id)
             row = await repo.get(turn.organization_id, turn.id)
             assert row is not None
