@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from threadline import __version__, observability
-from threadline.api import errors, idempotency, openapi
+from threadline.api import background, errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
@@ -37,8 +37,9 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs, naming, recovery, retention
+from threadline.services import background_responses, jobs, naming, recovery, retention
 from threadline.services.background import Background
+from threadline.services.response_streams import StreamHub
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
 
@@ -97,10 +98,10 @@ def create_app(
             raise
         app.state.models = registry
         # Work that outlives its request (auto-naming), cancelled at shutdown before the engine goes away.
-        background = Background()
-        app.state.background = background
+        background_tasks = Background()
+        app.state.background = background_tasks
         app.state.turn_observer = (
-            naming.AutoNamer(app.state.sessionmaker, settings, registry, background)
+            naming.AutoNamer(app.state.sessionmaker, settings, registry, background_tasks)
             if settings.auto_name_threads
             else None
         )
@@ -114,6 +115,13 @@ def create_app(
             poll_seconds=settings.job_poll_seconds,
         )
         app.state.jobs = runner
+        # Live signals about responses (new stream events, cancels), and the job that runs background responses.
+        hub = StreamHub(engine)
+        app.state.streams = hub
+        runner.register(
+            background_responses.JOB_KIND,
+            background.handler(maker, settings, registry, hub, app.state.turn_observer),
+        )
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -124,13 +132,15 @@ def create_app(
             # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
             if settings.retention_enabled:
                 tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
+            await hub.start()
             await runner.start()
             yield
         finally:
             if restore_sigterm is not None:
                 restore_sigterm()
             await runner.stop()
-            await background.aclose()
+            await hub.stop()
+            await background_tasks.aclose()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth, rate_limits
 from threadline.services.auth import Principal
+from threadline.services.response_streams import StreamHub
 from threadline.services.turns import TurnObserver
 
 
@@ -43,6 +44,11 @@ def get_models(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_stream_hub(request: Request) -> StreamHub:
+    hub: StreamHub = request.app.state.streams
+    return hub
+
+
 def get_turn_observer(request: Request) -> TurnObserver | None:
     """What hears about saved turns (auto-naming), or None when nothing listens."""
     observer: TurnObserver | None = request.app.state.turn_observer
@@ -52,6 +58,7 @@ def get_turn_observer(request: Request) -> TurnObserver | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]
 TurnObserverDep = Annotated[TurnObserver | None, Depends(get_turn_observer)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from threadline.services.response_streams import EventRecorder, RecordedEvent
+
+# Told of every framed event: (sequence number, type, the JSON of its data).
+Record = Callable[[int, str, str], None]
+
 
 class EventFramer:
-    """Frames events named like OpenAI's streams: each data object has `type` and a rising `sequence_number`."""
+    """Frames events named like OpenAI's streams: each data object has `type` and a rising `sequence_number`,
+    from `start`. `record` (an `EventRecorder.add`) keeps each event for replay (docs/streams.md)."""
 
-    def __init__(self) -> None:
-        self.sequence = 0
+    def __init__(self, record: Record | None = None, start: int = 0) -> None:
+        self.sequence = start
+        self._record = record
 
     def frame(self, name: str, payload: dict[str, Any]) -> str:
-        data = {"type": name, "sequence_number": self.sequence, **payload}
+        data = json.dumps({"type": name, "sequence_number": self.sequence, **payload}, ensure_ascii=False)
+        if self._record is not None:
+            self._record(self.sequence, name, data)
         self.sequence += 1
-        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return framed(name, data)
+
+
+def framed(name: str, data: str) -> str:
+    return f"event: {name}\ndata: {data}\n\n"
+
+
+def replayed(event: RecordedEvent) -> str:
+    return framed(event.type, event.data)
+
+
+async def recorded(frames: AsyncIterator[str], recorder: EventRecorder) -> AsyncIterator[str]:
+    """`frames` as they come; the recorder writes what is left when they end (or the client goes away)."""
+    try:
+        async for chunk in frames:
+            yield chunk
+    finally:
+        await recorder.aclose()
 
 
 def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:

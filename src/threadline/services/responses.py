@@ -43,6 +43,7 @@ from threadline.errors import (
     AlreadyExists,
     InvalidRequest,
     NotFound,
+    ResponseNotQueued,
     ServiceUnavailable,
     ThreadBusy,
     ThreadFull,
@@ -117,6 +118,8 @@ class ResponseRequest:
     parallel_tool_calls: bool | None = None
     # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
     max_tool_calls: int | None = None
+    # A background response's id: the turn starts the `queued` response (services/background_responses.py).
+    response_id: str | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -331,7 +334,8 @@ async def _try_start(
     org = request.organization_id
     items = await _resolve_references(session, org, request.inputs)
     now = utcnow()
-    lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
+    owner_id = request.response_id or new_id("resp")
+    lease = _Lease(owner_id, now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
     with observability.current().span("turn.lease"):
         thread = await _lease_thread(session, principal, request, lease)
     if thread is None:
@@ -416,20 +420,19 @@ async def _try_start(
     if request.run is not None:
         run = request.run
         record["run"] = {**run.record, "assistant_id": run.assistant_id, "instructions": instructions or ""}
-    response = await ResponseRepository(session).add(
-        Response(
-            organization_id=org,
-            id=owner,
-            thread_id=thread.id,
-            previous_response_id=request.previous_response_id,
-            user_id=principal.user_id,
-            model=info.name,
-            status="in_progress",
-            request=record,
-            context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
-            created_at=now,
-        )
+    started = Response(
+        organization_id=org,
+        id=owner,
+        thread_id=thread.id,
+        previous_response_id=request.previous_response_id,
+        user_id=principal.user_id,
+        model=info.name,
+        status="in_progress",
+        request=record,
+        context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
+        created_at=now,
     )
+    response = await _record_started(session, request, started)
     return Turn(
         response=response,
         organization_id=org,
@@ -456,6 +459,18 @@ async def _try_start(
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
     )
+
+
+async def _record_started(session: AsyncSession, request: ResponseRequest, started: Response) -> Response:
+    """The response row of a turn that starts: new, or a queued background response's (unless it was cancelled)."""
+    repo = ResponseRepository(session)
+    if request.response_id is None:
+        return await repo.add(started)
+    values = {c: getattr(started, c) for c in ("thread_id", "model", "status", "request", "context")}
+    response = await repo.start_queued(started.organization_id, started.id, values)
+    if response is None:
+        raise ResponseNotQueued(f"Response '{started.id}' is no longer queued (cancelled).")
+    return response
 
 
 async def _resolve_references(

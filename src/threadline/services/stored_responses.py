@@ -1,15 +1,15 @@
-"""Stored responses after their turn: the input items a turn saved, deleting a response, cancelling one.
+"""Stored responses after their turn: the input items a turn saved, deleting a response.
 
 Deleting a response removes its record only. The messages the turn saved belong to the thread (a conversation's
 items, a Freddy thread's history) and stay there; the response can no longer be retrieved or continued with
-`previous_response_id`. Threadline runs no background responses, so none can be cancelled.
+`previous_response_id`. (Cancelling a background response: services/background_responses.py.)
 """
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.errors import Conflict, InvalidRequest
+from threadline.errors import Conflict
 from threadline.services.responses import get_response
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
@@ -39,15 +39,3 @@ async def delete_response(session: AsyncSession, organization_id: str, response_
         )
     await ResponseRepository(session).delete(response)
     return response
-
-
-async def cancel_response(session: AsyncSession, organization_id: str, response_id: str) -> Response:
-    """Always refused (after the existence check), as OpenAI refuses to cancel a response that is not
-    `background`: a turn runs in the request that started it, and ends when that client disconnects."""
-    await get_response(session, organization_id, response_id)
-    raise InvalidRequest(
-        f"Response '{response_id}' cannot be cancelled: only background responses can be, and Threadline runs "
-        "none (a streamed response stops when its client disconnects).",
-        code="response_not_cancellable",
-        param="response_id",
-    )

@@ -1,11 +1,18 @@
-"""POST /v1/model/response (seed 000) and GET /v1/model/response/{id}."""
+"""POST /v1/model/response (seed 000), GET /v1/model/response/{id}, and background responses.
+
+`background: true` answers at once with the response `queued` (a job runs it, services/background_responses.py);
+`POST /v1/model/response/{id}/cancel` cancels it. Every streamed response's events are recorded, so
+`GET /v1/model/response/{id}?stream=true&starting_after=N` replays them after N and follows the rest live, from any
+process (docs/streams.md).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from threadline.api.deps import (
@@ -14,53 +21,114 @@ from threadline.api.deps import (
     SessionDep,
     SessionmakerDep,
     SettingsDep,
+    StreamHubDep,
     TurnObserverDep,
     TurnPrincipalDep,
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
-from threadline.api.sse import EventFramer, sse_response
-from threadline.api.statuses import MODEL_CALL, streamed
-from threadline.services import responses, turns
+from threadline.api.sse import EventFramer, recorded, sse_response
+from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
+from threadline.api.streams import check_replay, follow_frames
+from threadline.services import background_responses, responses, turns
+from threadline.services.response_streams import EventRecorder
 from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
+from threadline.storage.tables import Response
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 
+STREAM_EVENTS = [
+    "response.created",
+    "response.queued",
+    "response.in_progress",
+    "response.output_text.delta",
+    "response.completed",
+    "response.failed",
+]
 
-@router.post(
-    "",
-    response_model=ResponseRead,
-    dependencies=[Idempotent],
-    responses=MODEL_CALL
-    | streamed(["response.created", "response.output_text.delta", "response.completed", "response.failed"]),
-)
+
+@router.post("", response_model=ResponseRead, dependencies=[Idempotent], responses=MODEL_CALL | streamed(STREAM_EVENTS))
 async def create_response(
     body: ResponseCreate,
     principal: TurnPrincipalDep,
     maker: SessionmakerDep,
     settings: SettingsDep,
     models: ModelsDep,
+    hub: StreamHubDep,
     observer: TurnObserverDep,
 ) -> ResponseRead | StreamingResponse:
     turn_request = body.to_request(principal.organization(body.organization_id))
+    if body.background:
+        queued = await background_responses.queue_response(
+            maker,
+            models,
+            principal,
+            turn_request,
+            surface="freddy",
+            body=body.model_dump(mode="json", exclude_unset=True),
+            initial_events=queued_events,
+        )
+        if not body.stream:
+            return ResponseRead.of(queued)
+        return sse_response(follow_frames(maker, hub, queued.organization_id, queued.id, -1, final_event))
     if not body.stream:
         response = await responses.create_response(maker, settings, models, principal, turn_request, observer)
         return ResponseRead.of(response)
     # Errors found before the model is called (busy, locked, unknown model…) still answer as plain JSON errors.
     turn = await responses.start_turn(maker, settings, models, principal, turn_request, observer)
-    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
+    recorder = EventRecorder(maker, hub, turn.organization_id, turn.response.id)
+    frames = stream_frames(turns.run_turn(maker, settings, turn), turn, EventFramer(recorder.add))
+    return sse_response(recorded(frames, recorder))
 
 
-@router.get("/{response_id}", response_model=ResponseRead)
-async def get_response(response_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
+@router.get("/{response_id}", response_model=ResponseRead, responses=streamed(STREAM_EVENTS))
+async def get_response(
+    response_id: IdPath,
+    session: SessionDep,
+    maker: SessionmakerDep,
+    hub: StreamHubDep,
+    organization_id: OrganizationDep,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
+) -> ResponseRead | StreamingResponse:
+    if stream:
+        after = await check_replay(maker, organization_id, response_id, starting_after)
+        return sse_response(follow_frames(maker, hub, organization_id, response_id, after, final_event))
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
-async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
-    """Server-sent events named like OpenAI's Responses stream."""
-    framer = EventFramer()
-    yield framer.frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
+@router.post("/{response_id}/cancel", response_model=ResponseRead, responses=CONFLICT)
+async def cancel_response(
+    response_id: IdPath, session: SessionDep, hub: StreamHubDep, organization_id: OrganizationDep
+) -> ResponseRead:
+    """Cancel a background response: a queued one never runs, a running one stops; nothing is saved to its thread."""
+    return ResponseRead.of(await background_responses.cancel_response(session, hub, organization_id, response_id))
+
+
+def queued_events(response: Response) -> list[tuple[str, str]]:
+    """How a background response's stream starts, recorded when it is queued."""
+    events: list[tuple[str, str]] = []
+    framer = EventFramer(lambda _n, name, data: events.append((name, data)))
+    queued = ResponseRead.of(response).model_dump(mode="json")
+    framer.frame("response.created", {"response": queued})
+    framer.frame("response.queued", {"response": queued})
+    return events
+
+
+def final_event(response: Response) -> tuple[str, dict[str, Any]]:
+    """The last event of a stream that ended without one: the response as it stands."""
+    name = "response.completed" if response.status == "completed" else "response.failed"
+    return name, {"response": ResponseRead.of(response).model_dump(mode="json")}
+
+
+async def stream_frames(
+    events: AsyncGenerator[turns.TurnEvent, None], turn: Turn, framer: EventFramer, *, queued: bool = False
+) -> AsyncIterator[str]:
+    """Server-sent events named like OpenAI's Responses stream (a `queued` response's stream already holds
+    `response.created` and `response.queued`: it goes on with `response.in_progress`)."""
+    started = {"response": ResponseRead.of(turn.response).model_dump(mode="json")}
+    yield framer.frame("response.in_progress" if queued else "response.created", started)
     # Calls follow the message in the output when the answer has text (the message is saved only then).
     texted = False
     # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,

@@ -76,12 +76,6 @@ class OpenAIResponseCreate(RequestModel):
         return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
     def to_request(self, organization_id: str) -> ResponseRequest:
-        if self.background:
-            raise InvalidRequest(
-                "Background responses are not supported: omit 'background' (or set it to false) and stream instead.",
-                code="unsupported_parameter",
-                param="background",
-            )
         conversation = self.conversation_id
         if conversation is not None and self.previous_response_id is not None:
             raise InvalidRequest(
@@ -274,7 +268,7 @@ class OpenAIResponseRead(ResponseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None
-    status: Literal["completed", "failed", "in_progress", "incomplete"]
+    status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"]
     model: str
     output: list[OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
@@ -304,7 +298,7 @@ class OpenAIResponseRead(ResponseModel):
         request = response.request
         finish = response.context.get("finish_reason")
         incomplete = None
-        status: Literal["completed", "failed", "in_progress", "incomplete"] = response.status  # type: ignore[assignment]
+        status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"] = response.status  # type: ignore[assignment]
         if response.status == "completed" and finish in ("length", "content_filter"):
             status = "incomplete"
             incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
@@ -350,6 +344,7 @@ class OpenAIResponseRead(ResponseModel):
             top_p=None,  # accepted, not applied: the providers sample with temperature only
             truncation="disabled" if request.get("thread_context_mode") == "full" else "auto",
             store=request.get("store", True) is not False,
+            background=bool(request.get("background", False)),
             parallel_tool_calls=request.get("parallel_tool_calls", True),
             tool_choice=request.get("tool_choice") or "auto",
             tools=request.get("tools") or [],
