@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     deleted_thread_grace_days: float = Field(default=30, ge=0)
     retention_interval_seconds: float = Field(default=3600, gt=0)
     retention_enabled: bool = True
+    # Recorded stream events (resumable streams, docs/streams.md) and finished jobs (docs/jobs.md) are kept this long.
+    response_event_retention_hours: float = Field(default=24, gt=0)
+    job_retention_days: float = Field(default=7, gt=0)
     # Rows deleted per transaction: one sweep never holds a large transaction.
     retention_batch_size: int = Field(default=500, ge=1, le=10_000)
 

@@ -54,6 +54,10 @@ class ResponseEventRepository:
         value = await self.session.scalar(query)
         return int(value) if value is not None else None
 
+    async def count_before(self, before: datetime) -> int:
+        query = sa.select(sa.func.count()).select_from(ResponseEvent).where(ResponseEvent.created_at < before)
+        return int(await self.session.scalar(query) or 0)
+
     async def purge_before(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` events recorded before `before` (the retention sweeper); returns how many."""
         oldest = (
