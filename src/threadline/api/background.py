@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ class Surface:
     """How one API's background responses are rebuilt, streamed and closed."""
 
     request: Callable[[dict[str, Any], str], response_service.ResponseRequest]
-    frames: Callable[..., AsyncIterator[str]]
+    frames: Callable[..., AsyncGenerator[str, None]]
     final: FinalEvent
     uses_observer: bool
 
@@ -162,12 +162,8 @@ async def run_recorded(
             await recorder.aclose()
 
 
-async def _consume(frames: AsyncIterator[str]) -> None:
-    if isinstance(frames, AsyncGenerator):
-        async with contextlib.aclosing(frames):
-            async for _ in frames:
-                pass
-    else:
+async def _consume(frames: AsyncGenerator[str, None]) -> None:
+    async with contextlib.aclosing(frames):
         async for _ in frames:
             pass
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -38,11 +39,15 @@ def replayed(event: RecordedEvent) -> str:
     return framed(event.type, event.data)
 
 
-async def recorded(frames: AsyncIterator[str], recorder: EventRecorder) -> AsyncIterator[str]:
-    """`frames` as they come; the recorder writes what is left when they end (or the client goes away)."""
+async def recorded(frames: AsyncGenerator[str, None], recorder: EventRecorder) -> AsyncIterator[str]:
+    """`frames` as they come; the recorder writes what is left when they end (or the client goes away).
+
+    aclosing: when the client goes away, `frames` (and the turn under it) is closed now, not whenever the abandoned
+    generator is garbage-collected; its last events are recorded after that."""
     try:
-        async for chunk in frames:
-            yield chunk
+        async with contextlib.aclosing(frames):
+            async for chunk in frames:
+                yield chunk
     finally:
         await recorder.aclose()
 

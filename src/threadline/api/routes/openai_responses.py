@@ -14,7 +14,7 @@ in OpenAI's shapes (`api/schemas/openai_responses.py`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -295,7 +295,7 @@ def final_event(response: Response) -> tuple[str, dict[str, Any]]:
 
 async def stream_frames(
     events: AsyncGenerator[turns.TurnEvent, None], turn: Turn, framer: EventFramer, *, queued: bool = False
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """OpenAI's canonical event sequence; `sequence_number` counts on from the framer's, ids never change. A
     `queued` (background) response's stream already holds `response.created` and `response.queued`."""
     frame = framer.frame

@@ -9,7 +9,7 @@ process (docs/streams.md).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -29,7 +29,7 @@ from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.api.sse import EventFramer, recorded, sse_response
-from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
+from threadline.api.statuses import MODEL_CALL, streamed
 from threadline.api.streams import check_replay, follow_frames
 from threadline.services import background_responses, responses, turns
 from threadline.services.response_streams import EventRecorder
@@ -98,7 +98,7 @@ async def get_response(
     return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
 
 
-@router.post("/{response_id}/cancel", response_model=ResponseRead, responses=CONFLICT)
+@router.post("/{response_id}/cancel", response_model=ResponseRead)
 async def cancel_response(
     response_id: IdPath, session: SessionDep, hub: StreamHubDep, organization_id: OrganizationDep
 ) -> ResponseRead:
@@ -124,7 +124,7 @@ def final_event(response: Response) -> tuple[str, dict[str, Any]]:
 
 async def stream_frames(
     events: AsyncGenerator[turns.TurnEvent, None], turn: Turn, framer: EventFramer, *, queued: bool = False
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Server-sent events named like OpenAI's Responses stream (a `queued` response's stream already holds
     `response.created` and `response.queued`: it goes on with `response.in_progress`)."""
     started = {"response": ResponseRead.of(turn.response).model_dump(mode="json")}
