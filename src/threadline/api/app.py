@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from threadline import __version__, observability
-from threadline.api import background, errors, idempotency, openapi
+from threadline.api import background_responses, errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
@@ -37,10 +37,13 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import background_responses, jobs, naming, recovery, retention
+from threadline.services import jobs, recovery, retention
 from threadline.services.background import Background
 from threadline.services.response_streams import StreamHub
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
+from threadline.turns import background as queued_turns
+from threadline.turns.engine import TurnEngine
+from threadline.turns.naming import AutoNamer
 from threadline.web import ui_router
 
 if TYPE_CHECKING:
@@ -98,13 +101,13 @@ def create_app(
             raise
         app.state.models = registry
         # Work that outlives its request (auto-naming), cancelled at shutdown before the engine goes away.
-        background_tasks = Background()
-        app.state.background = background_tasks
-        app.state.turn_observer = (
-            naming.AutoNamer(app.state.sessionmaker, settings, registry, background_tasks)
-            if settings.auto_name_threads
-            else None
-        )
+        background = Background()
+        app.state.background = background
+        # The turn engine, built once: every surface asks it for turns (docs/ARCHITECTURE.md).
+        turns = TurnEngine(app.state.sessionmaker, settings, registry)
+        if settings.auto_name_threads:
+            turns.observer = AutoNamer(turns, background)
+        app.state.turns = turns
         maker = app.state.sessionmaker
         # The job queue (docs/jobs.md): every process runs one; the handlers of each job kind are registered here.
         runner = jobs.JobRunner(
@@ -118,10 +121,7 @@ def create_app(
         # Live signals about responses (new stream events, cancels), and the job that runs background responses.
         hub = StreamHub(engine)
         app.state.streams = hub
-        runner.register(
-            background_responses.JOB_KIND,
-            background.handler(maker, settings, registry, hub, app.state.turn_observer),
-        )
+        runner.register(queued_turns.JOB_KIND, background_responses.handler(turns, hub))
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -140,7 +140,7 @@ def create_app(
                 restore_sigterm()
             await runner.stop()
             await hub.stop()
-            await background_tasks.aclose()
+            await background.aclose()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +185,7 @@ def create_app(
     api_observability.install_routes(app, settings)
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
-    # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
+    # reach the Freddy routes of the same paths (docs/surfaces.md, "one path, two shapes").
     # `search` before `threads`: /v1/threads/search must not be read as a thread id.
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (

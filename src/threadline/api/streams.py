@@ -9,22 +9,22 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.api.sse import EventFramer, replayed
+from threadline.domain.turns import IN_PROGRESS, QUEUED, StoredTurn
 from threadline.errors import InvalidRequest
 from threadline.services import response_streams
-from threadline.services import responses as response_service
 from threadline.services.response_streams import TERMINAL, StreamHub
-from threadline.storage.tables import Response
+from threadline.turns import stored
 
 # The last event of a stream that ended without one (its process died, it was cancelled): (type, payload).
-FinalEvent = Callable[[Response], tuple[str, dict[str, Any]]]
+FinalEvent = Callable[[StoredTurn], tuple[str, dict[str, Any]]]
 
 
-async def _current(maker: async_sessionmaker[AsyncSession], organization_id: str, response_id: str) -> Response:
+async def _current(maker: async_sessionmaker[AsyncSession], organization_id: str, response_id: str) -> StoredTurn:
     async with maker() as session:
-        # get_response settles a turn whose lease expired (its process died) as failed.
-        response = await response_service.get_response(session, organization_id, response_id)
+        # get_turn settles a turn whose lease expired (its process died) as failed.
+        turn = await stored.get_turn(session, organization_id, response_id)
         await session.commit()
-    return response
+    return turn
 
 
 async def check_replay(
@@ -64,7 +64,7 @@ async def follow_frames(
     without a last event (that one is sent, not recorded)."""
 
     async def is_over() -> bool:
-        return (await _current(maker, organization_id, response_id)).status not in ("queued", "in_progress")
+        return (await _current(maker, organization_id, response_id)).status not in (QUEUED, IN_PROGRESS)
 
     last = after
     async for event in response_streams.follow(maker, hub, organization_id, response_id, after, is_over):

@@ -3,7 +3,7 @@ in OpenAI's shapes (`api/schemas/openai_responses.py`).
 
 - `DELETE /v1/responses/{id}` removes the response record only; the messages its turn saved stay in their
   thread (conversation). It can no longer be retrieved or continued (`previous_response_id` → 404).
-- `background: true` answers at once with the response `queued`; a job runs it (services/background_responses.py).
+- `background: true` answers at once with the response `queued`; a job runs it (turns/background.py).
   `POST /v1/responses/{id}/cancel` cancels it (a 400 `response_not_cancellable` for responses that are not
   `background`, as OpenAI answers).
 - Every streamed response's events are recorded: `GET /v1/responses/{id}?stream=true&starting_after=N` replays
@@ -21,14 +21,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from threadline.api.deps import (
-    ModelsDep,
     OrganizationDep,
     OrganizationQuery,
     SessionDep,
-    SessionmakerDep,
-    SettingsDep,
     StreamHubDep,
     TurnPrincipalDep,
+    TurnsDep,
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
@@ -47,12 +45,12 @@ from threadline.api.schemas.openai_responses import (
 from threadline.api.sse import EventFramer, recorded, sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.api.streams import check_replay, follow_frames
+from threadline.domain.turns import StoredTurn
 from threadline.errors import ContextLengthExceeded, ThreadlineError
-from threadline.services import background_responses, responses, stored_responses, turns
 from threadline.services.response_streams import EventRecorder
-from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 from threadline.storage.repositories.pagination import PageRequest
-from threadline.storage.tables import Response
+from threadline.turns import background, stored
+from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
 
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 
@@ -105,18 +103,16 @@ def _openai_names() -> Iterator[None]:
 async def create_response(
     body: OpenAIResponseCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     hub: StreamHubDep,
     organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
     with _openai_names():
         request = body.to_request(principal.organization(organization_id))
         if body.background:
-            queued = await background_responses.queue_response(
-                maker,
-                models,
+            queued = await background.queue_response(
+                turns.maker,
+                turns.models,
                 principal,
                 request,
                 surface="openai",
@@ -125,21 +121,23 @@ async def create_response(
             )
             if not body.stream:
                 return OpenAIResponseRead.of(queued)
-            return sse_response(follow_frames(maker, hub, queued.organization_id, queued.id, -1, final_event))
-        if not body.stream:
-            return OpenAIResponseRead.of(await responses.create_response(maker, settings, models, principal, request))
+            return sse_response(follow_frames(turns.maker, hub, queued.organization_id, queued.id, -1, final_event))
         # Errors found before the model is called (busy, unknown model, too long…) still answer as JSON errors.
-        turn = await responses.start_turn(maker, settings, models, principal, request)
-    recorder = EventRecorder(maker, hub, turn.organization_id, turn.response.id)
-    frames = stream_frames(turns.run_turn(maker, settings, turn), turn, EventFramer(recorder.add))
-    return sse_response(recorded(frames, recorder))
+        turn = await turns.start(principal, request)
+        if not body.stream:
+            done = await turns.finish(turn)
+            if done.error is not None:
+                raise done.error  # recorded first: 502/504
+            return OpenAIResponseRead.of(done.record)
+    recorder = EventRecorder(turns.maker, hub, turn.organization_id, turn.id)
+    return sse_response(recorded(stream_frames(turns.run(turn), turn, EventFramer(recorder.add)), recorder))
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead, responses=streamed(RESPONSE_EVENTS))
 async def get_response(
     response_id: ResponseIdPath,
     session: SessionDep,
-    maker: SessionmakerDep,
+    turns: TurnsDep,
     hub: StreamHubDep,
     organization_id: OrganizationDep,
     stream: bool = False,
@@ -147,16 +145,16 @@ async def get_response(
 ) -> OpenAIResponseRead | StreamingResponse:
     # `include[]` asks for logprobs, tool outputs, images: a text answer has none of them.
     if stream:
-        after = await check_replay(maker, organization_id, response_id, starting_after)
-        return sse_response(follow_frames(maker, hub, organization_id, response_id, after, final_event))
-    return OpenAIResponseRead.of(await responses.get_response(session, organization_id, response_id))
+        after = await check_replay(turns.maker, organization_id, response_id, starting_after)
+        return sse_response(follow_frames(turns.maker, hub, organization_id, response_id, after, final_event))
+    return OpenAIResponseRead.of(await stored.get_turn(session, organization_id, response_id))
 
 
 @router.delete("/{response_id}", response_model=OpenAIDeletedRead)
 async def delete_response(
     response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIDeletedRead:
-    deleted = await stored_responses.delete_response(session, organization_id, response_id)
+    deleted = await stored.delete_turn(session, organization_id, response_id)
     return OpenAIDeletedRead(id=deleted.id, object="response.deleted")
 
 
@@ -164,8 +162,7 @@ async def delete_response(
 async def cancel_response(
     response_id: ResponseIdPath, session: SessionDep, hub: StreamHubDep, organization_id: OrganizationDep
 ) -> OpenAIResponseRead:
-    cancelled = await background_responses.cancel_response(session, hub, organization_id, response_id)
-    return OpenAIResponseRead.of(cancelled)
+    return OpenAIResponseRead.of(await background.cancel_response(session, hub, organization_id, response_id))
 
 
 @router.get("/{response_id}/input_items", response_model=ConversationItemList)
@@ -177,7 +174,7 @@ async def list_input_items(
     order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> ConversationItemList:
-    page = await stored_responses.list_inputs(
+    page = await stored.list_inputs(
         session, organization_id, response_id, PageRequest(limit=limit, order=order, after=after)
     )
     return ConversationItemList.of(page.items, page.has_more)
@@ -189,7 +186,7 @@ class _StreamLayout:
 
     def __init__(self, turn: Turn, frame: Callable[[str, dict[str, Any]], str]) -> None:
         self.frame = frame
-        self.message = output_message(turn.response, "in_progress", None)
+        self.message = output_message(turn.id, "in_progress", None)
         self.message_index: int | None = None
         self.text: list[str] = []
         self.next_index = 0
@@ -275,31 +272,31 @@ class _StreamLayout:
                 yield from self.close_call(item)
 
 
-def queued_events(response: Response) -> list[tuple[str, str]]:
+def queued_events(turn: StoredTurn) -> list[tuple[str, str]]:
     """How a background response's stream starts, recorded when it is queued: created, then queued."""
     events: list[tuple[str, str]] = []
     framer = EventFramer(lambda _n, name, data: events.append((name, data)))
-    queued = OpenAIResponseRead.of(response).model_dump(mode="json")
+    queued = OpenAIResponseRead.of(turn).model_dump(mode="json")
     framer.frame("response.created", {"response": queued})
     framer.frame("response.queued", {"response": queued})
     return events
 
 
-def final_event(response: Response) -> tuple[str, dict[str, Any]]:
+def final_event(turn: StoredTurn) -> tuple[str, dict[str, Any]]:
     """The last event of a stream that ended without one: the response as it stands (a cancelled one is
     `response.failed` with status `cancelled`: OpenAI's stream has no cancelled event)."""
-    read = OpenAIResponseRead.of(response)
+    read = OpenAIResponseRead.of(turn)
     name = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(read.status, "response.failed")
     return name, {"response": read.model_dump(mode="json")}
 
 
 async def stream_frames(
-    events: AsyncGenerator[turns.TurnEvent, None], turn: Turn, framer: EventFramer, *, queued: bool = False
+    events: AsyncGenerator[TurnEvent, None], turn: Turn, framer: EventFramer, *, queued: bool = False
 ) -> AsyncGenerator[str, None]:
     """OpenAI's canonical event sequence; `sequence_number` counts on from the framer's, ids never change. A
     `queued` (background) response's stream already holds `response.created` and `response.queued`."""
     frame = framer.frame
-    started = OpenAIResponseRead.of(turn.response).model_dump(mode="json")
+    started = OpenAIResponseRead.of(turn.record).model_dump(mode="json")
     if not queued:
         yield frame("response.created", {"response": started})
     yield frame("response.in_progress", {"response": started})
@@ -318,7 +315,7 @@ async def stream_frames(
                 for chunk in layout.call_arguments(event):
                     yield chunk
             elif isinstance(event, TurnDone):
-                final = OpenAIResponseRead.of(event.response)
+                final = OpenAIResponseRead.of(event.record)
                 if event.error is not None or not final.output:
                     yield frame("response.failed", {"response": final.model_dump(mode="json")})
                     continue

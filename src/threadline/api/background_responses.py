@@ -1,4 +1,4 @@
-"""The job that runs a background response (services/background_responses.py), on either surface: the turn runs
+"""The job that runs a background response (turns/background.py), on either surface: the turn runs
 as a streamed one would, its events recorded (docs/streams.md) for whoever follows the stream, from any process.
 
 It lives with the routes because it speaks their wire formats: the events a follower gets are the ones a streamed
@@ -22,7 +22,7 @@ from threadline.api.schemas.openai_responses import OpenAIResponseCreate
 from threadline.api.schemas.responses import ResponseCreate
 from threadline.api.sse import EventFramer
 from threadline.api.streams import FinalEvent
-from threadline.config import Settings
+from threadline.domain.turns import IN_PROGRESS, QUEUED, StoredTurn
 from threadline.errors import (
     DatabaseUnavailable,
     RateLimited,
@@ -31,12 +31,12 @@ from threadline.errors import (
     ThreadBusy,
     ThreadlineError,
 )
-from threadline.providers.registry import ModelRegistry
-from threadline.services import background_responses, jobs, response_streams, turns
-from threadline.services import responses as response_service
+from threadline.services import jobs, response_streams
 from threadline.services.response_streams import TERMINAL, EventRecorder, StreamHub, stream_key
-from threadline.services.turns import Turn, TurnObserver
-from threadline.storage.tables import Response
+from threadline.turns import background
+from threadline.turns.engine import TurnEngine
+from threadline.turns.request import TurnRequest
+from threadline.turns.turn import Turn
 
 # Refusals that can pass: the job is tried again later (a busy thread, the credential's turns all taken…).
 _TRANSIENT = (ThreadBusy, RateLimited, ServiceUnavailable, DatabaseUnavailable)
@@ -46,17 +46,18 @@ _TRANSIENT = (ThreadBusy, RateLimited, ServiceUnavailable, DatabaseUnavailable)
 class Surface:
     """How one API's background responses are rebuilt, streamed and closed."""
 
-    request: Callable[[dict[str, Any], str], response_service.ResponseRequest]
+    request: Callable[[dict[str, Any], str], TurnRequest]
     frames: Callable[..., AsyncGenerator[str, None]]
     final: FinalEvent
-    uses_observer: bool
+    # Freddy turns are heard by the observer of saved turns (auto-naming), as in the foreground.
+    observed: bool
 
 
-def _openai_request(body: dict[str, Any], organization_id: str) -> response_service.ResponseRequest:
+def _openai_request(body: dict[str, Any], organization_id: str) -> TurnRequest:
     return OpenAIResponseCreate.model_validate(body).to_request(organization_id)
 
 
-def _freddy_request(body: dict[str, Any], organization_id: str) -> response_service.ResponseRequest:
+def _freddy_request(body: dict[str, Any], organization_id: str) -> TurnRequest:
     return ResponseCreate.model_validate(body).to_request(organization_id)
 
 
@@ -66,30 +67,24 @@ SURFACES = {
 }
 
 
-def handler(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    models: ModelRegistry,
-    hub: StreamHub,
-    observer: TurnObserver | None,
-) -> jobs.Handler:
-    """The handler of `background_responses.JOB_KIND` jobs."""
+def handler(turns: TurnEngine, hub: StreamHub) -> jobs.Handler:
+    """The handler of `turns.background.JOB_KIND` jobs."""
+    maker = turns.maker
 
     async def run(job: jobs.QueuedJob) -> None:
         org, response_id = job.organization_id, str(job.payload["response_id"])
         surface = SURFACES[str(job.payload["surface"])]
-        response = await background_responses.load(maker, org, response_id)
+        response = await background.load(maker, org, response_id)
         if response is None:
             return  # deleted meanwhile
-        if response.status == "in_progress":
+        if response.status == IN_PROGRESS:
             # An earlier attempt was interrupted mid-turn (its process died): once the turn's lease runs out the
             # response is settled failed (`load`). It is not run again: its stream was partly sent already.
-            left = await background_responses.lease_left(maker, response)
+            left = await background.lease_left(maker, response)
             raise jobs.RetryJob(
-                "the interrupted turn's lease has not expired yet",
-                delay_seconds=background_responses.retry_delay(left),
+                "the interrupted turn's lease has not expired yet", delay_seconds=background.retry_delay(left)
             )
-        if response.status != "queued":
+        if response.status != QUEUED:
             await close_stream(maker, hub, response, surface.final)
             return
         try:
@@ -97,12 +92,9 @@ def handler(
             request = dataclasses.replace(
                 request, response_id=response_id, record={**request.record, "background": True}
             )
-            principal = background_responses.principal_of(job.payload)
-            turn = await response_service.start_turn(
-                maker, settings, models, principal, request, observer if surface.uses_observer else None
-            )
+            turn = await turns.start(background.principal_of(job.payload), request, observed=surface.observed)
         except ResponseNotQueued:
-            found = await background_responses.load(maker, org, response_id)  # cancelled meanwhile
+            found = await background.load(maker, org, response_id)  # cancelled meanwhile
             if found is not None:
                 await close_stream(maker, hub, found, surface.final)
             return
@@ -114,7 +106,7 @@ def handler(
         except ThreadlineError as exc:
             await _fail(maker, hub, org, response_id, exc, surface.final)
             return
-        await run_recorded(maker, settings, hub, turn, surface)
+        await run_recorded(turns, hub, turn, surface)
 
     return run
 
@@ -128,20 +120,19 @@ async def _fail(
     final: FinalEvent,
 ) -> None:
     """The turn could not start (its conversation is gone, its input does not fit…): the response is failed."""
-    failed = await background_responses.fail_unstarted(maker, organization_id, response_id, error.code, error.message)
+    failed = await background.fail_unstarted(maker, organization_id, response_id, error.code, error.message)
     if failed is not None:
         await close_stream(maker, hub, failed, final)
 
 
-async def run_recorded(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, hub: StreamHub, turn: Turn, surface: Surface
-) -> None:
+async def run_recorded(turns: TurnEngine, hub: StreamHub, turn: Turn, surface: Surface) -> None:
     """Run the turn to its end with no client attached, recording its events; a cancel stops it at once."""
-    org, response_id = turn.organization_id, turn.response.id
+    maker = turns.maker
+    org, response_id = turn.organization_id, turn.id
     last = await response_streams.last_sequence(maker, org, response_id)
     recorder = EventRecorder(maker, hub, org, response_id)
     framer = EventFramer(recorder.add, start=(-1 if last is None else last) + 1)
-    frames = surface.frames(turns.run_turn(maker, settings, turn), turn, framer, queued=True)
+    frames = surface.frames(turns.run(turn), turn, framer, queued=True)
     with hub.cancellation(stream_key(org, response_id)) as cancelled:
         consume = asyncio.create_task(_consume(frames), name=f"background {response_id}")
         watch = asyncio.create_task(cancelled.wait())
@@ -155,9 +146,9 @@ async def run_recorded(
             with contextlib.suppress(asyncio.CancelledError):
                 await consume
             if cancelled.is_set():
-                stored = await background_responses.load(maker, org, response_id)
-                if stored is not None:
-                    name, payload = surface.final(stored)
+                found = await background.load(maker, org, response_id)
+                if found is not None:
+                    name, payload = surface.final(found)
                     framer.frame(name, payload)
             await recorder.aclose()
 
@@ -169,7 +160,7 @@ async def _consume(frames: AsyncGenerator[str, None]) -> None:
 
 
 async def close_stream(
-    maker: async_sessionmaker[AsyncSession], hub: StreamHub, response: Response, final: FinalEvent
+    maker: async_sessionmaker[AsyncSession], hub: StreamHub, response: StoredTurn, final: FinalEvent
 ) -> None:
     """Record the last event of a response's stream if it has none yet (cancelled, failed before it started,
     interrupted): its followers, in any process, then end."""

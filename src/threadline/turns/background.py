@@ -3,8 +3,8 @@
 - `queue_response` records the response as `queued`, its first stream events, and a job of kind `JOB_KIND`, in one
   transaction: the response exists if and only if its job does. Jobs of one thread (conversation, or the previous
   response a chain continues) share a queue key, so queued turns of a thread run in the order they were asked.
-- The job (its handler speaks the wire formats, `api/background.py`) starts the turn through the usual
-  `start_turn`, with the response id given: `queued` → `in_progress` only if it is still queued, so a response
+- The job (its handler speaks the wire formats, `api/background_responses.py`) starts the turn through the
+  engine, with the response id given: `queued` → `in_progress` only if it is still queued, so a response
   cancelled meanwhile never starts.
 - `cancel_response`: a queued response is `cancelled` and never runs; one in progress is `cancelled`, its thread's
   lease released (its turn can save nothing any more) and its process told (`StreamHub`), which stops the turn
@@ -26,27 +26,30 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.domain import leases
 from threadline.domain.clock import utcnow
+from threadline.domain.turns import IN_PROGRESS, QUEUED, StoredTurn
 from threadline.errors import InvalidRequest, ThreadNotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
 from threadline.services import jobs
-from threadline.services import responses as response_service
 from threadline.services.auth import Principal
 from threadline.services.response_streams import StreamHub, announce_cancel
 from threadline.storage.repositories.response_events import ResponseEventRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response, ResponseEvent
+from threadline.turns.record import stored
+from threadline.turns.request import TurnRequest, validate
+from threadline.turns.stored import get_row
 
 JOB_KIND = "response.background"
 # Attempts of a background job: a busy thread, or an earlier attempt interrupted mid-turn, takes one each.
 MAX_ATTEMPTS = 5
 
-# (type, JSON) of the events a queued response's stream starts with, built by the caller from the queued row.
-InitialEvents = Callable[[Response], Sequence[tuple[str, str]]]
+# (type, JSON) of the events a queued response's stream starts with, built by the caller from the queued turn.
+InitialEvents = Callable[[StoredTurn], Sequence[tuple[str, str]]]
 
 
-def queue_key(request: response_service.ResponseRequest) -> str | None:
+def queue_key(request: TurnRequest) -> str | None:
     """Turns of one thread run in order: the thread (conversation), or the response a chain continues."""
     if request.thread_id is not None:
         return f"thread:{request.thread_id}"
@@ -59,12 +62,12 @@ async def queue_response(
     maker: async_sessionmaker[AsyncSession],
     models: ModelRegistry,
     principal: Principal,
-    request: response_service.ResponseRequest,
+    request: TurnRequest,
     *,
     surface: str,
     body: dict[str, Any],
     initial_events: InitialEvents,
-) -> Response:
+) -> StoredTurn:
     """Record a background response as `queued` with its job; `body` is the request as sent (the job rebuilds the
     turn from it). Refusals a request can be judged on without running it come now, as a 4xx."""
     if not request.store:
@@ -73,7 +76,7 @@ async def queue_response(
             code="background_requires_store",
             param="store",
         )
-    response_service.validate_request(request, models)
+    validate(request, models)
     _, info = models.resolve(request.model)
     now = utcnow()
     response = Response(
@@ -83,7 +86,7 @@ async def queue_response(
         previous_response_id=request.previous_response_id,
         user_id=principal.user_id,
         model=info.name,
-        status="queued",
+        status=QUEUED,
         request={
             **request.record,
             "background": True,
@@ -111,7 +114,7 @@ async def queue_response(
                     data=data,
                     created_at=now,
                 )
-                for number, (type_, data) in enumerate(initial_events(response))
+                for number, (type_, data) in enumerate(initial_events(stored(response)))
             ]
         )
         await jobs.enqueue(
@@ -128,7 +131,7 @@ async def queue_response(
             max_attempts=MAX_ATTEMPTS,
         )
         await session.commit()
-    return response
+    return stored(response)
 
 
 def principal_of(payload: dict[str, Any]) -> Principal:
@@ -143,17 +146,17 @@ def principal_of(payload: dict[str, Any]) -> Principal:
     )
 
 
-async def load(maker: async_sessionmaker[AsyncSession], organization_id: str, response_id: str) -> Response | None:
+async def load(maker: async_sessionmaker[AsyncSession], organization_id: str, response_id: str) -> StoredTurn | None:
     """The response a job runs, settled if its turn's lease expired (None: deleted meanwhile)."""
     async with maker() as session:
         found = await ResponseRepository(session).get(organization_id, response_id)
-        if found is not None and found.status == "in_progress":
-            found = await response_service.get_response(session, organization_id, response_id)
+        if found is not None and found.status == IN_PROGRESS:
+            found = await get_row(session, organization_id, response_id)
         await session.commit()
-    return found
+    return stored(found) if found is not None else None
 
 
-async def lease_left(maker: async_sessionmaker[AsyncSession], response: Response) -> float:
+async def lease_left(maker: async_sessionmaker[AsyncSession], response: StoredTurn) -> float:
     """Seconds until the lease of `response`'s turn expires (0 when it holds none, or it expired)."""
     if response.thread_id is None:
         return 0.0
@@ -167,7 +170,7 @@ async def lease_left(maker: async_sessionmaker[AsyncSession], response: Response
 
 async def fail_unstarted(
     maker: async_sessionmaker[AsyncSession], organization_id: str, response_id: str, code: str, message: str
-) -> Response | None:
+) -> StoredTurn | None:
     """A queued response whose turn could not start (its thread was deleted, its input does not fit…): failed."""
     async with maker() as session:
         now = utcnow()
@@ -175,13 +178,13 @@ async def fail_unstarted(
             organization_id, response_id, "failed", now, {"code": code, "message": message}
         )
         await session.commit()
-    return response
+    return stored(response) if response is not None else None
 
 
-async def cancel_response(session: AsyncSession, hub: StreamHub, organization_id: str, response_id: str) -> Response:
+async def cancel_response(session: AsyncSession, hub: StreamHub, organization_id: str, response_id: str) -> StoredTurn:
     """Cancel a background response (idempotent: a finished one is returned as it is)."""
-    response = await response_service.get_response(session, organization_id, response_id)
-    if not response.request.get("background"):
+    response = await get_row(session, organization_id, response_id)
+    if not stored(response).echo.get("background"):
         raise InvalidRequest(
             f"Response '{response_id}' cannot be cancelled: only background responses can be (a streamed response "
             "stops when its client disconnects).",
@@ -191,9 +194,9 @@ async def cancel_response(session: AsyncSession, hub: StreamHub, organization_id
     repo = ResponseRepository(session)
     now = utcnow()
     changed = False
-    if response.status == "queued":
+    if response.status == QUEUED:
         changed = await repo.finish_queued(organization_id, response_id, "cancelled", now) is not None
-    elif response.status == "in_progress" and response.thread_id is not None:
+    elif response.status == IN_PROGRESS and response.thread_id is not None:
         # The thread row first, then the response row: the order the turn's own saving transaction takes them.
         # A turn that released the lease first is saving its answer: it completes, not cancelled.
         released = await ThreadRepository(session).release_lease(organization_id, response.thread_id, response_id)
@@ -201,7 +204,7 @@ async def cancel_response(session: AsyncSession, hub: StreamHub, organization_id
     if changed:
         await announce_cancel(session, hub, organization_id, response_id)
     await session.refresh(response)
-    return response
+    return stored(response)
 
 
 def retry_delay(seconds: float) -> float:
