@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -203,3 +204,27 @@ def test_a_killed_servers_background_turn_is_settled_and_the_queued_one_behind_i
     statuses = _db(database_url, jobs)
     assert [status for status, _ in statuses] == ["done", "done"]
     assert statuses[0][1] >= 2  # taken over after the kill
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite is one process
+def test_an_api_only_server_leaves_background_turns_to_a_worker_process(
+    database_url: str, env: dict[str, str], upstream: str, tmp_path: Path
+) -> None:
+    api_env = {**env, "THREADLINE_JOB_CONCURRENCY": "0"}
+    # The worker polls once an hour: the job reaches it by NOTIFY.
+    worker_env = {**env, "THREADLINE_JOB_POLL_SECONDS": "3600"}
+    log = tmp_path / "worker.log"
+    with ExitStack() as stack, log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "threadline", "worker"], stdout=out, stderr=subprocess.STDOUT, env=worker_env
+        )
+        stack.callback(worker.wait)
+        stack.callback(worker.kill)
+        api = Server(api_env, tmp_path / "api.log", stack)
+        created = api.sdk.responses.create(model=MODEL, input="hello", max_output_tokens=3, background=True)
+        until(lambda: "response.output_text.delta" in recorded(database_url, created.id), "the worker runs the turn")
+        release(upstream)
+        until(lambda: response_row(database_url, created.id)[0] == "completed", "the turn completes")
+        assert api.sdk.responses.retrieve(created.id).output_text == "w0 w1 w2"
+        worker.send_signal(signal.SIGTERM)  # drains, then stops
+        assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]

@@ -88,9 +88,10 @@ class Settings(BaseSettings):
     model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     auto_name_threads: bool = False
 
-    # The job queue (docs/jobs.md): jobs one process runs at once, the lease a job is claimed under (renewed every
-    # third of it; a dead process's jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
-    job_concurrency: int = Field(default=4, ge=1, le=256)
+    # The job queue (docs/jobs.md): jobs one process runs at once (0: none, an API-only `serve` that leaves them to
+    # `threadline worker` processes), the lease a job is claimed under (renewed every third of it; a dead process's
+    # jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
+    job_concurrency: int = Field(default=4, ge=0, le=256)
     job_lease_seconds: float = Field(default=30.0, gt=0)
     job_poll_seconds: float = Field(default=15.0, gt=0)
 
