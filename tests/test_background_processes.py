@@ -7,7 +7,8 @@ the test releases it, so every turn is mid-answer exactly when the test acts.
 - On both backends, a server is killed mid-way through a background turn, with another background turn of the
   same conversation queued behind it: the next server settles the interrupted one (`failed`, `turn_interrupted`:
   it is not run again) and then runs the queued one; nothing queued is lost, and the conversation holds only what
-  completed.
+  completed. On PostgreSQL the next server is already running, following the turn's stream (`starting_after`)
+  when the first is killed; its stream ends with the settled `response.failed`.
 """
 
 from __future__ import annotations
@@ -178,10 +179,26 @@ def test_a_killed_servers_background_turn_is_settled_and_the_queued_one_behind_i
             "the first background turn is mid-answer",
         )
         assert response_row(database_url, queued.id) == ("queued", None)  # behind the first, not beside it
+        followed: list[Any] = []
+        if database_url.startswith("postgresql"):
+            # A second server on the same database follows the running turn from the first (SQLite is one process:
+            # there the second server only starts once the first is dead). It cannot take either job meanwhile: the
+            # running one's lease is live, the queued one waits behind it.
+            second = Server(env, tmp_path / "second.log", stack)
+            follower = second.sdk.responses.retrieve(interrupted.id, stream=True, starting_after=1)
+            for event in follower:
+                followed.append(event)
+                if event.type == "response.output_text.delta":
+                    break
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
 
-        second = Server(env, tmp_path / "second.log", stack)
+        if followed:
+            followed += list(follower)  # goes on until the second server settles the turn
+            assert followed[0].type == "response.in_progress" and followed[-1].type == "response.failed"
+            assert followed[-1].response.error.type == "turn_interrupted"
+        else:
+            second = Server(env, tmp_path / "second.log", stack)
         until(lambda: response_row(database_url, interrupted.id)[0] == "failed", "the interrupted turn is settled")
         assert response_row(database_url, interrupted.id) == ("failed", "turn_interrupted")
         until(
