@@ -15,15 +15,17 @@ from typing import Any, Final, Literal
 
 from threadline.domain.context import ContextMode
 
-# The states of a turn (a response, an Assistants run). A turn is `in_progress` while its lease is live
-# (domain/leases.py); it ends `completed`, `failed` (upstream error, client gone, lease lost) or `cancelled`
-# (an Assistants run cancelled while it ran).
-TurnStatus = Literal["in_progress", "completed", "failed", "cancelled"]
+# The states of a turn (a response, an Assistants run). A background response is `queued` until its job starts it
+# (docs/streams.md). A turn is `in_progress` while its lease is live (domain/leases.py); it ends `completed`,
+# `failed` (upstream error, client gone, lease lost) or `cancelled` (an Assistants run or a background response
+# cancelled while it ran or waited).
+TurnStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+QUEUED: Final = "queued"
 IN_PROGRESS: Final = "in_progress"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
-TURN_STATUSES: tuple[TurnStatus, ...] = (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
+TURN_STATUSES: tuple[TurnStatus, ...] = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
 
 # How a completed turn's answer ended, when it was cut: the model's `finish_reason`.
 TRUNCATED_BY_LENGTH: Final = "length"

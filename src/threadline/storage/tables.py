@@ -521,3 +521,18 @@ class WebhookDelivery(Base):
             postgresql_where=sa.text("status IN ('delivered', 'failed')"),
         ),
     )
+
+
+class ResponseEvent(Base):
+    """One server-sent event of a streamed response, as sent (migration 0010; docs/streams.md): any process can
+    replay a stream from any `sequence_number` and follow it live. Purged by the retention sweeper."""
+
+    __tablename__ = "response_events"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    sequence_number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    # The event's JSON exactly as framed (`data:`), so a replay sends the same bytes without re-encoding them.
+    data: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)

@@ -69,6 +69,8 @@ class TurnRequest:
     parallel_tool_calls: bool | None = None
     # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
     max_tool_calls: int | None = None
+    # A background response's id: the turn starts that `queued` response (turns/background.py).
+    response_id: str | None = None
 
     @property
     def call_cap(self) -> int | None:

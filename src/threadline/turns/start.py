@@ -24,7 +24,15 @@ from threadline.domain.context import CONTEXT_MODES, ContextMode, ContextPlan, P
 from threadline.domain.messages import ChatMessage, ItemReference, check_pairing
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.domain.turns import IN_PROGRESS
-from threadline.errors import AlreadyExists, InvalidRequest, NotFound, ServiceUnavailable, ThreadBusy, ThreadFull
+from threadline.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    ResponseNotQueued,
+    ServiceUnavailable,
+    ThreadBusy,
+    ThreadFull,
+)
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
 from threadline.providers.registry import ModelRegistry
@@ -140,7 +148,8 @@ class TurnStarter:
         """One try, in one transaction: None while another live turn holds the thread."""
         watch = observability.current()
         items = await _resolve_references(session, request.organization_id, request.inputs)
-        lease = LeaseAttempt(session, self.settings, principal, request, new_id("resp"), utcnow())
+        owner = request.response_id or new_id("resp")
+        lease = LeaseAttempt(session, self.settings, principal, request, owner, utcnow())
         with watch.span("turn.lease"):
             thread = await lease.take()
         if thread is None:
@@ -261,20 +270,27 @@ class TurnStarter:
             choices.instructions,
             sampling.used(_params(choices, request), choices.info),
         )
-        return await ResponseRepository(session).add(
-            Response(
-                organization_id=request.organization_id,
-                id=owner,
-                thread_id=thread.id,
-                previous_response_id=request.previous_response_id,
-                user_id=principal.user_id,
-                model=choices.info.name,
-                status=IN_PROGRESS,
-                request=record,
-                context={**plan.report.as_dict(), "tokenizer": choices.tokenizer.name},
-                created_at=now,
-            )
+        row = Response(
+            organization_id=request.organization_id,
+            id=owner,
+            thread_id=thread.id,
+            previous_response_id=request.previous_response_id,
+            user_id=principal.user_id,
+            model=choices.info.name,
+            status=IN_PROGRESS,
+            request=record,
+            context={**plan.report.as_dict(), "tokenizer": choices.tokenizer.name},
+            created_at=now,
         )
+        repo = ResponseRepository(session)
+        if request.response_id is None:
+            return await repo.add(row)
+        # A background response (turns/background.py): its queued row starts, unless it was cancelled meanwhile.
+        values = {column: getattr(row, column) for column in ("thread_id", "model", "status", "request", "context")}
+        started = await repo.start_queued(row.organization_id, row.id, values)
+        if started is None:
+            raise ResponseNotQueued(f"Response '{row.id}' is no longer queued (it was cancelled).")
+        return started
 
 
 def _turn(

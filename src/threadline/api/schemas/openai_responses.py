@@ -108,12 +108,6 @@ class OpenAIResponseCreate(RequestModel):
         return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
     def to_request(self, organization_id: str) -> TurnRequest:
-        if self.background:
-            raise InvalidRequest(
-                "Background responses are not supported: omit 'background' (or set it to false) and stream instead.",
-                code="unsupported_parameter",
-                param="background",
-            )
         conversation = self.conversation_id
         if conversation is not None and self.previous_response_id is not None:
             raise InvalidRequest(
@@ -317,7 +311,7 @@ class OpenAIResponseRead(ResponseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None
-    status: Literal["completed", "failed", "in_progress", "incomplete"]
+    status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"]
     model: str
     output: list[OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
@@ -353,7 +347,7 @@ class OpenAIResponseRead(ResponseModel):
         """The stored turn; `in_progress` ones (a stream's first events) have no output yet."""
         echo = turn.echo
         incomplete = None
-        status: Literal["completed", "failed", "in_progress", "incomplete"] = turn.status  # type: ignore[assignment]
+        status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"] = turn.status
         if turn.completed and turn.finish_reason in (TRUNCATED_BY_LENGTH, TRUNCATED_BY_FILTER):
             status = "incomplete"
             reason = "max_output_tokens" if turn.finish_reason == TRUNCATED_BY_LENGTH else "content_filter"
@@ -401,6 +395,7 @@ class OpenAIResponseRead(ResponseModel):
             frequency_penalty=turn.sampling.get("frequency_penalty", 0.0),
             truncation="disabled" if turn.context_mode == "full" else "auto",
             store=turn.store,
+            background=bool(echo.get("background", False)),
             parallel_tool_calls=echo.get("parallel_tool_calls", True),
             tool_choice=echo.get("tool_choice") or "auto",
             tools=echo.get("tools") or [],

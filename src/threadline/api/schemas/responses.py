@@ -96,6 +96,8 @@ class ResponseCreate(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     thread_context_mode: Literal["recent", "smart", "full"] | None = None
     stream: bool = False
+    # Run the turn in the background: answered at once as `queued`, then poll, stream or cancel it (docs/streams.md).
+    background: bool = False
     tools: list[FunctionToolCreate] | None = Field(default=None, max_length=128)
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceCreate | None = None
     parallel_tool_calls: bool | None = None

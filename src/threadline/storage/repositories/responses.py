@@ -91,6 +91,35 @@ class ResponseRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def start_queued(self, organization_id: str, response_id: str, values: dict[str, Any]) -> Response | None:
+        """A queued (background) response's turn starts: `values` written only while it is still queued (it may
+        have been cancelled meanwhile); the stored row, or None."""
+        result = await self.session.execute(
+            sa.update(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.id == response_id,
+                Response.status == "queued",
+            )
+            .values(**values)
+            .returning(Response),
+            execution_options={"populate_existing": True},
+        )
+        return result.scalar_one_or_none()
+
+    async def finish_queued(
+        self,
+        organization_id: str,
+        response_id: str,
+        status: str,
+        now: datetime,
+        error: dict[str, Any] | None = None,
+    ) -> Response | None:
+        """A queued response that will never run: `cancelled`, or `failed` with `error`; None if it was not queued."""
+        return await self.start_queued(
+            organization_id, response_id, {"status": status, "error": error, "completed_at": now}
+        )
+
     async def delete(self, response: Response) -> None:
         await self.session.delete(response)
         await self.session.flush()
