@@ -9,6 +9,9 @@ What it answers, for `POST /v1/chat/completions`:
   argument of the tool's JSON Schema gets the user text (markers removed); integers get its length.
 - the last message a tool result → text quoting every output of the trailing tool messages:
   `Tool said: <output>` (joined by ` | `).
+- a summary request (the last user text starts with `Summarise this conversation`, as Threadline's compaction
+  asks: docs/compaction.md) → `Summary: ` and the transcript's paragraphs joined by ` / `, at most `max_tokens`
+  words; `[fail-summary]` anywhere in it → a 500.
 - anything else → `echo: <last user text>`.
 
 Streamed (SSE, the way OpenAI streams: the call's id and name in its first delta, the arguments in pieces keyed
@@ -26,6 +29,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+SUMMARY_REQUEST = "Summarise this conversation:"
 MARKERS = re.compile(r"\[(parallel|plain)\]\s*")
 _received: list[dict[str, Any]] = []
 _lock = threading.Lock()
@@ -60,6 +64,10 @@ def answer(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             outputs.append(_text(message))
         return "Tool said: " + " | ".join(reversed(outputs)), []
     user_text = _text(last)
+    if user_text.startswith(SUMMARY_REQUEST):
+        lines = [line for line in user_text.removeprefix(SUMMARY_REQUEST).split("\n\n") if line.strip()]
+        words = ("Summary: " + " / ".join(lines)).split(" ")
+        return " ".join(words[: int(body.get("max_tokens") or 512)]), []
     clean = MARKERS.sub("", user_text).strip()
     if tools and choice != "none" and last.get("role") == "user":
         if isinstance(choice, dict):
@@ -136,6 +144,9 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         with _lock:
             _received.append(body)
+        if "[fail-summary]" in json.dumps(body) and SUMMARY_REQUEST in json.dumps(body):
+            self._json(500, {"error": {"message": "summary refused"}})
+            return
         text, calls = answer(body)
         user_texts = " ".join(_text(m) for m in body.get("messages") or [] if m.get("role") == "user")
         if body.get("stream") is False or "[plain]" in user_texts:

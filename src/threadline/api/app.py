@@ -31,6 +31,7 @@ from threadline.api.routes import (
     search,
     threads,
 )
+from threadline.api.routes import compaction as compaction_routes
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.observability import Lifecycle, Metrics, Observer
@@ -169,6 +170,7 @@ def create_app(
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (
         auth,
+        compaction_routes,
         openai_runs,
         openai_threads,
         search,

@@ -108,6 +108,15 @@ class ThreadNameGenerate(RequestModel):
         )
 
 
+class ThreadCompact(RequestModel):
+    """POST /v1/threads/{id}/compact: every field is optional (docs/compaction.md)."""
+
+    model: str | None = Field(default=None, max_length=200)
+    organization_id: str | None = Field(default=None, max_length=64)
+    # The newest messages worth this many tokens stay as they were said, after the summary.
+    keep_tokens: int = Field(default=0, ge=0, le=1_000_000)
+
+
 class TextPart(RequestModel):
     text: MessageText
 
@@ -234,12 +243,16 @@ class MessageRead(ResponseModel):
     name: str | None = None
     arguments: str | None = None
     output: str | list[Any] | None = None
+    # A `compaction` item (role `system`, its summary in `content`): the first and last seq it stands for.
+    covers: list[int] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
         payload = message.payload or {}
         is_call, is_output = message.type == "function_call", message.type == "function_call_output"
+        covers = payload.get("covers") if message.type == "compaction" else None
         return cls(
+            covers=covers if isinstance(covers, list) else None,
             id=message.id,
             type=message.type,
             call_id=message.call_id,

@@ -100,7 +100,14 @@ class MessageRepository:
         return rows
 
     async def context_rows(
-        self, organization_id: str, thread_id: str, limit: int, *, newest: bool, before_seq: int | None = None
+        self,
+        organization_id: str,
+        thread_id: str,
+        limit: int,
+        *,
+        newest: bool,
+        before_seq: int | None = None,
+        after_seq: int = 0,
     ) -> list[ContextRow]:
         """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
 
@@ -120,11 +127,44 @@ class MessageRepository:
         ).where(*_live(organization_id, thread_id))
         if before_seq is not None:
             query = query.where(Message.seq < before_seq)
+        if after_seq:
+            query = query.where(Message.seq > after_seq)
         query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
         rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
         if newest:
             rows.reverse()
         return rows
+
+    async def newest_compaction(
+        self, organization_id: str, thread_id: str, *, after_seq: int = 0, before_seq: int | None = None
+    ) -> ContextRow | None:
+        """The newest live `compaction` item with `after_seq < seq < before_seq` (a partial index finds it)."""
+        query = sa.select(
+            Message.id,
+            Message.seq,
+            Message.role,
+            Message.content,
+            Message.token_count,
+            Message.tokenizer,
+            Message.type,
+            Message.call_id,
+            Message.payload,
+        ).where(*_live(organization_id, thread_id), Message.type == "compaction", Message.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        row = (await self.session.execute(query.order_by(Message.seq.desc()).limit(1))).first()
+        return ContextRow(*row) if row is not None else None
+
+    async def count_after(
+        self, organization_id: str, thread_id: str, after_seq: int, before_seq: int | None = None
+    ) -> int:
+        """Live items of the thread with `after_seq < seq < before_seq`, compaction items left out."""
+        query = sa.select(sa.func.count()).where(
+            *_live(organization_id, thread_id), Message.seq > after_seq, Message.type != "compaction"
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        return int((await self.session.execute(query)).scalar_one())
 
     async def get_any(self, organization_id: str, message_id: str) -> Message | None:
         """A live item of any thread of the organization, by id."""

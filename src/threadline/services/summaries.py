@@ -1,0 +1,52 @@
+"""Where a conversation's context starts: its newest compaction item (docs/compaction.md).
+
+The newest compaction item of a conversation's path (DESIGN.md §3) is found with one indexed query per segment,
+newest segment first, so a turn still reads O(window) rows: the items the summary covers are never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from threadline.domain.compaction import CompactionRecord, framed
+from threadline.domain.context import Summary
+from threadline.storage.repositories.messages import ContextRow, MessageRepository
+
+if TYPE_CHECKING:
+    from threadline.services.turn_context import Segment
+
+
+async def newest_summary(
+    repo: MessageRepository, organization_id: str, segments: Sequence[Segment], count: Callable[[ContextRow], int]
+) -> Summary | None:
+    """The conversation's newest compaction item (segments newest first), with its tokens as `count` prices them."""
+    for segment in segments:
+        row = await repo.newest_compaction(
+            organization_id, segment.thread_id, after_seq=segment.after_seq, before_seq=segment.before_seq
+        )
+        if row is None:
+            continue
+        record = CompactionRecord.of(row.payload, row.seq)
+        return Summary(
+            item_id=row.id,
+            seq=row.seq,
+            first_seq=record.first_seq,
+            last_seq=record.last_seq,
+            content=framed(row.content),
+            tokens=count(row),
+            model=record.model,
+            thread_id=segment.thread_id,
+        )
+    return None
+
+
+def after(segments: Sequence[Segment], last_seq: int) -> list[Segment]:
+    """The part of the path after `last_seq`: segments that end at or before it are gone, the others start above it
+    (seqs rise along the whole path, so one number cuts every segment)."""
+    return [
+        dataclasses.replace(segment, after_seq=max(segment.after_seq, last_seq))
+        for segment in segments
+        if segment.last_seq is None or segment.last_seq > last_seq
+    ]
