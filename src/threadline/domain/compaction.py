@@ -38,6 +38,11 @@ def framed(summary: str) -> str:
     return SUMMARY_FRAME + summary
 
 
+def seen_text(item_type: str, content: str) -> str:
+    """What the model sees of an item's text: a compaction item's summary framed, any other item's as it is."""
+    return framed(content) if item_type == "compaction" else content
+
+
 @dataclass(frozen=True)
 class SourceItem:
     """An item to summarise, as the transcript writes it."""
@@ -48,6 +53,8 @@ class SourceItem:
     type: str = "message"
     name: str | None = None
     call_id: str | None = None
+    # The stored item's id (None for an input not saved yet).
+    id: str | None = None
 
 
 _SPEAKERS = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}

@@ -79,7 +79,8 @@ class Summary:
     `content` is what the model sees (the framed summary) and `tokens` its count."""
 
     item_id: str
-    seq: int
+    # None: a compaction item among this turn's inputs (not saved yet).
+    seq: int | None
     first_seq: int
     last_seq: int
     content: str

@@ -193,7 +193,7 @@ async def read_source(
                 after_seq=after,
             )
             items += [
-                SourceItem(r.seq, r.role, r.content, r.type, (r.payload or {}).get("name"), r.call_id)
+                SourceItem(r.seq, r.role, r.content, r.type, (r.payload or {}).get("name"), r.call_id, r.id)
                 for r in rows
                 if r.type != "compaction"
             ]

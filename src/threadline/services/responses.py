@@ -36,6 +36,7 @@ from threadline.config import Settings
 from threadline.domain import leases
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
+from threadline.domain.compaction import seen_text
 from threadline.domain.context import ContextMode, PromptMessage
 from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, validate_content, validate_role
 from threadline.domain.tokens import item_token_count, message_token_count
@@ -52,7 +53,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import rate_limits, recovery
+from threadline.services import compaction_turns, rate_limits, recovery
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import (
@@ -60,7 +61,6 @@ from threadline.services.turn_context import (
     conversation_path,
     known_calls,
     pending_calls,
-    plan_context,
 )
 from threadline.services.turns import Turn, TurnDone, TurnObserver, run_turn
 from threadline.storage.repositories.assistants import AssistantRepository
@@ -378,7 +378,7 @@ async def _try_start(
         PromptMessage(
             m.role,
             m.content,
-            item_token_count(tokenizer, m.role, m.content, m.name),
+            item_token_count(tokenizer, m.role, seen_text(m.type, m.content), m.name),
             type=m.type,
             call_id=m.call_id,
             name=m.name,
@@ -388,7 +388,7 @@ async def _try_start(
     # Tool definitions are sent with every request: they count against the window like the priming does.
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
     with observability.current().span("turn.context", mode=mode):
-        plan, pending = await plan_context(
+        plan, pending = await compaction_turns.plan(
             session,
             thread,
             segments=segments,

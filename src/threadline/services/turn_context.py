@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.domain.compaction import framed
+from threadline.domain.compaction import seen_text
 from threadline.domain.context import (
     ContextMode,
     ContextPlan,
@@ -95,7 +95,7 @@ class _Counter:
             return row.token_count
         if row.id not in self.fresh:
             # A compaction item is seen framed as a summary (docs/compaction.md).
-            content = framed(row.content) if row.type == "compaction" else row.content
+            content = seen_text(row.type, row.content)
             self.fresh[row.id] = item_token_count(self.tokenizer, row.role, content, _name(row))
         return self.fresh[row.id]
 

@@ -70,7 +70,7 @@ RESPONSE_EVENTS = [
 
 
 @contextlib.contextmanager
-def _openai_names() -> Iterator[None]:
+def openai_names() -> Iterator[None]:
     """Errors name the OpenAI request's fields, and a context overflow says how to allow truncation."""
     try:
         yield
@@ -101,7 +101,7 @@ async def create_response(
     models: ModelsDep,
     organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
-    with _openai_names():
+    with openai_names():
         request = body.to_request(principal.organization(organization_id))
         if not body.stream:
             return OpenAIResponseRead.of(await responses.create_response(maker, settings, models, principal, request))

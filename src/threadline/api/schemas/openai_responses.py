@@ -28,13 +28,21 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
-from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
+from threadline.api.schemas.openai import (
+    CompactionItemRead,
+    ConversationItemRead,
+    FunctionCallItemRead,
+    OutputTextRead,
+    new_item,
+    unix,
+)
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
 from threadline.domain.messages import ChatMessage, ItemReference
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
+from threadline.services.compact_responses import Compacted, CompactRequest
 from threadline.services.responses import ResponseRequest
 from threadline.storage.tables import Response
 
@@ -363,3 +371,63 @@ def output_message(
     """The turn's answer as an output item: `text=None` while it is being generated (no content part yet)."""
     content = [] if text is None else [OutputTextRead(text=text)]
     return OutputMessageRead(id=sibling_id("msg", response.id), status=status, content=content)
+
+
+# ---- compaction (docs/compaction.md) -------------------------------------------------------------------------
+
+
+class OpenAIResponseCompact(RequestModel):
+    """`POST /v1/responses/compact`. `model` is required (checked by the service, with OpenAI's wording); caching
+    and service-tier hints are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, max_length=200)
+    input: MessageText | list[Any] | None = None
+    instructions: MessageText | None = None
+    previous_response_id: str | None = Field(default=None, max_length=64)
+
+    def to_request(self, organization_id: str) -> CompactRequest:
+        inputs: list[ChatMessage | ItemReference] = []
+        if isinstance(self.input, str):
+            inputs = [ChatMessage(role="user", content=self.input)]
+        elif self.input:
+            inputs = [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
+        return CompactRequest(organization_id, self.model, inputs, self.previous_response_id, self.instructions)
+
+
+class CompactedResponseRead(ResponseModel):
+    id: str
+    object: Literal["response.compaction"] = "response.compaction"
+    created_at: int
+    output: list[ConversationItemRead | CompactionItemRead]
+    usage: OpenAIUsage
+
+    @classmethod
+    def of(cls, compacted: Compacted) -> CompactedResponseRead:
+        response = compacted.response
+        inp, out = response.input_tokens or 0, response.output_tokens or 0
+        output: list[ConversationItemRead | CompactionItemRead] = [
+            ConversationItemRead.of(m) for m in compacted.user_messages
+        ]
+        item = compacted.item
+        output.append(CompactionItemRead(id=item.id, encrypted_content=item.content, created_by=item.model))
+        return cls(
+            id=response.id,
+            created_at=unix(response.created_at),
+            output=output,
+            usage=OpenAIUsage(input_tokens=inp, output_tokens=out, total_tokens=inp + out),
+        )
+
+
+class OpenAIInputTokensCount(OpenAIResponseCreate):
+    """`POST /v1/responses/input_tokens`: the body of a response (its generation settings are not needed to count,
+    and are ignored); `input` may be left out to count a conversation alone."""
+
+    def _inputs(self) -> list[ChatMessage | ItemReference]:
+        return [] if self.input is None else super()._inputs()
+
+
+class InputTokensRead(ResponseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int

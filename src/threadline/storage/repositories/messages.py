@@ -173,6 +173,15 @@ class MessageRepository:
         )
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def get_many(self, organization_id: str, message_ids: Sequence[str]) -> list[Message]:
+        """The live items of the organization with these ids (in no particular order)."""
+        if not message_ids:
+            return []
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id, Message.id.in_(message_ids), Message.deleted_at.is_(None)
+        )
+        return list((await self.session.execute(query)).scalars())
+
     async def tail_kinds(
         self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None
     ) -> list[tuple[str, str | None]]:
