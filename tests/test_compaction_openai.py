@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 import pytest
 from fastapi import FastAPI
@@ -148,3 +149,132 @@ async def test_input_tokens_are_exact_for_the_model(oa: AsyncOpenAI) -> None:
     conversation = await oa.conversations.create(items=[{"role": "user", "content": "hi"}])
     alone = await oa.responses.input_tokens.count(model="tool-model", conversation=conversation.id)
     assert alone.input_tokens == message_token_count(o200k, "user", "hi") + reply_overhead(o200k)
+
+
+async def conversation_with(oa: AsyncOpenAI, *texts: str) -> str:
+    conversation = await oa.conversations.create()
+    for text in texts:
+        await oa.responses.create(model="tool-model", input=text, conversation=conversation.id, truncation="auto")
+    return conversation.id
+
+
+async def test_context_management_compacts_before_the_turn(oa: AsyncOpenAI, tool_upstream_url: str) -> None:
+    conversation = await conversation_with(oa, "The ferry leaves at 06:40 from pier 3.", "Bring the blue permit.")
+    response = await oa.responses.create(
+        model="tool-model",
+        input="When does the ferry leave?",
+        conversation=conversation,
+        context_management=[{"type": "compaction", "compact_threshold": 30}],
+    )
+    compacted, answer = response.output
+    assert compacted.type == "compaction" and "06:40" in compacted.encrypted_content  # type: ignore[union-attr]
+    assert answer.type == "message" and response.output_text == "echo: When does the ferry leave?"
+    sent = last_request_with(tool_upstream_url, "When does the ferry leave?")
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+    assert "pier 3" in sent["messages"][0]["content"]
+
+    # Saved after the inputs, covering the history before them; the next turn starts from it.
+    items = [i async for i in oa.conversations.items.list(conversation, order="asc")]
+    assert [i.type for i in items] == ["message"] * 5 + ["compaction", "message"]
+    assert items[5].id == compacted.id
+    await oa.responses.create(model="tool-model", input="And the permit?", conversation=conversation)
+    sent = last_request_with(tool_upstream_url, "And the permit?")
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
+    assert sent["messages"][1]["content"] == "When does the ferry leave?"
+
+    # Under the threshold nothing is compacted.
+    quiet = await oa.responses.create(
+        model="tool-model", input="ok", context_management=[{"type": "compaction", "compact_threshold": 100_000}]
+    )
+    assert [i.type for i in quiet.output] == ["message"]
+
+
+async def test_context_management_streams_the_compaction_item_first(tool_app: FastAPI, caller: Caller) -> None:
+    strict, _ = sdk_client(tool_app, caller.api_key)
+    async with strict:
+        conversation = await conversation_with(strict, "Alpha is 1.", "Beta is 2.")
+        async with strict.responses.stream(
+            model="tool-model",
+            input="Gamma?",
+            conversation=conversation,
+            context_management=[{"type": "compaction", "compact_threshold": 20}],
+        ) as stream:
+            kinds = [(e.type, getattr(e, "output_index", None)) async for e in stream]
+            final = await stream.get_final_response()
+    assert ("response.output_item.added", 0) in kinds and ("response.output_item.added", 1) in kinds
+    assert [i.type for i in final.output] == ["compaction", "message"]
+    assert final.output_text == "echo: Gamma?"
+
+
+async def test_a_compaction_trigger_compacts_everything(oa: AsyncOpenAI, tool_upstream_url: str) -> None:
+    conversation = await conversation_with(oa, "Locker 12 holds the keys.")
+    response = await oa.responses.create(
+        model="tool-model",
+        conversation=conversation,
+        input=[{"role": "user", "content": "Also: the code is 5150."}, {"type": "compaction_trigger"}],
+    )
+    (item,) = response.output
+    assert item.type == "compaction"
+    assert "Locker 12" in item.encrypted_content and "5150" in item.encrypted_content  # type: ignore[union-attr]
+    items = [i async for i in oa.conversations.items.list(conversation, order="asc")]
+    assert [i.type for i in items] == ["message", "message", "message", "compaction"]
+
+    await oa.responses.create(model="tool-model", input="Which locker?", conversation=conversation)
+    sent = last_request_with(tool_upstream_url, "Which locker?")
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+
+    with pytest.raises(openai.BadRequestError) as misplaced:
+        await oa.responses.create(
+            model="tool-model", input=[{"type": "compaction_trigger"}, {"role": "user", "content": "x"}]
+        )
+    assert misplaced.value.code == "invalid_compaction_trigger" and misplaced.value.param == "input.0.type"
+
+
+async def test_context_management_refusals_save_nothing(oa: AsyncOpenAI) -> None:
+    conversation = await conversation_with(oa, "one")
+    for management, param in (
+        ([{"type": "compaction", "compact_threshold": 3}], "context_management.0.compact_threshold"),
+        ([{"type": "other"}], "context_management.0.type"),
+        ([{"type": "compaction", "compact_threshold": "many"}], "context_management.0.compact_threshold"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await oa.responses.create(
+                model="tool-model",
+                input="a question long enough to pass a tiny threshold",
+                conversation=conversation,
+                context_management=management,  # type: ignore[arg-type]
+            )
+        assert refused.value.param == param
+    items = [i async for i in oa.conversations.items.list(conversation)]
+    assert len(items) == 2
+
+
+async def test_a_failed_summary_falls_back_and_says_so(oa: AsyncOpenAI, tool_app: FastAPI, caller: Caller) -> None:
+    conversation = await conversation_with(oa, "[fail-summary] the tide turns at noon")
+    response = await oa.responses.create(
+        model="tool-model",
+        input="When?",
+        conversation=conversation,
+        truncation="auto",
+        context_management=[{"type": "compaction", "compact_threshold": 20}],
+    )
+    assert [i.type for i in response.output] == ["message"]
+    assert response.output_text == "echo: When?"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=tool_app), base_url="http://t") as client:
+        stored = await client.get(f"/v1/model/response/{response.id}", headers=caller.headers)
+    report = stored.json()["context"]
+    assert report["compaction_fallback"] == "summary_failed: upstream_error" and report["compaction"] is None
+    items = [i async for i in oa.conversations.items.list(conversation)]
+    assert "compaction" not in [i.type for i in items]
+
+    # Over the window with truncation disabled, the turn could only run compacted: it fails as it would have.
+    await oa.conversations.items.create(conversation, items=[{"role": "user", "content": "x " * 9000}])
+    with pytest.raises(openai.BadRequestError) as too_long:
+        await oa.responses.create(
+            model="tool-model",
+            input="And now?",
+            conversation=conversation,
+            context_management=[{"type": "compaction", "compact_threshold": 100}],
+        )
+    assert too_long.value.code == "context_length_exceeded"
+    assert len([i async for i in oa.conversations.items.list(conversation)]) == 5

@@ -267,7 +267,8 @@ async def compact_thread(
     )
     async with maker() as session:
         thread = await thread_service.get_thread(session, org, request.thread_id, for_update=True)
-        newer = await MessageRepository(session).newest_compaction(org, thread.id)
+        found_newer = await MessageRepository(session).newest_compaction(org, [(thread.id, 0, None)])
+        newer = found_newer[1] if found_newer else None
         if newer is not None and CompactionRecord.of(newer.payload, newer.seq).last_seq >= record.last_seq:
             # Another compaction got there first and covers as much: keep that one (summaries are written once).
             found = await MessageRepository(session).get(org, thread.id, newer.id)

@@ -59,7 +59,7 @@ async def count_input_tokens(
         for m in await _resolved(session, org, request.inputs)
     ]
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
-    plan, _ = await compaction_turns.plan(
+    plan, _, _ = await compaction_turns.plan(
         session,
         # Only its organization is read: a request without a conversation counts its inputs alone.
         thread or Thread(organization_id=org, id=""),

@@ -117,6 +117,8 @@ class ResponseRequest:
     parallel_tool_calls: bool | None = None
     # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
     max_tool_calls: int | None = None
+    # Compact first past a threshold, or now (docs/compaction.md).
+    compaction: compaction_turns.CompactionOptions | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -127,7 +129,7 @@ def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
             code="thread_with_previous_response",
             param="previous_response_id",
         )
-    if not request.inputs and request.run is None:
+    if not request.inputs and request.run is None and not (request.compaction and request.compaction.trigger):
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
         if isinstance(message, ItemReference):
@@ -388,7 +390,7 @@ async def _try_start(
     # Tool definitions are sent with every request: they count against the window like the priming does.
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
     with observability.current().span("turn.context", mode=mode):
-        plan, pending = await compaction_turns.plan(
+        plan, pending, compacting = await compaction_turns.plan(
             session,
             thread,
             segments=segments,
@@ -402,6 +404,9 @@ async def _try_start(
             full_limit=settings.max_messages_per_thread,
             priming_tokens=info.request_overhead_tokens + tool_tokens,
             last_messages=request.run.last_messages if request.run else None,
+            compacting=compaction_turns.CompactionContext(request.compaction, models, settings, assistant, info.name)
+            if request.compaction
+            else None,
         )
     # Pairing (DESIGN.md §6): outputs need their calls, a new user turn needs every call answered. The history
     # the plan read usually shows the calls still waiting; otherwise they are looked up.
@@ -455,6 +460,7 @@ async def _try_start(
         thread_state=request.thread_state,
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
+        compaction=compacting,
     )
 
 

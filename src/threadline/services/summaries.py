@@ -1,7 +1,7 @@
 """Where a conversation's context starts: its newest compaction item (docs/compaction.md).
 
-The newest compaction item of a conversation's path (DESIGN.md §3) is found with one indexed query per segment,
-newest segment first, so a turn still reads O(window) rows: the items the summary covers are never read.
+The newest compaction item of a conversation's path (DESIGN.md §3) is found with one indexed query over all its
+segments, so a turn still reads O(window) rows: the items the summary covers are never read.
 """
 
 from __future__ import annotations
@@ -22,24 +22,21 @@ async def newest_summary(
     repo: MessageRepository, organization_id: str, segments: Sequence[Segment], count: Callable[[ContextRow], int]
 ) -> Summary | None:
     """The conversation's newest compaction item (segments newest first), with its tokens as `count` prices them."""
-    for segment in segments:
-        row = await repo.newest_compaction(
-            organization_id, segment.thread_id, after_seq=segment.after_seq, before_seq=segment.before_seq
-        )
-        if row is None:
-            continue
-        record = CompactionRecord.of(row.payload, row.seq)
-        return Summary(
-            item_id=row.id,
-            seq=row.seq,
-            first_seq=record.first_seq,
-            last_seq=record.last_seq,
-            content=framed(row.content),
-            tokens=count(row),
-            model=record.model,
-            thread_id=segment.thread_id,
-        )
-    return None
+    found = await repo.newest_compaction(organization_id, [(s.thread_id, s.after_seq, s.before_seq) for s in segments])
+    if found is None:
+        return None
+    thread_id, row = found
+    record = CompactionRecord.of(row.payload, row.seq)
+    return Summary(
+        item_id=row.id,
+        seq=row.seq,
+        first_seq=record.first_seq,
+        last_seq=record.last_seq,
+        content=framed(row.content),
+        tokens=count(row),
+        model=record.model,
+        thread_id=thread_id,
+    )
 
 
 def after(segments: Sequence[Segment], last_seq: int) -> list[Segment]:

@@ -37,8 +37,8 @@ from threadline.providers.base import (
     ToolCallArgumentsDelta,
     ToolCallStarted,
 )
+from threadline.services import compaction_turns, rate_limits
 from threadline.services import messages as message_service
-from threadline.services import rate_limits
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
@@ -81,6 +81,8 @@ class Turn:
 
     # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
     slot: rate_limits.TurnSlot | None = None
+    # A compaction to run before the model call (OpenAI `context_management`, a `compaction_trigger`).
+    compaction: compaction_turns.PendingCompaction | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,16 @@ class TurnDone:
     error: ThreadlineError | None
 
 
-TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
+@dataclass(frozen=True)
+class OutputCompaction:
+    """The turn compacted first: its compaction item (the first output item) is written."""
+
+    item_id: str
+    summary: str
+    model: str
+
+
+TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | OutputCompaction | TurnDone
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,12 @@ async def run_turn(
     watch = observability.current()
     recorder = watch.turn(turn.info.name)
     heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
-    stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+    # A turn that compacts first writes its summary inside this stream (services/compaction_turns.py).
+    stream = (
+        compaction_turns.stream(turn)
+        if turn.compaction
+        else turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+    )
     parts: list[str] = []
     # Not the current span across the yields below (the consumer runs there): current only around each wait for
     # the model, so the upstream call's span is its child.
@@ -172,6 +188,8 @@ async def run_turn(
                         yield OutputCallArguments(event.index, call_ids[event.index], event.delta)
                 elif isinstance(event, Finished):
                     finished = event
+                elif isinstance(event, compaction_turns.Ready):
+                    yield OutputCompaction(event.item_id, event.summary, event.model)
             if finished is None:
                 raise UpstreamError("The model's stream ended before it finished.", code="upstream_incomplete")
         except ThreadlineError as exc:
@@ -304,7 +322,8 @@ async def _complete(
             )
             for i, m in enumerate(turn.inputs)
         ]
-        with_message = bool(text) or not calls
+        new += compaction_turns.items_to_save(turn)  # right after the inputs (docs/compaction.md)
+        with_message = (bool(text) or not calls) and not compaction_turns.answers_nothing(turn)
         if with_message:
             new.append(
                 NewMessage(

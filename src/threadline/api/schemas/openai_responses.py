@@ -27,7 +27,14 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
+from threadline.api.schemas.common import (
+    INT32_MAX,
+    MessageText,
+    OutputTokens,
+    RequestModel,
+    ResponseModel,
+    StringMetadata,
+)
 from threadline.api.schemas.openai import (
     CompactionItemRead,
     ConversationItemRead,
@@ -43,6 +50,7 @@ from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
 from threadline.services.compact_responses import Compacted, CompactRequest
+from threadline.services.compaction_turns import CompactionOptions
 from threadline.services.responses import ResponseRequest
 from threadline.storage.tables import Response
 
@@ -78,6 +86,7 @@ class OpenAIResponseCreate(RequestModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = Field(default=None, ge=1, le=1_000)
+    context_management: list[Any] | None = Field(default=None, max_length=1)
 
     @property
     def conversation_id(self) -> str | None:
@@ -127,7 +136,36 @@ class OpenAIResponseCreate(RequestModel):
             tool_choice=choice,
             parallel_tool_calls=self.parallel_tool_calls,
             max_tool_calls=self.max_tool_calls,
+            compaction=self._compaction(),
         )
+
+    def _compaction(self) -> CompactionOptions | None:
+        """`context_management` and a trailing `compaction_trigger` input (docs/compaction.md)."""
+        trigger = _is_trigger(self.input[-1]) if isinstance(self.input, list) and self.input else False
+        threshold: int | None = None
+        managed = False
+        for i, entry in enumerate(self.context_management or []):
+            param = f"context_management.{i}"
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if kind != "compaction":
+                raise InvalidRequest(
+                    f"Context management of type '{kind}' is not supported: use 'compaction'.",
+                    code="unsupported_parameter",
+                    param=f"{param}.type",
+                )
+            value = entry.get("compact_threshold")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT32_MAX
+            ):
+                raise ValidationFailed(
+                    "'compact_threshold' is a positive number of tokens.",
+                    code="invalid_type",
+                    param=f"{param}.compact_threshold",
+                )
+            threshold, managed = value, True
+        if not managed and not trigger:
+            return None
+        return CompactionOptions(threshold=threshold, trigger=trigger)
 
     def _tools(self) -> list[FunctionTool]:
         tools: list[FunctionTool] = []
@@ -209,7 +247,9 @@ class OpenAIResponseCreate(RequestModel):
             return [ChatMessage(role="user", content=self.input)]
         if not self.input:
             raise ValidationFailed("'input' needs at least one item.", code="empty_input", param="input")
-        return [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
+        # A `compaction_trigger` must be the last item (anywhere else `new_item` refuses it).
+        items = self.input[:-1] if _is_trigger(self.input[-1]) else self.input
+        return [_input_item(item, f"input.{i}") for i, item in enumerate(items)]
 
 
 # ---- objects -----------------------------------------------------------------------------------------------
@@ -221,6 +261,10 @@ class OutputMessageRead(ResponseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputTextRead]
+
+
+def _is_trigger(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "compaction_trigger"
 
 
 def _input_item(item: Any, param: str) -> ChatMessage | ItemReference:
@@ -284,7 +328,7 @@ class OpenAIResponseRead(ResponseModel):
     completed_at: int | None
     status: Literal["completed", "failed", "in_progress", "incomplete"]
     model: str
-    output: list[OutputMessageRead | FunctionCallItemRead]
+    output: list[CompactionItemRead | OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
     incomplete_details: IncompleteDetails | None
     instructions: str | None
@@ -316,7 +360,15 @@ class OpenAIResponseRead(ResponseModel):
         if response.status == "completed" and finish in ("length", "content_filter"):
             status = "incomplete"
             incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
-        output: list[OutputMessageRead | FunctionCallItemRead] = []
+        output: list[CompactionItemRead | OutputMessageRead | FunctionCallItemRead] = []
+        compacted = response.context.get("compaction_item")
+        if response.status == "completed" and compacted:
+            # The turn compacted first (docs/compaction.md): its compaction item leads the output.
+            output.append(
+                CompactionItemRead(
+                    id=compacted["id"], encrypted_content=compacted["summary"], created_by=compacted["model"]
+                )
+            )
         if response.status == "completed":
             if response.context.get("output_message", True):
                 output.append(

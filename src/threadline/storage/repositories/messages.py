@@ -136,10 +136,23 @@ class MessageRepository:
         return rows
 
     async def newest_compaction(
-        self, organization_id: str, thread_id: str, *, after_seq: int = 0, before_seq: int | None = None
-    ) -> ContextRow | None:
-        """The newest live `compaction` item with `after_seq < seq < before_seq` (a partial index finds it)."""
+        self, organization_id: str, ranges: Sequence[tuple[str, int, int | None]]
+    ) -> tuple[str, ContextRow] | None:
+        """The newest live `compaction` item in any of `ranges` (thread id, after seq, before seq or None), with its
+        thread: one query over the partial index. Seqs rise along a conversation's path, so the newest is the one
+        with the highest seq."""
+        if not ranges:
+            return None
+        conditions = [
+            sa.and_(
+                Message.thread_id == thread_id,
+                Message.seq > after_seq,
+                *([Message.seq < before_seq] if before_seq is not None else []),
+            )
+            for thread_id, after_seq, before_seq in ranges
+        ]
         query = sa.select(
+            Message.thread_id,
             Message.id,
             Message.seq,
             Message.role,
@@ -149,11 +162,14 @@ class MessageRepository:
             Message.type,
             Message.call_id,
             Message.payload,
-        ).where(*_live(organization_id, thread_id), Message.type == "compaction", Message.seq > after_seq)
-        if before_seq is not None:
-            query = query.where(Message.seq < before_seq)
+        ).where(
+            Message.organization_id == organization_id,
+            Message.type == "compaction",
+            Message.deleted_at.is_(None),
+            sa.or_(*conditions),
+        )
         row = (await self.session.execute(query.order_by(Message.seq.desc()).limit(1))).first()
-        return ContextRow(*row) if row is not None else None
+        return (row[0], ContextRow(*row[1:])) if row is not None else None
 
     async def count_after(
         self, organization_id: str, thread_id: str, after_seq: int, before_seq: int | None = None
