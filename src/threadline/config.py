@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     smart_summaries: bool = True
     compact_at: float | None = Field(default=None, gt=0, le=1)
 
+    # The job queue (docs/jobs.md): jobs one process runs at once, the lease a job is claimed under (renewed every
+    # third of it; a dead process's jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
+    job_concurrency: int = Field(default=4, ge=1, le=256)
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_poll_seconds: float = Field(default=15.0, gt=0)
+
     # Auth
     user_token_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 

@@ -38,7 +38,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import naming, recovery, retention
+from threadline.services import jobs, naming, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
@@ -106,6 +106,15 @@ def create_app(
             else None
         )
         maker = app.state.sessionmaker
+        # The job queue (docs/jobs.md): every process runs one; the handlers of each job kind are registered here.
+        runner = jobs.JobRunner(
+            maker,
+            engine,
+            concurrency=settings.job_concurrency,
+            lease_seconds=settings.job_lease_seconds,
+            poll_seconds=settings.job_poll_seconds,
+        )
+        app.state.jobs = runner
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -116,10 +125,12 @@ def create_app(
             # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
             if settings.retention_enabled:
                 tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
+            await runner.start()
             yield
         finally:
             if restore_sigterm is not None:
                 restore_sigterm()
+            await runner.stop()
             await background.aclose()
             for task in tasks:
                 task.cancel()

@@ -387,3 +387,57 @@ class RateLimitCounter(Base):
     # Minutes since the epoch: the fixed window `count` belongs to.
     window_minute: Mapped[int] = mapped_column(sa.BigInteger)
     count: Mapped[int]
+
+
+class Job(Base):
+    """A unit of work that outlives its request (DESIGN.md §7, migration 0010; docs/jobs.md): a background turn, a
+    webhook delivery, a summary. Claimed by one process at a time under an expiring lease (`lease_owner` is a fresh
+    token per claim), renewed by a heartbeat, taken over by another process once it expires.
+
+    Jobs that share a `queue_key` (e.g. a thread id) run one at a time, in the order they were enqueued."""
+
+    __tablename__ = "jobs"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    queue_key: Mapped[str | None] = mapped_column(sa.String(200))
+    # queued → running → done | failed (a running job whose lease expired is claimable again).
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=5)
+    run_after: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The claim: due queued jobs, and running jobs whose lease expired. Only unfinished jobs are in it.
+        sa.Index(
+            "ix_jobs_claimable",
+            "status",
+            "run_after",
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+        ),
+        # "Is an earlier job of this key unfinished?" (per-key order).
+        sa.Index(
+            "ix_jobs_queue_key",
+            "organization_id",
+            "queue_key",
+            "created_at",
+            sqlite_where=sa.text("queue_key IS NOT NULL AND status IN ('queued', 'running')"),
+            postgresql_where=sa.text("queue_key IS NOT NULL AND status IN ('queued', 'running')"),
+        ),
+        # The retention sweeper purges finished jobs by age.
+        sa.Index(
+            "ix_jobs_finished_at",
+            "finished_at",
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+        ),
+    )
