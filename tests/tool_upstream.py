@@ -10,8 +10,9 @@ What it answers, for `POST /v1/chat/completions`:
 - the last message a tool result → text quoting every output of the trailing tool messages:
   `Tool said: <output>` (joined by ` | `).
 - a summary request (the last user text starts with `Summarise this conversation`, as Threadline's compaction
-  asks: docs/compaction.md) → `Summary: ` and the transcript's paragraphs joined by ` / `, at most `max_tokens`
-  words; `[fail-summary]` anywhere in it → a 500.
+  asks: docs/compaction.md) → `Summary: ` and the transcript's paragraphs joined by ` / ` (an earlier summary's
+  text as it is), at most `max_tokens` words: a summary that keeps the oldest facts; `[fail-summary]` anywhere in
+  it → a 500.
 - anything else → `echo: <last user text>`.
 
 Streamed (SSE, the way OpenAI streams: the call's id and name in its first delta, the arguments in pieces keyed
@@ -30,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 SUMMARY_REQUEST = "Summarise this conversation:"
+EARLIER = "Summary of what came before: "
 MARKERS = re.compile(r"\[(parallel|plain)\]\s*")
 _received: list[dict[str, Any]] = []
 _lock = threading.Lock()
@@ -66,6 +68,8 @@ def answer(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     user_text = _text(last)
     if user_text.startswith(SUMMARY_REQUEST):
         lines = [line for line in user_text.removeprefix(SUMMARY_REQUEST).split("\n\n") if line.strip()]
+        # An earlier summary's lines are kept as they are (not nested), oldest first; the budget cuts the newest.
+        lines = [line.removeprefix(EARLIER).removeprefix("Summary: ") for line in lines]
         words = ("Summary: " + " / ".join(lines)).split(" ")
         return " ".join(words[: int(body.get("max_tokens") or 512)]), []
     clean = MARKERS.sub("", user_text).strip()

@@ -38,7 +38,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs, naming, recovery, retention
+from threadline.services import compaction_jobs, jobs, naming, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
 from threadline.web import ui_router
@@ -114,6 +114,7 @@ def create_app(
             lease_seconds=settings.job_lease_seconds,
             poll_seconds=settings.job_poll_seconds,
         )
+        runner.register(compaction_jobs.KIND, compaction_jobs.handler(maker, settings, registry))
         app.state.jobs = runner
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None

@@ -90,6 +90,16 @@ def safe_cut(items: Sequence[SourceItem], keep_from: int) -> int:
     return cut
 
 
+def compaction_due(
+    report: dict[str, Any], *, mode: str, window: int, compact_at: float | None, smart_summaries: bool
+) -> bool:
+    """Whether a saved turn's context report asks for a new summary (written in the background, for the next
+    turns): its prompt passed `compact_at` of the window, or a `smart` prompt left out items no summary covers."""
+    if compact_at is not None and int(report.get("input_tokens", 0)) > compact_at * window:
+        return True
+    return smart_summaries and mode == "smart" and int(report.get("unsummarized_omitted", 0)) > 0
+
+
 @dataclass(frozen=True)
 class CompactionRecord:
     """What a compaction item's payload holds: the range it covers, who wrote it, how long it is."""

@@ -120,11 +120,15 @@ class ContextReport:
     # The compaction item the prompt starts from, if any; why none was used although one was wanted.
     summary: Summary | None = None
     compaction_fallback: str | None = None
+    # Items after the summary (or, without one, in the whole history) the prompt leaves out: what a new summary
+    # would save from being lost.
+    unsummarized_omitted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "compaction": self.summary.as_dict() if self.summary is not None else None,
             "compaction_fallback": self.compaction_fallback,
+            "unsummarized_omitted": self.unsummarized_omitted,
             "mode": self.mode,
             "window": self.window,
             "max_output_tokens": self.max_output_tokens,
@@ -280,6 +284,7 @@ def build_context(
         priming_tokens,
         None,
         compaction_fallback,
+        max(history_total - len(chosen), 0),
     )
 
 
@@ -338,6 +343,7 @@ def _with_summary(
         priming_tokens,
         summary,
         None,
+        max(after_summary - len(newest), 0),
     )
 
 
@@ -355,6 +361,7 @@ def _plan(
     priming_tokens: int,
     summary: Summary | None,
     compaction_fallback: str | None,
+    unsummarized_omitted: int,
 ) -> ContextPlan:
     messages = (*pinned, *history_part, *inputs)
     total = sum(m.tokens for m in messages) + priming_tokens
@@ -372,6 +379,7 @@ def _plan(
         items_by_type=_count_types([*chosen, *inputs, *([summary.as_prompt()] if summary else [])]),
         summary=summary,
         compaction_fallback=compaction_fallback,
+        unsummarized_omitted=unsummarized_omitted,
     )
     return ContextPlan(messages=messages, report=report)
 

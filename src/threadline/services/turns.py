@@ -37,7 +37,7 @@ from threadline.providers.base import (
     ToolCallArgumentsDelta,
     ToolCallStarted,
 )
-from threadline.services import compaction_turns, rate_limits
+from threadline.services import compaction_jobs, compaction_turns, rate_limits
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
@@ -357,6 +357,8 @@ async def _complete(
         rows = await message_service.append_messages(
             session, settings, thread, new, user_id=turn.user_id, check_state=False
         )
+        # A prompt that asked for a new summary queues it, for the next turns (docs/compaction.md).
+        await compaction_jobs.enqueue_if_due(session, settings, turn, thread)
         # Written without reading it back first: step 1 recorded it and only this turn (holding the lease) writes
         # it until now. The message INSERTs are flushed first (autoflush), keeping the response's seq links valid.
         values: dict[str, Any] = {

@@ -76,6 +76,9 @@ class ThreadUpdate(RequestModel):
     state: ThreadStateField | None = None
     workflow_id: str | None = Field(default=None, max_length=128)
     space_ids: list[SpaceId] | None = Field(default=None, max_length=100)
+    # Compact the thread in the background once a turn's prompt passes this share of the window (null: the
+    # assistant's or the server's setting; docs/compaction.md).
+    compact_at: float | None = Field(default=None, gt=0, le=1)
     organization_id: str | None = Field(default=None, max_length=64)
 
 
@@ -161,6 +164,7 @@ class ThreadRead(ResponseModel):
     message_count: int
     visible_in_ui: bool
     last_model_used: str | None
+    compact_at: float | None = None
     is_pinned: bool
     pinned_at: str | None
     space_ids: list[Any]
@@ -185,6 +189,7 @@ class ThreadRead(ResponseModel):
             message_count=thread.message_count,
             visible_in_ui=thread.visible_in_ui,
             last_model_used=thread.last_model_used,
+            compact_at=thread.compact_at,
             is_pinned=thread.is_pinned,
             pinned_at=iso(thread.pinned_at),
             space_ids=thread.space_ids,
