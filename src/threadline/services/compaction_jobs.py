@@ -41,22 +41,31 @@ async def enqueue_if_due(session: AsyncSession, settings: Settings, turn: Turn, 
         assistant = await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
         compact_at = assistant.compact_at if assistant is not None else None
     mode = str(turn.response.request.get("thread_context_mode", ""))
+    compact_at = compact_at if compact_at is not None else settings.compact_at
+    window = turn.info.context_window
     if not compaction_due(
-        report,
-        mode=mode,
-        window=turn.info.context_window,
-        compact_at=compact_at if compact_at is not None else settings.compact_at,
-        smart_summaries=settings.smart_summaries,
+        report, mode=mode, window=window, compact_at=compact_at, smart_summaries=settings.smart_summaries
     ):
         return
     await jobs.enqueue(
         session,
         organization_id=thread.organization_id,
         kind=KIND,
-        payload={"thread_id": thread.id, "keep_tokens": int(report.get("history_budget", 0)) // 2},
+        payload={"thread_id": thread.id, "keep_tokens": keep_tokens(report, window, compact_at, settings)},
         queue_key=f"compaction:{thread.id}",
         max_attempts=3,
     )
+
+
+def keep_tokens(report: dict[str, Any], window: int, compact_at: float | None, settings: Settings) -> int:
+    """How much of the newest history the summary leaves as it was said: half the history budget, or, under a
+    `compact_at` share, half of what the share leaves once the fixed part and a summary are in, so that the next
+    prompts fall back well under it."""
+    budget = int(report.get("history_budget", 0))
+    if compact_at is None:
+        return budget // 2
+    fixed = window - int(report.get("max_output_tokens", 0)) - budget
+    return max(0, min(budget // 2, (int(compact_at * window) - fixed - settings.summary_max_tokens) // 2))
 
 
 def handler(
