@@ -278,3 +278,32 @@ async def test_a_failed_summary_falls_back_and_says_so(oa: AsyncOpenAI, tool_app
         )
     assert too_long.value.code == "context_length_exceeded"
     assert len([i async for i in oa.conversations.items.list(conversation)]) == 5
+
+
+async def test_context_management_without_a_threshold_compacts_only_what_does_not_fit(
+    oa: AsyncOpenAI, tool_upstream_url: str
+) -> None:
+    conversation = await conversation_with(oa, "The meeting is in room 7.")
+    managed = [{"type": "compaction"}]
+    fits = await oa.responses.create(
+        model="tool-model",
+        input="ok",
+        conversation=conversation,
+        truncation="auto",
+        context_management=managed,  # type: ignore[arg-type]
+    )
+    assert [i.type for i in fits.output] == ["message"]
+
+    # A message longer than the window: `auto` would drop it; compaction summarises it instead, in rolling passes.
+    await oa.conversations.items.create(conversation, items=[{"role": "user", "content": "word " * 9000}])
+    response = await oa.responses.create(
+        model="tool-model",
+        input="Where is the meeting?",
+        conversation=conversation,
+        truncation="auto",
+        context_management=managed,  # type: ignore[arg-type]
+    )
+    assert [i.type for i in response.output] == ["compaction", "message"]
+    assert "room 7" in response.output[0].encrypted_content  # type: ignore[union-attr]
+    sent = last_request_with(tool_upstream_url, "Where is the meeting?")
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]

@@ -163,7 +163,10 @@ async def plan(
         return plain, pending, None
     report = plain.report
     wanted = options.trigger or fallback_error is not None
-    wanted = wanted or (report.input_tokens > options.threshold if options.threshold else report.messages_omitted > 0)
+    if options.threshold is not None:
+        wanted = wanted or report.input_tokens > options.threshold
+    else:  # no threshold: only when the prompt cannot hold what came after the last summary
+        wanted = wanted or report.unsummarized_omitted > 0
     if not wanted:
         return plain, pending, None
     org = thread.organization_id
@@ -172,6 +175,8 @@ async def plan(
     if options.trigger:
         items += [SourceItem(0, m.role, m.content, m.type, m.name, m.call_id) for m in inputs]
     if not items:
+        if fallback_error is not None:
+            raise fallback_error
         return plain, pending, None  # nothing to summarise yet
     provider, info = compaction.choose_model(
         compacting.models, compacting.settings, assistant=compacting.assistant, turn_model=compacting.turn_model
