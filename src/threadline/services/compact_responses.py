@@ -23,7 +23,7 @@ from threadline.domain.messages import ChatMessage, ItemReference, NewMessage, v
 from threadline.errors import InvalidRequest, NotFound, ValidationFailed
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
-from threadline.services import compaction
+from threadline.services import compaction, summaries
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.messages import append_messages
@@ -153,20 +153,8 @@ async def compact(
 async def _resolved(
     maker: async_sessionmaker[AsyncSession], organization_id: str, inputs: Sequence[ChatMessage | ItemReference]
 ) -> list[ChatMessage]:
-    """Inputs with every `item_reference` replaced by the stored item it names."""
-    out: list[ChatMessage] = []
     async with maker() as session:
-        repo = MessageRepository(session)
-        for index, item in enumerate(inputs):
-            if not isinstance(item, ItemReference):
-                out.append(item)
-                continue
-            found = await repo.get_any(organization_id, item.id)
-            if found is None:
-                raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"input.{index}.id")
-            name = (found.payload or {}).get("name")
-            out.append(ChatMessage(found.role, found.content, found.type, found.call_id, name))  # type: ignore[arg-type]
-    return out
+        return await summaries.resolve_references(MessageRepository(session), organization_id, inputs, "input")
 
 
 async def _continuable(session: AsyncSession, settings: Settings, organization_id: str, response_id: str) -> Response:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.config import Settings
 from threadline.domain.compaction import seen_text
 from threadline.domain.context import PromptMessage
-from threadline.domain.messages import ChatMessage, ItemReference
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import InvalidRequest, NotFound, ThreadNotFound
 from threadline.providers.registry import ModelRegistry
-from threadline.services import compaction_turns
+from threadline.services import compaction_turns, summaries
 from threadline.services import threads as thread_service
 from threadline.services.responses import ResponseRequest, validate_request
 from threadline.services.turn_context import Segment, conversation_path
@@ -56,7 +54,7 @@ async def count_input_tokens(
             call_id=m.call_id,
             name=m.name,
         )
-        for m in await _resolved(session, org, request.inputs)
+        for m in await summaries.resolve_references(MessageRepository(session), org, request.inputs, "inputs")
     ]
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
     plan, _, _ = await compaction_turns.plan(
@@ -119,20 +117,3 @@ async def _assistant(session: AsyncSession, thread: Thread | None) -> Assistant 
     if thread is None or thread.assistant_id is None:
         return None
     return await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
-
-
-async def _resolved(
-    session: AsyncSession, organization_id: str, inputs: Sequence[ChatMessage | ItemReference]
-) -> list[ChatMessage]:
-    out: list[ChatMessage] = []
-    repo = MessageRepository(session)
-    for index, item in enumerate(inputs):
-        if not isinstance(item, ItemReference):
-            out.append(item)
-            continue
-        found = await repo.get_any(organization_id, item.id)
-        if found is None:
-            raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"inputs.{index}.id")
-        name = (found.payload or {}).get("name")
-        out.append(ChatMessage(found.role, found.content, found.type, found.call_id, name))  # type: ignore[arg-type]
-    return out

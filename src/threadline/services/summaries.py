@@ -1,4 +1,5 @@
-"""Where a conversation's context starts: its newest compaction item (docs/compaction.md).
+"""Where a conversation's context starts: its newest compaction item (docs/compaction.md); and the items a
+request names by reference, which the compaction requests resolve like a turn does.
 
 The newest compaction item of a conversation's path (DESIGN.md §3) is found with one indexed query over all its
 segments, so a turn still reads O(window) rows: the items the summary covers are never read.
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from threadline.domain.compaction import CompactionRecord, framed
 from threadline.domain.context import Summary
+from threadline.domain.messages import ChatMessage, ItemReference
+from threadline.errors import NotFound
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
 
 if TYPE_CHECKING:
@@ -47,3 +50,20 @@ def after(segments: Sequence[Segment], last_seq: int) -> list[Segment]:
         for segment in segments
         if segment.last_seq is None or segment.last_seq > last_seq
     ]
+
+
+async def resolve_references(
+    repo: MessageRepository, organization_id: str, inputs: Sequence[ChatMessage | ItemReference], param: str
+) -> list[ChatMessage]:
+    """`inputs` with every `item_reference` replaced by the live item of the organization it names (else 404)."""
+    out: list[ChatMessage] = []
+    for index, item in enumerate(inputs):
+        if not isinstance(item, ItemReference):
+            out.append(item)
+            continue
+        found = await repo.get_any(organization_id, item.id)
+        if found is None:
+            raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"{param}.{index}.id")
+        name = (found.payload or {}).get("name")
+        out.append(ChatMessage(found.role, found.content, found.type, found.call_id, name))  # type: ignore[arg-type]
+    return out
