@@ -58,6 +58,10 @@ async def test_compact_a_chain_then_continue_it(oa: AsyncOpenAI, tool_upstream_u
         {"type": "input_text", "text": "The vault code is 8812."}
     ]
 
+    # Stored like any response: retrieved, its output is the compaction item.
+    stored = await oa.responses.retrieve(compacted.id)
+    assert [i.type for i in stored.output] == ["compaction"] and stored.output[0].id == item.id
+
     # Continued by id: the model sees the summary, then the new input.
     third = await oa.responses.create(
         model="tool-model", input="What is the vault code?", previous_response_id=compacted.id

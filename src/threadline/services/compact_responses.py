@@ -135,7 +135,12 @@ async def compact(
                 model=info.name,
                 status="completed",
                 request={"object": "response.compaction", "instructions": request.instructions, "store": True},
-                context={"output_message": False, "compaction_item": item.id, "summary_passes": written.passes},
+                # Read back like a turn that compacted first: its output is the compaction item.
+                context={
+                    "output_message": False,
+                    "compaction_item": {"id": item.id, "summary": written.text, "model": info.name},
+                    "summary_passes": written.passes,
+                },
                 input_first_seq=rows[0].seq if rows else None,
                 input_last_seq=rows[-1].seq if rows else None,
                 output_seq=item.seq,
