@@ -35,7 +35,7 @@ class ProviderConfig(BaseModel):
     # OpenAI's reasoning models (o1, o3…) take "max_completion_tokens"; most other servers only "max_tokens".
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     timeout_seconds: float = Field(default=120.0, gt=0)
-    # What the models can do (DESIGN.md §6), e.g. {tools = false}; per model in `model_capabilities`, e.g.
+    # What the models can do (docs/items.md), e.g. {tools = false}; per model in `model_capabilities`, e.g.
     # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools true, vision false; the embedded model: none.
     capabilities: dict[Capability, bool] = Field(default_factory=dict)
     model_capabilities: dict[str, dict[Capability, bool]] = Field(default_factory=dict)

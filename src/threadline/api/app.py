@@ -38,9 +38,11 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import compaction_jobs, jobs, naming, recovery, retention
+from threadline.services import compaction_jobs, jobs, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
+from threadline.turns.engine import TurnEngine
+from threadline.turns.naming import AutoNamer
 from threadline.web import ui_router
 
 if TYPE_CHECKING:
@@ -100,11 +102,11 @@ def create_app(
         # Work that outlives its request (auto-naming), cancelled at shutdown before the engine goes away.
         background = Background()
         app.state.background = background
-        app.state.turn_observer = (
-            naming.AutoNamer(app.state.sessionmaker, settings, registry, background)
-            if settings.auto_name_threads
-            else None
-        )
+        # The turn engine, built once: every surface asks it for turns (docs/ARCHITECTURE.md).
+        turns = TurnEngine(app.state.sessionmaker, settings, registry)
+        if settings.auto_name_threads:
+            turns.observer = AutoNamer(turns, background)
+        app.state.turns = turns
         maker = app.state.sessionmaker
         # The job queue (docs/jobs.md): every process runs one; the handlers of each job kind are registered here.
         runner = jobs.JobRunner(
@@ -177,7 +179,7 @@ def create_app(
     api_observability.install_routes(app, settings)
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
-    # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
+    # reach the Freddy routes of the same paths (docs/surfaces.md, "one path, two shapes").
     # `search` before `threads`: /v1/threads/search must not be read as a thread id.
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (

@@ -7,7 +7,7 @@ builder starts from the newest one: the model sees its summary, then the items a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,15 @@ SUMMARY_FRAME = "Summary of the earlier conversation (it replaces the messages b
 DEFAULT_SUMMARY_TOKENS = 512
 # Below this, a summary cannot keep much: a compaction is refused rather than written this short.
 MIN_SUMMARY_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class CompactionOptions:
+    """What a turn request asks (OpenAI `context_management`, a `compaction_trigger` input): compact past
+    `threshold` tokens (None: only when what follows the last summary does not fit), or now (`trigger`)."""
+
+    threshold: int | None = None
+    trigger: bool = False
 
 
 def framed(summary: str) -> str:
@@ -80,7 +89,7 @@ def transcript(previous_summary: str | None, items: Sequence[SourceItem]) -> str
 
 def safe_cut(items: Sequence[SourceItem], keep_from: int) -> int:
     """The index where a compaction may end (exclusive) at or before `keep_from`: never inside a unit of function
-    calls and outputs (DESIGN.md §6), so the model never sees an output whose call was summarised away."""
+    calls and outputs (docs/items.md), so the model never sees an output whose call was summarised away."""
     cut = max(0, min(keep_from, len(items)))
     while 0 < cut < len(items) and items[cut].type in TOOL_ITEM_TYPES and items[cut - 1].type in TOOL_ITEM_TYPES:
         cut -= 1
@@ -91,7 +100,7 @@ def safe_cut(items: Sequence[SourceItem], keep_from: int) -> int:
 
 
 def compaction_due(
-    report: dict[str, Any], *, mode: str, window: int, compact_at: float | None, smart_summaries: bool
+    report: Mapping[str, Any], *, mode: str, window: int, compact_at: float | None, smart_summaries: bool
 ) -> bool:
     """Whether a saved turn's context report asks for a new summary (written in the background, for the next
     turns): its prompt passed `compact_at` of the window, or a `smart` prompt left out items no summary covers."""

@@ -2,7 +2,7 @@
 response whose output is the conversation's user messages and one compaction item.
 
 The conversation is `input`, or `previous_response_id`'s conversation followed by `input`. The compacted response
-is kept like any response (DESIGN.md §3): a hidden chain thread holds the inputs and the compaction item (forked
+is kept like any response (docs/chains.md): a hidden chain thread holds the inputs and the compaction item (forked
 from the previous response's thread, nothing copied), so its id can be continued with `previous_response_id`, and
 its output can be sent back as `input` (the compaction item then stands for everything before it).
 """
@@ -26,8 +26,8 @@ from threadline.providers.registry import ModelRegistry
 from threadline.services import compaction, summaries
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
+from threadline.services.conversation import Segment, conversation_path
 from threadline.services.messages import append_messages
-from threadline.services.turn_context import Segment, conversation_path
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository

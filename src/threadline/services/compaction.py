@@ -1,6 +1,6 @@
 """Compaction (docs/compaction.md): a model writes the summary of a conversation, stored as a `compaction` item.
 
-Like a turn, in three steps and never with a transaction open across the model call (DESIGN.md §2, §8): a short
+Like a turn, in three steps, never with a transaction open across the model call (docs/ARCHITECTURE.md): a short
 transaction reads what to summarise (the newest summary and the items after it), the model writes the new summary
 with no session open, and a short transaction appends the compaction item. A failed summary saves nothing.
 
@@ -38,8 +38,8 @@ from threadline.providers.base import Finished, GenerationParams, ModelInfo, Pro
 from threadline.providers.registry import ModelRegistry
 from threadline.services import summaries
 from threadline.services import threads as thread_service
+from threadline.services.conversation import Segment, conversation_path
 from threadline.services.messages import append_messages
-from threadline.services.turn_context import Segment, conversation_path
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.tables import Assistant, Message, Thread

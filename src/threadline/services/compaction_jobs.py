@@ -10,8 +10,8 @@ time, and a job that finds nothing left to summarise (an earlier job did it) is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,26 +23,23 @@ from threadline.services import compaction, jobs
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.tables import Thread
 
-if TYPE_CHECKING:
-    from threadline.services.turns import Turn
-
 logger = logging.getLogger("threadline.compaction")
 
 KIND = "compaction.thread"
 
 
-async def enqueue_if_due(session: AsyncSession, settings: Settings, turn: Turn, thread: Thread) -> None:
-    """In the turn's saving transaction: queue the thread's compaction if this turn's prompt asks for one."""
-    report = turn.response.context
+async def enqueue_if_due(
+    session: AsyncSession, settings: Settings, thread: Thread, report: Mapping[str, Any], mode: str, window: int
+) -> None:
+    """In a turn's saving transaction: queue the thread's compaction if the turn's context `report` (its prompt
+    in `mode`, for a model of `window` tokens) asks for one."""
     if report.get("compaction_item"):
         return  # the turn compacted first: its summary is fresh
     compact_at = thread.compact_at
     if compact_at is None and thread.assistant_id is not None:
         assistant = await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
         compact_at = assistant.compact_at if assistant is not None else None
-    mode = str(turn.response.request.get("thread_context_mode", ""))
     compact_at = compact_at if compact_at is not None else settings.compact_at
-    window = turn.info.context_window
     if not compaction_due(
         report, mode=mode, window=window, compact_at=compact_at, smart_summaries=settings.smart_summaries
     ):
@@ -57,7 +54,7 @@ async def enqueue_if_due(session: AsyncSession, settings: Settings, turn: Turn, 
     )
 
 
-def keep_tokens(report: dict[str, Any], window: int, compact_at: float | None, settings: Settings) -> int:
+def keep_tokens(report: Mapping[str, Any], window: int, compact_at: float | None, settings: Settings) -> int:
     """How much of the newest history the summary leaves as it was said: half the history budget, or, under a
     `compact_at` share, half of what the share leaves once the fixed part and a summary are in, so that the next
     prompts fall back well under it."""

@@ -1,7 +1,7 @@
 """Where a conversation's context starts: its newest compaction item (docs/compaction.md); and the items a
 request names by reference, which the compaction requests resolve like a turn does.
 
-The newest compaction item of a conversation's path (DESIGN.md §3) is found with one indexed query over all its
+The newest compaction item of a conversation's path (docs/chains.md) is found with one indexed query over all its
 segments, so a turn still reads O(window) rows: the items the summary covers are never read.
 """
 
@@ -18,7 +18,7 @@ from threadline.errors import NotFound
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
 
 if TYPE_CHECKING:
-    from threadline.services.turn_context import Segment
+    from threadline.services.conversation import Segment
 
 
 async def newest_summary(

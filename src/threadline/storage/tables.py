@@ -1,4 +1,4 @@
-"""ORM tables. Every key starts with `organization_id` (DESIGN.md §3); the schema itself comes from migrations.
+"""ORM tables. Every key starts with `organization_id` (docs/data-model.md); the schema itself comes from migrations.
 
 Portable column types only: `UTCDateTime` keeps timestamps as naive UTC on SQLite and `timestamptz` on
 PostgreSQL, and always hands back aware UTC datetimes; `JSONType` is JSONB on PostgreSQL.
@@ -141,7 +141,7 @@ class Assistant(Base):
 
 
 class Thread(Base):
-    """A conversation. `state` is the lifecycle, `status` the streaming status (DESIGN.md §4).
+    """A conversation. `state` is the lifecycle, `status` the streaming status (docs/surfaces.md).
 
     `next_seq` hands out message sequence numbers; `message_count` counts live (not deleted) messages.
     `lease_owner`/`lease_expires_at` serialize turns across processes: a lease that expires frees the thread.
@@ -163,7 +163,7 @@ class Thread(Base):
     # What created it: "thread" (Freddy API / responses), "chain" (a previousResponseId chain),
     # "conversation" (OpenAI Conversations API).
     kind: Mapped[str] = mapped_column(sa.String(16), default="thread")
-    # A chain forked from a turn of another thread (migration 0003, DESIGN.md §3): its history is the parent's
+    # A chain forked from a turn of another thread (migration 0003, docs/chains.md): its history is the parent's
     # live messages with seq <= parent_seq, then its own, numbered on from parent_seq + 1. Nothing is copied. No
     # foreign key: the sweeper may purge a parent before its children, whose reads then stop at the gap.
     parent_thread_id: Mapped[str | None] = mapped_column(sa.String(128))
@@ -230,7 +230,7 @@ class Thread(Base):
 class Message(Base):
     """One item of a thread, ordered by the per-thread `seq`, with its token count stored on the row.
 
-    `type` is the item type (DESIGN.md §6, migration 0006): `message`, `function_call` (role `assistant`,
+    `type` is the item type (docs/items.md, migration 0006): `message`, `function_call` (role `assistant`,
     `content` = its arguments), `function_call_output` (role `tool`, `content` = its output text, so search finds
     it). `call_id` pairs a call with its output; `payload` holds the rest of what is structured (`name`,
     `status`, an output given as content parts).
@@ -315,7 +315,7 @@ class MessageEdit(Base):
 
 
 class Response(Base):
-    """A model response. It never copies history: it points into a thread by `seq` range (DESIGN.md §3).
+    """A model response. It never copies history: it points into a thread by `seq` range (docs/data-model.md).
 
     `input_first_seq..input_last_seq` are this turn's inputs and `output_seq` its answer, in `thread_id`; the
     `context` report's `context_segments` list the (thread, first seq, last seq) runs the model saw, which span

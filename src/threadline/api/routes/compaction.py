@@ -28,7 +28,8 @@ from threadline.api.schemas.openai_responses import (
     OpenAIResponseCompact,
 )
 from threadline.api.statuses import MODEL_CALL, REFERENCES
-from threadline.services import compact_responses, compaction, input_tokens
+from threadline.services import compact_responses, compaction
+from threadline.turns import input_tokens
 
 router = APIRouter(prefix="/v1", tags=["compaction"])
 

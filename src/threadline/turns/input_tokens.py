@@ -17,22 +17,23 @@ from threadline.domain.context import PromptMessage
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import InvalidRequest, NotFound, ThreadNotFound
 from threadline.providers.registry import ModelRegistry
-from threadline.services import compaction_turns, summaries
+from threadline.services import summaries
 from threadline.services import threads as thread_service
-from threadline.services.responses import ResponseRequest, validate_request
-from threadline.services.turn_context import Segment, conversation_path
+from threadline.services.conversation import Segment, conversation_path
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Assistant, Thread
+from threadline.turns import compaction
+from threadline.turns.request import TurnRequest, validate
 
 
 async def count_input_tokens(
-    session: AsyncSession, settings: Settings, models: ModelRegistry, request: ResponseRequest
+    session: AsyncSession, settings: Settings, models: ModelRegistry, request: TurnRequest
 ) -> int:
     if request.inputs:  # a conversation alone can be counted too
-        validate_request(request, models)
+        validate(request, models)
     elif request.thread_id is not None:
         thread_service.validate_thread_id(request.thread_id, param="thread")
     org = request.organization_id
@@ -57,7 +58,7 @@ async def count_input_tokens(
         for m in await summaries.resolve_references(MessageRepository(session), org, request.inputs, "inputs")
     ]
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
-    plan, _, _ = await compaction_turns.plan(
+    plan, _, _ = await compaction.plan(
         session,
         # Only its organization is read: a request without a conversation counts its inputs alone.
         thread or Thread(organization_id=org, id=""),
@@ -77,7 +78,7 @@ async def count_input_tokens(
     return plan.report.input_tokens
 
 
-async def _conversation(session: AsyncSession, request: ResponseRequest) -> tuple[Thread | None, list[Segment]]:
+async def _conversation(session: AsyncSession, request: TurnRequest) -> tuple[Thread | None, list[Segment]]:
     org = request.organization_id
     repo = ThreadRepository(session)
     if request.thread_id is not None:

@@ -5,7 +5,7 @@ first (OpenAI `context_management`, a `compaction_trigger` input).
   before it, the conversation's history and the inputs before it alike: the model sees its summary, then the
   inputs after it. Everything is still saved to the thread, in order.
 - `context_management: [{"type": "compaction", "compact_threshold": N}]`: when the prompt would pass N tokens (or
-  would not fit at all), the summary of the history is written first, with no session open (DESIGN.md §8), and
+  would not fit at all), the summary of the history is written first, with no session open (docs/ARCHITECTURE.md), and
   the model answers from it and the inputs; the compaction item is saved after the inputs (covering the history
   before them) and is the first item of the response's output. A failed summary leaves the prompt as the mode
   built it, and the report says so (`compaction_fallback`); where the mode could not build one (`truncation:
@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.config import Settings
-from threadline.domain.compaction import CompactionRecord, SourceItem, framed
+from threadline.domain.compaction import CompactionOptions, CompactionRecord, SourceItem, framed
 from threadline.domain.context import ContextMode, ContextPlan, PromptMessage, Summary, build_context
 from threadline.domain.messages import ChatMessage, NewMessage
 from threadline.domain.tokens import TokenCounter, message_token_count
@@ -33,20 +33,12 @@ from threadline.ids import sibling_id
 from threadline.providers.base import Finished, ModelInfo, Provider, StreamEvent
 from threadline.providers.registry import ModelRegistry
 from threadline.services import compaction
-from threadline.services.turn_context import Segment, plan_context
+from threadline.services.conversation import Segment
 from threadline.storage.tables import Assistant, Thread
+from threadline.turns.context import plan_context
 
 if TYPE_CHECKING:
-    from threadline.services.turns import Turn
-
-
-@dataclass(frozen=True)
-class CompactionOptions:
-    """What a request asks: compact past `threshold` tokens (None: only when the prompt would not fit whole), or
-    now (`trigger`)."""
-
-    threshold: int | None = None
-    trigger: bool = False
+    from threadline.turns.turn import Turn
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ class Ready:
 
 @dataclass
 class PendingCompaction:
-    """A compaction the turn runs before its model call (services/turns.py: `run_turn` streams `stream`)."""
+    """A compaction the turn runs before its model call (turns/run.py streams `stream`)."""
 
     provider: Provider
     info: ModelInfo
@@ -276,18 +268,18 @@ async def stream(turn: Turn) -> AsyncIterator[StreamEvent | Ready]:
                 f"The conversation does not fit the model's window and its summary failed ({exc.message}).",
                 param="truncation",
             ) from exc
-        turn.response.context = {**turn.response.context, "compaction_fallback": f"summary_failed: {exc.code}"}
+        _report(turn, compaction_fallback=f"summary_failed: {exc.code}")
         pending.trigger = False  # nothing was compacted: the turn answers as without compaction
     else:
         pending.written = written
-        item_id = sibling_id("cmp", turn.response.id)
+        item_id = sibling_id("cmp", turn.id)
         text = framed(written.text)
         summary = ChatMessage("system", text, "compaction")
         prompt = [*pending.pinned, summary, *pending.shown]
         tokens = sum(message_token_count(pending.tokenizer, m.role, m.content) for m in prompt)
-        turn.response.context = {
-            **turn.response.context,
-            "compaction": {
+        _report(
+            turn,
+            compaction={
                 "id": item_id,
                 "covers": [pending.first_seq, pending.last_seq],
                 "model": written.model,
@@ -295,16 +287,21 @@ async def stream(turn: Turn) -> AsyncIterator[StreamEvent | Ready]:
                 "input_tokens": written.input_tokens,
                 "output_tokens": written.output_tokens,
             },
-            "compaction_item": {"id": item_id, "summary": written.text, "model": written.model},
-            "input_tokens": tokens + turn.info.request_overhead_tokens,
+            compaction_item={"id": item_id, "summary": written.text, "model": written.model},
+            input_tokens=tokens + turn.info.request_overhead_tokens,
             **({"output_message": False} if pending.trigger else {}),
-        }
+        )
         yield Ready(item_id, written.text, written.model)
         if pending.trigger:
             yield Finished("stop", input_tokens=written.input_tokens, output_tokens=written.output_tokens)
             return
     async for event in turn.provider.stream(turn.info.name, prompt, turn.params):
         yield event
+
+
+def _report(turn: Turn, **changes: Any) -> None:
+    """Update the turn's context report (saved with its answer) with what its compaction did."""
+    turn.record = dataclasses.replace(turn.record, context={**turn.record.context, **changes})
 
 
 def items_to_save(turn: Turn) -> list[NewMessage]:
@@ -323,11 +320,11 @@ def items_to_save(turn: Turn) -> list[NewMessage]:
         "trigger" if pending.trigger else "threshold",
         written.input_tokens,
     )
-    item = compaction.compaction_item(written.text, record, tokenizer, item_id=sibling_id("cmp", turn.response.id))
+    item = compaction.compaction_item(written.text, record, tokenizer, item_id=sibling_id("cmp", turn.id))
     if pending.trigger:
         # It stands for everything before it, this turn's inputs included: its own seq says where that ends.
         item = dataclasses.replace(item, payload={**record.payload(), "covers": None})
-    return [dataclasses.replace(item, response_id=turn.response.id)]
+    return [dataclasses.replace(item, response_id=turn.id)]
 
 
 def answers_nothing(turn: Turn) -> bool:
