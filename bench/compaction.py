@@ -101,7 +101,7 @@ class Recording:
         (self.summary_seconds if is_summary else self.turn_seconds).append(time.perf_counter() - started)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        """Each replay's app closes its registry at shutdown: the provider outlives them (closed by `run_all`)."""
 
 
 @dataclass
@@ -229,7 +229,7 @@ async def run_all(args: argparse.Namespace, upstream: str | None, urls: list[str
                 for url, (label, options) in zip(urls, MODES, strict=True)
             ]
         finally:
-            await provider.aclose()
+            await provider.inner.aclose()
 
 
 def main() -> None:
