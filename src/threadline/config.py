@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     auto_name_threads: bool = False
 
+    # Compaction (docs/compaction.md). The model that writes summaries (None: the turn's own); a summary's token
+    # budget; whether a `smart` turn that leaves messages out has the thread compacted in the background (the next
+    # turns then see a summary of them); the share of the window past which any thread is compacted (a thread's
+    # or assistant's `compact_at` overrides it; None: never).
+    summary_model: str | None = None
+    summary_max_tokens: int = Field(default=512, ge=32, le=8192)
+    smart_summaries: bool = True
+    compact_at: float | None = Field(default=None, gt=0, le=1)
+
     # The job queue (docs/jobs.md): jobs one process runs at once (0: none, an API-only `serve` that leaves them to
     # `threadline worker` processes), the lease a job is claimed under (renewed every third of it; a dead process's
     # jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.

@@ -35,13 +35,14 @@ from threadline.api.routes import (
     threads,
     webhooks,
 )
+from threadline.api.routes import compaction as compaction_routes
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs, recovery, retention, webhook_delivery
+from threadline.services import compaction_jobs, jobs, recovery, retention, webhook_delivery
 from threadline.services.background import Background
 from threadline.services.response_streams import StreamHub
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
@@ -124,6 +125,7 @@ def create_app(
             lease_seconds=settings.job_lease_seconds,
             poll_seconds=settings.job_poll_seconds,
         )
+        runner.register(compaction_jobs.KIND, compaction_jobs.handler(maker, settings, registry))
         app.state.jobs = runner
         runner.register(webhook_delivery.JOB_KIND, webhook_delivery.handler(maker, settings, app.state.webhook_http))
         # Live signals about responses (new stream events, cancels), and the job that runs background responses.
@@ -205,6 +207,7 @@ def create_app(
         auth,
         # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
         thread_data,
+        compaction_routes,
         openai_runs,
         openai_threads,
         search,

@@ -19,9 +19,10 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 # The role stored with a function_call_output (never a message's role).
 TOOL_ROLE = "tool"
 ItemRole = Literal["system", "user", "assistant", "tool"]
-# `reasoning` and `compaction` are reserved (docs/items.md); only these are stored today.
-ItemType = Literal["message", "function_call", "function_call_output"]
-ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output")
+# `reasoning` is reserved (docs/items.md). A `compaction` item (role `system`, `content` = its summary) stands for
+# the items before it (docs/compaction.md).
+ItemType = Literal["message", "function_call", "function_call_output", "compaction"]
+ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output", "compaction")
 TOOL_ITEM_TYPES: frozenset[str] = frozenset({"function_call", "function_call_output"})
 MAX_MESSAGE_CHARS = 1_000_000
 
@@ -32,6 +33,8 @@ def role_of(item_type: ItemType, role: Role | None = None) -> ItemRole:
         return "assistant"
     if item_type == "function_call_output":
         return "tool"
+    if item_type == "compaction":
+        return "system"
     return role or "user"
 
 

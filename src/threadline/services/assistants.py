@@ -31,6 +31,8 @@ FIELDS = {
     "temperature": "temperature",
     "max_output_tokens": "max_output_tokens",
     "metadata": "metadata_",
+    "compact_at": "compact_at",
+    "summary_model": "summary_model",
 }
 
 
@@ -54,7 +56,7 @@ def _apply(assistant: Assistant, values: Mapping[str, Any], models: ModelRegistr
         if field == "metadata":
             value = dict(value or {})
             rules.validate_metadata(value)
-        elif field == "model" and value is not None:
+        elif field in ("model", "summary_model") and value is not None:
             # Checked now, not at the first turn of a bound thread: 404 `model_not_found` naming what is served.
             models.resolve(value)
         setattr(assistant, FIELDS[field], value)

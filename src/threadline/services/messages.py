@@ -23,8 +23,9 @@ from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
 
-# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output.
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output, `cmp_…` for
+# a compaction.
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "compaction": "cmp"}
 
 
 async def list_messages(

@@ -128,6 +128,10 @@ class Assistant(Base):
     thread_context_mode: Mapped[str | None] = mapped_column(sa.String(16))
     temperature: Mapped[float | None]
     max_output_tokens: Mapped[int | None]
+    # Compaction (migration 0014, docs/compaction.md): the share of the window past which its threads are compacted,
+    # and the model that writes their summaries (None: the server's summary model, else the turn's).
+    compact_at: Mapped[float | None]
+    summary_model: Mapped[str | None] = mapped_column(sa.String(200))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -176,6 +180,8 @@ class Thread(Base):
     message_count: Mapped[int] = mapped_column(default=0)
     next_seq: Mapped[int] = mapped_column(default=1)
     last_model_used: Mapped[str | None] = mapped_column(sa.String(200))
+    # The share of the model's window past which the thread is compacted in the background (migration 0014).
+    compact_at: Mapped[float | None]
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
@@ -290,6 +296,15 @@ class Message(Base):
             "call_id",
             sqlite_where=sa.text("call_id IS NOT NULL"),
             postgresql_where=sa.text("call_id IS NOT NULL"),
+        ),
+        # A thread's newest compaction item (migration 0014): where its context starts.
+        sa.Index(
+            "ix_messages_compaction",
+            "organization_id",
+            "thread_id",
+            "seq",
+            sqlite_where=sa.text("type = 'compaction'"),
+            postgresql_where=sa.text("type = 'compaction'"),
         ),
         # Full-text search over content lives in migrations 0002 and 0005 only (FTS5 table / GIN index).
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from threadline.domain import threads as rules
+from threadline.domain.compaction import CompactionOptions
 from threadline.domain.context import ContextMode
 from threadline.domain.messages import ChatMessage, ItemReference, validate_content, validate_role
 from threadline.errors import InvalidRequest, ValidationFailed
@@ -71,6 +72,8 @@ class TurnRequest:
     max_tool_calls: int | None = None
     # A background response's id: the turn starts that `queued` response (turns/background.py).
     response_id: str | None = None
+    # Compact first past a threshold, or now (docs/compaction.md).
+    compaction: CompactionOptions | None = None
 
     @property
     def call_cap(self) -> int | None:
@@ -87,7 +90,7 @@ def validate(request: TurnRequest, models: ModelRegistry) -> None:
             code="thread_with_previous_response",
             param="previous_response_id",
         )
-    if not request.inputs and request.run is None:
+    if not request.inputs and request.run is None and not (request.compaction and request.compaction.trigger):
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
         if isinstance(message, ItemReference):

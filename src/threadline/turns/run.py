@@ -28,8 +28,17 @@ from threadline.observability import TurnRecorder
 from threadline.providers.base import Finished, StreamEvent, TextDelta, ToolCallArgumentsDelta, ToolCallStarted
 from threadline.services import rate_limits
 from threadline.storage.repositories.threads import ThreadRepository
+from threadline.turns import compaction
 from threadline.turns.save import TurnSaver
-from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
+from threadline.turns.turn import (
+    OutputCallArguments,
+    OutputCallStarted,
+    OutputCompaction,
+    OutputDelta,
+    Turn,
+    TurnDone,
+    TurnEvent,
+)
 
 logger = logging.getLogger("threadline.turns")
 
@@ -66,7 +75,12 @@ class TurnRunner:
         watch = observability.current()
         recorder = watch.turn(turn.info.name)
         heartbeat = asyncio.create_task(self._heartbeat(turn))
-        stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+        # A turn that compacts first writes its summary inside this stream (turns/compaction.py).
+        stream: AsyncIterator[StreamEvent | compaction.Ready] = (
+            compaction.stream(turn)
+            if turn.compaction
+            else turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+        )
         # Not the current span across the yields below (the consumer runs there): current only around each wait
         # for the model, so the upstream call's span is its child.
         model_call = watch.tracer.start_span("turn.model_call", attributes={"model": turn.info.name})
@@ -133,7 +147,7 @@ class TurnRunner:
 
     async def _model_events(
         self,
-        stream: AsyncIterator[StreamEvent],
+        stream: AsyncIterator[StreamEvent | compaction.Ready],
         model_call: trace.Span,
         answer: _Answer,
         first_token: Callable[[], None],
@@ -167,6 +181,8 @@ class TurnRunner:
                     yield OutputCallArguments(event.index, answer.call_ids[event.index], event.delta)
             elif isinstance(event, Finished):
                 answer.finished = event
+            elif isinstance(event, compaction.Ready):
+                yield OutputCompaction(event.item_id, event.summary, event.model)
 
     def _after_save(self, turn: Turn, record: StoredTurn) -> None:
         if turn.after_save is None:

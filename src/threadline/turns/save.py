@@ -17,11 +17,12 @@ from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.domain.turns import COMPLETED, OutputCall, StoredTurn
 from threadline.errors import ThreadBusy
 from threadline.providers.base import Finished
+from threadline.services import compaction_jobs, webhooks
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
-from threadline.services import webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
+from threadline.turns import compaction
 from threadline.turns.record import answer_context, stored
 from threadline.turns.turn import Turn
 
@@ -55,10 +56,16 @@ class TurnSaver:
                     "was saved.",
                     code="lease_lost",
                 )
-            with_message = bool(text) or not calls
-            new = _inputs(turn) + _outputs(turn, text if with_message else None, calls)
+            # A compaction item the turn wrote goes right after its inputs (docs/compaction.md).
+            with_message = (bool(text) or not calls) and not compaction.answers_nothing(turn)
+            new = _inputs(turn) + compaction.items_to_save(turn) + _outputs(turn, text if with_message else None, calls)
             rows = await message_service.append_messages(
                 session, self.settings, thread, new, user_id=turn.user_id, check_state=False
+            )
+            # A prompt that asked for a new summary queues it, for the next turns.
+            report, window = turn.record.context, turn.info.context_window
+            await compaction_jobs.enqueue_if_due(
+                session, self.settings, thread, report, str(turn.record.context_mode or ""), window
             )
             # Written without reading it back first: the start recorded it and only this turn (holding the lease)
             # writes it until now. The message INSERTs are flushed first (autoflush), keeping the seq links valid.

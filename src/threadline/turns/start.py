@@ -20,6 +20,7 @@ from threadline import observability
 from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
+from threadline.domain.compaction import seen_text
 from threadline.domain.context import CONTEXT_MODES, ContextMode, ContextPlan, PromptMessage
 from threadline.domain.messages import ChatMessage, ItemReference, check_pairing
 from threadline.domain.tokens import item_token_count, message_token_count
@@ -51,8 +52,7 @@ from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.tables import Assistant, Response, Thread
-from threadline.turns import sampling
-from threadline.turns.context import plan_context
+from threadline.turns import compaction, sampling
 from threadline.turns.lease import LeaseAttempt
 from threadline.turns.record import request_record, stored
 from threadline.turns.request import RunOptions, TurnRequest, validate, validate_run
@@ -159,7 +159,7 @@ class TurnStarter:
         choices = await self._choose(session, thread, request)
         pinned, inputs = _prompt_parts(choices, request, items)
         with watch.span("turn.context", mode=choices.mode):
-            plan, pending = await plan_context(
+            plan, pending, compacting = await compaction.plan(
                 session,
                 thread,
                 segments=segments,
@@ -173,6 +173,11 @@ class TurnStarter:
                 full_limit=self.settings.max_messages_per_thread,
                 priming_tokens=choices.info.request_overhead_tokens + _tool_tokens(choices.tokenizer, request),
                 last_messages=request.run.last_messages if request.run else None,
+                compacting=compaction.CompactionContext(
+                    request.compaction, self.models, self.settings, choices.assistant, choices.info.name
+                )
+                if request.compaction
+                else None,
             )
         # Pairing (docs/items.md): outputs need their calls, a new user turn needs every call answered. The
         # history the plan read usually shows the calls still waiting; otherwise they are looked up.
@@ -181,7 +186,9 @@ class TurnStarter:
             pending = await pending_calls(session, org, segments)
         check_pairing(pending, items, await known_calls(session, org, segments, pending, items))
         row = await self._record(session, principal, request, thread, lease.owner, lease.now, items, choices, plan)
-        return _turn(row, thread, principal, request, choices, plan, inputs)
+        turn = _turn(row, thread, principal, request, choices, plan, inputs)
+        turn.compaction = compacting
+        return turn
 
     def _check_thread(
         self, thread: Thread, request: TurnRequest, items: Sequence[ChatMessage], segments: Sequence[Segment]
@@ -354,7 +361,7 @@ def _prompt_parts(
         PromptMessage(
             m.role,
             m.content,
-            item_token_count(tokenizer, m.role, m.content, m.name),
+            item_token_count(tokenizer, m.role, seen_text(m.type, m.content), m.name),
             type=m.type,
             call_id=m.call_id,
             name=m.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from threadline.domain.context import PromptMessage
 from threadline.domain.messages import ChatMessage
@@ -13,6 +13,9 @@ from threadline.errors import ThreadlineError
 from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
 from threadline.services import rate_limits
 from threadline.services.auth import Principal
+
+if TYPE_CHECKING:
+    from threadline.turns.compaction import PendingCompaction
 
 
 class TurnObserver(Protocol):
@@ -47,6 +50,8 @@ class Turn:
     max_tool_calls: int | None = None
     # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
     slot: rate_limits.TurnSlot | None = None
+    # A compaction to run before the model call (OpenAI `context_management`, a `compaction_trigger`).
+    compaction: PendingCompaction | None = None
 
     @property
     def id(self) -> str:
@@ -88,4 +93,13 @@ class TurnDone:
     error: ThreadlineError | None
 
 
-TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
+@dataclass(frozen=True)
+class OutputCompaction:
+    """The turn compacted first: its compaction item (the first output item) is written (docs/compaction.md)."""
+
+    item_id: str
+    summary: str
+    model: str
+
+
+TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | OutputCompaction | TurnDone

@@ -31,6 +31,7 @@ from threadline.api.deps import (
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
+    CompactionItemRead,
     ConversationItemList,
     FunctionCallItemRead,
     OpenAIDeletedRead,
@@ -50,7 +51,15 @@ from threadline.errors import ContextLengthExceeded, ThreadlineError
 from threadline.services.response_streams import EventRecorder
 from threadline.storage.repositories.pagination import PageRequest
 from threadline.turns import background, stored
-from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
+from threadline.turns.turn import (
+    OutputCallArguments,
+    OutputCallStarted,
+    OutputCompaction,
+    OutputDelta,
+    Turn,
+    TurnDone,
+    TurnEvent,
+)
 
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 
@@ -229,6 +238,14 @@ class _StreamLayout:
         item = final.model_dump(mode="json")
         yield self.frame("response.output_item.done", {"output_index": self.message_index, "item": item})
 
+    def compaction(self, event: OutputCompaction) -> Iterator[str]:
+        """The turn compacted first: its compaction item is added and done at once (docs/compaction.md)."""
+        index = self.next_index
+        self.next_index += 1
+        item = CompactionItemRead(id=event.item_id, encrypted_content=event.summary, created_by=event.model)
+        for name in ("response.output_item.added", "response.output_item.done"):
+            yield self.frame(name, {"output_index": index, "item": item.model_dump(mode="json")})
+
     def call_started(self, event: OutputCallStarted) -> Iterator[str]:
         yield from self.close_message()
         yield from self.close_call()
@@ -268,7 +285,7 @@ class _StreamLayout:
             if isinstance(item, OutputMessageRead):
                 yield from self.open_message()
                 yield from self.close_message(item)
-            elif self.call is not None and self.call[1] == item.id:
+            elif isinstance(item, FunctionCallItemRead) and self.call is not None and self.call[1] == item.id:
                 yield from self.close_call(item)
 
 
@@ -313,6 +330,9 @@ async def stream_frames(
                     yield chunk
             elif isinstance(event, OutputCallArguments):
                 for chunk in layout.call_arguments(event):
+                    yield chunk
+            elif isinstance(event, OutputCompaction):
+                for chunk in layout.compaction(event):
                     yield chunk
             elif isinstance(event, TurnDone):
                 final = OpenAIResponseRead.of(event.record)

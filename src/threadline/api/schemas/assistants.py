@@ -24,6 +24,10 @@ class _AssistantFields(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_output_tokens: OutputTokens | None = None
     metadata: Metadata | None = None
+    # Compaction (docs/compaction.md): the share of the window past which its threads are compacted in the
+    # background, and the model that writes their summaries.
+    compact_at: float | None = Field(default=None, gt=0, le=1)
+    summary_model: str | None = Field(default=None, min_length=1, max_length=200)
     organization_id: str | None = Field(default=None, max_length=64)
 
 
@@ -49,6 +53,8 @@ class AssistantRead(ResponseModel):
     thread_context_mode: str | None
     temperature: float | None
     max_output_tokens: int | None
+    compact_at: float | None = None
+    summary_model: str | None = None
     metadata: dict[str, Any]
 
     @classmethod
@@ -66,6 +72,8 @@ class AssistantRead(ResponseModel):
             thread_context_mode=assistant.thread_context_mode,
             temperature=assistant.temperature,
             max_output_tokens=assistant.max_output_tokens,
+            compact_at=assistant.compact_at,
+            summary_model=assistant.summary_model,
             metadata=assistant.metadata_,
         )
 

@@ -351,10 +351,26 @@ def new_item(item: Any, param: str) -> NewMessage:
     kind = item.get("type", "message")
     if kind in ("function_call", "function_call_output"):
         return _tool_item(item, kind, param)
+    if kind == "compaction":
+        # A summary sent back (docs/compaction.md): Threadline's `encrypted_content` is the readable summary.
+        summary = _string_field(item, "encrypted_content", param, kind)
+        if not summary.strip():
+            raise ValidationFailed(
+                "A 'compaction' item needs a non-empty 'encrypted_content'.",
+                code="invalid_value",
+                param=f"{param}.encrypted_content",
+            )
+        return NewMessage(role=role_of("compaction"), content=summary, type="compaction")
+    if kind == "compaction_trigger":
+        raise ValidationFailed(
+            "A 'compaction_trigger' item must be the last input item of a response.",
+            code="invalid_compaction_trigger",
+            param=f"{param}.type",
+        )
     if kind != "message":
         raise ValidationFailed(
-            f"Items of type '{kind}' are not supported: Threadline stores message, function_call and "
-            "function_call_output items.",
+            f"Items of type '{kind}' are not supported: Threadline stores message, function_call, "
+            "function_call_output and compaction items.",
             code="unsupported_item_type",
             param=f"{param}.type",
         )
@@ -457,7 +473,17 @@ class FunctionCallOutputItemRead(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead
+class CompactionItemRead(ResponseModel):
+    """A stored `compaction` item: `encrypted_content` is its summary, readable (Threadline does not encrypt it;
+    docs/compaction.md); `created_by` the model that wrote it."""
+
+    type: Literal["compaction"] = "compaction"
+    id: str
+    encrypted_content: str
+    created_by: str | None = None
+
+
+ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead | CompactionItemRead
 
 
 def item_of(message: Message) -> ItemRead:
@@ -480,6 +506,8 @@ def item_of(message: Message) -> ItemRead:
             output=output if isinstance(output, list) else message.content,
             status=status,
         )
+    if message.type == "compaction":
+        return CompactionItemRead(id=message.id, encrypted_content=message.content, created_by=message.model)
     return ConversationItemRead.of(message)
 
 
