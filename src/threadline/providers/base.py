@@ -51,6 +51,22 @@ class FunctionTool:
             "strict": self.strict,
         }
 
+    def as_assistants_tool(self) -> dict[str, Any]:
+        """The tool as Assistants v2 (and chat completions) spell it: the function nested under `function`."""
+        function: dict[str, Any] = {"name": self.name}
+        for key, value in (("description", self.description), ("parameters", self.parameters)):
+            if value is not None:
+                function[key] = value
+        if self.strict is not None:
+            function["strict"] = self.strict
+        return {"type": "function", "function": function}
+
+    @classmethod
+    def from_assistants_tool(cls, tool: dict[str, Any]) -> FunctionTool:
+        """Back from `as_assistants_tool` (a stored, already validated tool)."""
+        function = tool["function"]
+        return cls(function["name"], function.get("description"), function.get("parameters"), function.get("strict"))
+
 
 @dataclass(frozen=True)
 class ToolChoiceFunction:

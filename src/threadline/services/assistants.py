@@ -31,6 +31,7 @@ FIELDS = {
     "temperature": "temperature",
     "max_output_tokens": "max_output_tokens",
     "metadata": "metadata_",
+    "tools": "tools",
 }
 
 

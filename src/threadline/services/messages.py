@@ -13,6 +13,7 @@ from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, check_pairing, validate_content
 from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
+from threadline.services import waiting_runs
 from threadline.services.auth import Principal
 from threadline.services.threads import create_thread, get_thread
 from threadline.services.turn_context import conversation_path, known_calls, pending_calls
@@ -74,6 +75,7 @@ async def append_messages(
     """
     if check_state:
         rules.ensure_accepts_messages(thread.id, thread.state)
+        await waiting_runs.ensure_no_active_run(session, thread.organization_id, thread.id)
     limit = settings.max_messages_per_thread
     if thread.message_count + len(new) > limit:
         raise ThreadFull(

@@ -52,7 +52,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import FunctionTool, GenerationParams, ModelInfo, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import rate_limits, recovery
+from threadline.services import rate_limits, recovery, waiting_runs
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.turn_context import (
@@ -85,6 +85,8 @@ class RunOptions:
     # Metadata of each input (the run's `additional_messages`), saved with them.
     input_metadata: Sequence[Mapping[str, Any]] = ()
     record: Mapping[str, Any] = field(default_factory=dict)
+    # The run's own function tools; None: the assistant's (services/runs.py resolves them before the turn).
+    tools: tuple[FunctionTool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class ResponseRequest:
     parallel_tool_calls: bool | None = None
     # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
     max_tool_calls: int | None = None
+    # The Assistants run waiting for tool outputs that this turn continues (services/waiting_runs.py): the turn
+    # runs under the run's own id, and its inputs are the run's calls and their outputs.
+    resume_run: str | None = None
 
 
 def validate_request(request: ResponseRequest, models: ModelRegistry) -> None:
@@ -331,13 +336,16 @@ async def _try_start(
     org = request.organization_id
     items = await _resolve_references(session, org, request.inputs)
     now = utcnow()
-    lease = _Lease(new_id("resp"), now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
+    owner = request.resume_run or new_id("resp")
+    lease = _Lease(owner, now, now + timedelta(seconds=settings.thread_lease_seconds), settings)
     with observability.current().span("turn.lease"):
         thread = await _lease_thread(session, principal, request, lease)
     if thread is None:
         return None
-    owner = lease.owner
     rules.ensure_accepts_messages(thread.id, thread.state)
+    if request.resume_run is None:
+        # A run waiting for tool outputs holds no lease: its thread refuses other turns by this check.
+        await waiting_runs.ensure_no_active_run(session, org, thread.id, new_run=request.run is not None)
     if request.thread_state is not None:
         rules.check_transition(thread.id, thread.state, request.thread_state)
     segments = await conversation_path(session, thread)
@@ -410,26 +418,30 @@ async def _try_start(
     check_pairing(pending, items, await known_calls(session, org, segments, pending, items))
     # Known before the answer exists (streams and runs announce it) and derived from the response id, so the
     # OpenAI output item, the conversation item and the Freddy message share one id.
-    output_message_id = sibling_id("msg", owner)
+    output_message_id = sibling_id("msg", owner) if request.resume_run is None else new_id("msg")
+    context = {**plan.report.as_dict(), "tokenizer": tokenizer.name}
     record = _request_record(request, items, mode, max_output, temperature)
     record["output_message_id"] = output_message_id
     if request.run is not None:
         run = request.run
         record["run"] = {**run.record, "assistant_id": run.assistant_id, "instructions": instructions or ""}
-    response = await ResponseRepository(session).add(
-        Response(
-            organization_id=org,
-            id=owner,
-            thread_id=thread.id,
-            previous_response_id=request.previous_response_id,
-            user_id=principal.user_id,
-            model=info.name,
-            status="in_progress",
-            request=record,
-            context={**plan.report.as_dict(), "tokenizer": tokenizer.name},
-            created_at=now,
+    if request.resume_run is not None:
+        response = await waiting_runs.resume(session, org, owner, items, context, output_message_id, now)
+    else:
+        response = await ResponseRepository(session).add(
+            Response(
+                organization_id=org,
+                id=owner,
+                thread_id=thread.id,
+                previous_response_id=request.previous_response_id,
+                user_id=principal.user_id,
+                model=info.name,
+                status="in_progress",
+                request=record,
+                context=context,
+                created_at=now,
+            )
         )
-    )
     return Turn(
         response=response,
         organization_id=org,
@@ -455,6 +467,7 @@ async def _try_start(
         thread_state=request.thread_state,
         output_message_id=output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
+        defer_calls=request.run is not None,
     )
 
 

@@ -12,11 +12,15 @@ is failed once its lease expires, like any turn: every read of it (get, list, st
 
 Cancelling a run in progress marks it cancelled and frees the thread's lease: the turn, still generating in the
 request that created it, then finds its lease gone and saves nothing (the thread stays as before the run).
+
+A run whose model calls functions waits in `requires_action`, holding nothing; `submit_tool_outputs` continues
+it with another turn under the same id (services/waiting_runs.py, docs/runs.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +32,14 @@ from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage
 from threadline.errors import InvalidRequest, NotFound
+from threadline.providers.base import FunctionTool, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
-from threadline.services import recovery, responses
+from threadline.services import recovery, responses, waiting_runs
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.services.messages import create_thread_with_messages
 from threadline.services.threads import get_thread
-from threadline.services.turns import OutputDelta, Turn, TurnDone, run_turn
+from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, run_turn
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.responses import ResponseRepository
@@ -50,11 +55,12 @@ class RunFinished:
     message: Message | None
 
 
-RunEvent = OutputDelta | RunFinished
+RunEvent = OutputDelta | OutputCallStarted | OutputCallArguments | RunFinished
 
 
 def step_id(run_id: str) -> str:
-    """A run has exactly one step (the creation of its answer): its id is derived from the run's."""
+    """The id of a run's message_creation step, derived from the run's (its tool_calls steps: see
+    `waiting_runs.tool_step_id`)."""
     return f"step_{run_id.removeprefix('resp_')}"
 
 
@@ -95,7 +101,83 @@ async def start_run(
         rules.validate_metadata(dict(metadata), param=f"additional_messages.{i}.metadata")
     async with maker() as session:
         await get_thread(session, request.organization_id, request.thread_id)
-        await get_assistant(session, request.organization_id, request.run.assistant_id)
+        assistant = await get_assistant(session, request.organization_id, request.run.assistant_id)
+    run = request.run
+    tools = (
+        run.tools
+        if run.tools is not None
+        else tuple(FunctionTool.from_assistants_tool(t) for t in assistant.tools or [])
+    )
+    _check_tool_choice(request.tool_choice, tools)
+    record = {
+        **run.record,
+        "tools": [t.as_assistants_tool() for t in tools],
+        "expiry_seconds": settings.run_expiry_seconds,
+    }
+    run = dataclasses.replace(run, tools=tools, record=record)
+    if tools:
+        request = dataclasses.replace(request, tools=tools, run=run)
+    else:  # nothing to choose from: the model is asked as without tools
+        request = dataclasses.replace(request, run=run, tool_choice=None, parallel_tool_calls=None)
+    return await responses.start_turn(maker, settings, models, principal, request)
+
+
+def _check_tool_choice(choice: str | ToolChoiceFunction | None, tools: Sequence[FunctionTool]) -> None:
+    if choice == "required" and not tools:
+        raise InvalidRequest(
+            "Tool choice 'required' needs tools: give the run or its assistant function tools.",
+            code="invalid_value",
+            param="tool_choice",
+        )
+    if isinstance(choice, ToolChoiceFunction) and not any(t.name == choice.name for t in tools):
+        raise InvalidRequest(
+            f"tool_choice names the function '{choice.name}', which is not among the run's tools.",
+            code="invalid_value",
+            param="tool_choice.function.name",
+        )
+
+
+async def start_submitted_outputs(
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    models: ModelRegistry,
+    principal: Principal,
+    organization_id: str,
+    thread_id: str,
+    run_id: str,
+    outputs: Sequence[tuple[str, str]],
+) -> Turn:
+    """`submit_tool_outputs`: step 1 of the turn that continues a waiting run, under the run's own id, with the
+    run's calls and these outputs as its inputs and the run's options as they were."""
+    async with maker() as session:
+        response = await get_run(session, organization_id, thread_id, run_id)
+        await session.commit()  # an expiry settled by the read stays settled
+    waiting_runs.check_outputs(response, outputs)
+    record: dict[str, Any] = response.request
+    run: dict[str, Any] = record["run"]
+    tools = tuple(FunctionTool.from_assistants_tool(t) for t in run.get("tools") or [])
+    choice = run.get("tool_choice")
+    strategy = run.get("truncation_strategy") or {}
+    request = responses.ResponseRequest(
+        organization_id=organization_id,
+        inputs=waiting_runs.continuation_inputs(response, outputs),
+        thread_id=thread_id,
+        model=response.model,
+        max_output_tokens=record.get("max_output_tokens"),
+        temperature=record.get("temperature"),
+        context_mode=record.get("thread_context_mode"),
+        run=responses.RunOptions(
+            assistant_id=run["assistant_id"],
+            instructions=run.get("instructions") or "",
+            last_messages=strategy.get("last_messages") if strategy.get("type") == "last_messages" else None,
+            record=run,
+            tools=tools,
+        ),
+        tools=tools,
+        tool_choice=ToolChoiceFunction(choice["function"]["name"]) if isinstance(choice, dict) else choice,
+        parallel_tool_calls=run.get("parallel_tool_calls"),
+        resume_run=run_id,
+    )
     return await responses.start_turn(maker, settings, models, principal, request)
 
 
@@ -106,7 +188,7 @@ async def stream_run(
     events = run_turn(maker, settings, turn)
     async with contextlib.aclosing(events):
         async for event in events:
-            if isinstance(event, OutputDelta):
+            if isinstance(event, OutputDelta | OutputCallStarted | OutputCallArguments):
                 yield event
             elif isinstance(event, TurnDone):
                 message = None
@@ -125,8 +207,13 @@ async def create_run(
     principal: Principal,
     request: responses.ResponseRequest,
 ) -> Response:
-    """A whole run without streaming: completed, incomplete (max tokens), failed or cancelled."""
+    """A whole run without streaming: completed, incomplete (max tokens), requires_action, failed or cancelled."""
     turn = await start_run(maker, settings, models, principal, request)
+    return await finish_run(maker, settings, turn)
+
+
+async def finish_run(maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> Response:
+    """The rest of a started run, without streaming."""
     async for event in stream_run(maker, settings, turn):
         if isinstance(event, RunFinished):
             return event.response
@@ -146,7 +233,7 @@ async def get_run(session: AsyncSession, organization_id: str, thread_id: str, r
         raise _run_not_found(run_id) from None
     if response.thread_id != thread_id:
         raise _run_not_found(run_id)
-    return response
+    return await waiting_runs.settle_expired(session, response)
 
 
 async def list_runs(session: AsyncSession, organization_id: str, thread_id: str, page: PageRequest) -> Page[Response]:
@@ -154,6 +241,8 @@ async def list_runs(session: AsyncSession, organization_id: str, thread_id: str,
     found = await ResponseRepository(session).list_page(organization_id, thread_id, page)
     # A run whose server died is failed here too, not only when it is read by id.
     await recovery.settle_runs(session, thread, found.items)
+    for run in found.items:
+        await waiting_runs.settle_expired(session, run)
     return found
 
 
@@ -173,6 +262,11 @@ async def update_run(
 
 async def cancel_run(session: AsyncSession, organization_id: str, thread_id: str, run_id: str) -> Response:
     response = await get_run(session, organization_id, thread_id, run_id)
+    if response.status == waiting_runs.WAITING:
+        # Nothing runs and the thread is free: the run ends here, its calls unanswered and never saved.
+        await ResponseRepository(session).cancel_if_in_progress(organization_id, run_id, utcnow(), waiting_runs.WAITING)
+        await session.refresh(response)
+        return response
     if response.status != "in_progress":
         raise InvalidRequest(
             f"Cannot cancel run '{run_id}': it is already {response.status}.", code="run_not_cancellable"
@@ -187,8 +281,9 @@ async def cancel_run(session: AsyncSession, organization_id: str, thread_id: str
 
 
 async def get_step(session: AsyncSession, organization_id: str, thread_id: str, run_id: str, step: str) -> Response:
-    """The run a step id belongs to (each run has the one step `step_id(run.id)`)."""
+    """The run a step id belongs to: its message_creation step `step_id(run.id)` or one of its tool_calls steps."""
     response = await get_run(session, organization_id, thread_id, run_id)
-    if step != step_id(response.id):
+    rounds = len(waiting_runs.completed_steps(response)) + 1
+    if step not in {step_id(response.id), *(waiting_runs.tool_step_id(response.id, i) for i in range(rounds))}:
         raise NotFound(f"No run step found with id '{step}'.", code="run_step_not_found", param="step_id")
     return response

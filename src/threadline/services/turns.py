@@ -78,6 +78,9 @@ class Turn:
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
     # At most this many function calls of the answer are kept (None: all).
     max_tool_calls: int | None = None
+    # An Assistants run: an answer with calls is not saved to the thread but waits for their outputs on the
+    # response (status `requires_action`, services/waiting_runs.py).
+    defer_calls: bool = False
 
     # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
     slot: rate_limits.TurnSlot | None = None
@@ -318,7 +321,8 @@ async def _complete(
                     assistant_id=turn.assistant_id,
                 )
             )
-        for saved in calls:
+        waiting = turn.defer_calls and bool(calls)
+        for saved in [] if waiting else calls:
             call = saved.call
             new.append(
                 NewMessage(
@@ -335,17 +339,21 @@ async def _complete(
                     assistant_id=turn.assistant_id,
                 )
             )
-        rows = await message_service.append_messages(
-            session, settings, thread, new, user_id=turn.user_id, check_state=False
+        rows = (
+            await message_service.append_messages(
+                session, settings, thread, new, user_id=turn.user_id, check_state=False
+            )
+            if new
+            else []
         )
         # Written without reading it back first: step 1 recorded it and only this turn (holding the lease) writes
         # it until now. The message INSERTs are flushed first (autoflush), keeping the response's seq links valid.
+        # A run continued after tool outputs (services/waiting_runs.py) adds this turn's usage to what it used.
         values: dict[str, Any] = {
-            "status": "completed",
+            "status": "requires_action" if waiting else "completed",
             "output_text": text,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "output_seq": rows[-1].seq,
+            "input_tokens": input_tokens + (turn.response.input_tokens or 0),
+            "output_tokens": output_tokens + (turn.response.output_tokens or 0),
             "context": {
                 **turn.response.context,
                 "finish_reason": finished.finish_reason,
@@ -354,8 +362,11 @@ async def _complete(
             },
             "completed_at": now,
         }
+        if rows:
+            values["output_seq"] = rows[-1].seq
         if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
-            values["input_first_seq"] = rows[0].seq
+            if turn.response.input_first_seq is None:  # a continued run keeps its first inputs' start
+                values["input_first_seq"] = rows[0].seq
             values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
         response = await ResponseRepository(session).update(turn.organization_id, turn.response.id, values)
         await session.commit()

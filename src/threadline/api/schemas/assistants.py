@@ -8,6 +8,7 @@ from pydantic import Field
 
 from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, iso
 from threadline.api.schemas.freddy import ListEnvelope
+from threadline.api.schemas.tools import assistants_tools
 from threadline.config import ContextMode
 from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Assistant
@@ -24,7 +25,16 @@ class _AssistantFields(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_output_tokens: OutputTokens | None = None
     metadata: Metadata | None = None
+    # Function tools for its runs, in the Assistants v2 spelling: [{"type": "function", "function": {...}}].
+    tools: list[Any] | None = None
     organization_id: str | None = Field(default=None, max_length=64)
+
+    def values(self) -> dict[str, Any]:
+        """The fields given (tools validated and normalized; `null` clears them)."""
+        values = self.model_dump(exclude_unset=True, exclude={"organization_id"})
+        if values.get("tools") is not None:
+            values["tools"] = [t.as_assistants_tool() for t in assistants_tools(values["tools"])]
+        return values
 
 
 class AssistantCreate(_AssistantFields):
@@ -50,6 +60,7 @@ class AssistantRead(ResponseModel):
     temperature: float | None
     max_output_tokens: int | None
     metadata: dict[str, Any]
+    tools: list[Any]
 
     @classmethod
     def of(cls, assistant: Assistant) -> AssistantRead:
@@ -67,6 +78,7 @@ class AssistantRead(ResponseModel):
             temperature=assistant.temperature,
             max_output_tokens=assistant.max_output_tokens,
             metadata=assistant.metadata_,
+            tools=list(assistant.tools or []),
         )
 
 

@@ -1,9 +1,10 @@
 """Assistants v2 runs and run steps on the wire (api/routes/openai_runs.py); conversions from turns live here.
 
 A run is a turn (`services/runs.py`): its row is the `responses` row, and what only a run has (assistant,
-instructions used, metadata, the echoed options) is kept on the row's request record under "run".
-Threadline does not run tools, so a run never needs action; options that would need tools, another output
-format or a sampling knob Threadline lacks are refused with a 400 rather than silently ignored.
+instructions used, metadata, the echoed options, its tools and completed tool steps) is kept on the row's request
+record under "run". A run whose model calls functions waits in `requires_action` (services/waiting_runs.py,
+docs/runs.md). Options that would need another output format or a sampling knob Threadline lacks are refused
+with a 400 rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from threadline.api.schemas.openai import (
     string_metadata,
     unix,
 )
+from threadline.api.schemas.tools import assistants_tool_choice, assistants_tools
 from threadline.domain.messages import ChatMessage, NewMessage
 from threadline.errors import ValidationFailed
+from threadline.services import waiting_runs
 from threadline.services.responses import ResponseRequest, RunOptions
 from threadline.services.runs import step_id
 from threadline.services.turns import Turn
 from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Response
 
-RunStatus = Literal["queued", "in_progress", "cancelled", "failed", "completed", "incomplete"]
-RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed"]
+RunStatus = Literal[
+    "queued", "in_progress", "requires_action", "cancelled", "failed", "completed", "incomplete", "expired"
+]
+RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed", "expired"]
 
 
 def _unsupported(param: str, why: str) -> ValidationFailed:
@@ -65,10 +70,9 @@ class RunCreate(OpenAIRequest):
 
     def check(self) -> list[NewMessage]:
         """Refuse what a run cannot honour; the additional messages to append."""
-        if self.tools:
-            raise _unsupported("tools", "Threadline runs no tools; send the run without them.")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise _unsupported("tool_choice", "Threadline runs no tools; use 'none' or 'auto'.")
+        if self.tools is not None:
+            assistants_tools(self.tools)
+        assistants_tool_choice(self.tool_choice)
         if self.response_format not in (None, "auto", {"type": "text"}):
             raise _unsupported("response_format", "Threadline answers in plain text; use 'auto' or {type: 'text'}.")
         if self.top_p not in (None, 1):
@@ -95,7 +99,7 @@ class RunCreate(OpenAIRequest):
             "max_completion_tokens": self.max_completion_tokens,
             "top_p": self.top_p,
             "truncation_strategy": strategy.model_dump() if strategy else None,
-            "tool_choice": self.tool_choice,
+            "tool_choice": self.tool_choice or "auto",
             "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
             "response_format": self.response_format,
         }
@@ -116,7 +120,10 @@ class RunCreate(OpenAIRequest):
                 last_messages=last_messages,
                 input_metadata=[m.metadata for m in new],
                 record=record,
+                tools=None if self.tools is None else tuple(assistants_tools(self.tools)),
             ),
+            tool_choice=assistants_tool_choice(self.tool_choice),
+            parallel_tool_calls=self.parallel_tool_calls,
         )
 
 
@@ -128,6 +135,20 @@ class ThreadAndRunCreate(RunCreate):
 
 class RunUpdate(OpenAIRequest):
     metadata: StringMetadata | None = None
+
+
+class ToolOutput(OpenAIRequest):
+    tool_call_id: str = Field(min_length=1, max_length=128)
+    output: str = Field(default="", max_length=1_000_000)
+
+
+class SubmitToolOutputs(OpenAIRequest):
+    tool_outputs: list[ToolOutput] = Field(max_length=128)
+    stream: bool | None = None
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """(call id, output) pairs, in the order given."""
+        return [(o.tool_call_id, o.output) for o in self.tool_outputs]
 
 
 class UsageRead(ResponseModel):
@@ -148,9 +169,40 @@ _LAST_ERROR_CODES = {"rate_limited": "rate_limit_exceeded", "context_length_exce
 def _run_status(response: Response) -> RunStatus:
     if response.status == "completed" and response.context.get("finish_reason") == "length":
         return "incomplete"
-    if response.status in ("in_progress", "cancelled", "failed", "completed"):
+    if response.status in ("in_progress", "requires_action", "cancelled", "failed", "completed", "expired"):
         return response.status  # type: ignore[return-value]
     return "failed"
+
+
+class FunctionCallRead(ResponseModel):
+    name: str
+    arguments: str
+
+
+class RequiredToolCallRead(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallRead
+
+
+class SubmitToolOutputsRead(ResponseModel):
+    tool_calls: list[RequiredToolCallRead]
+
+
+class RequiredActionRead(ResponseModel):
+    type: Literal["submit_tool_outputs"] = "submit_tool_outputs"
+    submit_tool_outputs: SubmitToolOutputsRead
+
+
+def _required_action(response: Response) -> RequiredActionRead | None:
+    calls = waiting_runs.pending_calls(response)
+    if not calls:
+        return None
+    tool_calls = [
+        RequiredToolCallRead(id=c["call_id"], function=FunctionCallRead(name=c["name"], arguments=c["arguments"]))
+        for c in calls
+    ]
+    return RequiredActionRead(submit_tool_outputs=SubmitToolOutputsRead(tool_calls=tool_calls))
 
 
 def _usage(response: Response) -> UsageRead | None:
@@ -183,7 +235,7 @@ class RunRead(ResponseModel):
     cancelled_at: int | None
     failed_at: int | None
     expires_at: int | None = None
-    required_action: None = None
+    required_action: RequiredActionRead | None = None
     last_error: LastErrorRead | None
     incomplete_details: dict[str, str] | None
     usage: UsageRead | None
@@ -211,6 +263,11 @@ class RunRead(ResponseModel):
             status=status or actual,
             model=response.model,
             instructions=run.get("instructions") or "",
+            tools=list(run.get("tools") or []),
+            required_action=None if status is not None else _required_action(response),
+            expires_at=unix(waiting_runs.expires_at(response))
+            if actual in ("in_progress", "requires_action")
+            else None,
             parallel_tool_calls=run.get("parallel_tool_calls", True),
             started_at=None if status == "queued" else started,
             completed_at=ended if actual in ("completed", "incomplete") else None,
@@ -224,7 +281,7 @@ class RunRead(ResponseModel):
             top_p=run.get("top_p"),
             max_completion_tokens=run.get("max_completion_tokens"),
             truncation_strategy=run.get("truncation_strategy") or {"type": "auto", "last_messages": None},
-            tool_choice=run.get("tool_choice"),
+            tool_choice=run.get("tool_choice") or "auto",
             response_format=run.get("response_format") or "auto",
         )
 
@@ -246,9 +303,30 @@ class StepDetailsRead(ResponseModel):
     message_creation: MessageCreationRead
 
 
+class StepFunctionRead(ResponseModel):
+    name: str
+    arguments: str
+    # null until the outputs are submitted
+    output: str | None
+
+
+class StepToolCallRead(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: StepFunctionRead
+
+
+class ToolCallsDetailsRead(ResponseModel):
+    type: Literal["tool_calls"] = "tool_calls"
+    tool_calls: list[StepToolCallRead]
+
+
 class StepLastErrorRead(ResponseModel):
     code: Literal["server_error", "rate_limit_exceeded"]
     message: str
+
+
+_STEP_STATUS: dict[str, RunStepStatus] = {"incomplete": "completed", "requires_action": "in_progress"}
 
 
 class RunStepRead(ResponseModel):
@@ -258,9 +336,9 @@ class RunStepRead(ResponseModel):
     assistant_id: str
     thread_id: str
     run_id: str
-    type: Literal["message_creation"] = "message_creation"
+    type: Literal["message_creation", "tool_calls"] = "message_creation"
     status: RunStepStatus
-    step_details: StepDetailsRead
+    step_details: StepDetailsRead | ToolCallsDetailsRead
     completed_at: int | None
     cancelled_at: int | None
     failed_at: int | None
@@ -271,10 +349,8 @@ class RunStepRead(ResponseModel):
 
     @classmethod
     def of(cls, response: Response) -> RunStepRead:
+        """The run's message_creation step: its status is the run's."""
         run = RunRead.of(response)
-        status: RunStepStatus = (
-            "completed" if run.status == "incomplete" else run.status  # type: ignore[assignment]
-        )
         error = run.last_error
         return cls(
             id=step_id(response.id),
@@ -282,7 +358,7 @@ class RunStepRead(ResponseModel):
             assistant_id=run.assistant_id,
             thread_id=run.thread_id,
             run_id=run.id,
-            status=status,
+            status=_STEP_STATUS.get(run.status, run.status),
             step_details=StepDetailsRead(
                 message_creation=MessageCreationRead(message_id=response.request.get("output_message_id") or "")
             ),
@@ -298,13 +374,91 @@ class RunStepRead(ResponseModel):
             usage=run.usage,
         )
 
+    @classmethod
+    def tools_done(cls, response: Response, step: dict[str, Any]) -> RunStepRead:
+        """A tool_calls step whose outputs came (services/waiting_runs.py keeps it on the run)."""
+        calls = [
+            StepToolCallRead(
+                id=c["call_id"], function=StepFunctionRead(name=c["name"], arguments=c["arguments"], output=c["output"])
+            )
+            for c in step["tool_calls"]
+        ]
+        return cls._tools(response, step["id"], step["created_at"], "completed", calls, step["completed_at"])
+
+    @classmethod
+    def tools_waiting(cls, response: Response, calls: list[dict[str, str]]) -> RunStepRead:
+        """The tool_calls step of a run waiting for outputs (in progress; expired or cancelled with the run)."""
+        run = RunRead.of(response)
+        index = len(waiting_runs.completed_steps(response))
+        status: RunStepStatus = {"expired": "expired", "cancelled": "cancelled"}.get(  # type: ignore[assignment]
+            run.status, "in_progress"
+        )
+        step = cls._tools(
+            response,
+            waiting_runs.tool_step_id(response.id, index),
+            unix(response.completed_at) if response.completed_at and status == "in_progress" else run.created_at,
+            status,
+            [
+                StepToolCallRead(
+                    id=c["call_id"], function=StepFunctionRead(name=c["name"], arguments=c["arguments"], output=None)
+                )
+                for c in calls
+            ],
+            None,
+        )
+        if status == "expired":
+            step.expired_at = unix(response.completed_at) if response.completed_at else None
+        elif status == "cancelled":
+            step.cancelled_at = run.cancelled_at
+        return step
+
+    @classmethod
+    def _tools(
+        cls,
+        response: Response,
+        step: str,
+        created_at: int,
+        status: RunStepStatus,
+        calls: list[StepToolCallRead],
+        completed_at: int | None,
+    ) -> RunStepRead:
+        run: dict[str, Any] = response.request.get("run", {})
+        return cls(
+            id=step,
+            created_at=created_at,
+            assistant_id=run.get("assistant_id") or "",
+            thread_id=response.thread_id or "",
+            run_id=response.id,
+            type="tool_calls",
+            status=status,
+            step_details=ToolCallsDetailsRead(tool_calls=calls),
+            completed_at=completed_at,
+            cancelled_at=None,
+            failed_at=None,
+            last_error=None,
+            usage=None,
+        )
+
+
+def run_steps(response: Response) -> list[RunStepRead]:
+    """A run's steps, oldest first: each tool_calls step (answered, then the one waiting), then the creation of
+    its answer (absent while the run waits, or when the run ended in its tool calls)."""
+    steps = [RunStepRead.tools_done(response, step) for step in waiting_runs.completed_steps(response)]
+    waiting = (response.context.get("tool_calls") or []) if response.status in ("requires_action", "expired") else []
+    if waiting or (response.status == "cancelled" and response.context.get("tool_calls")):
+        steps.append(RunStepRead.tools_waiting(response, list(response.context.get("tool_calls") or [])))
+    else:
+        steps.append(RunStepRead.of(response))
+    return steps
+
 
 class RunStepList(OpenAIList):
     data: list[RunStepRead]
 
     @classmethod
-    def of(cls, response: Response) -> RunStepList:
-        return cls.of_data([RunStepRead.of(response)], has_more=False)
+    def of(cls, response: Response, order: str = "desc") -> RunStepList:
+        steps = run_steps(response)
+        return cls.of_data(steps if order == "asc" else steps[::-1], has_more=False)
 
 
 def answer_in_progress(turn: Turn) -> OpenAIMessageRead:

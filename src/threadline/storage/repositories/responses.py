@@ -76,19 +76,39 @@ class ResponseRepository:
         ).first()
         return tuple(row) if row is not None else None
 
-    async def cancel_if_in_progress(self, organization_id: str, response_id: str, now: datetime) -> bool:
-        """Mark a turn cancelled unless it already finished."""
+    async def cancel_if_in_progress(
+        self, organization_id: str, response_id: str, now: datetime, status: str = "in_progress"
+    ) -> bool:
+        """Mark a turn cancelled unless it already finished (or, for `status="requires_action"`, a run that
+        waits for tool outputs, unless they came)."""
+        return await self.move(organization_id, response_id, status, {"status": "cancelled", "completed_at": now})
+
+    async def move(self, organization_id: str, response_id: str, status: str, values: dict[str, Any]) -> bool:
+        """Write `values` only while the response has `status` (one conditional UPDATE): whether it did."""
         result = await self.session.execute(
             sa.update(Response)
             .where(
                 Response.organization_id == organization_id,
                 Response.id == response_id,
-                Response.status == "in_progress",
+                Response.status == status,
             )
-            .values(status="cancelled", completed_at=now)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def waiting_run(self, organization_id: str, thread_id: str) -> Response | None:
+        """The thread's run waiting for tool outputs, if any (at most one: no run starts while one waits)."""
+        query = (
+            sa.select(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.thread_id == thread_id,
+                Response.status == "requires_action",
+            )
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def delete(self, response: Response) -> None:
         await self.session.delete(response)
