@@ -152,7 +152,8 @@ async def test_conversation_errors(
             [
                 {
                     "role": "user",
-                    "content": [{"type": "input_image", "detail": "auto", "image_url": "https://x.test/a.png"}],
+                    # Images are stored (tests/test_items_images.py); files are not.
+                    "content": [{"type": "input_file", "file_id": "file_1"}],
                 }
             ],
             "unsupported_content_type",

@@ -323,7 +323,7 @@ class _ToolCalls:
 
 def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Items as chat-completions messages: consecutive function calls become ONE assistant message with
-    `tool_calls`, outputs `tool` messages with their `tool_call_id`."""
+    `tool_calls`, outputs `tool` messages with their `tool_call_id`; a message with images sends its parts."""
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.type == "function_call":
@@ -335,9 +335,19 @@ def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif m.type == "function_call_output":
             out.append({"role": "tool", "tool_call_id": m.call_id, "content": m.content})
+        elif m.parts:
+            out.append({"role": m.role, "content": [_chat_part(p) for p in m.parts]})
         else:
             out.append({"role": m.role, "content": m.content})
     return out
+
+
+def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A stored content part (docs/items.md) as a chat part: an image goes as its URL, which the upstream
+    fetches (an https URL) or decodes (a data URL); Threadline never fetches it."""
+    if part.get("type") == "image":
+        return {"type": "image_url", "image_url": {"url": part["url"], "detail": part.get("detail", "auto")}}
+    return {"type": "text", "text": part.get("text", "")}
 
 
 def _tool(tool: FunctionTool) -> dict[str, Any]:

@@ -37,7 +37,15 @@ from threadline.domain import leases
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.context import ContextMode, PromptMessage
-from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, validate_content, validate_role
+from threadline.domain.messages import (
+    ChatMessage,
+    ItemReference,
+    check_pairing,
+    has_images,
+    parts_of,
+    validate_content,
+    validate_role,
+)
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import (
     AlreadyExists,
@@ -386,10 +394,11 @@ async def _try_start(
         PromptMessage(
             m.role,
             m.content,
-            item_token_count(tokenizer, m.role, m.content, m.name),
+            item_token_count(tokenizer, m.role, m.content, m.name, m.parts),
             type=m.type,
             call_id=m.call_id,
             name=m.name,
+            parts=m.parts,
         )
         for m in items
     ]
@@ -411,6 +420,7 @@ async def _try_start(
             priming_tokens=info.request_overhead_tokens + tool_tokens,
             last_messages=request.run.last_messages if request.run else None,
         )
+    _check_vision(plan.messages, info)
     # Pairing (DESIGN.md §6): outputs need their calls, a new user turn needs every call answered. The history
     # the plan read usually shows the calls still waiting; otherwise they are looked up.
     if pending is None:
@@ -452,7 +462,7 @@ async def _try_start(
         info=info,
         tokenizer=tokenizer,
         prompt=[
-            ChatMessage(m.role, m.content, m.type, m.call_id, m.name)  # type: ignore[arg-type]
+            ChatMessage(m.role, m.content, m.type, m.call_id, m.name, m.parts)  # type: ignore[arg-type]
             for m in plan.messages
         ],
         inputs=inputs,
@@ -487,7 +497,14 @@ async def _resolve_references(
             raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"inputs.{index}.id")
         name = (found.payload or {}).get("name")
         resolved.append(
-            ChatMessage(found.role, found.content, found.type, found.call_id, name)  # type: ignore[arg-type]
+            ChatMessage(
+                found.role,  # type: ignore[arg-type]
+                found.content,
+                found.type,  # type: ignore[arg-type]
+                found.call_id,
+                name,
+                parts_of(found.payload),
+            )
         )
     return resolved
 
@@ -499,6 +516,18 @@ def _check_capabilities(request: ResponseRequest, info: ModelInfo) -> None:
             "allows tools, or send the request without 'tools'.",
             code="tools_not_supported",
             param="tools",
+        )
+
+
+def _check_vision(prompt: Sequence[PromptMessage], info: ModelInfo) -> None:
+    """Images in what the model would see (this turn's inputs or the history it gets) need the `vision`
+    capability."""
+    if not info.vision and any(has_images(m.parts) for m in prompt):
+        raise InvalidRequest(
+            f"The model '{info.name}' does not accept images: use a model whose configuration has vision, or "
+            "send the request without image parts.",
+            code="vision_not_supported",
+            param="input",
         )
 
 
@@ -576,7 +605,8 @@ def _request_record(
 
 def _input_record(m: ChatMessage) -> dict[str, Any]:
     if m.type == "message":
-        return {"role": m.role, "content": m.content}
+        record: dict[str, Any] = {"role": m.role, "content": m.content}
+        return {**record, "parts": list(m.parts)} if m.parts else record
     record = {"type": m.type, "call_id": m.call_id, "content": m.content}
     return {**record, "name": m.name} if m.name is not None else record
 

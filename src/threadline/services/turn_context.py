@@ -26,7 +26,7 @@ from threadline.domain.context import (
     build_context,
     history_budget,
 )
-from threadline.domain.messages import ChatMessage, NewMessage, unanswered_calls
+from threadline.domain.messages import ChatMessage, NewMessage, parts_of, unanswered_calls
 from threadline.domain.tokens import TokenCounter, item_token_count, message_token_count
 from threadline.errors import ContextLengthExceeded
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
@@ -96,7 +96,7 @@ class _Counter:
             elif row.id in self.fresh:
                 tokens = self.fresh[row.id]
             else:
-                tokens = item_token_count(self.tokenizer, row.role, row.content, _name(row))
+                tokens = item_token_count(self.tokenizer, row.role, row.content, _name(row), parts_of(row.payload))
                 self.fresh[row.id] = tokens
             out.append(
                 HistoryMessage(
@@ -108,6 +108,7 @@ class _Counter:
                     type=row.type,
                     call_id=row.call_id,
                     name=_name(row),
+                    parts=parts_of(row.payload),
                 )
             )
         return out

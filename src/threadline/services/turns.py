@@ -303,7 +303,7 @@ async def _complete(
                 metadata=turn.input_metadata[i] if i < len(turn.input_metadata) else {},
                 type=m.type,  # type: ignore[arg-type]
                 call_id=m.call_id,
-                payload={"name": m.name} if m.name is not None else None,
+                payload=_input_payload(m),
             )
             for i, m in enumerate(turn.inputs)
         ]
@@ -371,6 +371,16 @@ async def _complete(
         response = await ResponseRepository(session).update(turn.organization_id, turn.response.id, values)
         await session.commit()
         return response
+
+
+def _input_payload(m: PromptMessage) -> dict[str, Any] | None:
+    """The structure stored next to an input's text (docs/items.md): a call's name, a message's parts."""
+    payload: dict[str, Any] = {}
+    if m.name is not None:
+        payload["name"] = m.name
+    if m.parts:
+        payload["content"] = list(m.parts)
+    return payload or None
 
 
 def _call_record(saved: SavedCall) -> dict[str, str]:

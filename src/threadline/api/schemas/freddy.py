@@ -234,6 +234,8 @@ class MessageRead(ResponseModel):
     name: str | None = None
     arguments: str | None = None
     output: str | list[Any] | None = None
+    # A message with images: all its parts in order, as stored (docs/items.md); null for text only.
+    parts: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
@@ -257,6 +259,7 @@ class MessageRead(ResponseModel):
             token_count=message.token_count,
             model=message.model,
             response_id=message.response_id,
+            parts=payload.get("content") if message.type == "message" else None,
         )
 
 

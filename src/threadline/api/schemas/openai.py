@@ -2,8 +2,9 @@
 
 Same rows as the Freddy shapes (`freddy.py`), another projection: integer Unix-second timestamps, the exact
 `object` literals, `[]` rather than null for lists. Requests ignore unknown keys, because the official SDK merges
-`extra_body` into the JSON body; the values we do read are validated here, and anything we cannot honour (image
-parts, files, tool items) is a 400 with a stable code rather than silently dropped.
+`extra_body` into the JSON body; the values we do read are validated here, and anything we cannot honour (file
+parts, images given by file id, other item types) is a 400 with a stable code rather than silently dropped.
+Images (`input_image`, Assistants `image_url`) are stored as `image` parts next to the text (docs/items.md).
 
 Role mapping: the Assistants view shows `user` and `assistant` messages only (its `role` has no other value;
 system prompts belong to assistants there). Conversation items take `developer` as well and store it as
@@ -34,7 +35,15 @@ from threadline.api.schemas.common import (
     StringMetadata,
     end_ids,
 )
-from threadline.domain.messages import NewMessage, Role, role_of
+from threadline.domain.messages import (
+    ContentParts,
+    NewMessage,
+    Role,
+    check_image_count,
+    image_part,
+    parts_of,
+    role_of,
+)
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
@@ -81,7 +90,7 @@ def string_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 def _unsupported_part(kind: str, param: str) -> ValidationFailed:
     if kind in _NON_TEXT_PARTS:
         return ValidationFailed(
-            f"Content parts of type '{kind}' are not supported: Threadline stores plain text only.",
+            f"Content parts of type '{kind}' are not supported: Threadline stores text, and images given by URL.",
             code="unsupported_content_type",
             param=param,
         )
@@ -90,17 +99,29 @@ def _unsupported_part(kind: str, param: str) -> ValidationFailed:
 
 def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> str:
     """The text of a string or of a list of text parts (joined as written, like `output_text`)."""
+    return _content(content, param, text_types)[0]
+
+
+def _content(
+    content: str | list[Any], param: str, text_types: set[str], image: str | None = None
+) -> tuple[str, ContentParts | None]:
+    """The text of a string or of a list of parts (joined as written, like `output_text`), and — when some part
+    is an image of type `image` (`input_image` or `image_url`) — every part in order, to store (docs/items.md)."""
     if isinstance(content, str):
-        return content
+        return content, None
     if not content:
         raise ValidationFailed("Content needs at least one part.", code="empty_content", param=param)
     texts = []
+    parts: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str):
             raise ValidationFailed(
                 "Each content part is an object with a 'type'.", code="invalid_type", param=f"{param}.{i}"
             )
+        if image is not None and kind == image:
+            parts.append(_image(part, kind, f"{param}.{i}"))
+            continue
         if kind not in text_types:
             raise _unsupported_part(kind, f"{param}.{i}.type")
         text = part.get("text")
@@ -109,7 +130,32 @@ def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> s
                 f"A '{kind}' part needs 'text' as a string.", code="invalid_type", param=f"{param}.{i}.text"
             )
         texts.append(text)
-    return "".join(texts)
+        parts.append({"type": "text", "text": text})
+    if not any(p["type"] == "image" for p in parts):
+        return "".join(texts), None
+    check_image_count(parts, param)
+    return "".join(texts), tuple(parts)
+
+
+def _image(part: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
+    """`input_image` {image_url, detail, file_id} or Assistants `image_url` {image_url: {url, detail}}."""
+    if kind == "input_image":
+        if part.get("file_id") is not None:
+            raise ValidationFailed(
+                "'file_id' is not supported: Threadline has no files; give the image as 'image_url' (an https URL or "
+                "a base64 data URL).",
+                code="unsupported_parameter",
+                param=f"{param}.file_id",
+            )
+        return image_part(part.get("image_url"), part.get("detail"), f"{param}.image_url")
+    value = part.get("image_url")
+    if not isinstance(value, dict):
+        raise ValidationFailed(
+            "An 'image_url' part needs 'image_url' as an object {url, detail}.",
+            code="invalid_type",
+            param=f"{param}.image_url",
+        )
+    return image_part(value.get("url"), value.get("detail"), f"{param}.image_url.url")
 
 
 def _names_files(value: Any) -> bool:
@@ -140,8 +186,9 @@ class OpenAIMessageCreate(OpenAIRequest):
     def new_message(self, param: str = "") -> NewMessage:
         if self.attachments:
             raise _files_unsupported(f"{param}attachments")
-        text = _parts_text(self.content, f"{param}content", {"text"})
-        return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}))
+        text, parts = _content(self.content, f"{param}content", {"text"}, image="image_url")
+        payload = {"content": list(parts)} if parts else None
+        return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}), payload=payload)
 
 
 class OpenAIThreadCreate(OpenAIRequest):
@@ -199,13 +246,36 @@ class TextContentRead(ResponseModel):
     text: TextValueRead
 
 
+class ImageURLRead(ResponseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImageURLContentRead(ResponseModel):
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURLRead
+
+
+def _message_content(message: Message) -> list[TextContentRead | ImageURLContentRead]:
+    """A stored message's content as Assistants content blocks: its parts in order when it has images."""
+    parts = parts_of(message.payload)
+    if not parts:
+        return [TextContentRead(text=TextValueRead(value=message.content))]
+    return [
+        ImageURLContentRead(image_url=ImageURLRead(url=p["url"], detail=p.get("detail", "auto")))
+        if p.get("type") == "image"
+        else TextContentRead(text=TextValueRead(value=p.get("text", "")))
+        for p in parts
+    ]
+
+
 class OpenAIMessageRead(ResponseModel):
     id: str
     object: Literal["thread.message"] = "thread.message"
     created_at: int
     thread_id: str
     role: Literal["user", "assistant"]
-    content: list[TextContentRead]
+    content: list[TextContentRead | ImageURLContentRead]
     status: Literal["in_progress", "incomplete", "completed"] = "completed"
     assistant_id: str | None
     run_id: str | None = None
@@ -223,7 +293,7 @@ class OpenAIMessageRead(ResponseModel):
             created_at=created,
             thread_id=message.thread_id,
             role="assistant" if message.role == "assistant" else "user",
-            content=[TextContentRead(text=TextValueRead(value=message.content))],
+            content=_message_content(message),
             assistant_id=message.assistant_id,
             # A run is a turn: the messages it saved carry its (response) id.
             run_id=message.response_id,
@@ -369,8 +439,9 @@ def new_item(item: Any, param: str) -> NewMessage:
         raise ValidationFailed(
             "'content' is a string or a list of parts.", code="invalid_type", param=f"{param}.content"
         )
-    text = _parts_text(content, f"{param}.content", _TEXT_PARTS_ITEMS)
-    return NewMessage(role=_CONVERSATION_ROLES[role], content=text)
+    text, parts = _content(content, f"{param}.content", _TEXT_PARTS_ITEMS, image="input_image")
+    payload = {"content": list(parts)} if parts else None
+    return NewMessage(role=_CONVERSATION_ROLES[role], content=text, payload=payload)
 
 
 class ConversationCreate(OpenAIRequest):
@@ -419,6 +490,13 @@ class OutputTextRead(ResponseModel):
     logprobs: list[Any] = Field(default_factory=list)
 
 
+class InputImageRead(ResponseModel):
+    type: Literal["input_image"] = "input_image"
+    image_url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+    file_id: None = None
+
+
 class ConversationItemRead(ResponseModel):
     """A stored message as a conversation `message` item (user/system text in, assistant text out)."""
 
@@ -426,15 +504,27 @@ class ConversationItemRead(ResponseModel):
     id: str
     role: Literal["user", "assistant", "system"]
     status: Literal["completed"] = "completed"
-    content: list[InputTextRead | OutputTextRead]
+    content: list[InputTextRead | OutputTextRead | InputImageRead]
 
     @classmethod
     def of(cls, message: Message) -> ConversationItemRead:
         role: Literal["user", "assistant", "system"] = (
             "assistant" if message.role == "assistant" else "system" if message.role == "system" else "user"
         )
-        part = OutputTextRead(text=message.content) if role == "assistant" else InputTextRead(text=message.content)
-        return cls(id=message.id, role=role, content=[part])
+
+        def text(value: str) -> InputTextRead | OutputTextRead:
+            return OutputTextRead(text=value) if role == "assistant" else InputTextRead(text=value)
+
+        parts = parts_of(message.payload)
+        if not parts:
+            return cls(id=message.id, role=role, content=[text(message.content)])
+        content: list[InputTextRead | OutputTextRead | InputImageRead] = [
+            InputImageRead(image_url=p["url"], detail=p.get("detail", "auto"))
+            if p.get("type") == "image"
+            else text(p.get("text", ""))
+            for p in parts
+        ]
+        return cls(id=message.id, role=role, content=content)
 
 
 class FunctionCallItemRead(ResponseModel):

@@ -26,7 +26,7 @@ from threadline.api.schemas.openai import (
     unix,
 )
 from threadline.api.schemas.tools import assistants_tool_choice, assistants_tools
-from threadline.domain.messages import ChatMessage, NewMessage
+from threadline.domain.messages import NewMessage
 from threadline.errors import ValidationFailed
 from threadline.services import waiting_runs
 from threadline.services.responses import ResponseRequest, RunOptions
@@ -105,7 +105,7 @@ class RunCreate(OpenAIRequest):
         }
         return ResponseRequest(
             organization_id=organization_id,
-            inputs=[ChatMessage(role=m.role, content=m.content) for m in new],
+            inputs=[m.as_chat() for m in new],
             thread_id=thread_id,
             model=self.model,
             max_output_tokens=self.max_completion_tokens,
