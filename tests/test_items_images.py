@@ -18,7 +18,6 @@ from tests.conftest import Caller, make_caller, started_app
 from tests.helpers import refused
 from tests.openai_sdk import sdk_client
 from tests.tool_helpers import last_request_with, tool_settings
-from threadline.config import ProviderConfig
 from threadline.domain.messages import MAX_IMAGE_URL_CHARS, image_part
 from threadline.errors import ValidationFailed
 
@@ -39,15 +38,7 @@ CAT = "https://example.com/cat.jpg"
 
 @pytest.fixture
 async def app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
-    settings = tool_settings(database_url, tool_upstream_url)
-    vision = ProviderConfig(
-        name="vision",
-        base_url=tool_upstream_url,
-        models=["vision-model"],
-        tokenizer="o200k",
-        capabilities={"vision": True},
-    )
-    async for application in started_app(settings.model_copy(update={"providers": [*settings.providers, vision]})):
+    async for application in started_app(tool_settings(database_url, tool_upstream_url, capable="vision")):
         yield application
 
 

@@ -144,7 +144,7 @@ async def test_conversation_errors(
 
     cases: list[tuple[list[Any], str, str]] = [
         (
-            [{"type": "reasoning", "id": "rs_1", "summary": []}],
+            [{"type": "web_search_call", "id": "ws_1", "status": "completed"}],
             "unsupported_item_type",
             "items.0.type",
         ),

@@ -372,7 +372,7 @@ async def test_delete_cancel_and_errors(
     ("fields", "code", "param"),
     [
         (
-            {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
+            {"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]},
             "unsupported_item_type",
             "input.0.type",
         ),

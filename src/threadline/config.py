@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ContextMode = Literal["recent", "smart", "full"]
-Capability = Literal["tools", "vision"]
+Capability = Literal["tools", "vision", "reasoning"]
 
 
 class ProviderConfig(BaseModel):

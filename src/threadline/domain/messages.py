@@ -20,16 +20,17 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 # The role stored with a function_call_output (never a message's role).
 TOOL_ROLE = "tool"
 ItemRole = Literal["system", "user", "assistant", "tool"]
-# `reasoning` and `compaction` are reserved (DESIGN.md §6, §8); only these are stored today.
-ItemType = Literal["message", "function_call", "function_call_output"]
-ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output")
+# `compaction` is reserved (DESIGN.md §8); these are stored today (docs/items.md).
+ItemType = Literal["message", "function_call", "function_call_output", "reasoning"]
+ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output", "reasoning")
 TOOL_ITEM_TYPES: frozenset[str] = frozenset({"function_call", "function_call_output"})
 MAX_MESSAGE_CHARS = 1_000_000
 
 
 def role_of(item_type: ItemType, role: Role | None = None) -> ItemRole:
-    """The role stored with an item: a message's own, `assistant` for a call, `tool` for its output."""
-    if item_type == "function_call":
+    """The role stored with an item: a message's own, `assistant` for a call (or reasoning), `tool` for an
+    output."""
+    if item_type in ("function_call", "reasoning"):
         return "assistant"
     if item_type == "function_call_output":
         return "tool"
@@ -107,6 +108,23 @@ class NewMessage:
 
     def as_chat(self) -> ChatMessage:
         return ChatMessage(self.role, self.content, self.type, self.call_id, self.name, parts_of(self.payload))
+
+
+def reasoning_text(payload: Mapping[str, Any]) -> str:
+    """The readable text of a reasoning item (its searchable `content`): summary texts, then content texts, joined
+    by a blank line."""
+    texts = [p.get("text", "") for key in ("summary", "content") for p in payload.get(key) or () if p.get("text")]
+    return "\n\n".join(texts)
+
+
+def reasoning_payload(text: str) -> dict[str, Any]:
+    """The payload of a reasoning item an upstream produced: its raw text is the item's `content` part."""
+    return {
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "encrypted_content": None,
+        "status": "completed",
+    }
 
 
 def parts_of(payload: Mapping[str, Any] | None) -> ContentParts | None:
@@ -204,6 +222,8 @@ def check_pairing(
                 )
             if item.call_id in open_calls:
                 open_calls.remove(item.call_id)
+        elif item.type == "reasoning":
+            continue  # the model's thinking between calls and outputs pairs nothing
         elif open_calls:
             raise ValidationFailed(
                 f"No tool output found for function call {open_calls[0]}.", code="invalid_value", param=param

@@ -27,9 +27,11 @@ class ModelInfo:
     # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
     # prompt…): the context builder reserves them. See domain/tokens.py.
     request_overhead_tokens: int = REPLY_PRIMING_TOKENS
-    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images.
+    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images, whether it
+    # takes its earlier reasoning back (`reasoning_content` on assistant messages; docs/items.md).
     tools: bool = False
     vision: bool = False
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning (OpenAI-compatible servers send it as `reasoning_content`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallStarted:
     """The model began a function call (`index`: its place among this answer's calls)."""
 
@@ -114,7 +123,7 @@ class Finished:
     tool_calls: tuple[ToolCall, ...] = field(default=())
 
 
-StreamEvent = TextDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished
+StreamEvent = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished
 
 
 class Tokenizer(Protocol):

@@ -37,6 +37,7 @@ from threadline.providers.base import (
     FunctionTool,
     GenerationParams,
     ModelInfo,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
     ToolCallArgumentsDelta,
@@ -86,7 +87,7 @@ class OpenAICompatProvider:
         names = {model: tokenizer_name_for(model, tokenizer) for model in models}
         self._tokenizers = {name: make_tokenizer(name) for name in set(names.values())}
         # Configured upstreams call tools unless the config says otherwise; vision only when it says so.
-        defaults = {"tools": True, "vision": False, **(capabilities or {})}
+        defaults = {"tools": True, "vision": False, "reasoning": False, **(capabilities or {})}
         per_model = model_capabilities or {}
         self._infos = {}
         for model in models:
@@ -99,6 +100,7 @@ class OpenAICompatProvider:
                 request_overhead_tokens=reply_overhead(self._tokenizers[names[model]]),
                 tools=caps["tools"],
                 vision=caps["vision"],
+                reasoning=caps["reasoning"],
             )
 
     def __repr__(self) -> str:  # never show the key
@@ -205,6 +207,9 @@ class OpenAICompatProvider:
         message = choices[0].get("message")
         message = message if isinstance(message, dict) else {}
         events: list[StreamEvent] = []
+        reasoning = _reasoning(message)
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
         content = message.get("content")
         if isinstance(content, str) and content:
             events.append(TextDelta(content))
@@ -240,6 +245,9 @@ class OpenAICompatProvider:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
+                reasoning = _reasoning(delta) if isinstance(delta, dict) else None
+                if reasoning:
+                    yield ReasoningDelta(reasoning)
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str) and content:
                     yield TextDelta(content)
@@ -321,11 +329,27 @@ class _ToolCalls:
         return tuple(calls)
 
 
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """The reasoning of a chat message or delta: `reasoning_content` (vLLM, DeepSeek, llama.cpp server), or
+    `reasoning` (some proxies)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Items as chat-completions messages: consecutive function calls become ONE assistant message with
-    `tool_calls`, outputs `tool` messages with their `tool_call_id`; a message with images sends its parts."""
+    `tool_calls`, outputs `tool` messages with their `tool_call_id`; a message with images sends its parts. A
+    reasoning item (in the prompt only for a model with the `reasoning` capability) goes back as the
+    `reasoning_content` of the assistant message that follows it."""
     out: list[dict[str, Any]] = []
+    reasoning: list[str] = []
     for m in messages:
+        if m.type == "reasoning":
+            reasoning.append(m.content)
+            continue
         if m.type == "function_call":
             call = {"id": m.call_id, "type": "function", "function": {"name": m.name, "arguments": m.content}}
             previous = out[-1] if out else None
@@ -339,6 +363,10 @@ def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             out.append({"role": m.role, "content": [_chat_part(p) for p in m.parts]})
         else:
             out.append({"role": m.role, "content": m.content})
+        if reasoning and out[-1]["role"] == "assistant":
+            prior = out[-1].get("reasoning_content")
+            out[-1]["reasoning_content"] = "\n\n".join([prior, *reasoning] if prior else reasoning)
+            reasoning = []
     return out
 
 

@@ -23,7 +23,7 @@ from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
 
 # Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output.
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
 async def list_messages(

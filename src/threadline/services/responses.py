@@ -464,6 +464,8 @@ async def _try_start(
         prompt=[
             ChatMessage(m.role, m.content, m.type, m.call_id, m.name, m.parts)  # type: ignore[arg-type]
             for m in plan.messages
+            # Reasoning goes back only to a model that takes it, as OpenAI treats it (docs/items.md).
+            if m.type != "reasoning" or info.reasoning
         ],
         inputs=inputs,
         params=GenerationParams(

@@ -23,7 +23,7 @@ from threadline import observability
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.domain.context import PromptMessage
-from threadline.domain.messages import ChatMessage, NewMessage, ToolCall
+from threadline.domain.messages import ChatMessage, NewMessage, ToolCall, reasoning_payload
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.errors import ThreadBusy, ThreadlineError, UpstreamError, UpstreamTimeout
 from threadline.ids import new_id
@@ -32,6 +32,7 @@ from threadline.providers.base import (
     GenerationParams,
     ModelInfo,
     Provider,
+    ReasoningDelta,
     TextDelta,
     Tokenizer,
     ToolCallArgumentsDelta,
@@ -92,6 +93,14 @@ class OutputDelta:
 
 
 @dataclass(frozen=True)
+class OutputReasoning:
+    """A piece of the model's reasoning; `item_id` (`rs_…`) is the id its reasoning item is saved under."""
+
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class OutputCallStarted:
     """The model began a function call; `item_id` (`fc_…`) is the id it is saved under."""
 
@@ -116,7 +125,7 @@ class TurnDone:
     error: ThreadlineError | None
 
 
-TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
+TurnEvent = OutputDelta | OutputReasoning | OutputCallStarted | OutputCallArguments | TurnDone
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,8 @@ async def run_turn(
     heartbeat = asyncio.create_task(_heartbeat(maker, settings, turn))
     stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
     parts: list[str] = []
+    thinking: list[str] = []
+    reasoning_id = new_id("rs")
     # Not the current span across the yields below (the consumer runs there): current only around each wait for
     # the model, so the upstream call's span is its child.
     model_call = watch.tracer.start_span("turn.model_call", attributes={"model": turn.info.name})
@@ -166,6 +177,10 @@ async def run_turn(
                     recorder.first_token()
                     parts.append(event.text)
                     yield OutputDelta(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    recorder.first_token()
+                    thinking.append(event.text)
+                    yield OutputReasoning(reasoning_id, event.text)
                 elif isinstance(event, ToolCallStarted):
                     if cap is None or event.index < cap:
                         call_ids[event.index] = new_id("fc")
@@ -189,8 +204,9 @@ async def run_turn(
                     for index, call in enumerate(finished.tool_calls)
                     if cap is None or index < cap
                 ]
+                reasoning = (reasoning_id, "".join(thinking)) if thinking else None
                 with watch.span("turn.save"):
-                    response = await _complete(maker, settings, turn, "".join(parts), finished, calls)
+                    response = await _complete(maker, settings, turn, "".join(parts), finished, calls, reasoning)
             except ThreadlineError as exc:
                 error = exc
         if error is not None:
@@ -269,9 +285,11 @@ async def _complete(
     text: str,
     finished: Finished,
     calls: list[SavedCall],
+    reasoning: tuple[str, str] | None = None,
 ) -> Response:
     """Step 3: inputs and output land together, with the thread update and the lease release. The output is the
-    answer's text as an assistant message (left out when the answer is only function calls), then its calls."""
+    model's reasoning item (`reasoning`: its id and text, when the upstream sent any), the answer's text as an
+    assistant message (left out when the answer is only function calls), then its calls."""
     output_tokens = finished.output_tokens
     if output_tokens is None:
         output_tokens = turn.tokenizer.count(text)
@@ -307,6 +325,22 @@ async def _complete(
             )
             for i, m in enumerate(turn.inputs)
         ]
+        if reasoning is not None:
+            item_id, thought = reasoning
+            new.append(
+                NewMessage(
+                    id=item_id,
+                    role="assistant",
+                    type="reasoning",
+                    content=thought,
+                    payload=reasoning_payload(thought),
+                    token_count=message_token_count(turn.tokenizer, "assistant", thought),
+                    tokenizer=turn.tokenizer.name,
+                    model=turn.info.name,
+                    response_id=turn.response.id,
+                    assistant_id=turn.assistant_id,
+                )
+            )
         with_message = bool(text) or not calls
         if with_message:
             new.append(
@@ -359,6 +393,7 @@ async def _complete(
                 "finish_reason": finished.finish_reason,
                 **({} if with_message else {"output_message": False}),
                 **({"tool_calls": [_call_record(c) for c in calls]} if calls else {}),
+                **({"reasoning": {"id": reasoning[0], "text": reasoning[1]}} if reasoning else {}),
             },
             "completed_at": now,
         }

@@ -42,6 +42,7 @@ from threadline.domain.messages import (
     check_image_count,
     image_part,
     parts_of,
+    reasoning_text,
     role_of,
 )
 from threadline.errors import ValidationFailed
@@ -412,18 +413,52 @@ def _tool_item(item: dict[str, Any], kind: str, param: str) -> NewMessage:
     )
 
 
+def _reasoning_item(item: dict[str, Any], param: str) -> NewMessage:
+    """A `reasoning` item, kept as sent (docs/items.md): `summary` (summary_text parts), `content` (reasoning_text
+    parts), `encrypted_content`, `status`; its readable text is the searchable `content`."""
+    payload: dict[str, Any] = {}
+    for key, part_type in (("summary", "summary_text"), ("content", "reasoning_text")):
+        parts = item.get(key)
+        if parts is None and key == "content":
+            continue
+        if not isinstance(parts, list):
+            raise ValidationFailed(
+                f"A 'reasoning' item needs '{key}' as a list of {part_type} parts.",
+                code="invalid_type",
+                param=f"{param}.{key}",
+            )
+        for i, part in enumerate(parts):
+            if not isinstance(part, dict) or part.get("type") != part_type or not isinstance(part.get("text"), str):
+                raise ValidationFailed(
+                    f"Each '{key}' part is {{'type': '{part_type}', 'text': str}}.",
+                    code="invalid_type",
+                    param=f"{param}.{key}.{i}",
+                )
+        payload[key] = [{"type": part_type, "text": p["text"]} for p in parts]
+    encrypted = item.get("encrypted_content")
+    if encrypted is not None and not isinstance(encrypted, str):
+        raise ValidationFailed(
+            "'encrypted_content' is a string.", code="invalid_type", param=f"{param}.encrypted_content"
+        )
+    payload["encrypted_content"] = encrypted
+    payload["status"] = _status(item, param) if item.get("status") is not None else None
+    return NewMessage(role=role_of("reasoning"), content=reasoning_text(payload), type="reasoning", payload=payload)
+
+
 def new_item(item: Any, param: str) -> NewMessage:
-    """A conversation (or Responses input) item to store: a message with text, a function call or its output.
-    Other OpenAI item types are a 400 `unsupported_item_type` naming the type."""
+    """A conversation (or Responses input) item to store: a message (text and images), a function call, its
+    output, or reasoning. Other OpenAI item types are a 400 `unsupported_item_type` naming the type."""
     if not isinstance(item, dict):
         raise ValidationFailed("Each item is an object.", code="invalid_type", param=param)
     kind = item.get("type", "message")
     if kind in ("function_call", "function_call_output"):
         return _tool_item(item, kind, param)
+    if kind == "reasoning":
+        return _reasoning_item(item, param)
     if kind != "message":
         raise ValidationFailed(
-            f"Items of type '{kind}' are not supported: Threadline stores message, function_call and "
-            "function_call_output items.",
+            f"Items of type '{kind}' are not supported: Threadline stores message, function_call, "
+            "function_call_output and reasoning items.",
             code="unsupported_item_type",
             param=f"{param}.type",
         )
@@ -546,12 +581,46 @@ class FunctionCallOutputItemRead(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead
+class SummaryTextRead(ResponseModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class ReasoningTextRead(ResponseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItemRead(ResponseModel):
+    """A stored `reasoning` item, as it was sent or as the upstream produced it."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[SummaryTextRead]
+    content: list[ReasoningTextRead] | None = None
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    @classmethod
+    def of_payload(cls, item_id: str, payload: Mapping[str, Any]) -> ReasoningItemRead:
+        content = payload.get("content")
+        return cls(
+            id=item_id,
+            summary=[SummaryTextRead(text=p["text"]) for p in payload.get("summary") or []],
+            content=None if content is None else [ReasoningTextRead(text=p["text"]) for p in content],
+            encrypted_content=payload.get("encrypted_content"),
+            status=payload.get("status"),
+        )
+
+
+ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead | ReasoningItemRead
 
 
 def item_of(message: Message) -> ItemRead:
     """A stored item in the OpenAI item shape of its type."""
     payload = message.payload or {}
+    if message.type == "reasoning":
+        return ReasoningItemRead.of_payload(message.id, payload)
     status = payload.get("status", "completed")
     if message.type == "function_call":
         return FunctionCallItemRead(

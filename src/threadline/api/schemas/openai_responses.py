@@ -28,10 +28,10 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
-from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
+from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, ReasoningItemRead, new_item, unix
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
-from threadline.domain.messages import ChatMessage, ItemReference
+from threadline.domain.messages import ChatMessage, ItemReference, reasoning_payload
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
@@ -276,7 +276,7 @@ class OpenAIResponseRead(ResponseModel):
     completed_at: int | None
     status: Literal["completed", "failed", "in_progress", "incomplete"]
     model: str
-    output: list[OutputMessageRead | FunctionCallItemRead]
+    output: list[ReasoningItemRead | OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
     incomplete_details: IncompleteDetails | None
     instructions: str | None
@@ -308,8 +308,11 @@ class OpenAIResponseRead(ResponseModel):
         if response.status == "completed" and finish in ("length", "content_filter"):
             status = "incomplete"
             incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
-        output: list[OutputMessageRead | FunctionCallItemRead] = []
+        output: list[ReasoningItemRead | OutputMessageRead | FunctionCallItemRead] = []
         if response.status == "completed":
+            thought = response.context.get("reasoning")
+            if thought:
+                output.append(ReasoningItemRead.of_payload(thought["id"], reasoning_payload(thought["text"])))
             if response.context.get("output_message", True):
                 output.append(
                     output_message(response, "incomplete" if incomplete else "completed", response.output_text)
