@@ -1,6 +1,6 @@
 """Assistants v2 runs and run steps: /v1/threads/{id}/runs… and /v1/threads/runs (create and run).
 
-A run is a model turn on the thread (services/runs.py): its id is the turn's response id (`resp_…`), it runs in
+A run is a model turn on the thread (turns/runs.py): its id is the turn's response id (`resp_…`), it runs in
 the request that creates it, and the assistant message it saves carries `run_id` and `assistant_id`. Like the
 threads and messages of this dialect, these routes exist only for requests with `OpenAI-Beta: assistants=v2`
 (`AssistantsRoute`). This router is included before `openai_threads`: `POST /v1/threads/runs` must not be read as
@@ -18,16 +18,14 @@ from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.api.deps import (
-    ModelsDep,
     OrganizationDep,
     OrganizationQuery,
     SessionDep,
     SessionmakerDep,
-    SettingsDep,
     TurnPrincipalDep,
+    TurnsDep,
 )
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
@@ -54,10 +52,9 @@ from threadline.api.schemas.openai_runs import (
 )
 from threadline.api.sse import sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
-from threadline.config import Settings
-from threadline.services import runs, waiting_runs
-from threadline.services.runs import RunFinished
-from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn
+from threadline.turns import runs, waiting
+from threadline.turns.engine import TurnEngine
+from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
@@ -80,9 +77,7 @@ RUN_EVENTS = streamed(
 async def create_thread_and_run(
     body: ThreadAndRunCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> RunRead | StreamingResponse:
     org = principal.organization(organization_id)
@@ -90,13 +85,13 @@ async def create_thread_and_run(
     new_messages = thread_body.new_messages()
     body.check()  # the run's own fields, before anything is created
     thread = await runs.create_thread_for_run(
-        maker, settings, principal, org, body.assistant_id, new_messages, thread_body.metadata
+        turns.maker, turns.settings, principal, org, body.assistant_id, new_messages, thread_body.metadata
     )
     request = body.to_request(org, thread.id)
+    turn = await turns.start(principal, request)
     if not body.stream:
-        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
-    turn = await runs.start_run(maker, settings, models, principal, request)
-    return sse_response(_sse(maker, settings, turn, OpenAIThreadRead.of(thread)))
+        return RunRead.of((await turns.finish(turn)).record)  # a failed run is an outcome, not an error
+    return sse_response(_sse(turns, turn, OpenAIThreadRead.of(thread)))
 
 
 @router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
@@ -104,17 +99,15 @@ async def create_run(
     thread_id: ThreadIdPath,
     body: RunCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> RunRead | StreamingResponse:
     request = body.to_request(principal.organization(organization_id), thread_id)
-    if not body.stream:
-        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
     # Refusals found before the model is called (unknown assistant, locked or busy thread…) answer as JSON errors.
-    turn = await runs.start_run(maker, settings, models, principal, request)
-    return sse_response(_sse(maker, settings, turn, None))
+    turn = await turns.start(principal, request)
+    if not body.stream:
+        return RunRead.of((await turns.finish(turn)).record)  # a failed run is an outcome, not an error
+    return sse_response(_sse(turns, turn, None))
 
 
 @router.post(
@@ -129,18 +122,15 @@ async def submit_tool_outputs(
     body: SubmitToolOutputs,
     principal: TurnPrincipalDep,
     maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> RunRead | StreamingResponse:
-    """The outputs of a waiting run's calls: the same run continues to its answer (services/waiting_runs.py)."""
+    """The outputs of a waiting run's calls: the same run continues to its answer (turns/waiting.py)."""
     org = principal.organization(organization_id)
-    turn = await runs.start_submitted_outputs(
-        maker, settings, models, principal, org, thread_id, run_id, body.outputs()
-    )
+    turn = await turns.start(principal, await runs.submission(maker, org, thread_id, run_id, body.outputs()))
     if not body.stream:
-        return RunRead.of(await runs.finish_run(maker, settings, turn))
-    return sse_response(_sse(maker, settings, turn, None, resumed=True))
+        return RunRead.of((await turns.finish(turn)).record)
+    return sse_response(_sse(turns, turn, None, resumed=True))
 
 
 @router.get("/{thread_id}/runs", response_model=RunList)
@@ -194,23 +184,18 @@ async def list_steps(
 async def get_step(
     thread_id: ThreadIdPath, run_id: IdPath, step_id: IdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> RunStepRead:
-    response = await runs.get_step(session, organization_id, thread_id, run_id, step_id)
-    return next(step for step in run_steps(response) if step.id == step_id)
+    turn = await runs.get_step(session, organization_id, thread_id, run_id, step_id)
+    return next(step for step in run_steps(turn) if step.id == step_id)
 
 
 def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
-    """Assistants SSE: an `event:` line naming the event and the bare object as `data` (reference §2.5)."""
+    """Assistants SSE: an `event:` line naming the event and the bare object as `data` (as OpenAI streams runs)."""
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 async def _sse(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    turn: Turn,
-    thread: OpenAIThreadRead | None,
-    *,
-    resumed: bool = False,
+    turns: TurnEngine, turn: Turn, thread: OpenAIThreadRead | None, *, resumed: bool = False
 ) -> AsyncIterator[str]:
     """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on. The answer's
     message (and its step) opens at its first text, a tool_calls step at the first call; a run whose model
@@ -218,21 +203,21 @@ async def _sse(
     tool_calls step its outputs answered."""
     if thread is not None:
         yield _frame("thread.created", thread)
-    queued = RunRead.of(turn.response, status="queued")
+    queued = RunRead.of(turn.record, status="queued")
     if resumed:
-        answered = waiting_runs.completed_steps(turn.response)[-1]
-        yield _frame("thread.run.step.completed", RunStepRead.tools_done(turn.response, answered))
+        answered = waiting.completed_steps(turn.record)[-1]
+        yield _frame("thread.run.step.completed", RunStepRead.tools_done(turn.record, answered))
     else:
         yield _frame("thread.run.created", queued)
     yield _frame("thread.run.queued", queued)
-    yield _frame("thread.run.in_progress", RunRead.of(turn.response))
+    yield _frame("thread.run.in_progress", RunRead.of(turn.record))
     answer = answer_in_progress(turn)
     message_open = False
     tool_step: RunStepRead | None = None
     parts: list[str] = []
 
     def open_message() -> list[str]:
-        step = RunStepRead.of(turn.response)
+        step = RunStepRead.of(turn.record)
         return [
             _frame("thread.run.step.created", step),
             _frame("thread.run.step.in_progress", step),
@@ -240,7 +225,7 @@ async def _sse(
             _frame("thread.message.in_progress", answer),
         ]
 
-    events = runs.stream_run(maker, settings, turn)
+    events = turns.run(turn)
     # aclosing: when the client goes away, the turn's cleanup (fail it, free the thread) runs now.
     async with contextlib.aclosing(events):
         async for event in events:
@@ -253,7 +238,7 @@ async def _sse(
                 yield _frame("thread.message.delta", message_delta(answer.id, event.text))
             elif isinstance(event, OutputCallStarted):
                 if tool_step is None:
-                    tool_step = RunStepRead.tools_waiting(turn.response, [])
+                    tool_step = RunStepRead.tools_waiting(turn.record, [])
                     yield _frame("thread.run.step.created", tool_step)
                     yield _frame("thread.run.step.in_progress", tool_step)
                 call = StepToolCallRead(
@@ -263,16 +248,17 @@ async def _sse(
             elif isinstance(event, OutputCallArguments) and tool_step is not None:
                 piece = {"type": "function", "function": {"arguments": event.delta}}
                 yield _frame("thread.run.step.delta", _call_delta(tool_step.id, event.index, piece))
-            elif isinstance(event, RunFinished):
-                run = RunRead.of(event.response)
+            elif isinstance(event, TurnDone):
+                run = RunRead.of(event.record)
                 if message_open or tool_step is None:
                     if not message_open:
                         for frame in open_message():
                             yield frame
-                    step = RunStepRead.of(event.response)
-                    if event.message is not None:
+                    step = RunStepRead.of(event.record)
+                    message = await turns.answer(turn) if event.error is None else None
+                    if message is not None:
                         step.status = "completed" if step.status == "in_progress" else step.status
-                        yield _frame("thread.message.completed", OpenAIMessageRead.of(event.message))
+                        yield _frame("thread.message.completed", OpenAIMessageRead.of(message))
                     else:
                         reason = "run_cancelled" if run.status == "cancelled" else "run_failed"
                         yield _frame("thread.message.incomplete", answer_incomplete(turn, "".join(parts), reason))

@@ -1,14 +1,14 @@
 """Assistants v2 runs and run steps on the wire (api/routes/openai_runs.py); conversions from turns live here.
 
-A run is a turn (`services/runs.py`): its row is the `responses` row, and what only a run has (assistant,
-instructions used, metadata, the echoed options, its tools and completed tool steps) is kept on the row's request
-record under "run". A run whose model calls functions waits in `requires_action` (services/waiting_runs.py,
-docs/runs.md). Options that would need another output format or a sampling knob Threadline lacks are refused
-with a 400 rather than silently ignored.
+A run is a turn (`turns/runs.py`): its record is the turn's, and what only a run has (assistant, instructions
+used, metadata, the echoed options, its tools and completed tool steps) is its `StoredTurn.run`. A run whose model
+calls functions waits in `requires_action` (turns/waiting.py, docs/runs.md). Options that would need another
+output format or a sampling knob Threadline lacks are refused with a 400 rather than silently ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,13 +27,13 @@ from threadline.api.schemas.openai import (
 )
 from threadline.api.schemas.tools import assistants_tool_choice, assistants_tools
 from threadline.domain.messages import NewMessage
+from threadline.domain.turns import OutputCall, StoredTurn
 from threadline.errors import ValidationFailed
-from threadline.services import waiting_runs
-from threadline.services.responses import ResponseRequest, RunOptions
-from threadline.services.runs import step_id
-from threadline.services.turns import Turn
 from threadline.storage.repositories.pagination import Page
-from threadline.storage.tables import Response
+from threadline.turns import waiting
+from threadline.turns.request import RunOptions, TurnRequest
+from threadline.turns.runs import step_id
+from threadline.turns.turn import Turn
 
 RunStatus = Literal[
     "queued", "in_progress", "requires_action", "cancelled", "failed", "completed", "incomplete", "expired"
@@ -90,7 +90,7 @@ class RunCreate(OpenAIRequest):
             )
         return [m.new_message(f"additional_messages.{i}.") for i, m in enumerate(self.additional_messages or [])]
 
-    def to_request(self, organization_id: str, thread_id: str) -> ResponseRequest:
+    def to_request(self, organization_id: str, thread_id: str) -> TurnRequest:
         new = self.check()
         strategy = self.truncation_strategy
         last_messages = strategy.last_messages if strategy is not None and strategy.type == "last_messages" else None
@@ -103,7 +103,7 @@ class RunCreate(OpenAIRequest):
             "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
             "response_format": self.response_format,
         }
-        return ResponseRequest(
+        return TurnRequest(
             organization_id=organization_id,
             inputs=[m.as_chat() for m in new],
             thread_id=thread_id,
@@ -166,12 +166,8 @@ class LastErrorRead(ResponseModel):
 _LAST_ERROR_CODES = {"rate_limited": "rate_limit_exceeded", "context_length_exceeded": "invalid_prompt"}
 
 
-def _run_status(response: Response) -> RunStatus:
-    if response.status == "completed" and response.context.get("finish_reason") == "length":
-        return "incomplete"
-    if response.status in ("in_progress", "requires_action", "cancelled", "failed", "completed", "expired"):
-        return response.status  # type: ignore[return-value]
-    return "failed"
+def _run_status(turn: StoredTurn) -> RunStatus:
+    return "incomplete" if turn.truncated else turn.status
 
 
 class FunctionCallRead(ResponseModel):
@@ -194,29 +190,29 @@ class RequiredActionRead(ResponseModel):
     submit_tool_outputs: SubmitToolOutputsRead
 
 
-def _required_action(response: Response) -> RequiredActionRead | None:
-    calls = waiting_runs.pending_calls(response)
-    if not calls:
+def _required_action(turn: StoredTurn) -> RequiredActionRead | None:
+    if turn.status != "requires_action" or not turn.pending_calls:
         return None
     tool_calls = [
-        RequiredToolCallRead(id=c["call_id"], function=FunctionCallRead(name=c["name"], arguments=c["arguments"]))
-        for c in calls
+        RequiredToolCallRead(id=c.call_id, function=FunctionCallRead(name=c.name, arguments=c.arguments))
+        for c in turn.pending_calls
     ]
     return RequiredActionRead(submit_tool_outputs=SubmitToolOutputsRead(tool_calls=tool_calls))
 
 
-def _usage(response: Response) -> UsageRead | None:
-    if response.input_tokens is None and response.output_tokens is None:
+def _usage(turn: StoredTurn) -> UsageRead | None:
+    usage = turn.usage
+    if usage is None:
         return None
-    prompt, completion = response.input_tokens or 0, response.output_tokens or 0
-    return UsageRead(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return UsageRead(
+        prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+    )
 
 
-def _last_error(response: Response) -> LastErrorRead | None:
-    if not response.error:
+def _last_error(turn: StoredTurn) -> LastErrorRead | None:
+    if turn.error is None:
         return None
-    code = _LAST_ERROR_CODES.get(str(response.error.get("code")), "server_error")
-    return LastErrorRead(code=code, message=str(response.error.get("message", "")))
+    return LastErrorRead(code=_LAST_ERROR_CODES.get(turn.error.code, "server_error"), message=turn.error.message)
 
 
 class RunRead(ResponseModel):
@@ -249,40 +245,38 @@ class RunRead(ResponseModel):
     response_format: str | dict[str, Any] | None
 
     @classmethod
-    def of(cls, response: Response, status: RunStatus | None = None) -> RunRead:
+    def of(cls, turn: StoredTurn, status: RunStatus | None = None) -> RunRead:
         """`status` overrides the stored one for the stream's opening events (`queued`)."""
-        run: dict[str, Any] = response.request.get("run", {})
-        actual = _run_status(response)
-        ended = unix(response.completed_at) if response.completed_at else None
-        started = unix(response.created_at)
+        echo = turn.run.echo if turn.run else {}
+        actual = _run_status(turn)
+        ended = unix(turn.completed_at) if turn.completed_at else None
+        started = unix(turn.created_at)
         return cls(
-            id=response.id,
+            id=turn.id,
             created_at=started,
-            thread_id=response.thread_id or "",
-            assistant_id=run.get("assistant_id") or "",
+            thread_id=turn.thread_id or "",
+            assistant_id=turn.run.assistant_id if turn.run else "",
             status=status or actual,
-            model=response.model,
-            instructions=run.get("instructions") or "",
-            tools=list(run.get("tools") or []),
-            required_action=None if status is not None else _required_action(response),
-            expires_at=unix(waiting_runs.expires_at(response))
-            if actual in ("in_progress", "requires_action")
-            else None,
-            parallel_tool_calls=run.get("parallel_tool_calls", True),
+            model=turn.model,
+            instructions=turn.run.instructions if turn.run else "",
+            tools=list(echo.get("tools") or []),
+            required_action=None if status is not None else _required_action(turn),
+            expires_at=unix(waiting.expires_at(turn)) if actual in ("in_progress", "requires_action") else None,
+            parallel_tool_calls=echo.get("parallel_tool_calls", True),
             started_at=None if status == "queued" else started,
             completed_at=ended if actual in ("completed", "incomplete") else None,
             cancelled_at=ended if actual == "cancelled" else None,
             failed_at=ended if actual == "failed" else None,
-            last_error=_last_error(response),
+            last_error=_last_error(turn),
             incomplete_details={"reason": "max_completion_tokens"} if actual == "incomplete" else None,
-            usage=_usage(response),
-            metadata=string_metadata(run.get("metadata") or {}),
-            temperature=response.request.get("temperature"),
-            top_p=run.get("top_p"),
-            max_completion_tokens=run.get("max_completion_tokens"),
-            truncation_strategy=run.get("truncation_strategy") or {"type": "auto", "last_messages": None},
-            tool_choice=run.get("tool_choice") or "auto",
-            response_format=run.get("response_format") or "auto",
+            usage=_usage(turn),
+            metadata=string_metadata(echo.get("metadata") or {}),
+            temperature=turn.temperature,
+            top_p=echo.get("top_p"),
+            max_completion_tokens=echo.get("max_completion_tokens"),
+            truncation_strategy=echo.get("truncation_strategy") or {"type": "auto", "last_messages": None},
+            tool_choice=echo.get("tool_choice") or "auto",
+            response_format=echo.get("response_format") or "auto",
         )
 
 
@@ -290,7 +284,7 @@ class RunList(OpenAIList):
     data: list[RunRead]
 
     @classmethod
-    def of(cls, page: Page[Response]) -> RunList:
+    def of(cls, page: Page[StoredTurn]) -> RunList:
         return cls.of_data([RunRead.of(r) for r in page.items], page.has_more)
 
 
@@ -348,20 +342,18 @@ class RunStepRead(ResponseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, response: Response) -> RunStepRead:
+    def of(cls, turn: StoredTurn) -> RunStepRead:
         """The run's message_creation step: its status is the run's."""
-        run = RunRead.of(response)
+        run = RunRead.of(turn)
         error = run.last_error
         return cls(
-            id=step_id(response.id),
+            id=step_id(turn.id),
             created_at=run.created_at,
             assistant_id=run.assistant_id,
             thread_id=run.thread_id,
             run_id=run.id,
             status=_STEP_STATUS.get(run.status, run.status),
-            step_details=StepDetailsRead(
-                message_creation=MessageCreationRead(message_id=response.request.get("output_message_id") or "")
-            ),
+            step_details=StepDetailsRead(message_creation=MessageCreationRead(message_id=turn.output_message_id or "")),
             completed_at=run.completed_at,
             cancelled_at=run.cancelled_at,
             failed_at=run.failed_at,
@@ -375,39 +367,40 @@ class RunStepRead(ResponseModel):
         )
 
     @classmethod
-    def tools_done(cls, response: Response, step: dict[str, Any]) -> RunStepRead:
-        """A tool_calls step whose outputs came (services/waiting_runs.py keeps it on the run)."""
+    def tools_done(cls, turn: StoredTurn, step: Mapping[str, Any]) -> RunStepRead:
+        """A tool_calls step whose outputs came (turns/waiting.py keeps it on the run)."""
         calls = [
             StepToolCallRead(
                 id=c["call_id"], function=StepFunctionRead(name=c["name"], arguments=c["arguments"], output=c["output"])
             )
             for c in step["tool_calls"]
         ]
-        return cls._tools(response, step["id"], step["created_at"], "completed", calls, step["completed_at"])
+        return cls._tools(turn, step["id"], step["created_at"], "completed", calls, step["completed_at"])
 
     @classmethod
-    def tools_waiting(cls, response: Response, calls: list[dict[str, str]]) -> RunStepRead:
+    def tools_waiting(cls, turn: StoredTurn, calls: Sequence[OutputCall]) -> RunStepRead:
         """The tool_calls step of a run waiting for outputs (in progress; expired or cancelled with the run)."""
-        run = RunRead.of(response)
-        index = len(waiting_runs.completed_steps(response))
+        run = RunRead.of(turn)
+        index = len(waiting.completed_steps(turn))
         status: RunStepStatus = {"expired": "expired", "cancelled": "cancelled"}.get(  # type: ignore[assignment]
             run.status, "in_progress"
         )
+        ended = unix(turn.completed_at) if turn.completed_at else None
         step = cls._tools(
-            response,
-            waiting_runs.tool_step_id(response.id, index),
-            unix(response.completed_at) if response.completed_at and status == "in_progress" else run.created_at,
+            turn,
+            waiting.tool_step_id(turn.id, index),
+            ended if ended and status == "in_progress" else run.created_at,
             status,
             [
                 StepToolCallRead(
-                    id=c["call_id"], function=StepFunctionRead(name=c["name"], arguments=c["arguments"], output=None)
+                    id=c.call_id, function=StepFunctionRead(name=c.name, arguments=c.arguments, output=None)
                 )
                 for c in calls
             ],
             None,
         )
         if status == "expired":
-            step.expired_at = unix(response.completed_at) if response.completed_at else None
+            step.expired_at = ended
         elif status == "cancelled":
             step.cancelled_at = run.cancelled_at
         return step
@@ -415,20 +408,19 @@ class RunStepRead(ResponseModel):
     @classmethod
     def _tools(
         cls,
-        response: Response,
+        turn: StoredTurn,
         step: str,
         created_at: int,
         status: RunStepStatus,
         calls: list[StepToolCallRead],
         completed_at: int | None,
     ) -> RunStepRead:
-        run: dict[str, Any] = response.request.get("run", {})
         return cls(
             id=step,
             created_at=created_at,
-            assistant_id=run.get("assistant_id") or "",
-            thread_id=response.thread_id or "",
-            run_id=response.id,
+            assistant_id=turn.run.assistant_id if turn.run else "",
+            thread_id=turn.thread_id or "",
+            run_id=turn.id,
             type="tool_calls",
             status=status,
             step_details=ToolCallsDetailsRead(tool_calls=calls),
@@ -440,15 +432,14 @@ class RunStepRead(ResponseModel):
         )
 
 
-def run_steps(response: Response) -> list[RunStepRead]:
+def run_steps(turn: StoredTurn) -> list[RunStepRead]:
     """A run's steps, oldest first: each tool_calls step (answered, then the one waiting), then the creation of
     its answer (absent while the run waits, or when the run ended in its tool calls)."""
-    steps = [RunStepRead.tools_done(response, step) for step in waiting_runs.completed_steps(response)]
-    waiting = (response.context.get("tool_calls") or []) if response.status in ("requires_action", "expired") else []
-    if waiting or (response.status == "cancelled" and response.context.get("tool_calls")):
-        steps.append(RunStepRead.tools_waiting(response, list(response.context.get("tool_calls") or [])))
+    steps = [RunStepRead.tools_done(turn, step) for step in waiting.completed_steps(turn)]
+    if turn.pending_calls:
+        steps.append(RunStepRead.tools_waiting(turn, turn.pending_calls))
     else:
-        steps.append(RunStepRead.of(response))
+        steps.append(RunStepRead.of(turn))
     return steps
 
 
@@ -456,22 +447,22 @@ class RunStepList(OpenAIList):
     data: list[RunStepRead]
 
     @classmethod
-    def of(cls, response: Response, order: str = "desc") -> RunStepList:
-        steps = run_steps(response)
+    def of(cls, turn: StoredTurn, order: str = "desc") -> RunStepList:
+        steps = run_steps(turn)
         return cls.of_data(steps if order == "asc" else steps[::-1], has_more=False)
 
 
 def answer_in_progress(turn: Turn) -> OpenAIMessageRead:
     """The run's answer before it is saved (streamed `thread.message.created`/`in_progress`), under its final id."""
     return OpenAIMessageRead(
-        id=turn.output_message_id or "",
-        created_at=unix(turn.response.created_at),
+        id=turn.output_message_id,
+        created_at=unix(turn.record.created_at),
         thread_id=turn.thread_id,
         role="assistant",
         content=[],
         status="in_progress",
         assistant_id=turn.assistant_id,
-        run_id=turn.response.id,
+        run_id=turn.id,
         metadata={},
         completed_at=None,
     )
@@ -482,7 +473,7 @@ def answer_incomplete(turn: Turn, text: str, reason: str) -> OpenAIMessageRead:
     message = answer_in_progress(turn)
     message.status = "incomplete"
     message.content = [TextContentRead(text=TextValueRead(value=text))] if text else []
-    message.incomplete_at = unix(turn.response.created_at)
+    message.incomplete_at = unix(turn.record.created_at)
     message.incomplete_details = {"reason": reason}
     return message
 

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS, REQUIRES_ACTION
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Response
 
@@ -45,9 +46,9 @@ class ResponseRepository:
             .where(
                 Response.organization_id == organization_id,
                 Response.id == response_id,
-                Response.status == "in_progress",
+                Response.status == IN_PROGRESS,
             )
-            .values(status="failed", error=error, completed_at=now)
+            .values(status=FAILED, error=error, completed_at=now)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -77,11 +78,11 @@ class ResponseRepository:
         return tuple(row) if row is not None else None
 
     async def cancel_if_in_progress(
-        self, organization_id: str, response_id: str, now: datetime, status: str = "in_progress"
+        self, organization_id: str, response_id: str, now: datetime, status: str = IN_PROGRESS
     ) -> bool:
         """Mark a turn cancelled unless it already finished (or, for `status="requires_action"`, a run that
         waits for tool outputs, unless they came)."""
-        return await self.move(organization_id, response_id, status, {"status": "cancelled", "completed_at": now})
+        return await self.move(organization_id, response_id, status, {"status": CANCELLED, "completed_at": now})
 
     async def move(self, organization_id: str, response_id: str, status: str, values: dict[str, Any]) -> bool:
         """Write `values` only while the response has `status` (one conditional UPDATE): whether it did."""
@@ -104,7 +105,7 @@ class ResponseRepository:
             .where(
                 Response.organization_id == organization_id,
                 Response.thread_id == thread_id,
-                Response.status == "requires_action",
+                Response.status == REQUIRES_ACTION,
             )
             .limit(1)
         )

@@ -1,7 +1,7 @@
 """run tools: an assistant's function tools, and the runs waiting for tool outputs
 
 Revision ID: 0013
-Revises: 0007
+Revises: 0010
 
 `assistants.tools` holds the assistant's function tools in the Assistants v2 spelling (null: none). A run whose
 model called tools waits in `requires_action` holding no lease (docs/runs.md); the partial index finds a thread's
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013"
-down_revision: str | None = "0007"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
