@@ -372,12 +372,17 @@ async def test_delete_cancel_and_errors(
     ("fields", "code", "param"),
     [
         (
-            {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
+            {"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]},
             "unsupported_item_type",
             "input.0.type",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
+            "invalid_image_url",
+            "input.0.content.0.image_url",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
             "unsupported_content_type",
             "input.0.content.0.type",
         ),

@@ -17,6 +17,8 @@ What it answers, for `POST /v1/chat/completions`:
   it → a 500.
 - anything else → `echo: <last user text>`.
 - usage; with `reasoning_effort` also OpenAI's details (1 cached prompt token, 7 reasoning tokens).
+- the last user text holding `[think]` → reasoning first, the way vLLM / DeepSeek / llama.cpp server send it:
+  `reasoning_content` `Thinking about <text>.` (in deltas, or on the plain message).
 
 Streamed (SSE, the way OpenAI streams: the call's id and name in its first delta, the arguments in pieces keyed
 by `index`) unless the request has `stream: false` or the user text holds `[plain]`, then one JSON body.
@@ -35,7 +37,7 @@ from typing import Any
 
 SUMMARY_REQUEST = "Summarise this conversation:"
 EARLIER = "Summary of what came before: "
-MARKERS = re.compile(r"\[(parallel|plain)\]\s*")
+MARKERS = re.compile(r"\[(parallel|plain|think)\]\s*")
 _received: list[dict[str, Any]] = []
 _lock = threading.Lock()
 
@@ -116,6 +118,12 @@ def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict
     return usage
 
 
+def reasoning(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    last = _text(users[-1]) if users else ""
+    return f"Thinking about {MARKERS.sub('', last).strip()}." if "[think]" in last else ""
+
+
 def _chunks(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
 
@@ -123,6 +131,10 @@ def _chunks(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> lis
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
     out = [chunk({"role": "assistant", "content": ""})]
+    thought = reasoning(body)
+    if thought:
+        middle = len(thought) // 2
+        out += [chunk({"reasoning_content": piece}) for piece in (thought[:middle], thought[middle:])]
     words = text.split(" ") if text else []
     out += [chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(words)]
     for index, call in enumerate(calls):
@@ -172,6 +184,8 @@ class Handler(BaseHTTPRequestHandler):
         user_texts = " ".join(_text(m) for m in body.get("messages") or [] if m.get("role") == "user")
         if body.get("stream") is False or "[plain]" in user_texts:
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if reasoning(body):
+                message["reasoning_content"] = reasoning(body)
             if calls:
                 message["tool_calls"] = calls
             finish = "tool_calls" if calls else "stop"

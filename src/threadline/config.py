@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     thread_lease_seconds: float = Field(default=60.0, gt=0)
     # A model that sends nothing for this long fails the turn (504): a silent upstream must not hold a thread.
     model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    # An Assistants run expires this long after it was created if it still waits for tool outputs (OpenAI: ten
+    # minutes). Waiting holds no lease: see docs/runs.md.
+    run_expiry_seconds: float = Field(default=600.0, gt=0)
     auto_name_threads: bool = False
 
     # Compaction (docs/compaction.md). The model that writes summaries (None: the turn's own); a summary's token

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from threadline.domain.messages import TOOL_ITEM_TYPES
+from threadline.domain.messages import TOOL_ITEM_TYPES, ContentParts
 from threadline.domain.tokens import REPLY_PRIMING_TOKENS
 from threadline.errors import ContextLengthExceeded
 
@@ -50,6 +50,7 @@ class HistoryMessage:
     type: str = "message"
     call_id: str | None = None
     name: str | None = None
+    parts: ContentParts | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class PromptMessage:
     type: str = "message"
     call_id: str | None = None
     name: str | None = None
+    # A message with images (docs/items.md): all its content parts in order.
+    parts: ContentParts | None = field(default=None, hash=False)
 
 
 def _is_tool_item(message: HistoryMessage) -> bool:
@@ -70,7 +73,7 @@ def _is_tool_item(message: HistoryMessage) -> bool:
 
 
 def _prompt(m: HistoryMessage) -> PromptMessage:
-    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name)
+    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name, m.parts)
 
 
 @dataclass(frozen=True)

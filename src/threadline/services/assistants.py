@@ -33,6 +33,7 @@ FIELDS = {
     "metadata": "metadata_",
     "compact_at": "compact_at",
     "summary_model": "summary_model",
+    "tools": "tools",
 }
 
 

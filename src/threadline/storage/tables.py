@@ -133,6 +133,8 @@ class Assistant(Base):
     compact_at: Mapped[float | None]
     summary_model: Mapped[str | None] = mapped_column(sa.String(200))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # Function tools in the Assistants v2 spelling (migration 0013); a run's `tools` replace them.
+    tools: Mapped[list[Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -362,6 +364,14 @@ class Response(Base):
     __table_args__ = (
         sa.Index(None, "organization_id", "thread_id", "created_at"),
         sa.Index(None, "created_at"),
+        # A thread's run waiting for tool outputs (migration 0013): it holds no lease, so this finds it.
+        sa.Index(
+            "ix_responses_waiting_runs",
+            "organization_id",
+            "thread_id",
+            sqlite_where=sa.text("status = 'requires_action'"),
+            postgresql_where=sa.text("status = 'requires_action'"),
+        ),
     )
 
 

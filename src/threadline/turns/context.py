@@ -22,7 +22,7 @@ from threadline.domain.context import (
     build_context,
     history_budget,
 )
-from threadline.domain.messages import unanswered_calls
+from threadline.domain.messages import parts_of, unanswered_calls
 from threadline.domain.tokens import TokenCounter, item_token_count, message_token_count
 from threadline.errors import ContextLengthExceeded
 from threadline.services import summaries
@@ -50,7 +50,7 @@ class _Counter:
         if row.id not in self.fresh:
             # A compaction item is seen framed as a summary (docs/compaction.md).
             content = seen_text(row.type, row.content)
-            self.fresh[row.id] = item_token_count(self.tokenizer, row.role, content, _name(row))
+            self.fresh[row.id] = item_token_count(self.tokenizer, row.role, content, _name(row), parts_of(row.payload))
         return self.fresh[row.id]
 
     def history(self, rows: Sequence[ContextRow], thread_id: str) -> list[HistoryMessage]:
@@ -69,6 +69,7 @@ class _Counter:
                     type=row.type,
                     call_id=row.call_id,
                     name=_name(row),
+                    parts=parts_of(row.payload),
                 )
             )
         return out

@@ -31,6 +31,8 @@ class RunOptions:
     # Metadata of each input (the run's `additional_messages`), saved with them.
     input_metadata: Sequence[Mapping[str, Any]] = ()
     record: Mapping[str, Any] = field(default_factory=dict)
+    # The run's own function tools; None: the assistant's (resolved when the run starts).
+    tools: tuple[FunctionTool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class TurnRequest:
     response_id: str | None = None
     # Compact first past a threshold, or now (docs/compaction.md).
     compaction: CompactionOptions | None = None
+    # The Assistants run waiting for tool outputs that this turn continues (turns/waiting.py): the turn runs
+    # under the run's own id, and its inputs are the run's calls and their outputs.
+    resume_run: str | None = None
 
     @property
     def call_cap(self) -> int | None:

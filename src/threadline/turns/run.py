@@ -25,7 +25,14 @@ from threadline.domain.turns import OutputCall, StoredTurn
 from threadline.errors import ThreadlineError, UpstreamError, UpstreamTimeout
 from threadline.ids import new_id
 from threadline.observability import TurnRecorder
-from threadline.providers.base import Finished, StreamEvent, TextDelta, ToolCallArgumentsDelta, ToolCallStarted
+from threadline.providers.base import (
+    Finished,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+)
 from threadline.services import rate_limits
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.turns import compaction
@@ -35,6 +42,7 @@ from threadline.turns.turn import (
     OutputCallStarted,
     OutputCompaction,
     OutputDelta,
+    OutputReasoning,
     Turn,
     TurnDone,
     TurnEvent,
@@ -52,6 +60,12 @@ class _Answer:
     parts: list[str] = field(default_factory=list)
     call_ids: dict[int, str] = field(default_factory=dict)
     finished: Finished | None = None
+    # The model's reasoning (docs/items.md), saved as one item under this id.
+    thinking: list[str] = field(default_factory=list)
+    reasoning_id: str = field(default_factory=lambda: new_id("rs"))
+
+    def reasoning(self) -> tuple[str, str] | None:
+        return (self.reasoning_id, "".join(self.thinking)) if self.thinking else None
 
     def calls(self) -> list[OutputCall]:
         assert self.finished is not None
@@ -129,7 +143,9 @@ class TurnRunner:
         if error is None and answer.finished is not None:
             try:
                 with watch.span("turn.save"):
-                    record = await self.saver.complete(turn, "".join(answer.parts), answer.finished, answer.calls())
+                    record = await self.saver.complete(
+                        turn, "".join(answer.parts), answer.finished, answer.calls(), answer.reasoning()
+                    )
             except ThreadlineError as exc:
                 error = exc
             else:
@@ -172,6 +188,10 @@ class TurnRunner:
                 first_token()
                 answer.parts.append(event.text)
                 yield OutputDelta(event.text)
+            elif isinstance(event, ReasoningDelta):
+                first_token()
+                answer.thinking.append(event.text)
+                yield OutputReasoning(answer.reasoning_id, event.text)
             elif isinstance(event, ToolCallStarted):
                 if cap is None or event.index < cap:
                     answer.call_ids[event.index] = new_id("fc")

@@ -48,6 +48,9 @@ class Turn:
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
     # At most this many function calls of the answer are kept (None: all).
     max_tool_calls: int | None = None
+    # An Assistants run: an answer with calls is not saved to the thread but waits for their outputs on the
+    # turn's row (status `requires_action`, docs/runs.md).
+    defer_calls: bool = False
     # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
     slot: rate_limits.TurnSlot | None = None
     # A compaction to run before the model call (OpenAI `context_management`, a `compaction_trigger`).
@@ -65,6 +68,14 @@ class Turn:
 
 @dataclass(frozen=True)
 class OutputDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputReasoning:
+    """A piece of the model's reasoning; `item_id` (`rs_…`) is the id its reasoning item is saved under."""
+
+    item_id: str
     text: str
 
 
@@ -102,4 +113,4 @@ class OutputCompaction:
     model: str
 
 
-TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | OutputCompaction | TurnDone
+TurnEvent = OutputDelta | OutputReasoning | OutputCallStarted | OutputCallArguments | OutputCompaction | TurnDone

@@ -36,6 +36,8 @@ from threadline.api.schemas.openai import (
     FunctionCallItemRead,
     OpenAIDeletedRead,
     OutputTextRead,
+    ReasoningItemRead,
+    ReasoningTextRead,
 )
 from threadline.api.schemas.openai_responses import (
     OpenAIResponseCreate,
@@ -56,6 +58,7 @@ from threadline.turns.turn import (
     OutputCallStarted,
     OutputCompaction,
     OutputDelta,
+    OutputReasoning,
     Turn,
     TurnDone,
     TurnEvent,
@@ -202,13 +205,53 @@ class _StreamLayout:
         # The open call: (output index, item id, call id, name, arguments so far).
         self.call: tuple[int, str, str, str, list[str]] | None = None
         self.message_done = False
+        # The open reasoning item: (output index, item id, text so far); it comes before the answer.
+        self.reasoning: tuple[int, str, list[str]] | None = None
 
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.message.id, "output_index": self.message_index, "content_index": 0}
 
+    def reasoning_delta(self, event: OutputReasoning) -> Iterator[str]:
+        """Raw reasoning as `response.reasoning_text.*` events on a `reasoning` item (its `content`)."""
+        if not event.text:
+            return
+        if self.reasoning is None:
+            self.reasoning = (self.next_index, event.item_id, [])
+            self.next_index += 1
+            item = ReasoningItemRead(id=event.item_id, summary=[], content=[], status="in_progress")
+            yield self.frame(
+                "response.output_item.added", {"output_index": self.reasoning[0], "item": item.model_dump(mode="json")}
+            )
+            part = ReasoningTextRead(text="").model_dump(mode="json")
+            yield self.frame("response.content_part.added", {**self._reasoning_where(), "part": part})
+        self.reasoning[2].append(event.text)
+        yield self.frame("response.reasoning_text.delta", {**self._reasoning_where(), "delta": event.text})
+
+    def _reasoning_where(self) -> dict[str, Any]:
+        assert self.reasoning is not None
+        return {"item_id": self.reasoning[1], "output_index": self.reasoning[0], "content_index": 0}
+
+    def close_reasoning(self, final: ReasoningItemRead | None = None) -> Iterator[str]:
+        if self.reasoning is None:
+            return
+        where = self._reasoning_where()
+        index, item_id, texts = self.reasoning
+        self.reasoning = None
+        text = "".join(texts)
+        if final is None:
+            final = ReasoningItemRead(
+                id=item_id, summary=[], content=[ReasoningTextRead(text=text)], status="completed"
+            )
+        yield self.frame("response.reasoning_text.done", {**where, "text": text})
+        yield self.frame(
+            "response.content_part.done", {**where, "part": ReasoningTextRead(text=text).model_dump(mode="json")}
+        )
+        yield self.frame("response.output_item.done", {"output_index": index, "item": final.model_dump(mode="json")})
+
     def open_message(self) -> Iterator[str]:
         if self.message_index is not None:
             return
+        yield from self.close_reasoning()
         yield from self.close_call()
         self.message_index = self.next_index
         self.next_index += 1
@@ -247,6 +290,7 @@ class _StreamLayout:
             yield self.frame(name, {"output_index": index, "item": item.model_dump(mode="json")})
 
     def call_started(self, event: OutputCallStarted) -> Iterator[str]:
+        yield from self.close_reasoning()
         yield from self.close_message()
         yield from self.close_call()
         index = self.next_index
@@ -282,7 +326,10 @@ class _StreamLayout:
     def finish(self, final: OpenAIResponseRead) -> Iterator[str]:
         """Close what is open with the saved items (their final text and arguments)."""
         for item in final.output:
-            if isinstance(item, OutputMessageRead):
+            if isinstance(item, ReasoningItemRead):
+                if self.reasoning is not None and self.reasoning[1] == item.id:
+                    yield from self.close_reasoning(item)
+            elif isinstance(item, OutputMessageRead):
                 yield from self.open_message()
                 yield from self.close_message(item)
             elif isinstance(item, FunctionCallItemRead) and self.call is not None and self.call[1] == item.id:
@@ -324,6 +371,9 @@ async def stream_frames(
         async for event in events:
             if isinstance(event, OutputDelta):
                 for chunk in layout.text_delta(event.text):
+                    yield chunk
+            elif isinstance(event, OutputReasoning):
+                for chunk in layout.reasoning_delta(event):
                     yield chunk
             elif isinstance(event, OutputCallStarted):
                 for chunk in layout.call_started(event):

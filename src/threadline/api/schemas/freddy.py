@@ -269,6 +269,8 @@ class MessageRead(ResponseModel):
     images: list[ImageRead] = Field(default_factory=list)
     # A `compaction` item (role `system`, its summary in `content`): the first and last seq it stands for.
     covers: list[int] | None = None
+    # A message with images: all its parts in order, as stored (docs/items.md); null for text only.
+    parts: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
@@ -300,6 +302,7 @@ class MessageRead(ResponseModel):
             token_count=message.token_count,
             model=message.model,
             response_id=message.response_id,
+            parts=payload.get("content") if message.type == "message" else None,
         )
 
 

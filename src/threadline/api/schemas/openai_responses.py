@@ -24,7 +24,7 @@ as OpenAI answers it. The response echoes what was used, numbers where the OpenR
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import Field
 
@@ -42,14 +42,15 @@ from threadline.api.schemas.openai import (
     ConversationItemRead,
     FunctionCallItemRead,
     OutputTextRead,
+    ReasoningItemRead,
     new_item,
     unix,
 )
 from threadline.domain import threads as rules
 from threadline.domain.compaction import CompactionOptions
 from threadline.domain.context import ContextMode
-from threadline.domain.messages import ChatMessage, ItemReference
-from threadline.domain.turns import TRUNCATED_BY_FILTER, TRUNCATED_BY_LENGTH, StoredTurn
+from threadline.domain.messages import ChatMessage, ItemReference, reasoning_payload
+from threadline.domain.turns import EXPIRED, REQUIRES_ACTION, TRUNCATED_BY_FILTER, TRUNCATED_BY_LENGTH, StoredTurn
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
@@ -355,6 +356,9 @@ class ConversationIdRead(ResponseModel):
     id: str
 
 
+ResponseStatus = Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"]
+
+
 class OpenAIResponseRead(ResponseModel):
     """Every field of the OpenResponses `ResponseResource` (and of the SDK's `Response`), with its types."""
 
@@ -362,9 +366,9 @@ class OpenAIResponseRead(ResponseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None
-    status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"]
+    status: ResponseStatus
     model: str
-    output: list[CompactionItemRead | OutputMessageRead | FunctionCallItemRead]
+    output: list[CompactionItemRead | ReasoningItemRead | OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
     incomplete_details: IncompleteDetails | None
     instructions: str | None
@@ -398,12 +402,13 @@ class OpenAIResponseRead(ResponseModel):
         """The stored turn; `in_progress` ones (a stream's first events) have no output yet."""
         echo = turn.echo
         incomplete = None
-        status: Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"] = turn.status
+        # `requires_action` and `expired` belong to Assistants runs, which are never read as responses.
+        status = cast(ResponseStatus, "failed" if turn.status in (REQUIRES_ACTION, EXPIRED) else turn.status)
         if turn.completed and turn.finish_reason in (TRUNCATED_BY_LENGTH, TRUNCATED_BY_FILTER):
             status = "incomplete"
             reason = "max_output_tokens" if turn.finish_reason == TRUNCATED_BY_LENGTH else "content_filter"
             incomplete = IncompleteDetails(reason=reason)
-        output: list[CompactionItemRead | OutputMessageRead | FunctionCallItemRead] = []
+        output: list[CompactionItemRead | ReasoningItemRead | OutputMessageRead | FunctionCallItemRead] = []
         compacted = turn.context.get("compaction_item")
         if turn.completed and compacted:
             # The turn compacted first (docs/compaction.md): its compaction item leads the output.
@@ -412,6 +417,8 @@ class OpenAIResponseRead(ResponseModel):
                     id=compacted["id"], encrypted_content=compacted["summary"], created_by=compacted["model"]
                 )
             )
+        if turn.reasoning is not None:
+            output.append(ReasoningItemRead.of_payload(turn.reasoning[0], reasoning_payload(turn.reasoning[1])))
         if turn.has_message:
             output.append(output_message(turn.id, "incomplete" if incomplete else "completed", turn.output_text))
         output += [

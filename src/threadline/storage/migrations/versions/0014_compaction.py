@@ -1,7 +1,7 @@
 """compaction: summaries in the item sequence, and when to write them (docs/compaction.md)
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 
 A `compaction` item is a row of `messages` like any other item (type `compaction`, role `system`, its summary in
 `content`, the range it covers in `payload`), so no column changes for it; a partial index finds a thread's
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
