@@ -58,6 +58,7 @@ from threadline.storage.tables import Job
 logger = logging.getLogger("threadline.jobs")
 
 CHANNEL = "threadline_jobs"
+_FIRST_PASS_TIMEOUT_SECONDS = 30.0
 _WAKE_ON_COMMIT = "threadline.jobs.wake"
 
 
@@ -219,8 +220,16 @@ class JobRunner:
         return len(self._running)
 
     async def start(self) -> None:
+        """Register for wake-ups and make a first pass (what is due already is claimed before the app serves), then
+        keep claiming in a task of its own."""
         _local_runners.setdefault(_database_key(self._engine.url), set()).add(self)
-        self._loop_task = asyncio.create_task(self._loop(), name="jobs")
+        try:
+            # Bounded: a database that does not answer yet must not hold the start up (the loop retries).
+            async with asyncio.timeout(_FIRST_PASS_TIMEOUT_SECONDS):
+                wait = await self._pass()
+        except TimeoutError:
+            wait = 0.0
+        self._loop_task = asyncio.create_task(self._loop(wait), name="jobs")
 
     async def stop(self) -> None:
         """Stop claiming; cancel the jobs still running and give them back (queued, the attempt not counted)."""
@@ -238,27 +247,29 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._listener.close()
 
-    async def _loop(self) -> None:
+    async def _loop(self, wait: float) -> None:
         while True:
-            self._wake.clear()
-            try:
-                await self._listener.ensure()
-            except Exception:
-                logger.warning("cannot LISTEN for job notifications; polling every %gs", self._poll_seconds)
-            try:
-                wait = await self._claim_and_start()
-            except Exception as exc:
-                if is_unavailable(exc):
-                    logger.warning(
-                        "cannot claim jobs: the database is unavailable; retrying in %gs", self._poll_seconds
-                    )
-                else:
-                    logger.exception("claiming jobs failed")
-                wait = self._poll_seconds
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
+            wait = await self._pass()
+
+    async def _pass(self) -> float:
+        """Listen (again) if need be, claim what is due; returns how long to sleep unless woken. Never raises."""
+        self._wake.clear()
+        try:
+            await self._listener.ensure()
+        except Exception:
+            logger.warning("cannot LISTEN for job notifications; polling every %gs", self._poll_seconds)
+        try:
+            return await self._claim_and_start()
+        except Exception as exc:
+            if is_unavailable(exc):
+                logger.warning("cannot claim jobs: the database is unavailable; retrying in %gs", self._poll_seconds)
+            else:
+                logger.exception("claiming jobs failed")
+            return self._poll_seconds
 
     async def _claim_and_start(self) -> float:
         """Claim what fits and start it; returns how long to sleep unless woken."""
