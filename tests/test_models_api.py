@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from openai.types import Model
 
 from tests.conftest import Caller, make_caller, started_app
 from threadline.config import ProviderConfig, Settings
@@ -33,6 +34,8 @@ UPSTREAMS = [
         models=["gpt-4.1", "meta-llama/Llama-3.1-8B-Instruct"],
         context_window=128000,
         model_context_windows={"meta-llama/Llama-3.1-8B-Instruct": 32000},
+        capabilities={"vision": True},
+        model_capabilities={"meta-llama/Llama-3.1-8B-Instruct": {"vision": False, "json_schema": False}},
     ),
     ProviderConfig(
         name="second", base_url="http://127.0.0.1:9/other/v1", models=["gpt-4.1", "qwen"], tokenizer="o200k"
@@ -119,8 +122,16 @@ async def test_list_models(models_client: httpx.AsyncClient, models_caller: Call
         "owned_by": "upstream",
         "context_window": 128000,
         "default": True,
+        "capabilities": {"tools": True, "vision": True, "json_schema": True, "reasoning": False},
     }
     assert isinstance(first["created"], int) and first["created"] > 1_700_000_000
+    # The model's own configuration overrides its provider's; unconfigured, an upstream's defaults.
+    assert [m["capabilities"] for m in body["data"][1:]] == [
+        {"tools": True, "vision": False, "json_schema": False, "reasoning": False},
+        {"tools": True, "vision": False, "json_schema": True, "reasoning": False},
+    ]
+    # OpenAI's `Model` shape stays exact: the SDK's type validates it strictly, extras aside.
+    assert Model.model_validate(first, strict=True).id == "gpt-4.1"
 
 
 async def test_get_one_model_including_slashes_in_its_id(

@@ -183,6 +183,9 @@ async def test_conversation_errors(
         await oa.conversations.items.create(conversation.id, items=[{"role": "user", "content": "late"}])
     assert conflict.value.code == "thread_archived"
     assert conflict.value.response.headers["x-should-retry"] == "false"
-    # extra_body keys are ignored on this surface.
-    fetched = await oa.conversations.update(conversation.id, metadata=None, extra_body={"unknown": 1})
+    # extra_body keys are refused by name, as OpenAI refuses them (docs/compatibility.md).
+    with pytest.raises(openai.BadRequestError) as unknown:
+        await oa.conversations.update(conversation.id, metadata=None, extra_body={"unknown": 1})
+    assert (unknown.value.code, unknown.value.param) == ("unknown_parameter", "unknown")
+    fetched = await oa.conversations.update(conversation.id, metadata=None)
     assert fetched.id == conversation.id

@@ -400,23 +400,34 @@ async def test_bad_requests(oa: AsyncOpenAI, fake: FakeProvider, fields: dict[st
     assert fake.calls == []
 
 
-async def test_unsupported_fields_are_tolerated(oa: AsyncOpenAI, fake: FakeProvider) -> None:
-    # (Function tools are honoured, not ignored: tests/test_tools_responses.py.)
+async def test_fields_without_effect_are_tolerated_and_echoed(oa: AsyncOpenAI, fake: FakeProvider) -> None:
+    # (Function tools are honoured: tests/test_tools_responses.py; the refused fields: tests/test_responses_options.py.)
     response = await oa.responses.create(
         input="hi",
         tool_choice="auto",
-        text={"format": {"type": "text"}, "verbosity": "low"},
-        reasoning={"effort": "low"},
-        include=["message.output_text.logprobs"],
+        text={"format": {"type": "text"}, "verbosity": "medium"},
+        include=["reasoning.encrypted_content", "web_search_call.results"],
         user="u-1",
+        safety_identifier="s-1",
+        prompt_cache_key="k-1",
         service_tier="auto",
+        stream_options={"include_obfuscation": False},
         top_p=0.5,
         temperature=0.3,
-        extra_body={"something_new": {"x": 1}},
     )
     assert response.output_text == "echo: hi" and response.tools == []
-    assert (response.temperature, response.top_p) == (0.3, None)  # top_p is not applied, so not reported
-    assert fake.params[-1].temperature == 0.3
+    assert (response.temperature, response.top_p) == (0.3, 0.5)  # both applied, so both reported
+    assert (fake.params[-1].temperature, fake.params[-1].top_p) == (0.3, 0.5)
+    assert (response.user, response.safety_identifier, response.prompt_cache_key) == ("u-1", "s-1", "k-1")
+    assert response.service_tier == "default" and response.text is not None
+    assert response.text.format is not None and response.text.format.type == "text"
+
+
+async def test_unknown_parameters_are_refused_as_openai_does(oa: AsyncOpenAI, fake: FakeProvider) -> None:
+    with pytest.raises(openai.BadRequestError) as failed:
+        await oa.responses.create(input="hi", extra_body={"something_new": {"x": 1}})
+    assert (failed.value.code, failed.value.param) == ("unknown_parameter", "something_new")
+    assert fake.calls == []
 
 
 async def test_store_false_lives_in_a_hidden_thread(oa: AsyncOpenAI, client: httpx.AsyncClient, caller: Caller) -> None:

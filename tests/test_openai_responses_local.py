@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -52,3 +53,26 @@ async def test_create_and_stream_with_the_embedded_model(local_app: FastAPI) -> 
         assert (await oa.responses.retrieve(first.id)).output_text == first.output_text
         inputs = await oa.responses.input_items.list(first.id)
         assert [i.content[0].text for i in inputs.data] == ["What is the capital of France?"]
+
+
+async def test_the_embedded_model_keeps_to_a_json_schema(local_app: FastAPI) -> None:
+    """Structured output through a llama.cpp grammar: the answer parses and keeps to the schema."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    caller = await make_caller(local_app)
+    oa, _ = sdk_client(local_app, caller.api_key)
+    async with oa:
+        response = await oa.responses.create(
+            input="Is Paris in France? Answer in JSON.",
+            text={"format": {"type": "json_schema", "name": "verdict", "schema": schema}},
+            max_output_tokens=40,
+        )
+    assert response.status == "completed"
+    assert json.loads(response.output_text)["answer"] in ("yes", "no")
+    assert response.text is not None and response.text.format is not None
+    assert response.text.format.type == "json_schema"
+    assert (response.temperature, response.top_p) == (0.2, 0.9)  # the embedded model's sampling defaults

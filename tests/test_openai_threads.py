@@ -225,11 +225,10 @@ async def test_errors_map_to_sdk_exceptions(
     empty = await oa.beta.threads.create(tool_resources={"code_interpreter": {"file_ids": []}})
     assert empty.tool_resources is None
 
-    # Unknown body keys (extra_body) are tolerated on the OpenAI surface.
-    extra = await oa.beta.threads.messages.create(
-        thread.id, role="user", content="ok", extra_body={"made_up_field": True}
-    )
-    assert extra.content[0].type == "text" and extra.content[0].text.value == "ok"
+    # Unknown body keys (extra_body) are refused by name, as OpenAI refuses them (docs/compatibility.md).
+    with pytest.raises(openai.BadRequestError) as unknown:
+        await oa.beta.threads.messages.create(thread.id, role="user", content="ok", extra_body={"made_up_field": True})
+    assert (unknown.value.code, unknown.value.param) == ("unknown_parameter", "made_up_field")
 
     # A locked thread refuses messages with a 409 the SDK does not retry (x-should-retry: false).
     locked = await client.patch(f"/v1/threads/{thread.id}", json={"state": "locked"}, headers=caller.headers)

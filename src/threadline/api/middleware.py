@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,20 +42,31 @@ class BodyLimitMiddleware:
     A declared `Content-Length` is checked up front (the server holds the body to it). A body without one
     (`Transfer-Encoding: chunked`) is read here, counting the bytes as they arrive, and handed on once complete:
     stopping it inside the route instead would surface as FastAPI's generic "error parsing the body" 400.
+
+    `streamed` maps the paths of routes that read their body as a stream (an import) to their own, larger limit:
+    a declared length is checked against it here, and a chunked body passes through unread (the route counts it).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = dict(streamed or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
+        limit = self.streamed.get(scope["path"])
+        if limit is not None:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await self._reject(send, limit)
+                return
+            await self.app(scope, receive, send)
+            return
         if declared is not None and declared.isdigit():
             if int(declared) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, self.max_bytes)
                 return
             await self.app(scope, receive, send)
             return
@@ -67,17 +79,17 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, self.max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         await self.app(scope, replaying(b"".join(chunks), receive), send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, limit: int) -> None:
         body = json.dumps(
             error_body(
-                f"The request body is larger than {self.max_bytes} bytes.",
+                f"The request body is larger than {limit} bytes.",
                 "invalid_request_error",
                 "payload_too_large",
             )

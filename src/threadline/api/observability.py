@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline import observability
@@ -54,8 +55,9 @@ def note_organization(organization_id: str | None) -> None:
         request.organization_id = organization_id
 
 
-async def record_route(request: Request) -> None:
-    """An app-wide dependency: the matched route's template (`/v1/threads/{thread_id}`) labels the request."""
+async def record_route(request: HTTPConnection) -> None:
+    """An app-wide dependency: the matched route's template (`/v1/threads/{thread_id}`) labels the request (an
+    HTTP request or a WebSocket's handshake)."""
     context = current_request()
     route = request.scope.get("route")
     if context is not None and route is not None:

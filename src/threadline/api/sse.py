@@ -15,10 +15,13 @@ class EventFramer:
     def __init__(self) -> None:
         self.sequence = 0
 
-    def frame(self, name: str, payload: dict[str, Any]) -> str:
+    def data(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         data = {"type": name, "sequence_number": self.sequence, **payload}
         self.sequence += 1
-        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return data
+
+    def frame(self, name: str, payload: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps(self.data(name, payload), ensure_ascii=False)}\n\n"
 
 
 def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:

@@ -4,10 +4,12 @@ tooling: keep it stable. Every command honours THREADLINE_DATABASE_URL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -30,8 +32,9 @@ app.add_typer(retention_app, name="retention")
 
 T = TypeVar("T")
 
-# Exit codes: 1 = bad input or conflict, 2 = usage (typer), 3 = not found, 4 = unavailable.
-_EXIT_CODES = {"NotFound": 3, "UpstreamError": 4}
+# Exit codes: 1 = bad input or conflict (an import: some thread failed), 2 = usage (typer), 3 = not found,
+# 4 = unavailable.
+_EXIT_CODES = {"NotFound": 3, "UpstreamError": 4, "DatabaseUnavailable": 4}
 
 
 def _settings() -> Settings:
@@ -56,8 +59,13 @@ def run_in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaita
         finally:
             await engine.dispose()
 
+    return _run_mapped(_run())
+
+
+def _run_mapped(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; a Threadline error becomes its message on stderr and its exit code."""
     try:
-        return asyncio.run(_run())
+        return asyncio.run(work)
     except ThreadlineError as exc:
         typer.echo(f"error: {exc.message} ({exc.code})", err=True)
         code = next((c for cls in type(exc).__mro__ for n, c in _EXIT_CODES.items() if cls.__name__ == n), 1)
@@ -261,6 +269,67 @@ def retention_run(
     for category, count in report.counts.items():
         typer.echo(f"{category}\t{count}")
     typer.echo(f"{'Dry run: ' if dry_run else ''}{verb} {report.total} in all.")
+
+
+@app.command("export")
+def export_command(
+    org: Annotated[str, typer.Option("--org", help="Organization name or id.")] = "local",
+    thread: Annotated[str | None, typer.Option("--thread", help="Only this thread.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: standard output).")
+    ] = None,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Hidden threads too (store=false, not visible in the UI).")
+    ] = False,
+) -> None:
+    """Export an organization's threads as JSON Lines (docs/export-format.md), streamed; progress on stderr."""
+    from rich.console import Console
+
+    from threadline.cli import thread_data
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    console = Console(stderr=True)
+    with output.open("wb") if output is not None else contextlib.nullcontext(thread_data.stdout_binary()) as out:
+        work = thread_data.export(settings, org, out, thread_id=thread, include_hidden=include_hidden, console=console)
+        count = _run_mapped(work)
+    console.print(f"Exported {count} threads.")
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="An export (.jsonl) or conversations.json.")
+    ],
+    import_format: Annotated[
+        str | None,
+        typer.Option("--format", help="chatgpt or threadline (default: chatgpt for .json, else threadline)."),
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="Organization name or id (created if missing).")] = "local",
+    email: Annotated[str, typer.Option("--email", help="Whom the threads belong to (created if missing).")] = (
+        "you@localhost"
+    ),
+    atomic: Annotated[bool, typer.Option("--atomic", help="Any error: import nothing.")] = False,
+) -> None:
+    """Import threads; a thread imported before from the same source is skipped. Exit 1 if any thread failed."""
+    from rich.console import Console
+
+    from threadline.cli import thread_data
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    console = Console(stderr=True)
+    report = _run_mapped(
+        thread_data.import_file(settings, org, email, file, import_format, atomic=atomic, console=console)
+    )
+    for error in report.errors:
+        where = next((f"{k} {error[k]}" for k in ("line", "conversation") if k in error), "")
+        typer.echo(f"error: {where}: {error['message']} ({error['code']})", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning['thread_id']}: {'; '.join(warning['messages'])}", err=True)
+    typer.echo(f"created {report.created}, skipped {report.skipped}, failed {report.failed}")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ TRUNCATED_BY_FILTER: Final = "content_filter"
 class Usage:
     input_tokens: int
     output_tokens: int
+    # What the upstream reported beyond the totals (OpenAI's usage details); zero when it reports none.
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -86,6 +89,9 @@ class StoredTurn:
     context_mode: ContextMode | None
     max_output_tokens: int | None
     temperature: float | None
+    # What the turn sampled with after the model's defaults (`temperature`, `top_p`, the penalties); empty for
+    # turns recorded before it was kept.
+    sampling: Mapping[str, float]
     echo: Mapping[str, Any]
     run: RunRecord | None
     # The id the answer's message is saved under (known before the answer exists).

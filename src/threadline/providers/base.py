@@ -27,9 +27,23 @@ class ModelInfo:
     # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
     # prompt…): the context builder reserves them. See domain/tokens.py.
     request_overhead_tokens: int = REPLY_PRIMING_TOKENS
-    # Capabilities (docs/items.md): whether the model calls function tools, whether it sees images.
+    # Capabilities (docs/items.md): whether the model calls function tools, whether it sees images, whether it
+    # keeps to a JSON Schema (structured output: OpenAI `text.format`), whether it takes a reasoning effort.
     tools: bool = False
     vision: bool = False
+    json_schema: bool = False
+    reasoning: bool = False
+    # What the model samples with when a request names no value (echoed by the Responses API as used).
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def capabilities(self) -> dict[str, bool]:
+        return {
+            "tools": self.tools,
+            "vision": self.vision,
+            "json_schema": self.json_schema,
+            "reasoning": self.reasoning,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,26 @@ class ToolChoiceFunction:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: `json_schema` (the answer keeps to `schema`) or `json_object` (any JSON object)."""
+
+    type: str  # "json_schema" | "json_object"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     max_output_tokens: int
     temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    # OpenAI's `reasoning_effort` (minimal / low / medium / high), for models with the `reasoning` capability.
+    reasoning_effort: str | None = None
     tools: tuple[FunctionTool, ...] = ()
     tool_choice: str | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
@@ -96,6 +127,13 @@ class Finished:
     input_tokens: int | None = None
     output_tokens: int | None = None
     tool_calls: tuple[ToolCall, ...] = field(default=())
+    # What the upstream reports of its usage beyond the totals (OpenAI's usage details), when it does.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def usage_details(self) -> dict[str, int]:
+        details = {"cached_tokens": self.cached_tokens, "reasoning_tokens": self.reasoning_tokens}
+        return {k: v for k, v in details.items() if v is not None}
 
 
 StreamEvent = TextDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished

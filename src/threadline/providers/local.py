@@ -23,8 +23,8 @@ from typing import Any
 
 from threadline.domain.messages import ChatMessage
 from threadline.domain.tokens import message_token_count, reply_overhead
-from threadline.errors import ContextLengthExceeded, ModelNotFound, ThreadlineError, UpstreamError
-from threadline.providers.base import Finished, GenerationParams, ModelInfo, StreamEvent, TextDelta
+from threadline.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, ThreadlineError, UpstreamError
+from threadline.providers.base import Finished, GenerationParams, ModelInfo, ResponseFormat, StreamEvent, TextDelta
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -183,6 +183,10 @@ class LocalProvider:
             context_window=context_window,
             tokenizer=self._tokenizer.name,
             request_overhead_tokens=self._request_overhead(),
+            # Structured output through llama.cpp's JSON Schema grammars (`_grammar`).
+            json_schema=True,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
         )
 
     def models(self) -> Sequence[ModelInfo]:
@@ -308,13 +312,18 @@ class LocalProvider:
             job.emit(_END)
 
     def _generate(self, llama: Any, job: _Job) -> None:
-        temperature = job.params.temperature
+        temperature, top_p = job.params.temperature, job.params.top_p
         kwargs: dict[str, Any] = {
             "max_tokens": job.params.max_output_tokens,
             "temperature": self.sampling.temperature if temperature is None else temperature,
-            "top_p": self.sampling.top_p,
+            "top_p": self.sampling.top_p if top_p is None else top_p,
             "repeat_penalty": self.sampling.repeat_penalty,
         }
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(job.params, name) is not None:
+                kwargs[name] = getattr(job.params, name)
+        if job.params.response_format is not None:
+            kwargs["grammar"] = _grammar(job.params.response_format)
         if self.sampling.seed is not None:
             kwargs["seed"] = self.sampling.seed
         chunks = llama.create_chat_completion(messages=job.messages, stream=True, **kwargs)
@@ -337,6 +346,27 @@ class LocalProvider:
         # The end-of-generation token is sampled but is not part of the answer (as in OpenAI's usage).
         output_tokens = llama.sampled_tokens - (1 if llama.ended_on_eog else 0)
         job.emit(Finished(finish_reason, input_tokens=llama.prompt_tokens, output_tokens=output_tokens))
+
+
+def _grammar(fmt: ResponseFormat) -> Any:
+    """The llama.cpp grammar that keeps the answer to a JSON Schema (or to any JSON for `json_object`).
+
+    Built here rather than by `create_chat_completion(response_format=…)`, which falls back to plain JSON without
+    a word when a schema cannot be turned into a grammar: such a schema is refused instead."""
+    import json
+
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if fmt.type != "json_schema" or fmt.schema is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+    except Exception as exc:
+        raise InvalidRequest(
+            f"The embedded model cannot keep to this JSON Schema ({exc}); simplify the schema or use another model.",
+            code="unsupported_json_schema",
+            param="text.format.schema",
+        ) from exc
 
 
 def _as_text(message: ChatMessage) -> dict[str, str]:

@@ -12,6 +12,10 @@ Every failure is translated here — httpx exceptions never leave this module:
 | any other HTTP 4xx (bad key, unknown model…)          | UpstreamRejected   | `upstream_rejected`     |
 | malformed JSON, cut off before finish_reason/[DONE], empty | UpstreamError | `upstream_bad_stream`   |
 
+Sampling and output: `temperature`, `top_p`, `presence_penalty`, `frequency_penalty`, `response_format`
+(structured output) and `reasoning_effort` are sent when the request sets them; unset, the upstream's defaults
+apply.
+
 Function tools: `tools` (with `strict` when given), `tool_choice` and `parallel_tool_calls` are sent as chat
 completions takes them. History replays a run of consecutive `function_call` items as ONE assistant message with
 `tool_calls`, and each output as a `tool` message with its `tool_call_id`. Calls are parsed from streamed deltas
@@ -37,6 +41,7 @@ from threadline.providers.base import (
     FunctionTool,
     GenerationParams,
     ModelInfo,
+    ResponseFormat,
     StreamEvent,
     TextDelta,
     ToolCallArgumentsDelta,
@@ -85,8 +90,9 @@ class OpenAICompatProvider:
         windows = dict(model_context_windows or {})
         names = {model: tokenizer_name_for(model, tokenizer) for model in models}
         self._tokenizers = {name: make_tokenizer(name) for name in set(names.values())}
-        # Configured upstreams call tools unless the config says otherwise; vision only when it says so.
-        defaults = {"tools": True, "vision": False, **(capabilities or {})}
+        # Configured upstreams call tools and keep to JSON Schemas unless the config says otherwise; vision and
+        # reasoning efforts only when it says so.
+        defaults = {"tools": True, "vision": False, "json_schema": True, "reasoning": False, **(capabilities or {})}
         per_model = model_capabilities or {}
         self._infos = {}
         for model in models:
@@ -99,6 +105,8 @@ class OpenAICompatProvider:
                 request_overhead_tokens=reply_overhead(self._tokenizers[names[model]]),
                 tools=caps["tools"],
                 vision=caps["vision"],
+                json_schema=caps["json_schema"],
+                reasoning=caps["reasoning"],
             )
 
     def __repr__(self) -> str:  # never show the key
@@ -130,6 +138,13 @@ class OpenAICompatProvider:
         }
         if params.temperature is not None:
             body["temperature"] = params.temperature
+        for name in ("top_p", "presence_penalty", "frequency_penalty"):
+            if getattr(params, name) is not None:
+                body[name] = getattr(params, name)
+        if params.response_format is not None:
+            body["response_format"] = _response_format(params.response_format)
+        if params.reasoning_effort is not None:
+            body["reasoning_effort"] = params.reasoning_effort
         if params.tools:
             body["tools"] = [_tool(tool) for tool in params.tools]
             if params.tool_choice is not None:
@@ -218,6 +233,8 @@ class OpenAICompatProvider:
                 _FINISH_REASONS.get(finish, "stop"),
                 input_tokens=_int(usage, "prompt_tokens"),
                 output_tokens=_int(usage, "completion_tokens"),
+                cached_tokens=_int((usage or {}).get("prompt_tokens_details"), "cached_tokens"),
+                reasoning_tokens=_int((usage or {}).get("completion_tokens_details"), "reasoning_tokens"),
                 tool_calls=calls.done(),
             )
         )
@@ -259,6 +276,8 @@ class OpenAICompatProvider:
             _FINISH_REASONS.get(finish_reason or "stop", "stop"),
             input_tokens=_int(usage, "prompt_tokens"),
             output_tokens=_int(usage, "completion_tokens"),
+            cached_tokens=_int((usage or {}).get("prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=_int((usage or {}).get("completion_tokens_details"), "reasoning_tokens"),
             tool_calls=calls.done(),
         )
 
@@ -351,6 +370,18 @@ def _tool(tool: FunctionTool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    """Chat completions' `response_format` (the Responses API's `text.format` with the schema one level down)."""
+    if fmt.type != "json_schema":
+        return {"type": fmt.type}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema}
+    if fmt.description is not None:
+        schema["description"] = fmt.description
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
 def _tool_choice(choice: str | ToolChoiceFunction) -> Any:
     if isinstance(choice, ToolChoiceFunction):
         return {"type": "function", "function": {"name": choice.name}}
@@ -407,6 +438,6 @@ def _error_message(body: bytes) -> str | None:
     return text[:500] or None
 
 
-def _int(usage: dict[str, Any] | None, key: str) -> int | None:
-    value = (usage or {}).get(key)
+def _int(usage: Any, key: str) -> int | None:
+    value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

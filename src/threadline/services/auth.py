@@ -117,6 +117,15 @@ async def ensure_member(session: AsyncSession, org: str, email: str) -> tuple[Or
     return organization, user
 
 
+async def find_organization(session: AsyncSession, org: str) -> Organization:
+    """An existing organization, by id or name (the CLI's `--org`)."""
+    repo = IdentityRepository(session)
+    organization = await repo.organization(org.strip()) or await repo.organization_by_name(org.strip())
+    if organization is None:
+        raise NotFound(f"No organization '{org}'.", code="organization_not_found", param="org")
+    return organization
+
+
 async def create_api_key(session: AsyncSession, org: str, email: str, name: str | None = None) -> tuple[ApiKey, str]:
     """Create an API key for (org, user), creating either if missing. Returns the row and the secret."""
     organization, user = await ensure_member(session, org, email)

@@ -13,9 +13,11 @@ from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, check_pairing, validate_content
 from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
+from threadline.services import forks
 from threadline.services.auth import Principal
 from threadline.services.conversation import conversation_path, known_calls, pending_calls
 from threadline.services.threads import create_thread, get_thread
+from threadline.storage.repositories.history import HistoryRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
@@ -36,7 +38,10 @@ async def list_messages(
 ) -> Page[Message]:
     """A page of the thread's messages; `roles`/`response_id` narrow it (the Assistants view shows no system
     messages, a run lists its own)."""
-    await get_thread(session, organization_id, thread_id)
+    thread = await get_thread(session, organization_id, thread_id)
+    if forks.reads_through(thread):
+        spans = await forks.spans_of(session, thread)
+        return await HistoryRepository(session).page(organization_id, spans, page, roles=roles, response_id=response_id)
     return await MessageRepository(session).list_page(
         organization_id, thread_id, page, roles=roles, response_id=response_id
     )
@@ -51,8 +56,12 @@ async def get_message(
     roles: Collection[str] | None = None,
 ) -> Message:
     """A live message of the thread; with `roles`, a message of another role is as missing as no message."""
-    await get_thread(session, organization_id, thread_id)
-    message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
+    thread = await get_thread(session, organization_id, thread_id)
+    if forks.reads_through(thread):
+        spans = await forks.spans_of(session, thread)
+        message = await HistoryRepository(session).find(organization_id, spans, message_id, roles=roles)
+    else:
+        message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
         raise MessageNotFound(message_id)
     return message
@@ -75,9 +84,10 @@ async def append_messages(
     if check_state:
         rules.ensure_accepts_messages(thread.id, thread.state)
     limit = settings.max_messages_per_thread
-    if thread.message_count + len(new) > limit:
+    held = thread.message_count + thread.inherited_message_count
+    if held + len(new) > limit:
         raise ThreadFull(
-            f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is {limit} per thread.",
+            f"Thread '{thread.id}' holds {held} messages; the limit is {limit} per thread.",
             param="thread",
         )
     now = utcnow()
@@ -178,6 +188,9 @@ async def _message_to_change(
     rules.ensure_accepts_messages(thread.id, thread.state)
     message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
+        inherited = await forks.find_item(session, thread, message_id) if forks.reads_through(thread) else None
+        if inherited is not None:
+            raise forks.inherited_item(thread, inherited)
         raise MessageNotFound(message_id)
     return thread, message
 
@@ -248,6 +261,7 @@ async def delete_message(
     now = utcnow()
     await repo.soft_delete(message, now)
     await ThreadRepository(session).adjust_message_count(thread, -1, now)
+    await forks.items_deleted(session, organization_id, thread_id, message.seq)
     return message
 
 
@@ -264,6 +278,7 @@ async def delete_all_messages(session: AsyncSession, organization_id: str, threa
     # Locked threads are read-only except for thread-level fields (docs/surfaces.md, lifecycle): history is immutable.
     rules.ensure_accepts_messages(thread.id, thread.state)
     now = utcnow()
+    await forks.all_items_deleted(session, thread)
     deleted = await MessageRepository(session).soft_delete_all(organization_id, thread_id, now)
     await ThreadRepository(session).adjust_message_count(thread, -deleted, now)
     return deleted

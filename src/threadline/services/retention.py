@@ -18,7 +18,9 @@ What a sweep purges, in this order (each category excludes the ones before it, s
 - `webhook_deliveries`: the webhook delivery log's entries finished (delivered or given up) more than
   `webhook_delivery_retention_days` ago.
 
-Purging a thread removes its messages, message edits and responses too. Every delete is a bounded batch in its
+Purging a thread removes its messages, message edits and responses too. Before a thread's messages are purged, the
+forks made from it get their own copy of what they read from it (one transaction per thread, see services/forks.py),
+so a fork keeps its whole history. Every delete is a bounded batch in its
 own short transaction. One sweep at a time across all processes on the database: the sweep holds the lease
 "retention" (renewed while it runs); a process that cannot take it skips.
 """
@@ -40,6 +42,7 @@ from threadline import observability
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.ids import new_id
+from threadline.services import forks
 from threadline.storage.repositories.idempotency import IdempotencyRepository
 from threadline.storage.repositories.leases import LeaseRepository
 from threadline.storage.repositories.retention import (
@@ -259,7 +262,10 @@ class _Sweep:
     async def _purge_thread_rows(
         self, organization_id: str, ids: list[str], created_before: datetime | None, counted_as: str | None
     ) -> None:
-        """The threads' messages (with edits) and responses, one bounded batch per transaction."""
+        """The threads' messages (with edits) and responses, one bounded batch per transaction, once their forks
+        hold their own copies."""
+        for thread_id in ids:
+            await _in_tx(self.maker, partial(_detach_forks, organization_id, thread_id))
         purge_messages = partial(_purge_messages, organization_id, ids, self.batch, created_before)
         while rows := await self._tx(purge_messages):
             if counted_as is not None:
@@ -267,6 +273,10 @@ class _Sweep:
         purge_responses = partial(_purge_responses, organization_id, ids, self.batch, created_before)
         while await self._tx(purge_responses):
             pass
+
+
+async def _detach_forks(organization_id: str, thread_id: str, session: AsyncSession) -> None:
+    await forks.detach_forks(session, organization_id, thread_id)
 
 
 async def _purge_messages(

@@ -11,6 +11,7 @@ from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.errors import AlreadyExists, ThreadNotFound, ValidationFailed
 from threadline.ids import is_valid_client_id, new_id
+from threadline.services import forks
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.storage.repositories.pagination import Page, PageRequest
@@ -272,4 +273,6 @@ async def delete_thread(session: AsyncSession, organization_id: str, thread_id: 
     thread.deleted_at = now
     thread.updated_at = now
     await session.flush()
+    # Its forks read it: they keep their own copy of what they read (docs/threads-as-data.md).
+    await forks.detach_forks(session, organization_id, thread_id)
     return thread

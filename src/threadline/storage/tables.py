@@ -164,6 +164,11 @@ class Thread(Base):
     # foreign key: the sweeper may purge a parent before its children, whose reads then stop at the gap.
     parent_thread_id: Mapped[str | None] = mapped_column(sa.String(128))
     parent_seq: Mapped[int | None]
+    # A fork's live items read from its sources (migration 0012): `message_count` counts its own, so its whole
+    # history holds message_count + inherited_message_count (docs/threads-as-data.md).
+    inherited_message_count: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    # Where an imported thread came from ("chatgpt:<id>", "threadline:<org>/<id>"): a re-import finds it here.
+    source_id: Mapped[str | None] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16), default="open")
     status: Mapped[str] = mapped_column(sa.String(16), default="inactive")
     is_pinned: Mapped[bool] = mapped_column(default=False)
@@ -218,6 +223,15 @@ class Thread(Base):
             sqlite_where=sa.text("parent_thread_id IS NOT NULL"),
             postgresql_where=sa.text("parent_thread_id IS NOT NULL"),
         ),
+        # Idempotent imports (migration 0012): one thread per source in an organization.
+        sa.Index(
+            "ix_threads_organization_id_source_id",
+            "organization_id",
+            "source_id",
+            unique=True,
+            sqlite_where=sa.text("source_id IS NOT NULL"),
+            postgresql_where=sa.text("source_id IS NOT NULL"),
+        ),
     )
 
 
@@ -254,6 +268,8 @@ class Message(Base):
     edited_at: Mapped[datetime | None]
     edit_count: Mapped[int] = mapped_column(default=0)
     deleted_at: Mapped[datetime | None]
+    # Where an imported item came from (the source's node or item id, migration 0012).
+    source_id: Mapped[str | None] = mapped_column(sa.String(255))
 
     __table_args__ = (
         sa.ForeignKeyConstraint(

@@ -1,8 +1,9 @@
 """The stored record of a turn: the one place that knows the keys of the `responses` row's JSON columns.
 
-`request` holds what the turn was asked (after defaults: its inputs, mode, budget…), the surface's echoed fields
-and, for an Assistants run, `run`; `context` holds the context report, then the answer's `finish_reason`, whether
-it has a message (`output_message`) and its function calls (`tool_calls`). Everything else reads `StoredTurn`
+`request` holds what the turn was asked (after defaults: its inputs, mode, budget…, and in `sampling` what it
+sampled with), the surface's echoed fields and, for an Assistants run, `run`; `context` holds the context
+report, then the answer's `finish_reason`, whether it has a message (`output_message`), its function calls
+(`tool_calls`) and the upstream's `usage_details`. Everything else reads `StoredTurn`
 (domain/turns.py) from `stored()`.
 """
 
@@ -30,7 +31,7 @@ from threadline.turns.request import TurnRequest
 # Fields of `request` the engine writes; everything else there is the surface's echo.
 _ENGINE_KEYS = frozenset(
     {"inputs", "instructions", "store", "thread_state", "thread_context_mode", "max_output_tokens", "temperature"}
-    | {"output_message_id", "run"}
+    | {"output_message_id", "run", "sampling"}
 )
 
 
@@ -41,7 +42,13 @@ def stored(row: Response) -> StoredTurn:
     completed = status == COMPLETED
     usage = None
     if row.input_tokens is not None or row.output_tokens is not None:
-        usage = Usage(row.input_tokens or 0, row.output_tokens or 0)
+        details = context.get("usage_details") or {}
+        usage = Usage(
+            row.input_tokens or 0,
+            row.output_tokens or 0,
+            cached_tokens=int(details.get("cached_tokens", 0)),
+            reasoning_tokens=int(details.get("reasoning_tokens", 0)),
+        )
     error = None
     if row.error:
         error = TurnError(str(row.error.get("code", "error")), str(row.error.get("message", "")))
@@ -62,6 +69,7 @@ def stored(row: Response) -> StoredTurn:
         context_mode=mode if mode in CONTEXT_MODES else None,
         max_output_tokens=request.get("max_output_tokens"),
         temperature=request.get("temperature"),
+        sampling=request.get("sampling") or {},
         echo={k: v for k, v in request.items() if k not in _ENGINE_KEYS},
         run=_run(run) if isinstance(run, Mapping) else None,
         output_message_id=request.get("output_message_id"),
@@ -90,8 +98,10 @@ def request_record(
     temperature: float | None,
     output_message_id: str,
     instructions: str | None,
+    sampling: Mapping[str, float],
 ) -> dict[str, Any]:
-    """What the turn was asked, kept on its row (the inputs too: a failed turn saves none to the thread)."""
+    """What the turn was asked, kept on its row (the inputs too: a failed turn saves none to the thread), and
+    what it samples with."""
     record = {
         **request.record,
         "inputs": [_input_record(m) for m in items],
@@ -102,6 +112,7 @@ def request_record(
         "max_output_tokens": max_output,
         "temperature": temperature,
         "output_message_id": output_message_id,
+        "sampling": dict(sampling),
     }
     if request.run is not None:
         run = request.run
@@ -124,14 +135,20 @@ def _input_record(m: ChatMessage) -> dict[str, Any]:
 
 
 def answer_context(
-    context: Mapping[str, Any], finish_reason: str | None, with_message: bool, calls: Sequence[OutputCall]
+    context: Mapping[str, Any],
+    finish_reason: str | None,
+    with_message: bool,
+    calls: Sequence[OutputCall],
+    usage_details: Mapping[str, int],
 ) -> dict[str, Any]:
-    """The `context` column of a completed turn: the report, then how the answer ended and what it holds."""
+    """The `context` column of a completed turn: the report, then how the answer ended and what it holds, and
+    what the upstream reported of its usage beyond the totals (cached and reasoning tokens)."""
     return {
         **context,
         "finish_reason": finish_reason,
         **({} if with_message else {"output_message": False}),
         **({"tool_calls": [_call_record(c) for c in calls]} if calls else {}),
+        **({"usage_details": dict(usage_details)} if usage_details else {}),
     }
 
 

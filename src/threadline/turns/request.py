@@ -10,7 +10,7 @@ from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
 from threadline.domain.messages import ChatMessage, ItemReference, validate_content, validate_role
 from threadline.errors import InvalidRequest, ValidationFailed
-from threadline.providers.base import FunctionTool, ToolChoiceFunction
+from threadline.providers.base import FunctionTool, ResponseFormat, ToolChoiceFunction
 from threadline.providers.registry import ModelRegistry
 from threadline.services import threads as thread_service
 
@@ -47,6 +47,13 @@ class TurnRequest:
     model: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Structured output (OpenAI `text.format`) and `reasoning.effort`: models without the capability refuse
+    # (turns/sampling.py).
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None
     context_mode: ContextMode | None = None
     run: RunOptions | None = None
     # A system message for this turn only (OpenAI `instructions`): always in the context, like an assistant's

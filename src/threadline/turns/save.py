@@ -68,7 +68,9 @@ class TurnSaver:
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "output_seq": rows[-1].seq,
-                "context": answer_context(turn.record.context, finished.finish_reason, with_message, calls),
+                "context": answer_context(
+                    turn.record.context, finished.finish_reason, with_message, calls, finished.usage_details()
+                ),
                 "completed_at": now,
             }
             if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands

@@ -43,6 +43,7 @@ from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.tables import Assistant, Response, Thread
+from threadline.turns import sampling
 from threadline.turns.context import plan_context
 from threadline.turns.lease import LeaseAttempt
 from threadline.turns.record import request_record, stored
@@ -187,9 +188,11 @@ class TurnStarter:
                 param="previous_response_id",
             )
         limit = self.settings.max_messages_per_thread
-        if thread.message_count + len(items) + 1 > limit:
+        # A fork's whole history counts: what it reads from its source too (docs/threads-as-data.md).
+        held = thread.message_count + thread.inherited_message_count
+        if held + len(items) + 1 > limit:
             raise ThreadFull(
-                f"Thread '{thread.id}' holds {thread.message_count} messages; the limit is {limit} per thread.",
+                f"Thread '{thread.id}' holds {held} messages; the limit is {limit} per thread.",
                 param="thread",
             )
 
@@ -210,6 +213,7 @@ class TurnStarter:
                 code="tools_not_supported",
                 param="tools",
             )
+        sampling.check_capabilities(request, info)
         assistant_mode = assistant.thread_context_mode if assistant is not None else None
         mode: ContextMode = (
             request.context_mode
@@ -255,6 +259,7 @@ class TurnStarter:
             choices.temperature,
             output_message_id,
             choices.instructions,
+            sampling.used(_params(choices, request), choices.info),
         )
         return await ResponseRepository(session).add(
             Response(
@@ -296,17 +301,26 @@ def _turn(
             for m in plan.messages
         ],
         inputs=inputs,
-        params=GenerationParams(
-            max_output_tokens=choices.max_output,
-            temperature=choices.temperature,
-            tools=request.tools,
-            tool_choice=request.tool_choice,
-            parallel_tool_calls=request.parallel_tool_calls,
-        ),
+        params=_params(choices, request),
         max_tool_calls=request.call_cap,
         thread_state=request.thread_state,
         output_message_id=record.output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
+    )
+
+
+def _params(choices: _Choices, request: TurnRequest) -> GenerationParams:
+    return GenerationParams(
+        max_output_tokens=choices.max_output,
+        temperature=choices.temperature,
+        top_p=request.top_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        response_format=request.response_format,
+        reasoning_effort=request.reasoning_effort,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        parallel_tool_calls=request.parallel_tool_calls,
     )
 
 

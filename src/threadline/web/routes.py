@@ -22,13 +22,15 @@ _CONTENT_TYPES = {
     ".svg": "image/svg+xml",
 }
 
-# Self only: the page loads nothing from elsewhere, runs no inline script or style, and cannot be framed.
+# Self only: the page loads nothing from elsewhere, runs no inline script or style, and cannot be framed. The one
+# exception is images: a thread's image parts are `data:` or `https:` URLs (docs/items.md), shown as thumbnails
+# (`Referrer-Policy: no-referrer` keeps the page's address from the image's host).
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self'",
+        "img-src 'self' data: https:",
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'self'",

@@ -45,7 +45,7 @@ router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 # Ids are patterned (no NUL or control characters reach the database).
 ResponseIdPath = Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 _PARAMS = {"thread": "conversation", "inputs": "input", "thread_context_mode": "truncation"}
-# What `_sse` sends, in order (one of the last three ends the stream).
+# What `response_events` sends, in order (one of the last three ends the stream).
 RESPONSE_EVENTS = [
     "response.created",
     "response.in_progress",
@@ -62,7 +62,7 @@ RESPONSE_EVENTS = [
 
 
 @contextlib.contextmanager
-def _openai_names() -> Iterator[None]:
+def openai_names() -> Iterator[None]:
     """Errors name the OpenAI request's fields, and a context overflow says how to allow truncation."""
     try:
         yield
@@ -91,7 +91,7 @@ async def create_response(
     turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
-    with _openai_names():
+    with openai_names():
         request = body.to_request(principal.organization(organization_id))
         # Errors found before the model is called (busy, unknown model, too long…) still answer as JSON errors.
         turn = await turns.start(principal, request)
@@ -100,7 +100,7 @@ async def create_response(
             if done.error is not None:
                 raise done.error  # recorded first: 502/504
             return OpenAIResponseRead.of(done.record)
-    return sse_response(_sse(turns.run(turn), turn))
+    return sse_response(response_events(turns.run(turn), turn, EventFramer().frame))
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
@@ -241,9 +241,11 @@ class _StreamLayout:
                 yield from self.close_call(item)
 
 
-async def _sse(events: AsyncGenerator[TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
-    """OpenAI's canonical event sequence; `sequence_number` counts from 0, ids never change."""
-    frame = EventFramer().frame
+async def response_events(
+    events: AsyncGenerator[TurnEvent, None], turn: Turn, frame: Callable[[str, dict[str, Any]], str]
+) -> AsyncIterator[str]:
+    """OpenAI's canonical event sequence, each event framed by `frame` (SSE here, a WebSocket message in
+    `openai_responses_ws.py`); `sequence_number` counts from 0, ids never change."""
     started = OpenAIResponseRead.of(turn.record).model_dump(mode="json")
     yield frame("response.created", {"response": started})
     yield frame("response.in_progress", {"response": started})

@@ -79,6 +79,17 @@ class ThreadUpdate(RequestModel):
     organization_id: str | None = Field(default=None, max_length=64)
 
 
+class ThreadFork(RequestModel):
+    """POST /v1/threads/{id}/fork: the new thread's history is the source's up to `message_id` (default: its newest
+    item), then its own."""
+
+    message_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
+    title: Title | None = None
+    metadata: Metadata | None = None
+    visible_in_ui: bool | None = None
+    organization_id: str | None = Field(default=None, max_length=64)
+
+
 class MetadataPatch(RequestModel):
     metadata: Metadata
     organization_id: str | None = Field(default=None, max_length=64)
@@ -173,7 +184,8 @@ class ThreadRead(ResponseModel):
             # Not the stored column alone: a thread whose turn's server died reads inactive once the lease expired.
             status=thread_status(thread.status, thread.lease_expires_at, utcnow()),
             state=thread.state,
-            message_count=thread.message_count,
+            # A fork's whole history: its own items and those it reads from its source (docs/threads-as-data.md).
+            message_count=thread.message_count + thread.inherited_message_count,
             visible_in_ui=thread.visible_in_ui,
             last_model_used=thread.last_model_used,
             is_pinned=thread.is_pinned,
@@ -211,6 +223,11 @@ class TextRead(ResponseModel):
     text: str
 
 
+class ImageRead(ResponseModel):
+    url: str
+    detail: str = "auto"
+
+
 class MessageRead(ResponseModel):
     """A thread item. `type` says which (docs/items.md): a `message`, a `function_call` (role `assistant`; `name`
     and `arguments`, which are also its `content`) or a `function_call_output` (role `tool`; `output`, also its
@@ -234,6 +251,8 @@ class MessageRead(ResponseModel):
     name: str | None = None
     arguments: str | None = None
     output: str | list[Any] | None = None
+    # A message's image parts (`payload.content`, docs/items.md), in Freddy's input spelling `{url, detail}`.
+    images: list[ImageRead] = Field(default_factory=list)
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
@@ -246,6 +265,12 @@ class MessageRead(ResponseModel):
             name=payload.get("name") if is_call else None,
             arguments=message.content if is_call else None,
             output=payload.get("output", message.content) if is_output else None,
+            images=[
+                ImageRead(url=part["url"], detail=part.get("detail", "auto"))
+                for part in payload.get("content", [])
+                if message.type == "message"
+                if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("url"), str)
+            ],
             thread_id=message.thread_id,
             role=message.role,
             content=message.content,

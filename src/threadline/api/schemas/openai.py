@@ -1,9 +1,9 @@
 """OpenAI-shaped wire schemas: Assistants v2 threads/messages and the Conversations API.
 
 Same rows as the Freddy shapes (`freddy.py`), another projection: integer Unix-second timestamps, the exact
-`object` literals, `[]` rather than null for lists. Requests ignore unknown keys, because the official SDK merges
-`extra_body` into the JSON body; the values we do read are validated here, and anything we cannot honour (image
-parts, files, tool items) is a 400 with a stable code rather than silently dropped.
+`object` literals, `[]` rather than null for lists. Requests take the fields of the SDK's params types and refuse
+any other key (400 `unknown_parameter`, as OpenAI does); the values we read are validated here, and anything we
+cannot honour (image parts, files, tool items) is a 400 with a stable code rather than silently dropped.
 
 Role mapping: the Assistants view shows `user` and `assistant` messages only (its `role` has no other value;
 system prompts belong to assistants there). Conversation items take `developer` as well and store it as
@@ -62,10 +62,11 @@ _TEXT_PARTS_ITEMS = {"input_text", "output_text", "text"}
 
 
 class OpenAIRequest(StorableText):
-    """A request body on an OpenAI surface: unknown keys are ignored (`extra_body`), camelCase is accepted; text
-    follows the same rule as on the Freddy routes (`StorableText`)."""
+    """A request body on an OpenAI surface: the fields of the SDK's params type; any other key is a 400
+    `unknown_parameter`, as OpenAI answers it (docs/compatibility.md). camelCase is accepted; text follows the same
+    rule as on the Freddy routes (`StorableText`)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
 
 
 def unix(value: datetime) -> int:

@@ -17,16 +17,18 @@ Function tools (docs/items.md): `tools` (type `function` only; others are a 400 
 `message`, `function_call` and `function_call_output`; the output holds the answer's text as a message (left out
 when the answer is only calls), then its `function_call` items (`fc_…` ids, the model's `call_…` call ids).
 
-Unknown and unsupported-but-harmless fields (`text`, `reasoning`, `include`, `user`, …) are accepted and
-ignored; the response reports what was actually used (`text.format: text`).
+Every other field of the SDK's `ResponseCreateParams` is honoured, refused or accepted as having no effect
+(`api/schemas/openai_options.py`, docs/compatibility.md); a key OpenAI does not know is a 400 `unknown_parameter`,
+as OpenAI answers it. The response echoes what was used, numbers where the OpenResponses schema says number.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
+from threadline.api.schemas import openai_options as options
 from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
 from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
 from threadline.domain import threads as rules
@@ -40,18 +42,28 @@ from threadline.turns.request import TurnRequest
 
 _TRUNCATION: dict[str, ContextMode] = {"disabled": "full", "auto": "recent"}
 _RESPONSE_ERROR_CODES = {"rate_limited": "rate_limit_exceeded"}
+# Request fields echoed from the response record as they were used (`OpenAIResponseCreate.to_request`).
+_ECHOED = (
+    "text",
+    "reasoning",
+    "service_tier",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+)
 
 
 class ConversationRef(RequestModel):
-    model_config = ConfigDict(extra="ignore")
-
     id: str = Field(max_length=128)
 
 
-class OpenAIResponseCreate(RequestModel):
-    """`POST /v1/responses`. Unknown keys are ignored (the SDK merges `extra_body` into the body)."""
+Identifier = Annotated[str, Field(max_length=512)]
 
-    model_config = ConfigDict(extra="ignore")
+
+class OpenAIResponseCreate(RequestModel):
+    """`POST /v1/responses`: the fields of the SDK's `ResponseCreateParams`; any other key is a 400
+    `unknown_parameter` (docs/compatibility.md)."""
 
     model: str | None = Field(default=None, max_length=200)
     input: MessageText | list[Any] | None = None
@@ -70,6 +82,26 @@ class OpenAIResponseCreate(RequestModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = Field(default=None, ge=1, le=1_000)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    include: list[Any] | None = Field(default=None, max_length=16)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    service_tier: str | None = Field(default=None, max_length=32)
+    user: Identifier | None = None
+    safety_identifier: Identifier | None = None
+    prompt_cache_key: Identifier | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
+    # Refused when given a value (`openai_options.REFUSED_FIELDS`), declared so that they are not "unknown".
+    access_programs: Any = None
+    background_options: Any = None
+    context_management: Any = None
+    image: Any = None
+    moderation: Any = None
+    prompt: Any = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -92,9 +124,21 @@ class OpenAIResponseCreate(RequestModel):
             )
         metadata = dict(self.metadata or {})
         rules.validate_metadata(metadata)
+        options.check_refused(self.model_dump(include=set(options.REFUSED_FIELDS) | {"context_management"}))
+        options.check_top_logprobs(self.top_logprobs)
+        options.check_include(self.include)
+        response_format, text = options.text_format(self.text)
+        effort, reasoning = options.reasoning_effort(self.reasoning)
         tools = self._tools()
         choice = self._tool_choice(tools)
         echo: dict[str, Any] = {
+            "text": text,
+            "reasoning": reasoning,
+            "service_tier": options.service_tier(self.service_tier),
+            "user": self.user,
+            "safety_identifier": self.safety_identifier,
+            "prompt_cache_key": self.prompt_cache_key,
+            "prompt_cache_retention": self.prompt_cache_retention,
             "tools": [t.as_response_tool() for t in tools],
             "tool_choice": self.tool_choice if isinstance(self.tool_choice, str) else None,
             "parallel_tool_calls": self.parallel_tool_calls is not False,
@@ -112,6 +156,11 @@ class OpenAIResponseCreate(RequestModel):
             model=self.model,
             max_output_tokens=self.max_output_tokens,
             temperature=self.temperature,
+            top_p=self.top_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            response_format=response_format,
+            reasoning_effort=effort,
             context_mode=_TRUNCATION[self.truncation or "disabled"],
             instructions=self.instructions,
             record={"metadata": metadata, "conversation": conversation, **echo},
@@ -257,19 +306,13 @@ class IncompleteDetails(ResponseModel):
     reason: Literal["max_output_tokens", "content_filter"]
 
 
-class TextFormat(ResponseModel):
-    type: Literal["text"] = "text"
-
-
-class TextConfig(ResponseModel):
-    format: TextFormat = Field(default_factory=TextFormat)
-
-
 class ConversationIdRead(ResponseModel):
     id: str
 
 
 class OpenAIResponseRead(ResponseModel):
+    """Every field of the OpenResponses `ResponseResource` (and of the SDK's `Response`), with its types."""
+
     id: str
     object: Literal["response"] = "response"
     created_at: int
@@ -285,8 +328,11 @@ class OpenAIResponseRead(ResponseModel):
     conversation: ConversationIdRead | None
     usage: OpenAIUsage | None
     max_output_tokens: int | None
-    temperature: float | None
-    top_p: float | None
+    temperature: float
+    top_p: float
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int = 0
     truncation: Literal["auto", "disabled"]
     store: bool
     background: bool = False
@@ -294,9 +340,13 @@ class OpenAIResponseRead(ResponseModel):
     tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = Field(default_factory=list)
     max_tool_calls: int | None = None
-    text: TextConfig = Field(default_factory=TextConfig)
-    reasoning: None = None
-    user: None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}, "verbosity": "medium"})
+    reasoning: dict[str, Any] | None = None
+    service_tier: str = "default"
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
 
     @classmethod
     def of(cls, turn: StoredTurn) -> OpenAIResponseRead:
@@ -335,19 +385,27 @@ class OpenAIResponseRead(ResponseModel):
             previous_response_id=turn.previous_response_id,
             conversation=ConversationIdRead(id=conversation) if conversation else None,
             usage=OpenAIUsage(
-                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+                input_tokens=usage.input_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
+                output_tokens=usage.output_tokens,
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=usage.reasoning_tokens),
+                total_tokens=usage.total_tokens,
             )
             if usage
             else None,
             max_output_tokens=turn.max_output_tokens,
-            temperature=turn.temperature,
-            top_p=None,  # accepted, not applied: the providers sample with temperature only
+            # Turns recorded before `sampling` was kept sent no top_p, and the temperature asked (if any).
+            temperature=turn.sampling.get("temperature", turn.temperature or 1.0),
+            top_p=turn.sampling.get("top_p", 1.0),
+            presence_penalty=turn.sampling.get("presence_penalty", 0.0),
+            frequency_penalty=turn.sampling.get("frequency_penalty", 0.0),
             truncation="disabled" if turn.context_mode == "full" else "auto",
             store=turn.store,
             parallel_tool_calls=echo.get("parallel_tool_calls", True),
             tool_choice=echo.get("tool_choice") or "auto",
             tools=echo.get("tools") or [],
             max_tool_calls=echo.get("max_tool_calls"),
+            **{key: echo[key] for key in _ECHOED if echo.get(key) is not None},
         )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -81,33 +82,57 @@ class SearchRepository:
             sa.cast(Thread.id, sa.Text),
         )
 
-    def matching_threads(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Select[Any]:
-        """SQLite: threads whose title, or one of whose live messages, contains every term."""
-        by_message = sa.select(Message.thread_id).where(
-            self._same(Message.organization_id, where.organization_id),
-            Message.deleted_at.is_(None),
-            self._message_match(terms),
+    def _reach(self, organization_id: str, terms: Sequence[str], same: Any) -> sa.CTE:
+        """(thread_id, seq, stored_in) of every live matching message, for its own thread and for every fork
+        that reads it (docs/threads-as-data.md): a fork made at or after the message's seq, then the forks of
+        that fork, along the partial index of children (migration 0003). Response chains are not searched
+        through (their messages are their own turns only)."""
+        seed = sa.select(
+            Message.thread_id.label("thread_id"), Message.seq.label("seq"), Message.thread_id.label("stored_in")
+        ).where(
+            same(Message.organization_id, organization_id), Message.deleted_at.is_(None), self._message_match(terms)
         )
+        reach = seed.cte("reach", recursive=True)
+        child = aliased(Thread, name="reader")
+        step = (
+            sa.select(child.id, reach.c.seq, reach.c.stored_in)
+            .join(
+                reach,
+                sa.and_(
+                    child.organization_id == organization_id,
+                    child.parent_thread_id == reach.c.thread_id,
+                    child.parent_seq >= reach.c.seq,
+                ),
+            )
+            .where(child.deleted_at.is_(None), child.kind != sa.literal_column("'chain'"))
+        )
+        return reach.union_all(step)
+
+    def matching_threads(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Select[Any]:
+        """SQLite: threads whose title, or one of whose live messages (its own or read from its source),
+        contains every term."""
+        reach = self._reach(where.organization_id, terms, self._same)
+        by_message = sa.select(reach.c.thread_id)
         by_title = sa.select(_TITLED.c.id).where(
             self._same(_TITLED.c.organization_id, where.organization_id), self._title_match(terms)
         )
         return sa.select(Thread).where(*thread_conditions(where), Thread.id.in_(sa.union(by_message, by_title)))
 
     def _hits(self, where: ThreadFilter, terms: Sequence[str]) -> sa.Subquery:
-        """PostgreSQL: each matching thread once, with the seq of its newest live matching message (NULL when
-        only its title matches). One pass over the matches, straight from the full-text indexes."""
-        by_message = sa.select(Message.thread_id.label("thread_id"), Message.seq.label("seq")).where(
-            _in_c(Message.organization_id) == where.organization_id,
-            Message.deleted_at.is_(None),
-            self._message_match(terms),
-        )
-        by_title = sa.select(_TITLED.c.id, sa.cast(sa.null(), sa.Integer)).where(
+        """PostgreSQL: each matching thread once, with the seq of its newest live matching message and the thread
+        that stores it (NULL when only its title matches). One pass over the matches, straight from the full-text
+        indexes (and along the children index for the forks that read them)."""
+        reach = self._reach(where.organization_id, terms, lambda column, value: _in_c(column) == value)
+        by_message = sa.select(reach.c.thread_id, reach.c.seq, reach.c.stored_in)
+        by_title = sa.select(_TITLED.c.id, sa.cast(sa.null(), sa.Integer), sa.cast(sa.null(), sa.String)).where(
             _in_c(_TITLED.c.organization_id) == where.organization_id, self._title_match(terms)
         )
         matches = sa.union_all(by_message, by_title).subquery("matches")
+        # The newest match per thread: DISTINCT ON keeps the first row of each thread in this order.
         return (
-            sa.select(matches.c.thread_id, sa.func.max(matches.c.seq).label("seq"))
-            .group_by(matches.c.thread_id)
+            sa.select(matches.c.thread_id, matches.c.seq, matches.c.stored_in)
+            .ext(postgresql.distinct_on(matches.c.thread_id))
+            .order_by(matches.c.thread_id, matches.c.seq.desc().nulls_last())
             .subquery("hits")
         )
 
@@ -127,7 +152,7 @@ class SearchRepository:
             sa.select(Thread).where(*thread_conditions(where), Thread.id == hits.c.thread_id).limit(1).lateral("found")
         )
         found = aliased(Thread, by_id)
-        query = sa.select(found, hits.c.seq).select_from(hits).join(by_id, sa.true())
+        query = sa.select(found, hits.c.seq, hits.c.stored_in).select_from(hits).join(by_id, sa.true())
         return query, (found.created_at, found.id)
 
     async def search(
@@ -141,23 +166,26 @@ class SearchRepository:
             found = await fetch_page(self.session, query, sort, page, cursors)
             return found, await self.latest_hits(where.organization_id, [t.id for t in found.items], terms)
         rows = await fetch_page(self.session, query, sort, page, cursors, scalars=False)
-        newest = {thread.id: seq for thread, seq in rows.items if seq is not None}
-        threads = Page(items=[thread for thread, _ in rows.items], has_more=rows.has_more, total=rows.total)
+        newest = {thread.id: (stored_in, seq) for thread, seq, stored_in in rows.items if seq is not None}
+        threads = Page(items=[thread for thread, _, _ in rows.items], has_more=rows.has_more, total=rows.total)
         return threads, await self._messages_at(where.organization_id, newest)
 
-    async def _messages_at(self, organization_id: str, seqs: dict[str, int]) -> dict[str, MessageHit]:
-        """PostgreSQL: the live messages at the given (thread, seq) positions, each by its unique key (LATERAL,
-        for the same reason as in `_page_query`)."""
-        if not seqs:
+    async def _messages_at(self, organization_id: str, at_seqs: dict[str, tuple[str, int]]) -> dict[str, MessageHit]:
+        """PostgreSQL: per thread, the live message at (the thread storing it, seq), each by its unique key
+        (LATERAL, for the same reason as in `_page_query`)."""
+        if not at_seqs:
             return {}
-        wanted = sa.values(sa.column("thread_id", sa.String), sa.column("seq", sa.Integer), name="wanted").data(
-            list(seqs.items())
-        )
+        wanted = sa.values(
+            sa.column("thread_id", sa.String),
+            sa.column("stored_in", sa.String),
+            sa.column("seq", sa.Integer),
+            name="wanted",
+        ).data([(thread_id, stored_in, seq) for thread_id, (stored_in, seq) in at_seqs.items()])
         at = (
             sa.select(Message.id, Message.content)
             .where(
                 Message.organization_id == organization_id,
-                Message.thread_id == wanted.c.thread_id,
+                Message.thread_id == wanted.c.stored_in,
                 Message.seq == wanted.c.seq,
                 Message.deleted_at.is_(None),
             )
@@ -171,25 +199,23 @@ class SearchRepository:
     async def latest_hits(
         self, organization_id: str, thread_ids: Sequence[str], terms: Sequence[str]
     ) -> dict[str, MessageHit]:
-        """SQLite: per thread, its newest live message that matches (for the result's snippet)."""
+        """SQLite: per thread, its newest live message that matches, its own or read from its source (for the
+        result's snippet)."""
         if not thread_ids:
             return {}
+        reach = self._reach(organization_id, terms, self._same)
+        # SQLite's bare columns: with max(), `stored_in` comes from the row holding the maximum.
         newest = (
-            sa.select(Message.thread_id, sa.func.max(Message.seq).label("seq"))
-            .where(
-                Message.organization_id == organization_id,
-                Message.thread_id.in_(thread_ids),
-                Message.deleted_at.is_(None),
-                self._message_match(terms),
-            )
-            .group_by(Message.thread_id)
+            sa.select(reach.c.thread_id, sa.func.max(reach.c.seq).label("seq"), reach.c.stored_in)
+            .where(reach.c.thread_id.in_(thread_ids))
+            .group_by(reach.c.thread_id)
             .subquery()
         )
-        query = sa.select(Message.thread_id, Message.id, Message.content).join(
+        query = sa.select(newest.c.thread_id, Message.id, Message.content).join(
             newest,
             sa.and_(
                 Message.organization_id == organization_id,
-                Message.thread_id == newest.c.thread_id,
+                Message.thread_id == newest.c.stored_in,
                 Message.seq == newest.c.seq,
             ),
         )

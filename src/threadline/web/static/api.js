@@ -171,6 +171,30 @@ export class Api {
     return this.request("GET", path, { query });
   }
 
+  /** GET a file (an export) and hand it to the browser as a download named `filename`. */
+  async download(path, filename) {
+    const org = this.organizationId;
+    const response = await fetch(this.url(path, org ? { organization_id: org } : {}), { headers: this.headers() });
+    if (!response.ok) throw await errorFrom(response);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = filename;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  }
+
+  /** POST a file as the body itself (an import), with the file's own media type; answers the JSON result. */
+  async upload(path, file, contentType) {
+    const org = this.organizationId;
+    const response = await fetch(this.url(path, org ? { organization_id: org } : {}), {
+      method: "POST",
+      headers: this.headers({ "Content-Type": contentType }),
+      body: file,
+    });
+    if (!response.ok) throw await errorFrom(response);
+    return response.json();
+  }
+
   /** POST /v1/auth/token: email + password → a bearer token. */
   async login(email, password) {
     const response = await fetch(this.url("/v1/auth/token"), {

@@ -34,7 +34,15 @@ const ctx = {
     }
     notice.show(error);
   },
+  /** Say something that is not an error (an import's result). */
+  inform(text) {
+    notice.show({ message: text });
+  },
   openThread: (thread) => openThread(thread),
+  threadCreated: (thread) => {
+    threadList.upsert(thread, true);
+    return openThread(thread);
+  },
   threadChanged: (thread) => threadChanged(thread),
   threadDeleted: (thread) => threadDeleted(thread),
   refreshThread: (thread) => refreshThread(thread),

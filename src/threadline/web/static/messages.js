@@ -6,7 +6,42 @@ import { $, busy, clear, h, timeEl } from "./dom.js";
 import { threadPath } from "./threads.js";
 
 const PAGE_SIZE = 30;
-const ROLE_LABELS = { user: "User", assistant: "Assistant", system: "System" };
+const ROLE_LABELS = { user: "User", assistant: "Assistant", system: "System", tool: "Tool" };
+// Longer tool arguments or outputs start collapsed (a summary line; the whole text one click away).
+const COLLAPSE_CHARS = 240;
+const COLLAPSE_LINES = 6;
+
+/** JSON text shown indented when it parses (a model's arguments usually come on one line), else as written. */
+function pretty(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}
+
+/** A block of tool text: open when short, a collapsed <details> with its first line as the summary when long. */
+function toolText(label, text) {
+  const shown = pretty(text ?? "");
+  const body = h("pre", { class: "tool-text" }, shown);
+  const long = shown.length > COLLAPSE_CHARS || shown.split("\n").length > COLLAPSE_LINES;
+  const firstLine = shown.split("\n")[0].slice(0, 80);
+  return h(
+    "details",
+    { class: "tool-block", open: !long },
+    h("summary", {}, h("span", { class: "tool-label" }, label), long ? h("span", { class: "tool-preview" }, `${firstLine}…`) : null),
+    body,
+  );
+}
+
+/** An image part as a thumbnail that opens the full image. */
+function thumbnail(image, index) {
+  return h(
+    "a",
+    { class: "thumb-link", href: image.url, target: "_blank", rel: "noopener noreferrer" },
+    h("img", { class: "thumb", src: image.url, alt: `Image ${index + 1}`, loading: "lazy" }),
+  );
+}
 
 export class MessagesView {
   constructor(ctx) {
@@ -96,18 +131,51 @@ export class MessagesView {
           )
         : null,
     );
+    const isMessage = (message.type ?? "message") === "message";
     const actions = h(
       "div",
       { class: "message-actions" },
-      h("button", { type: "button", class: "button-quiet", "aria-label": "Edit message", onClick: () => this.edit(message) }, "Edit"),
+      h("button", { type: "button", class: "button-quiet", "aria-label": "Fork from this message", title: "A new thread with the history up to here", onClick: (event) => busy(event.currentTarget, () => this.fork(message)) }, "Fork"),
+      // A call's arguments and a tool's output are what the model said and got: they are not edited here.
+      isMessage
+        ? h("button", { type: "button", class: "button-quiet", "aria-label": "Edit message", onClick: () => this.edit(message) }, "Edit")
+        : null,
       h("button", { type: "button", class: "button-quiet", "aria-label": "Delete message", onClick: () => this.remove(message) }, "Delete"),
     );
     return h(
       "li",
-      { class: `message message-${message.role}`, dataset: { id: message.id } },
+      { class: `message message-${message.role} message-type-${message.type ?? "message"}`, dataset: { id: message.id } },
       head,
-      h("p", { class: "message-content" }, message.content),
+      this.body(message),
       actions,
+    );
+  }
+
+  /** What an item says: a message's text and images, a function call, a tool's output. */
+  body(message) {
+    if (message.type === "function_call") {
+      return h(
+        "div",
+        { class: "tool-call" },
+        h("p", { class: "tool-name" }, h("span", { class: "tool-kind" }, "Calls "), h("code", {}, message.name ?? "?"), h("span", { class: "call-id" }, message.call_id)),
+        toolText("Arguments", message.arguments ?? message.content),
+      );
+    }
+    if (message.type === "function_call_output") {
+      const output = typeof message.output === "string" ? message.output : message.content;
+      return h(
+        "div",
+        { class: "tool-output" },
+        h("p", { class: "tool-name" }, h("span", { class: "tool-kind" }, "Output of "), h("span", { class: "call-id" }, message.call_id)),
+        toolText("Output", output),
+      );
+    }
+    const images = message.images ?? [];
+    return h(
+      "div",
+      { class: "message-body" },
+      message.content ? h("p", { class: "message-content" }, message.content) : null,
+      images.length ? h("div", { class: "thumbs" }, images.map(thumbnail)) : null,
     );
   }
 
@@ -129,6 +197,18 @@ export class MessagesView {
   replace(updated) {
     this.messages = this.messages.map((m) => (m.id === updated.id ? updated : m));
     this.render();
+  }
+
+  /** A new thread whose history is this one's up to `message` (nothing is copied), opened at once. */
+  async fork(message) {
+    try {
+      const forked = await this.ctx.api.request("POST", `${threadPath(this.thread)}/fork`, {
+        body: { message_id: message.id },
+      });
+      this.ctx.threadCreated(forked);
+    } catch (error) {
+      this.ctx.fail(error);
+    }
   }
 
   async edit(message) {

@@ -42,6 +42,26 @@ export class ThreadList {
     for (const box of Object.values(this.filters)) box.addEventListener("change", () => this.reload());
     this.moreButton.addEventListener("click", () => busy(this.moreButton, () => this.load(false)));
     $("new-thread").addEventListener("click", (event) => busy(event.currentTarget, () => this.create()));
+    const picker = $("import-file");
+    $("import-threads").addEventListener("click", () => picker.click());
+    picker.addEventListener("change", () => busy($("import-threads"), () => this.importFile(picker)));
+  }
+
+  /** An export (.jsonl) or ChatGPT's conversations.json: imported, then the result said and the list reloaded. */
+  async importFile(picker) {
+    const file = picker.files && picker.files[0];
+    picker.value = "";
+    if (!file) return;
+    const type = file.name.toLowerCase().endsWith(".json") ? "application/json" : "application/x-ndjson";
+    try {
+      const result = await this.ctx.api.upload("/v1/threads/import", file, type);
+      const said = `Imported ${file.name}: ${result.created} created, ${result.skipped} already there, ${result.failed} failed.`;
+      const details = [...result.errors.map((e) => e.message), ...result.warnings.flatMap((w) => w.messages)];
+      this.ctx.inform(details.length ? `${said} ${details.slice(0, 5).join(" · ")}` : said);
+      await this.reload();
+    } catch (error) {
+      this.ctx.fail(error);
+    }
   }
 
   query() {
@@ -159,6 +179,7 @@ export class ThreadHeader {
       lock: $("act-lock"),
       archive: $("act-archive"),
       delete: $("act-delete"),
+      export: $("act-export"),
     };
     const on = (name, action) =>
       this.buttons[name].addEventListener("click", async () => {
@@ -173,6 +194,9 @@ export class ThreadHeader {
     on("lock", () => this.patch(this.buttons.lock, { state: this.thread.state === "locked" ? "open" : "locked" }));
     on("archive", () => this.archive());
     on("delete", () => this.remove());
+    on("export", () =>
+      busy(this.buttons.export, () => this.ctx.api.download(`${threadPath(this.thread)}/export`, `${this.thread.id}.jsonl`)),
+    );
   }
 
   show(thread) {
@@ -195,6 +219,7 @@ export class ThreadHeader {
     rename.disabled = deleted;
     pin.disabled = deleted;
     this.buttons.delete.disabled = deleted;
+    this.buttons.export.disabled = deleted;
   }
 
   async patch(button, changes) {
