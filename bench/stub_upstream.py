@@ -1,7 +1,10 @@
 """An instant OpenAI-compatible upstream: POST /v1/chat/completions answers at once (streaming or not).
 
 Run: python bench/stub_upstream.py --port 9100. Used by turn_overhead.py so that what is measured is
-Threadline's own cost per turn, not a model's.
+Threadline's own cost per turn, not a model's. A summary request (compaction.py: the last user message starts
+`Summarise this conversation:`) is answered with the transcript's own lines, an earlier summary's as they are, cut
+to `max_tokens` words: a summariser that keeps the oldest facts, so the benchmark measures what the context
+builder keeps, not a model's judgement.
 """
 
 from __future__ import annotations
@@ -31,9 +34,25 @@ def _chunk(model: str, delta: dict[str, str], finish: str | None) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
+SUMMARY_REQUEST = "Summarise this conversation:"
+EARLIER = "Summary of what came before: "
+
+
+def _reply(payload: dict[str, object]) -> list[str]:
+    messages = payload.get("messages") or []
+    last = messages[-1] if isinstance(messages, list) and messages else {}
+    text = last.get("content") if isinstance(last, dict) else None
+    if not isinstance(text, str) or not text.startswith(SUMMARY_REQUEST):
+        return REPLY
+    lines = [line.removeprefix(EARLIER) for line in text.removeprefix(SUMMARY_REQUEST).split("\n\n") if line.strip()]
+    words = " / ".join(lines).split(" ")[: int(str(payload.get("max_tokens") or 512))]
+    return [" ".join(words)]
+
+
 async def completions(request: Request) -> Response:
     payload = await request.json()
     model = payload.get("model", "stub")
+    reply = _reply(payload)
     if not payload.get("stream"):
         return JSONResponse(
             {
@@ -42,15 +61,15 @@ async def completions(request: Request) -> Response:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "".join(REPLY)}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(reply)}, "finish_reason": "stop"}
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(REPLY), "total_tokens": 1 + len(REPLY)},
+                "usage": {"prompt_tokens": 1, "completion_tokens": len(reply), "total_tokens": 1 + len(reply)},
             }
         )
 
     async def events() -> AsyncIterator[str]:
         yield _chunk(model, {"role": "assistant", "content": ""}, None)
-        for piece in REPLY:
+        for piece in reply:
             yield _chunk(model, {"content": piece}, None)
         yield _chunk(model, {}, "stop")
         yield "data: [DONE]\n\n"

@@ -66,7 +66,9 @@ async def test_invalid_values_are_400(client: httpx.AsyncClient, caller: Caller)
         ({"maxOutputTokens": 0}, "maxOutputTokens"),
         ({"threadContextMode": "everything"}, "threadContextMode"),
         ({"name": "x" * 257}, "name"),
-        ({"tools": []}, "tools"),
+        ({"tools": "get_weather"}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0"),
+        ({"fileIds": []}, "fileIds"),
     ):
         response = await client.post("/v1/assistants", json=body, headers=caller.headers)
         assert response.status_code == 400, (body, response.text)

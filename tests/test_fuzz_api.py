@@ -105,7 +105,10 @@ FRAMING_HEADERS = {"transfer-encoding", "content-length", "connection", "host", 
 # schemas must carry them): with THREADLINE_FUZZ_VALID_ACCEPTED=1 the fuzz fails on those too.
 STATE_RULES = {
     "invalid_cursor",  # a well-formed cursor that names no item of the list
-    "response_not_cancellable",  # every stored response is finished
+    "response_not_cancellable",  # a response that was not run in the background
+    "response_not_streamed",  # resuming the stream of a response that was not streamed
+    "invalid_starting_after",  # past the end of the stream recorded so far
+    "background_requires_store",  # `background` with `store: false`
     "run_not_cancellable",  # a run finishes in the request that starts it
     "thread_empty",  # generateName on a thread with no message
     "context_length_exceeded",  # the thread and the inputs do not fit the model's window

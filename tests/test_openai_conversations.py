@@ -144,7 +144,7 @@ async def test_conversation_errors(
 
     cases: list[tuple[list[Any], str, str]] = [
         (
-            [{"type": "reasoning", "id": "rs_1", "summary": []}],
+            [{"type": "web_search_call", "id": "ws_1", "status": "completed"}],
             "unsupported_item_type",
             "items.0.type",
         ),
@@ -152,7 +152,8 @@ async def test_conversation_errors(
             [
                 {
                     "role": "user",
-                    "content": [{"type": "input_image", "detail": "auto", "image_url": "https://x.test/a.png"}],
+                    # Images are stored (tests/test_items_images.py); files are not.
+                    "content": [{"type": "input_file", "file_id": "file_1"}],
                 }
             ],
             "unsupported_content_type",

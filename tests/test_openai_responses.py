@@ -89,7 +89,7 @@ async def test_create_returns_a_strict_response_with_output_text(
     assert fetched.to_dict() == response.to_dict()
     with pytest.raises(openai.BadRequestError) as resume:
         await oa.responses.retrieve(response.id, stream=True)
-    assert (resume.value.code, resume.value.param) == ("unsupported_parameter", "stream")
+    assert (resume.value.code, resume.value.param) == ("response_not_streamed", "stream")  # it was not streamed
 
     # One store: the same response through the Freddy API, its answer a message of its thread under the item id.
     freddy = (await client.get(f"/v1/model/response/{response.id}", headers=caller.headers)).json()
@@ -372,19 +372,24 @@ async def test_delete_cancel_and_errors(
     ("fields", "code", "param"),
     [
         (
-            {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
+            {"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]},
             "unsupported_item_type",
             "input.0.type",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
+            "invalid_image_url",
+            "input.0.content.0.image_url",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
             "unsupported_content_type",
             "input.0.content.0.type",
         ),
         ({"input": [{"role": "tool", "content": "x"}]}, "invalid_role", "input.0.role"),
         ({"input": []}, "empty_input", "input"),
         ({}, "missing_required_parameter", "input"),
-        ({"input": "x", "background": True}, "unsupported_parameter", "background"),
+        ({"input": "x", "background": True, "store": False}, "background_requires_store", "store"),
         ({"input": "x", "truncation": "weird"}, "invalid_value", "truncation"),
         ({"input": "x", "metadata": {f"k{n}": "v" for n in range(17)}}, "metadata_too_many_keys", "metadata"),
         ({"input": "x", "metadata": {"k": 1}}, "invalid_type", "metadata.k"),

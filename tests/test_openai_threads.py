@@ -204,7 +204,7 @@ async def test_errors_map_to_sdk_exceptions(
     assert bad_role.value.param == "role"
     with pytest.raises(openai.BadRequestError) as image:
         await oa.beta.threads.messages.create(
-            thread.id, role="user", content=[{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]
+            thread.id, role="user", content=[{"type": "image_file", "image_file": {"file_id": "file_1"}}]
         )
     assert image.value.code == "unsupported_content_type"
     assert image.value.param == "content.0.type"

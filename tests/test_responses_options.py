@@ -135,12 +135,6 @@ async def test_json_object_sampling_and_reasoning_effort_reach_the_upstream(
         ("tool-model", {"prompt": {"id": "pmpt_1"}}, "unsupported_parameter", "prompt"),
         ("tool-model", {"extra_body": {"moderation": {"model": "m"}}}, "unsupported_parameter", "moderation"),
         ("tool-model", {"extra_body": {"image": {"size": "auto"}}}, "unsupported_parameter", "image"),
-        (
-            "tool-model",
-            {"extra_body": {"context_management": [{"type": "compaction"}]}},
-            "unsupported_parameter",
-            "context_management",
-        ),
         ("tool-model", {"extra_body": {"top_k": 5}}, "unknown_parameter", "top_k"),
     ],
 )

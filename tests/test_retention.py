@@ -22,7 +22,16 @@ from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.services import retention
 from threadline.storage.engine import create_engine, create_sessionmaker
-from threadline.storage.tables import IdempotencyKey, Lease, Message, MessageEdit, Response, Thread
+from threadline.storage.tables import (
+    IdempotencyKey,
+    Job,
+    Lease,
+    Message,
+    MessageEdit,
+    Response,
+    ResponseEvent,
+    Thread,
+)
 
 NOW = datetime.now(UTC)
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
@@ -87,6 +96,11 @@ async def count(maker: async_sessionmaker[AsyncSession], table: type, **where: s
         return int((await session.execute(query)).scalar_one())
 
 
+async def all_jobs(maker: async_sessionmaker[AsyncSession]) -> list[Job]:
+    async with maker() as session:
+        return list((await session.scalars(sa.select(Job))).all())
+
+
 async def snapshot(maker: async_sessionmaker[AsyncSession]) -> dict[str, int]:
     tables = (Thread, Message, MessageEdit, Response, IdempotencyKey)
     return {t.__tablename__: await count(maker, t) for t in tables}
@@ -101,6 +115,8 @@ EXPECTED = {
     "deleted_messages": 1,
     "idempotency_keys": 1,
     "webhook_deliveries": 0,  # tests/test_webhooks.py seeds and purges these
+    "response_events": 1,
+    "finished_jobs": 1,
 }
 
 
@@ -135,6 +151,23 @@ async def seed_every_category(maker: async_sessionmaker[AsyncSession], org: str)
                     organization_id=org, key=key, request_hash="h", status="completed", response_status=200,
                     response_headers={}, response_body=b"{}", created_at=expires - timedelta(hours=24),
                     expires_at=expires,
+                )
+            )  # fmt: skip
+        # Stream events: one recorded over a day ago (purged), one an hour ago (kept).
+        for number, at in enumerate((ago(hours=25), ago(hours=1))):
+            session.add(
+                ResponseEvent(
+                    organization_id=org, response_id="resp_streamed", sequence_number=number, type="response.created",
+                    data="{}", created_at=at,
+                )
+            )  # fmt: skip
+        # Jobs: finished over a week ago (purged), finished yesterday (kept), and old but still queued (kept).
+        for job_id, finished in (("job_old", ago(days=8)), ("job_recent", ago(days=1)), ("job_queued", None)):
+            session.add(
+                Job(
+                    organization_id=org, id=job_id, kind="test", payload={}, status="done" if finished else "queued",
+                    attempts=1, max_attempts=5, run_after=ago(days=9), created_at=ago(days=9), updated_at=ago(days=9),
+                    finished_at=finished,
                 )
             )  # fmt: skip
         await session.commit()
@@ -185,6 +218,10 @@ async def test_dry_run_counts_and_changes_nothing_then_sweep_purges(
     assert await count(maker, Message, id="with_deleted_message_m2") == 1
     assert (await client.get("/v1/threads/with_deleted_message", headers=caller.headers)).json()["message_count"] == 1
     assert await count(maker, Thread, id="recently_deleted") == 1
+    # Stream events past their retention, and jobs finished past theirs: purged; the rest kept.
+    assert await count(maker, ResponseEvent, sequence_number=0) == 0
+    assert await count(maker, ResponseEvent, sequence_number=1) == 1
+    assert {job.id for job in await all_jobs(maker)} == {"job_recent", "job_queued"}
     # Untouched.
     assert await count(maker, Message, thread_id="fresh") == 3
     assert await count(maker, Response, thread_id="fresh") == 1
@@ -340,12 +377,12 @@ async def test_cli_reports_what_it_purges(
     assert dry.returncode == 0, dry.stderr
     lines = dict(line.split("\t") for line in dry.stdout.splitlines() if "\t" in line)
     assert {k: int(v) for k, v in lines.items()} == EXPECTED
-    assert "Dry run: would purge 10 in all." in dry.stdout
+    assert "Dry run: would purge 12 in all." in dry.stdout
     assert await count(maker, Thread, id="old") == 1
 
     done = await asyncio.to_thread(_cli, database_url)
     assert done.returncode == 0, done.stderr
-    assert "purged 10 in all." in done.stdout
+    assert "purged 12 in all." in done.stdout
     assert await count(maker, Thread, id="old") == 0
 
     async with maker() as session:

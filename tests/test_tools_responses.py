@@ -253,10 +253,10 @@ async def test_other_item_types_are_refused_by_name(oa: AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         await oa.responses.create(
             model="tool-model",
-            input=[{"type": "reasoning", "id": "rs_1", "summary": []}],  # type: ignore[list-item]
+            input=[{"type": "web_search_call", "id": "ws_1", "status": "completed"}],  # type: ignore[list-item]
         )
     body: dict[str, Any] = refused.value.body  # type: ignore[assignment]
-    assert body["code"] == "unsupported_item_type" and "'reasoning'" in body["message"]
+    assert body["code"] == "unsupported_item_type" and "'web_search_call'" in body["message"]
     assert body["param"] == "input.0.type"
 
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from tests.conftest import started_app
 from tests.servers import REPO_SRC, free_port, running
-from threadline.config import ProviderConfig, Settings
+from threadline.config import Capability, ProviderConfig, Settings
 
 TOOL_UPSTREAM = Path(__file__).resolve().parent / "tool_upstream.py"
 
@@ -52,7 +52,22 @@ def tool_upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield base_url
 
 
-def tool_settings(database_url: str, upstream_url: str) -> Settings:
+def tool_settings(database_url: str, upstream_url: str, *, capable: Capability | None = None) -> Settings:
+    """`capable`: also serve `<capable>-model` from the same upstream with that capability (`vision`,
+    `reasoning`)."""
+    extra = (
+        [
+            ProviderConfig(
+                name=capable,
+                base_url=upstream_url,
+                models=[f"{capable}-model"],
+                tokenizer="o200k",
+                capabilities={capable: True},
+            )
+        ]
+        if capable
+        else []
+    )
     return Settings(
         database_url=database_url,
         local_model_enabled=False,
@@ -61,6 +76,7 @@ def tool_settings(database_url: str, upstream_url: str) -> Settings:
         providers=[
             ProviderConfig(name="tools", base_url=upstream_url, models=["tool-model"], tokenizer="o200k"),
             ProviderConfig(name="plain", base_url=upstream_url, models=["plain-model"], capabilities={"tools": False}),
+            *extra,
         ],
     )
 

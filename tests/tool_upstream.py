@@ -11,8 +11,14 @@ What it answers, for `POST /v1/chat/completions`:
   `Tool said: <output>` (joined by ` | `).
 - a `response_format` → JSON: for `json_schema` an object with each property of the schema (filled as tool
   arguments are), for `json_object` `{"echo": <last user text>}`.
+- a summary request (the last user text starts with `Summarise this conversation`, as Threadline's compaction
+  asks: docs/compaction.md) → `Summary: ` and the transcript's paragraphs joined by ` / ` (an earlier summary's
+  text as it is), at most `max_tokens` words: a summary that keeps the oldest facts; `[fail-summary]` anywhere in
+  it → a 500.
 - anything else → `echo: <last user text>`.
 - usage; with `reasoning_effort` also OpenAI's details (1 cached prompt token, 7 reasoning tokens).
+- the last user text holding `[think]` → reasoning first, the way vLLM / DeepSeek / llama.cpp server send it:
+  `reasoning_content` `Thinking about <text>.` (in deltas, or on the plain message).
 
 Streamed (SSE, the way OpenAI streams: the call's id and name in its first delta, the arguments in pieces keyed
 by `index`) unless the request has `stream: false` or the user text holds `[plain]`, then one JSON body.
@@ -29,7 +35,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MARKERS = re.compile(r"\[(parallel|plain)\]\s*")
+SUMMARY_REQUEST = "Summarise this conversation:"
+EARLIER = "Summary of what came before: "
+MARKERS = re.compile(r"\[(parallel|plain|think)\]\s*")
 _received: list[dict[str, Any]] = []
 _lock = threading.Lock()
 
@@ -63,6 +71,12 @@ def answer(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             outputs.append(_text(message))
         return "Tool said: " + " | ".join(reversed(outputs)), []
     user_text = _text(last)
+    if user_text.startswith(SUMMARY_REQUEST):
+        lines = [line for line in user_text.removeprefix(SUMMARY_REQUEST).split("\n\n") if line.strip()]
+        # An earlier summary's lines are kept as they are (not nested), oldest first; the budget cuts the newest.
+        lines = [line.removeprefix(EARLIER).removeprefix("Summary: ") for line in lines]
+        words = ("Summary: " + " / ".join(lines)).split(" ")
+        return " ".join(words[: int(body.get("max_tokens") or 512)]), []
     clean = MARKERS.sub("", user_text).strip()
     if tools and choice != "none" and last.get("role") == "user":
         if isinstance(choice, dict):
@@ -104,6 +118,12 @@ def _usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict
     return usage
 
 
+def reasoning(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    last = _text(users[-1]) if users else ""
+    return f"Thinking about {MARKERS.sub('', last).strip()}." if "[think]" in last else ""
+
+
 def _chunks(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
 
@@ -111,6 +131,10 @@ def _chunks(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> lis
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
     out = [chunk({"role": "assistant", "content": ""})]
+    thought = reasoning(body)
+    if thought:
+        middle = len(thought) // 2
+        out += [chunk({"reasoning_content": piece}) for piece in (thought[:middle], thought[middle:])]
     words = text.split(" ") if text else []
     out += [chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(words)]
     for index, call in enumerate(calls):
@@ -153,10 +177,15 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         with _lock:
             _received.append(body)
+        if "[fail-summary]" in json.dumps(body) and SUMMARY_REQUEST in json.dumps(body):
+            self._json(500, {"error": {"message": "summary refused"}})
+            return
         text, calls = answer(body)
         user_texts = " ".join(_text(m) for m in body.get("messages") or [] if m.get("role") == "user")
         if body.get("stream") is False or "[plain]" in user_texts:
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if reasoning(body):
+                message["reasoning_content"] = reasoning(body)
             if calls:
                 message["tool_calls"] = calls
             finish = "tool_calls" if calls else "stop"

@@ -87,11 +87,24 @@ class Settings(BaseSettings):
     thread_lease_seconds: float = Field(default=60.0, gt=0)
     # A model that sends nothing for this long fails the turn (504): a silent upstream must not hold a thread.
     model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    # An Assistants run expires this long after it was created if it still waits for tool outputs (OpenAI: ten
+    # minutes). Waiting holds no lease: see docs/runs.md.
+    run_expiry_seconds: float = Field(default=600.0, gt=0)
     auto_name_threads: bool = False
 
-    # The job queue (docs/jobs.md): jobs one process runs at once, the lease a job is claimed under (renewed every
-    # third of it; a dead process's jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
-    job_concurrency: int = Field(default=4, ge=1, le=256)
+    # Compaction (docs/compaction.md). The model that writes summaries (None: the turn's own); a summary's token
+    # budget; whether a `smart` turn that leaves messages out has the thread compacted in the background (the next
+    # turns then see a summary of them); the share of the window past which any thread is compacted (a thread's
+    # or assistant's `compact_at` overrides it; None: never).
+    summary_model: str | None = None
+    summary_max_tokens: int = Field(default=512, ge=32, le=8192)
+    smart_summaries: bool = True
+    compact_at: float | None = Field(default=None, gt=0, le=1)
+
+    # The job queue (docs/jobs.md): jobs one process runs at once (0: none, an API-only `serve` that leaves them to
+    # `threadline worker` processes), the lease a job is claimed under (renewed every third of it; a dead process's
+    # jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
+    job_concurrency: int = Field(default=4, ge=0, le=256)
     job_lease_seconds: float = Field(default=30.0, gt=0)
     job_poll_seconds: float = Field(default=15.0, gt=0)
 
@@ -121,6 +134,9 @@ class Settings(BaseSettings):
     deleted_thread_grace_days: float = Field(default=30, ge=0)
     retention_interval_seconds: float = Field(default=3600, gt=0)
     retention_enabled: bool = True
+    # Recorded stream events (resumable streams, docs/streams.md) and finished jobs (docs/jobs.md) are kept this long.
+    response_event_retention_hours: float = Field(default=24, gt=0)
+    job_retention_days: float = Field(default=7, gt=0)
     # Rows deleted per transaction: one sweep never holds a large transaction.
     retention_batch_size: int = Field(default=500, ge=1, le=10_000)
 

@@ -114,6 +114,12 @@ class AlreadyExists(Conflict):
     code = "already_exists"
 
 
+class ResponseNotQueued(Conflict):
+    """A background response's turn was to start, but the response was cancelled meanwhile."""
+
+    code = "response_not_queued"
+
+
 class IdempotencyKeyReused(Conflict):
     """The same Idempotency-Key came with another request (body, path or method)."""
 

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from threadline import __version__, observability
-from threadline.api import errors, idempotency, openapi
+from threadline.api import background_responses, errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
 from threadline.api.routes import (
@@ -35,15 +35,18 @@ from threadline.api.routes import (
     threads,
     webhooks,
 )
+from threadline.api.routes import compaction as compaction_routes
 from threadline.api.routes import models as models_routes
 from threadline.config import Settings
 from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs, recovery, retention, webhook_delivery
+from threadline.services import compaction_jobs, jobs, recovery, retention, webhook_delivery
 from threadline.services.background import Background
+from threadline.services.response_streams import StreamHub
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
+from threadline.turns import background as queued_turns
 from threadline.turns.engine import TurnEngine
 from threadline.turns.naming import AutoNamer
 from threadline.web import ui_router
@@ -122,8 +125,13 @@ def create_app(
             lease_seconds=settings.job_lease_seconds,
             poll_seconds=settings.job_poll_seconds,
         )
+        runner.register(compaction_jobs.KIND, compaction_jobs.handler(maker, settings, registry))
         app.state.jobs = runner
         runner.register(webhook_delivery.JOB_KIND, webhook_delivery.handler(maker, settings, app.state.webhook_http))
+        # Live signals about responses (new stream events, cancels), and the job that runs background responses.
+        hub = StreamHub(engine)
+        app.state.streams = hub
+        runner.register(queued_turns.JOB_KIND, background_responses.handler(turns, hub))
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -134,12 +142,14 @@ def create_app(
             # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
             if settings.retention_enabled:
                 tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
+            await hub.start()
             await runner.start()
             yield
         finally:
             if restore_sigterm is not None:
                 restore_sigterm()
             await runner.stop()
+            await hub.stop()
             await background.aclose()
             for task in tasks:
                 task.cancel()
@@ -197,6 +207,7 @@ def create_app(
         auth,
         # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
         thread_data,
+        compaction_routes,
         openai_runs,
         openai_threads,
         search,

@@ -16,6 +16,7 @@ from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth, rate_limits
 from threadline.services.auth import Principal
+from threadline.services.response_streams import StreamHub
 from threadline.turns.engine import TurnEngine
 
 
@@ -51,6 +52,12 @@ def get_webhook_http(request: Request) -> httpx.AsyncClient:
     return client
 
 
+def get_stream_hub(request: Request) -> StreamHub:
+    """The process's live signals about responses (resumable streams, cancels; docs/streams.md)."""
+    hub: StreamHub = request.app.state.streams
+    return hub
+
+
 def get_turns(request: Request) -> TurnEngine:
     """The turn engine the app built at start-up."""
     engine: TurnEngine = request.app.state.turns
@@ -62,6 +69,7 @@ ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 WebhookHttpDep = Annotated[httpx.AsyncClient, Depends(get_webhook_http)]
 TurnsDep = Annotated[TurnEngine, Depends(get_turns)]
+StreamHubDep = Annotated[StreamHub, Depends(get_stream_hub)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 

@@ -2,26 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from threadline.services.response_streams import EventRecorder, RecordedEvent
+
+# Told of every framed event: (sequence number, type, the JSON of its data).
+Record = Callable[[int, str, str], None]
+
 
 class EventFramer:
-    """Frames events named like OpenAI's streams: each data object has `type` and a rising `sequence_number`."""
+    """Frames events named like OpenAI's streams: each data object has `type` and a rising `sequence_number`,
+    from `start`. `record` (an `EventRecorder.add`) keeps each event for replay (docs/streams.md)."""
 
-    def __init__(self) -> None:
-        self.sequence = 0
+    def __init__(self, record: Record | None = None, start: int = 0) -> None:
+        self.sequence = start
+        self._record = record
 
-    def data(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        data = {"type": name, "sequence_number": self.sequence, **payload}
+    def frame(self, name: str, payload: dict[str, Any]) -> str:
+        return framed(name, self.encode(name, payload))
+
+    def encode(self, name: str, payload: dict[str, Any]) -> str:
+        """The event's JSON, numbered (and recorded) — what an SSE frame carries and a WebSocket message is."""
+        data = json.dumps({"type": name, "sequence_number": self.sequence, **payload}, ensure_ascii=False)
+        if self._record is not None:
+            self._record(self.sequence, name, data)
         self.sequence += 1
         return data
 
-    def frame(self, name: str, payload: dict[str, Any]) -> str:
-        return f"event: {name}\ndata: {json.dumps(self.data(name, payload), ensure_ascii=False)}\n\n"
+
+def framed(name: str, data: str) -> str:
+    return f"event: {name}\ndata: {data}\n\n"
+
+
+def replayed(event: RecordedEvent) -> str:
+    return framed(event.type, event.data)
+
+
+async def recorded(frames: AsyncGenerator[str, None], recorder: EventRecorder) -> AsyncIterator[str]:
+    """`frames` as they come; the recorder writes what is left when they end (or the client goes away).
+
+    aclosing: when the client goes away, `frames` (and the turn under it) is closed now, not whenever the abandoned
+    generator is garbage-collected; its last events are recorded after that."""
+    try:
+        async with contextlib.aclosing(frames):
+            async for chunk in frames:
+                yield chunk
+    finally:
+        await recorder.aclose()
 
 
 def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:

@@ -11,6 +11,10 @@ Modes (docs/context.md):
   fit; when messages are left out between them, a short system note marks the gap (its tokens count).
 - ``full``: all history, or `ContextLengthExceeded` naming the sizes: never silent truncation.
 
+With a *summary* (the newest `compaction` item, docs/compaction.md) the history is the summary, then the items
+after the range it covers; `smart` keeps the conversation's start before it. A summary that does not fit is left
+out and the mode works as without one, saying so in the report (`compaction_fallback`).
+
 Function calls and their outputs are one unit (docs/items.md): a run of consecutive `function_call` /
 `function_call_output` items is kept or dropped whole, so the model never sees an output without its call.
 """
@@ -21,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from threadline.domain.messages import TOOL_ITEM_TYPES
+from threadline.domain.messages import TOOL_ITEM_TYPES, ContentParts
 from threadline.domain.tokens import REPLY_PRIMING_TOKENS
 from threadline.errors import ContextLengthExceeded
 
@@ -46,6 +50,7 @@ class HistoryMessage:
     type: str = "message"
     call_id: str | None = None
     name: str | None = None
+    parts: ContentParts | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class PromptMessage:
     type: str = "message"
     call_id: str | None = None
     name: str | None = None
+    # A message with images (docs/items.md): all its content parts in order.
+    parts: ContentParts | None = field(default=None, hash=False)
 
 
 def _is_tool_item(message: HistoryMessage) -> bool:
@@ -66,7 +73,36 @@ def _is_tool_item(message: HistoryMessage) -> bool:
 
 
 def _prompt(m: HistoryMessage) -> PromptMessage:
-    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name)
+    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name, m.parts)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The newest compaction item of a conversation: it stands for the items with seqs `first_seq..last_seq`.
+    `content` is what the model sees (the framed summary) and `tokens` its count."""
+
+    item_id: str
+    # None: a compaction item among this turn's inputs (not saved yet).
+    seq: int | None
+    first_seq: int
+    last_seq: int
+    content: str
+    tokens: int
+    model: str = ""
+    thread_id: str = ""
+
+    def as_prompt(self) -> PromptMessage:
+        return PromptMessage("system", self.content, self.tokens, self.seq, "compaction")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.item_id,
+            "thread_id": self.thread_id,
+            "seq": self.seq,
+            "covers": [self.first_seq, self.last_seq],
+            "model": self.model,
+            "tokens": self.tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,9 +120,18 @@ class ContextReport:
     segments: tuple[tuple[str, int, int], ...] = field(default=())
     # The history items and inputs in the prompt, counted by item type.
     items_by_type: tuple[tuple[str, int], ...] = field(default=())
+    # The compaction item the prompt starts from, if any; why none was used although one was wanted.
+    summary: Summary | None = None
+    compaction_fallback: str | None = None
+    # Items after the summary (or, without one, in the whole history) the prompt leaves out: what a new summary
+    # would save from being lost.
+    unsummarized_omitted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "compaction": self.summary.as_dict() if self.summary is not None else None,
+            "compaction_fallback": self.compaction_fallback,
+            "unsummarized_omitted": self.unsummarized_omitted,
             "mode": self.mode,
             "window": self.window,
             "max_output_tokens": self.max_output_tokens,
@@ -167,6 +212,9 @@ def build_context(
     head: Sequence[HistoryMessage] = (),
     count_note: Callable[[str], int] = lambda text: len(text),
     priming_tokens: int = REPLY_PRIMING_TOKENS,
+    summary: Summary | None = None,
+    after_summary: int | None = None,
+    compaction_fallback: str | None = None,
 ) -> ContextPlan:
     """Choose the prompt for one turn.
 
@@ -174,10 +222,31 @@ def build_context(
     overlap. `history_total` is the number of live messages in the conversation, so the report can say how many
     were left out. In `full` mode `tail` must be the whole history. `count_note` prices the gap note (content +
     framing) with the model's tokenizer.
+
+    With a `summary`, `tail` holds only items after the range it covers (`after_summary` of them in all) and
+    `head` is still the conversation's start.
     """
     pinned_tokens = sum(m.tokens for m in pinned)
     input_tokens = sum(m.tokens for m in inputs)
     budget = history_budget(window, max_output_tokens, pinned_tokens, input_tokens, priming_tokens)
+    if summary is not None and summary.tokens > budget:
+        summary, compaction_fallback = None, "summary_too_large"
+    if summary is not None:
+        return _with_summary(
+            mode,
+            window,
+            max_output_tokens,
+            pinned,
+            inputs,
+            tail,
+            head,
+            history_total,
+            count_note,
+            priming_tokens,
+            summary,
+            len(tail) if after_summary is None else after_summary,
+            budget,
+        )
 
     anchor: list[HistoryMessage] = []
     note: PromptMessage | None = None
@@ -204,6 +273,99 @@ def build_context(
     if note is not None:
         history_part.append(note)
     history_part += [_prompt(m) for m in chosen[len(anchor) :]]
+    return _plan(
+        mode,
+        window,
+        max_output_tokens,
+        budget,
+        pinned,
+        history_part,
+        inputs,
+        chosen,
+        history_total,
+        note is not None,
+        priming_tokens,
+        None,
+        compaction_fallback,
+        max(history_total - len(chosen), 0),
+    )
+
+
+def _with_summary(
+    mode: ContextMode,
+    window: int,
+    max_output_tokens: int,
+    pinned: Sequence[PromptMessage],
+    inputs: Sequence[PromptMessage],
+    tail: Sequence[HistoryMessage],
+    head: Sequence[HistoryMessage],
+    history_total: int,
+    count_note: Callable[[str], int],
+    priming_tokens: int,
+    summary: Summary,
+    after_summary: int,
+    budget: int,
+) -> ContextPlan:
+    """The summary, then the items after it: all of them (`full`), the newest that fit (`recent`), or the
+    conversation's start before the summary and a gap note before the newest when some are left out (`smart`)."""
+    rest_budget = budget - summary.tokens
+    anchor: list[HistoryMessage] = []
+    note: PromptMessage | None = None
+    if mode == "full":
+        if len(tail) < after_summary:
+            raise ValueError("full mode needs the whole history after the summary")
+        needed = sum(m.tokens for m in tail)
+        if needed > rest_budget:
+            raise ContextLengthExceeded(
+                f"Full context needs {needed + summary.tokens} tokens of history (a summary and the {len(tail)} "
+                f"messages after it) but only {budget} of the model's {window}-token window are left. Use "
+                "threadContextMode 'recent' or 'smart', or compact the thread again.",
+                param="thread_context_mode",
+            )
+        newest = list(tail)
+    else:
+        if mode == "smart":
+            # The start as it was said, when the summary stands for it (items after it are in `tail`).
+            anchor = [m for m in anchor_of(head) if m.seq <= summary.last_seq]
+        anchor, newest, note = _smart_or_recent(anchor, tail, after_summary + len(anchor), rest_budget, count_note)
+    history_part = [*(_prompt(m) for m in anchor), summary.as_prompt()]
+    if note is not None:
+        history_part.append(note)
+    history_part += [_prompt(m) for m in newest]
+    return _plan(
+        mode,
+        window,
+        max_output_tokens,
+        budget,
+        pinned,
+        history_part,
+        inputs,
+        [*anchor, *newest],
+        max(history_total, len(anchor) + len(newest)),
+        note is not None,
+        priming_tokens,
+        summary,
+        None,
+        max(after_summary - len(newest), 0),
+    )
+
+
+def _plan(
+    mode: ContextMode,
+    window: int,
+    max_output_tokens: int,
+    budget: int,
+    pinned: Sequence[PromptMessage],
+    history_part: Sequence[PromptMessage],
+    inputs: Sequence[PromptMessage],
+    chosen: Sequence[HistoryMessage],
+    history_total: int,
+    gap_marked: bool,
+    priming_tokens: int,
+    summary: Summary | None,
+    compaction_fallback: str | None,
+    unsummarized_omitted: int,
+) -> ContextPlan:
     messages = (*pinned, *history_part, *inputs)
     total = sum(m.tokens for m in messages) + priming_tokens
     report = ContextReport(
@@ -214,10 +376,13 @@ def build_context(
         input_tokens=total,
         messages_included=len(chosen),
         messages_omitted=max(history_total - len(chosen), 0),
-        gap_marked=note is not None,
+        gap_marked=gap_marked,
         seq_ranges=seq_ranges([m.seq for m in chosen]),
         segments=context_segments(chosen),
-        items_by_type=_count_types([*chosen, *inputs]),
+        items_by_type=_count_types([*chosen, *inputs, *([summary.as_prompt()] if summary else [])]),
+        summary=summary,
+        compaction_fallback=compaction_fallback,
+        unsummarized_omitted=unsummarized_omitted,
     )
     return ContextPlan(messages=messages, report=report)
 

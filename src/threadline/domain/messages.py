@@ -8,7 +8,8 @@ travels next to the text.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,20 +20,34 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 # The role stored with a function_call_output (never a message's role).
 TOOL_ROLE = "tool"
 ItemRole = Literal["system", "user", "assistant", "tool"]
-# `reasoning` and `compaction` are reserved (docs/items.md); only these are stored today.
-ItemType = Literal["message", "function_call", "function_call_output"]
-ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output")
+# A `compaction` item (role `system`, `content` = its summary) stands for the items before it (docs/compaction.md);
+# the payload of each type is in docs/items.md.
+ItemType = Literal["message", "function_call", "function_call_output", "reasoning", "compaction"]
+ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output", "reasoning", "compaction")
 TOOL_ITEM_TYPES: frozenset[str] = frozenset({"function_call", "function_call_output"})
 MAX_MESSAGE_CHARS = 1_000_000
 
 
 def role_of(item_type: ItemType, role: Role | None = None) -> ItemRole:
-    """The role stored with an item: a message's own, `assistant` for a call, `tool` for its output."""
-    if item_type == "function_call":
+    """The role stored with an item: a message's own, `assistant` for a call (or reasoning), `tool` for an
+    output."""
+    if item_type in ("function_call", "reasoning"):
         return "assistant"
     if item_type == "function_call_output":
         return "tool"
+    if item_type == "compaction":
+        return "system"
     return role or "user"
+
+
+# Content parts of a message that holds more than text (docs/items.md): `{"type": "text", "text"}` and
+# `{"type": "image", "url", "detail"}`, in the order sent; `content` keeps the text parts joined.
+ContentParts = tuple[dict[str, Any], ...]
+IMAGE_DETAILS = ("auto", "low", "high")
+# Bounds on images: a data URL carries the image itself, so it is bounded like any other large value.
+MAX_IMAGES_PER_MESSAGE = 20
+MAX_IMAGE_URL_CHARS = 8_000_000
+_DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,12 @@ class ChatMessage:
     call_id: str | None = None
     # The function a call names.
     name: str | None = None
+    # A message with images: all its parts in order (`content` is then the text parts joined).
+    parts: ContentParts | None = field(default=None, hash=False)
+
+    @property
+    def has_images(self) -> bool:
+        return has_images(self.parts)
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,73 @@ class NewMessage:
         return (self.payload or {}).get("name")
 
     def as_chat(self) -> ChatMessage:
-        return ChatMessage(self.role, self.content, self.type, self.call_id, self.name)
+        return ChatMessage(self.role, self.content, self.type, self.call_id, self.name, parts_of(self.payload))
+
+
+def reasoning_text(payload: Mapping[str, Any]) -> str:
+    """The readable text of a reasoning item (its searchable `content`): summary texts, then content texts, joined
+    by a blank line."""
+    texts = [p.get("text", "") for key in ("summary", "content") for p in payload.get(key) or () if p.get("text")]
+    return "\n\n".join(texts)
+
+
+def reasoning_payload(text: str) -> dict[str, Any]:
+    """The payload of a reasoning item an upstream produced: its raw text is the item's `content` part."""
+    return {
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "encrypted_content": None,
+        "status": "completed",
+    }
+
+
+def parts_of(payload: Mapping[str, Any] | None) -> ContentParts | None:
+    """A stored message's content parts (its payload's `content`), None for a text-only item."""
+    parts = (payload or {}).get("content") if payload else None
+    return tuple(parts) if isinstance(parts, list) and parts else None
+
+
+def has_images(parts: Sequence[Mapping[str, Any]] | None) -> bool:
+    return any(p.get("type") == "image" for p in parts or ())
+
+
+def image_part(url: Any, detail: Any, param: str) -> dict[str, Any]:
+    """An image part to store: a `data:image/…;base64,` URL or an https URL (never fetched by Threadline: the
+    upstream model fetches it), and its detail."""
+    if not isinstance(url, str) or not url:
+        raise ValidationFailed("An image needs its URL as a string.", code="invalid_type", param=param)
+    if len(url) > MAX_IMAGE_URL_CHARS:
+        raise ValidationFailed(
+            f"The image URL has {len(url)} characters; the maximum is {MAX_IMAGE_URL_CHARS} (a data URL carries "
+            "the image: send a smaller one, or an https URL).",
+            code="image_too_large",
+            param=param,
+        )
+    if not (url.startswith("https://") and len(url) > len("https://")) and not _DATA_URL.fullmatch(url):
+        raise ValidationFailed(
+            "An image URL is an https URL or a base64 data URL of a png, jpeg, gif or webp image "
+            "('data:image/png;base64,…').",
+            code="invalid_image_url",
+            param=param,
+        )
+    detail = "auto" if detail is None else detail
+    if detail not in IMAGE_DETAILS:
+        raise ValidationFailed(
+            f"Invalid image detail '{detail}': use one of {', '.join(IMAGE_DETAILS)}.",
+            code="invalid_value",
+            param=param.rsplit(".", 1)[0] + ".detail",
+        )
+    return {"type": "image", "url": url, "detail": detail}
+
+
+def check_image_count(parts: Sequence[Mapping[str, Any]], param: str) -> None:
+    count = sum(1 for p in parts if p.get("type") == "image")
+    if count > MAX_IMAGES_PER_MESSAGE:
+        raise ValidationFailed(
+            f"A message holds {count} images; the maximum is {MAX_IMAGES_PER_MESSAGE}.",
+            code="too_many_images",
+            param=param,
+        )
 
 
 def validate_content(content: str, param: str = "content") -> str:
@@ -138,6 +225,8 @@ def check_pairing(
                 )
             if item.call_id in open_calls:
                 open_calls.remove(item.call_id)
+        elif item.type == "reasoning":
+            continue  # the model's thinking between calls and outputs pairs nothing
         elif open_calls:
             raise ValidationFailed(
                 f"No tool output found for function call {open_calls[0]}.", code="invalid_value", param=param

@@ -18,7 +18,8 @@ The numbers:
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 OPENAI_ENCODINGS = frozenset({"o200k", "cl100k"})
 OPENAI_FRAME_TOKENS = 3
@@ -53,7 +54,24 @@ def message_token_count(tokenizer: TokenCounter, role: str, content: str) -> int
     return tokenizer.count(content) + message_overhead(tokenizer, role)
 
 
-def item_token_count(tokenizer: TokenCounter, role: str, content: str, name: str | None = None) -> int:
-    """The tokens one item costs: a message as above; a function call its arguments (`content`) plus the
-    function's name, framed like an assistant message; an output its text, framed like a message."""
-    return message_token_count(tokenizer, role, content) + (tokenizer.count(name) if name else 0)
+def item_token_count(
+    tokenizer: TokenCounter,
+    role: str,
+    content: str,
+    name: str | None = None,
+    parts: Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """The tokens one item costs: a message as above, plus its images (`parts`, estimated); a function call its
+    arguments (`content`) plus the function's name, framed like an assistant message; an output its text,
+    framed like a message."""
+    return message_token_count(tokenizer, role, content) + (tokenizer.count(name) if name else 0) + image_tokens(parts)
+
+
+# Threadline neither fetches nor decodes images, so an image's cost is an estimate by its detail: OpenAI's 85
+# tokens at low detail, and at high (or auto) detail its figure for a 1024×1024 image, 85 + 4 tiles × 170
+# (docs/items.md). An upstream may count a larger image higher.
+IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
+
+
+def image_tokens(parts: Sequence[Mapping[str, Any]] | None) -> int:
+    return sum(IMAGE_TOKENS.get(str(p.get("detail")), 765) for p in parts or () if p.get("type") == "image")

@@ -15,15 +15,20 @@ from typing import Any, Final, Literal
 
 from threadline.domain.context import ContextMode
 
-# The states of a turn (a response, an Assistants run). A turn is `in_progress` while its lease is live
-# (domain/leases.py); it ends `completed`, `failed` (upstream error, client gone, lease lost) or `cancelled`
-# (an Assistants run cancelled while it ran).
-TurnStatus = Literal["in_progress", "completed", "failed", "cancelled"]
+# The states of a turn (a response, an Assistants run). A background response is `queued` until its job starts it
+# (docs/streams.md). A turn is `in_progress` while its lease is live (domain/leases.py); it ends `completed`,
+# `failed` (upstream error, client gone, lease lost) or `cancelled` (an Assistants run or a background response
+# cancelled while it ran or waited). An Assistants run whose model called functions waits in `requires_action`
+# (holding no lease) until the outputs come, or ends `expired` (docs/runs.md).
+TurnStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "requires_action", "expired"]
+QUEUED: Final = "queued"
 IN_PROGRESS: Final = "in_progress"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
-TURN_STATUSES: tuple[TurnStatus, ...] = (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
+REQUIRES_ACTION: Final = "requires_action"
+EXPIRED: Final = "expired"
+TURN_STATUSES: tuple[TurnStatus, ...] = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, REQUIRES_ACTION, EXPIRED)
 
 # How a completed turn's answer ended, when it was cut: the model's `finish_reason`.
 TRUNCATED_BY_LENGTH: Final = "length"
@@ -101,6 +106,11 @@ class StoredTurn:
     output_seq: int | None
     has_message: bool
     calls: tuple[OutputCall, ...]
+    # The reasoning item of a completed answer (its id and text), when the upstream sent any (docs/items.md).
+    reasoning: tuple[str, str] | None
+    # The calls an Assistants run waits for outputs of (`requires_action`), or waited for when it expired or was
+    # cancelled (docs/runs.md).
+    pending_calls: tuple[OutputCall, ...]
     finish_reason: str | None
     usage: Usage | None
     error: TurnError | None

@@ -65,6 +65,22 @@ class FunctionTool:
             "strict": self.strict,
         }
 
+    def as_assistants_tool(self) -> dict[str, Any]:
+        """The tool as Assistants v2 (and chat completions) spell it: the function nested under `function`."""
+        function: dict[str, Any] = {"name": self.name}
+        for key, value in (("description", self.description), ("parameters", self.parameters)):
+            if value is not None:
+                function[key] = value
+        if self.strict is not None:
+            function["strict"] = self.strict
+        return {"type": "function", "function": function}
+
+    @classmethod
+    def from_assistants_tool(cls, tool: dict[str, Any]) -> FunctionTool:
+        """Back from `as_assistants_tool` (a stored, already validated tool)."""
+        function = tool["function"]
+        return cls(function["name"], function.get("description"), function.get("parameters"), function.get("strict"))
+
 
 @dataclass(frozen=True)
 class ToolChoiceFunction:
@@ -105,6 +121,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning (OpenAI-compatible servers send it as `reasoning_content`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallStarted:
     """The model began a function call (`index`: its place among this answer's calls)."""
 
@@ -136,7 +159,7 @@ class Finished:
         return {k: v for k, v in details.items() if v is not None}
 
 
-StreamEvent = TextDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished
+StreamEvent = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallArgumentsDelta | Finished
 
 
 class Tokenizer(Protocol):

@@ -41,6 +41,7 @@ from threadline.providers.base import (
     FunctionTool,
     GenerationParams,
     ModelInfo,
+    ReasoningDelta,
     ResponseFormat,
     StreamEvent,
     TextDelta,
@@ -220,6 +221,9 @@ class OpenAICompatProvider:
         message = choices[0].get("message")
         message = message if isinstance(message, dict) else {}
         events: list[StreamEvent] = []
+        reasoning = _reasoning(message)
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
         content = message.get("content")
         if isinstance(content, str) and content:
             events.append(TextDelta(content))
@@ -257,6 +261,9 @@ class OpenAICompatProvider:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
+                reasoning = _reasoning(delta) if isinstance(delta, dict) else None
+                if reasoning:
+                    yield ReasoningDelta(reasoning)
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str) and content:
                     yield TextDelta(content)
@@ -340,11 +347,27 @@ class _ToolCalls:
         return tuple(calls)
 
 
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """The reasoning of a chat message or delta: `reasoning_content` (vLLM, DeepSeek, llama.cpp server), or
+    `reasoning` (some proxies)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Items as chat-completions messages: consecutive function calls become ONE assistant message with
-    `tool_calls`, outputs `tool` messages with their `tool_call_id`."""
+    `tool_calls`, outputs `tool` messages with their `tool_call_id`; a message with images sends its parts. A
+    reasoning item (in the prompt only for a model with the `reasoning` capability) goes back as the
+    `reasoning_content` of the assistant message that follows it."""
     out: list[dict[str, Any]] = []
+    reasoning: list[str] = []
     for m in messages:
+        if m.type == "reasoning":
+            reasoning.append(m.content)
+            continue
         if m.type == "function_call":
             call = {"id": m.call_id, "type": "function", "function": {"name": m.name, "arguments": m.content}}
             previous = out[-1] if out else None
@@ -354,9 +377,23 @@ def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif m.type == "function_call_output":
             out.append({"role": "tool", "tool_call_id": m.call_id, "content": m.content})
+        elif m.parts:
+            out.append({"role": m.role, "content": [_chat_part(p) for p in m.parts]})
         else:
             out.append({"role": m.role, "content": m.content})
+        if reasoning and out[-1]["role"] == "assistant":
+            prior = out[-1].get("reasoning_content")
+            out[-1]["reasoning_content"] = "\n\n".join([prior, *reasoning] if prior else reasoning)
+            reasoning = []
     return out
+
+
+def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A stored content part (docs/items.md) as a chat part: an image goes as its URL, which the upstream
+    fetches (an https URL) or decodes (a data URL); Threadline never fetches it."""
+    if part.get("type") == "image":
+        return {"type": "image_url", "image_url": {"url": part["url"], "detail": part.get("detail", "auto")}}
+    return {"type": "text", "text": part.get("text", "")}
 
 
 def _tool(tool: FunctionTool) -> dict[str, Any]:

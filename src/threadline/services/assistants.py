@@ -31,6 +31,9 @@ FIELDS = {
     "temperature": "temperature",
     "max_output_tokens": "max_output_tokens",
     "metadata": "metadata_",
+    "compact_at": "compact_at",
+    "summary_model": "summary_model",
+    "tools": "tools",
 }
 
 
@@ -54,7 +57,7 @@ def _apply(assistant: Assistant, values: Mapping[str, Any], models: ModelRegistr
         if field == "metadata":
             value = dict(value or {})
             rules.validate_metadata(value)
-        elif field == "model" and value is not None:
+        elif field in ("model", "summary_model") and value is not None:
             # Checked now, not at the first turn of a bound thread: 404 `model_not_found` naming what is served.
             models.resolve(value)
         setattr(assistant, FIELDS[field], value)

@@ -202,7 +202,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._listener = Listener(engine, CHANNEL, self.wake)
+        self._listener = Listener(engine, CHANNEL, lambda _payload: self.wake())
 
     def register(self, kind: str, handler: Handler) -> None:
         """Run jobs of `kind` with `handler`. A process claims only the kinds it has handlers for."""

@@ -13,7 +13,7 @@ from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage, check_pairing, validate_content
 from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
-from threadline.services import forks
+from threadline.services import forks, waiting_runs
 from threadline.services.auth import Principal
 from threadline.services.conversation import conversation_path, known_calls, pending_calls
 from threadline.services.threads import create_thread, get_thread
@@ -23,8 +23,15 @@ from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
 
-# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output.
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+# Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output, `rs_…` for
+# reasoning, `cmp_…` for a compaction.
+_ID_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+    "compaction": "cmp",
+}
 
 
 async def list_messages(
@@ -83,6 +90,7 @@ async def append_messages(
     """
     if check_state:
         rules.ensure_accepts_messages(thread.id, thread.state)
+        await waiting_runs.ensure_no_active_run(session, thread.organization_id, thread.id)
     limit = settings.max_messages_per_thread
     held = thread.message_count + thread.inherited_message_count
     if held + len(new) > limit:

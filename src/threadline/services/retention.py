@@ -17,6 +17,8 @@ What a sweep purges, in this order (each category excludes the ones before it, s
 - `idempotency_keys`: expired Idempotency-Key records;
 - `webhook_deliveries`: the webhook delivery log's entries finished (delivered or given up) more than
   `webhook_delivery_retention_days` ago.
+- `response_events`: the recorded events of streams (docs/streams.md) older than `response_event_retention_hours`;
+- `finished_jobs`: jobs done or failed more than `job_retention_days` ago (docs/jobs.md).
 
 Purging a thread removes its messages, message edits and responses too. Before a thread's messages are purged, the
 forks made from it get their own copy of what they read from it (one transaction per thread, see services/forks.py),
@@ -44,7 +46,9 @@ from threadline.domain.clock import utcnow
 from threadline.ids import new_id
 from threadline.services import forks
 from threadline.storage.repositories.idempotency import IdempotencyRepository
+from threadline.storage.repositories.jobs import JobRepository
 from threadline.storage.repositories.leases import LeaseRepository
+from threadline.storage.repositories.response_events import ResponseEventRepository
 from threadline.storage.repositories.retention import (
     Cutoffs,
     RetentionRepository,
@@ -67,6 +71,8 @@ CATEGORIES = (
     "deleted_messages",
     "idempotency_keys",
     "webhook_deliveries",
+    "response_events",
+    "finished_jobs",
 )
 _THREAD_CATEGORIES: tuple[ThreadCategory, ...] = ("deleted_threads", "expired_threads", "expired_chains")
 # Threads handled per batch; their rows are still deleted `retention_batch_size` at a time.
@@ -100,6 +106,14 @@ def cutoffs(settings: Settings, now: datetime) -> Cutoffs:
     )
 
 
+def _queue_cutoffs(settings: Settings, now: datetime) -> tuple[datetime, datetime]:
+    """(stream events recorded before, jobs finished before): what is due for purging."""
+    return (
+        now - timedelta(hours=settings.response_event_retention_hours),
+        now - timedelta(days=settings.job_retention_days),
+    )
+
+
 async def count_due(maker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime) -> RetentionReport:
     """A dry run: what a sweep at `now` would purge. Reads only."""
     c = cutoffs(settings, now)
@@ -115,6 +129,9 @@ async def count_due(maker: async_sessionmaker[AsyncSession], settings: Settings,
         report.counts["webhook_deliveries"] = await WebhookRepository(session).count_finished_before(
             _deliveries_before(settings, now)
         )
+        events_before, jobs_before = _queue_cutoffs(settings, now)
+        report.counts["response_events"] = await ResponseEventRepository(session).count_before(events_before)
+        report.counts["finished_jobs"] = await JobRepository(session).count_finished_before(jobs_before)
         await session.rollback()
     return report
 
@@ -174,6 +191,7 @@ class _Sweep:
         self.progress = progress
         self.batch = settings.retention_batch_size
         self.deliveries_before = _deliveries_before(settings, c.now)
+        self.events_before, self.jobs_before = _queue_cutoffs(settings, c.now)
         self.report = RetentionReport(dry_run=False)
         self.renewed_at = asyncio.get_running_loop().time()
 
@@ -186,6 +204,12 @@ class _Sweep:
             await self._repeat("deleted_messages", lambda r: r.purge_deleted_messages(self.c, self.batch))
             await self._repeat_keys()
             await self._repeat_deliveries()
+            await self._repeat_rows(
+                "response_events", lambda s: ResponseEventRepository(s).purge_before(self.events_before, self.batch)
+            )
+            await self._repeat_rows(
+                "finished_jobs", lambda s: JobRepository(s).purge_finished(self.jobs_before, self.batch)
+            )
         except LeaseLost:
             logger.warning("retention sweep stopped: its lease was taken over")
         return self.report
@@ -208,6 +232,10 @@ class _Sweep:
 
     async def _repeat(self, category: str, batch: Callable[[RetentionRepository], Awaitable[int]]) -> None:
         while (rows := await self._tx(batch)) > 0:
+            await self._step(category, rows)
+
+    async def _repeat_rows(self, category: str, batch: Callable[[AsyncSession], Awaitable[int]]) -> None:
+        while (rows := await _in_tx(self.maker, batch)) > 0:
             await self._step(category, rows)
 
     async def _repeat_keys(self) -> None:

@@ -27,6 +27,7 @@ _UPDATABLE = {
     "state",
     "workflow_id",
     "space_ids",
+    "compact_at",
 }
 _NOT_NULLABLE = {"visible_in_ui", "is_pinned", "state"}
 
@@ -223,6 +224,8 @@ async def update_thread(
         thread.assistant_id = changes["assistant_id"]
     if "workflow_id" in changes:
         thread.workflow_id = changes["workflow_id"]
+    if "compact_at" in changes:  # the share of the window past which it is compacted (docs/compaction.md)
+        thread.compact_at = changes["compact_at"]
     if "space_ids" in changes:
         thread.space_ids = list(changes["space_ids"] or [])
     if "visible_in_ui" in changes and changes["visible_in_ui"] is not None:

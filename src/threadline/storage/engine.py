@@ -166,21 +166,21 @@ def watch_pool(engine: AsyncEngine, change: Callable[[int], None]) -> None:
     event.listen(pool, "checkin", lambda *_: change(-1))
 
 
-async def notify(session: AsyncSession, channel: str) -> None:
-    """PostgreSQL `NOTIFY channel` inside the session's transaction: delivered to listeners when it commits, never
-    if it rolls back. Nothing on SQLite (one process: its waiters are woken in process)."""
+async def notify(session: AsyncSession, channel: str, payload: str = "") -> None:
+    """PostgreSQL `NOTIFY channel, payload` inside the session's transaction: delivered to listeners when it
+    commits, never if it rolls back. Nothing on SQLite (one process: its waiters are woken in process)."""
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(func.pg_notify(channel, "")))
+        await session.execute(select(func.pg_notify(channel, payload)))
 
 
 class Listener:
-    """`LISTEN channel` on a connection of its own (PostgreSQL), calling `callback` on each notification.
+    """`LISTEN channel` on a connection of its own (PostgreSQL), calling `callback(payload)` on each notification.
 
     Best effort by design: a listener that cannot connect, or whose connection drops, is reconnected by `ensure()`,
     and whoever waits on it keeps a slow safety poll for the notifications missed meanwhile. On SQLite it does
     nothing (`active` stays False)."""
 
-    def __init__(self, engine: AsyncEngine, channel: str, callback: Callable[[], None]) -> None:
+    def __init__(self, engine: AsyncEngine, channel: str, callback: Callable[[str], None]) -> None:
         self._url = engine.url
         self._channel = channel
         self._callback = callback
@@ -197,7 +197,7 @@ class Listener:
         await self.close()
         url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
         connection = await asyncpg.connect(url, timeout=10)
-        await connection.add_listener(self._channel, lambda *_: self._callback())
+        await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
         self._connection = connection
         return True
 

@@ -128,7 +128,13 @@ class Assistant(Base):
     thread_context_mode: Mapped[str | None] = mapped_column(sa.String(16))
     temperature: Mapped[float | None]
     max_output_tokens: Mapped[int | None]
+    # Compaction (migration 0014, docs/compaction.md): the share of the window past which its threads are compacted,
+    # and the model that writes their summaries (None: the server's summary model, else the turn's).
+    compact_at: Mapped[float | None]
+    summary_model: Mapped[str | None] = mapped_column(sa.String(200))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # Function tools in the Assistants v2 spelling (migration 0013); a run's `tools` replace them.
+    tools: Mapped[list[Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -176,6 +182,8 @@ class Thread(Base):
     message_count: Mapped[int] = mapped_column(default=0)
     next_seq: Mapped[int] = mapped_column(default=1)
     last_model_used: Mapped[str | None] = mapped_column(sa.String(200))
+    # The share of the model's window past which the thread is compacted in the background (migration 0014).
+    compact_at: Mapped[float | None]
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
@@ -291,6 +299,15 @@ class Message(Base):
             sqlite_where=sa.text("call_id IS NOT NULL"),
             postgresql_where=sa.text("call_id IS NOT NULL"),
         ),
+        # A thread's newest compaction item (migration 0014): where its context starts.
+        sa.Index(
+            "ix_messages_compaction",
+            "organization_id",
+            "thread_id",
+            "seq",
+            sqlite_where=sa.text("type = 'compaction'"),
+            postgresql_where=sa.text("type = 'compaction'"),
+        ),
         # Full-text search over content lives in migrations 0002 and 0005 only (FTS5 table / GIN index).
     )
 
@@ -347,6 +364,14 @@ class Response(Base):
     __table_args__ = (
         sa.Index(None, "organization_id", "thread_id", "created_at"),
         sa.Index(None, "created_at"),
+        # A thread's run waiting for tool outputs (migration 0013): it holds no lease, so this finds it.
+        sa.Index(
+            "ix_responses_waiting_runs",
+            "organization_id",
+            "thread_id",
+            sqlite_where=sa.text("status = 'requires_action'"),
+            postgresql_where=sa.text("status = 'requires_action'"),
+        ),
     )
 
 
@@ -521,3 +546,18 @@ class WebhookDelivery(Base):
             postgresql_where=sa.text("status IN ('delivered', 'failed')"),
         ),
     )
+
+
+class ResponseEvent(Base):
+    """One server-sent event of a streamed response, as sent (migration 0010; docs/streams.md): any process can
+    replay a stream from any `sequence_number` and follow it live. Purged by the retention sweeper."""
+
+    __tablename__ = "response_events"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    sequence_number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    # The event's JSON exactly as framed (`data:`), so a replay sends the same bytes without re-encoding them.
+    data: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.domain.compaction import seen_text
 from threadline.domain.context import (
     ContextMode,
     ContextPlan,
@@ -21,9 +22,10 @@ from threadline.domain.context import (
     build_context,
     history_budget,
 )
-from threadline.domain.messages import unanswered_calls
+from threadline.domain.messages import parts_of, unanswered_calls
 from threadline.domain.tokens import TokenCounter, item_token_count, message_token_count
 from threadline.errors import ContextLengthExceeded
+from threadline.services import summaries
 from threadline.services.conversation import Segment
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
 from threadline.storage.tables import Thread
@@ -42,16 +44,21 @@ class _Counter:
         self.name = tokenizer_name
         self.fresh: dict[str, int] = {}
 
+    def tokens(self, row: ContextRow) -> int:
+        if row.token_count is not None and row.tokenizer == self.name:
+            return row.token_count
+        if row.id not in self.fresh:
+            # A compaction item is seen framed as a summary (docs/compaction.md).
+            content = seen_text(row.type, row.content)
+            self.fresh[row.id] = item_token_count(self.tokenizer, row.role, content, _name(row), parts_of(row.payload))
+        return self.fresh[row.id]
+
     def history(self, rows: Sequence[ContextRow], thread_id: str) -> list[HistoryMessage]:
         out = []
         for row in rows:
-            if row.token_count is not None and row.tokenizer == self.name:
-                tokens = row.token_count
-            elif row.id in self.fresh:
-                tokens = self.fresh[row.id]
-            else:
-                tokens = item_token_count(self.tokenizer, row.role, row.content, _name(row))
-                self.fresh[row.id] = tokens
+            if row.type == "compaction":
+                continue  # only the newest one counts, and it is read on its own (services/summaries.py)
+            tokens = self.tokens(row)
             out.append(
                 HistoryMessage(
                     seq=row.seq,
@@ -62,6 +69,7 @@ class _Counter:
                     type=row.type,
                     call_id=row.call_id,
                     name=_name(row),
+                    parts=parts_of(row.payload),
                 )
             )
         return out
@@ -93,7 +101,9 @@ class _PathReader:
             before = segment.before_seq
             read = 0
             while True:
-                rows = await self.repo.context_rows(self.org, segment.thread_id, page, newest=True, before_seq=before)
+                rows = await self.repo.context_rows(
+                    self.org, segment.thread_id, page, newest=True, before_seq=before, after_seq=segment.after_seq
+                )
                 history = self.counter.history(rows, segment.thread_id)
                 chunks.append(history)
                 used += sum(m.tokens for m in history)
@@ -110,10 +120,11 @@ class _PathReader:
                 return _oldest_first(chunks), False
         return _oldest_first(chunks), True
 
-    async def head(self, limit: int) -> list[HistoryMessage]:
-        """The conversation's oldest `limit` messages: the root segment's head (and the next ones' if it is short)."""
+    async def head(self, limit: int, segments: Sequence[Segment] | None = None) -> list[HistoryMessage]:
+        """The conversation's oldest `limit` messages: the root segment's head (and the next ones' if it is short).
+        `segments`: the whole path, when this reader reads only the part after a summary."""
         out: list[HistoryMessage] = []
-        for segment in reversed(self.segments):
+        for segment in reversed(segments or self.segments):
             rows = await self.repo.context_rows(
                 self.org, segment.thread_id, limit - len(out), newest=False, before_seq=segment.before_seq
             )
@@ -130,7 +141,12 @@ class _PathReader:
             if left <= 0:
                 break
             rows = await self.repo.context_rows(
-                self.org, segment.thread_id, left, newest=True, before_seq=segment.before_seq
+                self.org,
+                segment.thread_id,
+                left,
+                newest=True,
+                before_seq=segment.before_seq,
+                after_seq=segment.after_seq,
             )
             chunks.append(self.counter.history(rows, segment.thread_id))
             left -= len(rows)
@@ -142,7 +158,12 @@ class _PathReader:
         total = 0
         for segment in self.segments:
             rows = await self.repo.context_rows(
-                self.org, segment.thread_id, limit - total + 1, newest=False, before_seq=segment.before_seq
+                self.org,
+                segment.thread_id,
+                limit - total + 1,
+                newest=False,
+                before_seq=segment.before_seq,
+                after_seq=segment.after_seq,
             )
             total += len(rows)
             if total > limit:
@@ -191,9 +212,18 @@ async def plan_context(
     )
     repo = MessageRepository(session)
     counter = _Counter(tokenizer, tokenizer_name)
-    reader = _PathReader(repo, counter, thread.organization_id, segments)
+    org = thread.organization_id
+    # The context starts from the newest compaction item (docs/compaction.md); an Assistants run's message cap
+    # counts messages, so it sees none.
+    summary = await summaries.newest_summary(repo, org, segments, counter.tokens) if last_messages is None else None
+    fallback = None
+    if summary is not None and summary.tokens > budget:
+        summary, fallback = None, "summary_too_large"
+    view = summaries.after(segments, summary.last_seq) if summary is not None else list(segments)
+    reader = _PathReader(repo, counter, org, view)
     head: list[HistoryMessage] = []
     whole = False
+    after_summary: int | None = None
     if last_messages is not None:
         allowed = max(last_messages - len(inputs), 0)
         tail = await reader.newest(allowed) if allowed else []
@@ -207,7 +237,13 @@ async def plan_context(
         tail, whole = await reader.tail(budget)
         history_total = len(tail) if whole else max(reader.total(), len(tail))
         if mode == "smart":
-            head = tail[:HEAD_LIMIT] if whole else await reader.head(HEAD_LIMIT)
+            head = tail[:HEAD_LIMIT] if whole and summary is None else await reader.head(HEAD_LIMIT, segments)
+    if summary is not None:
+        # The report counts the whole conversation; the gap note the items after the summary.
+        after_summary = len(tail)
+        if not whole:
+            after_summary = sum([await repo.count_after(org, s.thread_id, s.after_seq, s.before_seq) for s in view])
+        history_total = max(_PathReader(repo, counter, org, segments).total(), after_summary)
     pending: list[str] | None = None
     if whole or any(m.type == "message" for m in tail):
         pending = unanswered_calls((m.type, m.call_id) for m in reversed(tail))
@@ -222,6 +258,9 @@ async def plan_context(
         history_total=history_total,
         count_note=lambda text: message_token_count(tokenizer, "system", text),
         priming_tokens=priming_tokens,
+        summary=summary,
+        after_summary=after_summary,
+        compaction_fallback=fallback,
     )
     await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
     return plan, pending

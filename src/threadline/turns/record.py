@@ -15,8 +15,11 @@ from typing import Any
 from threadline.domain.context import CONTEXT_MODES, ContextMode
 from threadline.domain.messages import ChatMessage
 from threadline.domain.turns import (
+    CANCELLED,
     COMPLETED,
+    EXPIRED,
     FAILED,
+    REQUIRES_ACTION,
     TURN_STATUSES,
     OutputCall,
     RunRecord,
@@ -54,6 +57,8 @@ def stored(row: Response) -> StoredTurn:
         error = TurnError(str(row.error.get("code", "error")), str(row.error.get("message", "")))
     run = request.get("run")
     mode = request.get("thread_context_mode")
+    calls = tuple(OutputCall(**c) for c in context.get("tool_calls", []))
+    thought = context.get("reasoning")
     first, last = row.input_first_seq, row.input_last_seq
     return StoredTurn(
         organization_id=row.organization_id,
@@ -76,7 +81,9 @@ def stored(row: Response) -> StoredTurn:
         output_text=row.output_text if completed else None,
         output_seq=row.output_seq,
         has_message=completed and bool(context.get("output_message", True)),
-        calls=tuple(OutputCall(**c) for c in context.get("tool_calls", [])) if completed else (),
+        calls=calls if completed else (),
+        reasoning=(thought["id"], thought["text"]) if completed and isinstance(thought, Mapping) else None,
+        pending_calls=calls if status in (REQUIRES_ACTION, EXPIRED, CANCELLED) else (),
         finish_reason=context.get("finish_reason"),
         usage=usage,
         error=error,
@@ -129,7 +136,8 @@ def with_run_metadata(row: Response, metadata: Mapping[str, Any]) -> dict[str, A
 
 def _input_record(m: ChatMessage) -> dict[str, Any]:
     if m.type == "message":
-        return {"role": m.role, "content": m.content}
+        record: dict[str, Any] = {"role": m.role, "content": m.content}
+        return {**record, "parts": list(m.parts)} if m.parts else record
     record = {"type": m.type, "call_id": m.call_id, "content": m.content}
     return {**record, "name": m.name} if m.name is not None else record
 
@@ -140,15 +148,18 @@ def answer_context(
     with_message: bool,
     calls: Sequence[OutputCall],
     usage_details: Mapping[str, int],
+    reasoning: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The `context` column of a completed turn: the report, then how the answer ended and what it holds, and
-    what the upstream reported of its usage beyond the totals (cached and reasoning tokens)."""
+    """The `context` column of a completed turn: the report, then how the answer ended and what it holds (its
+    calls — a waiting run's pending ones too — and its reasoning item), and what the upstream reported of its
+    usage beyond the totals (cached and reasoning tokens)."""
     return {
         **context,
         "finish_reason": finish_reason,
         **({} if with_message else {"output_message": False}),
         **({"tool_calls": [_call_record(c) for c in calls]} if calls else {}),
         **({"usage_details": dict(usage_details)} if usage_details else {}),
+        **({"reasoning": {"id": reasoning[0], "text": reasoning[1]}} if reasoning else {}),
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from threadline.domain import threads as rules
+from threadline.domain.compaction import CompactionOptions
 from threadline.domain.context import ContextMode
 from threadline.domain.messages import ChatMessage, ItemReference, validate_content, validate_role
 from threadline.errors import InvalidRequest, ValidationFailed
@@ -30,6 +31,8 @@ class RunOptions:
     # Metadata of each input (the run's `additional_messages`), saved with them.
     input_metadata: Sequence[Mapping[str, Any]] = ()
     record: Mapping[str, Any] = field(default_factory=dict)
+    # The run's own function tools; None: the assistant's (resolved when the run starts).
+    tools: tuple[FunctionTool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class TurnRequest:
     parallel_tool_calls: bool | None = None
     # At most this many function calls are kept of one answer (the rest are dropped, never half-saved).
     max_tool_calls: int | None = None
+    # A background response's id: the turn starts that `queued` response (turns/background.py).
+    response_id: str | None = None
+    # Compact first past a threshold, or now (docs/compaction.md).
+    compaction: CompactionOptions | None = None
+    # The Assistants run waiting for tool outputs that this turn continues (turns/waiting.py): the turn runs
+    # under the run's own id, and its inputs are the run's calls and their outputs.
+    resume_run: str | None = None
 
     @property
     def call_cap(self) -> int | None:
@@ -85,7 +95,7 @@ def validate(request: TurnRequest, models: ModelRegistry) -> None:
             code="thread_with_previous_response",
             param="previous_response_id",
         )
-    if not request.inputs and request.run is None:
+    if not request.inputs and request.run is None and not (request.compaction and request.compaction.trigger):
         raise ValidationFailed("inputs must hold at least one message.", code="empty_inputs", param="inputs")
     for index, message in enumerate(request.inputs):
         if isinstance(message, ItemReference):

@@ -25,11 +25,28 @@ from threadline.domain.turns import OutputCall, StoredTurn
 from threadline.errors import ThreadlineError, UpstreamError, UpstreamTimeout
 from threadline.ids import new_id
 from threadline.observability import TurnRecorder
-from threadline.providers.base import Finished, StreamEvent, TextDelta, ToolCallArgumentsDelta, ToolCallStarted
+from threadline.providers.base import (
+    Finished,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallArgumentsDelta,
+    ToolCallStarted,
+)
 from threadline.services import rate_limits
 from threadline.storage.repositories.threads import ThreadRepository
+from threadline.turns import compaction
 from threadline.turns.save import TurnSaver
-from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
+from threadline.turns.turn import (
+    OutputCallArguments,
+    OutputCallStarted,
+    OutputCompaction,
+    OutputDelta,
+    OutputReasoning,
+    Turn,
+    TurnDone,
+    TurnEvent,
+)
 
 logger = logging.getLogger("threadline.turns")
 
@@ -43,6 +60,12 @@ class _Answer:
     parts: list[str] = field(default_factory=list)
     call_ids: dict[int, str] = field(default_factory=dict)
     finished: Finished | None = None
+    # The model's reasoning (docs/items.md), saved as one item under this id.
+    thinking: list[str] = field(default_factory=list)
+    reasoning_id: str = field(default_factory=lambda: new_id("rs"))
+
+    def reasoning(self) -> tuple[str, str] | None:
+        return (self.reasoning_id, "".join(self.thinking)) if self.thinking else None
 
     def calls(self) -> list[OutputCall]:
         assert self.finished is not None
@@ -66,7 +89,12 @@ class TurnRunner:
         watch = observability.current()
         recorder = watch.turn(turn.info.name)
         heartbeat = asyncio.create_task(self._heartbeat(turn))
-        stream = turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+        # A turn that compacts first writes its summary inside this stream (turns/compaction.py).
+        stream: AsyncIterator[StreamEvent | compaction.Ready] = (
+            compaction.stream(turn)
+            if turn.compaction
+            else turn.provider.stream(turn.info.name, turn.prompt, turn.params)
+        )
         # Not the current span across the yields below (the consumer runs there): current only around each wait
         # for the model, so the upstream call's span is its child.
         model_call = watch.tracer.start_span("turn.model_call", attributes={"model": turn.info.name})
@@ -115,7 +143,9 @@ class TurnRunner:
         if error is None and answer.finished is not None:
             try:
                 with watch.span("turn.save"):
-                    record = await self.saver.complete(turn, "".join(answer.parts), answer.finished, answer.calls())
+                    record = await self.saver.complete(
+                        turn, "".join(answer.parts), answer.finished, answer.calls(), answer.reasoning()
+                    )
             except ThreadlineError as exc:
                 error = exc
             else:
@@ -133,7 +163,7 @@ class TurnRunner:
 
     async def _model_events(
         self,
-        stream: AsyncIterator[StreamEvent],
+        stream: AsyncIterator[StreamEvent | compaction.Ready],
         model_call: trace.Span,
         answer: _Answer,
         first_token: Callable[[], None],
@@ -158,6 +188,10 @@ class TurnRunner:
                 first_token()
                 answer.parts.append(event.text)
                 yield OutputDelta(event.text)
+            elif isinstance(event, ReasoningDelta):
+                first_token()
+                answer.thinking.append(event.text)
+                yield OutputReasoning(answer.reasoning_id, event.text)
             elif isinstance(event, ToolCallStarted):
                 if cap is None or event.index < cap:
                     answer.call_ids[event.index] = new_id("fc")
@@ -167,6 +201,8 @@ class TurnRunner:
                     yield OutputCallArguments(event.index, answer.call_ids[event.index], event.delta)
             elif isinstance(event, Finished):
                 answer.finished = event
+            elif isinstance(event, compaction.Ready):
+                yield OutputCompaction(event.item_id, event.summary, event.model)
 
     def _after_save(self, turn: Turn, record: StoredTurn) -> None:
         if turn.after_save is None:

@@ -13,6 +13,9 @@ is failed once its lease expires, like any turn: every read of it (get, list, st
 
 Cancelling a run in progress marks it cancelled and frees the thread's lease: the turn, still generating in the
 request that created it, then finds its lease gone and saves nothing (the thread stays as before the run).
+
+A run whose model calls functions waits in `requires_action`, holding nothing; `submit_tool_outputs` continues
+it with another turn under the same id (turns/waiting.py, docs/runs.md).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.messages import NewMessage
-from threadline.domain.turns import IN_PROGRESS, StoredTurn
+from threadline.domain.turns import IN_PROGRESS, REQUIRES_ACTION, StoredTurn
 from threadline.errors import InvalidRequest, NotFound
-from threadline.services import recovery
+from threadline.services import recovery, waiting_runs
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.services.messages import create_thread_with_messages
@@ -37,12 +40,15 @@ from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Response, Thread
+from threadline.turns import waiting
 from threadline.turns.record import stored, with_run_metadata
+from threadline.turns.request import TurnRequest
 from threadline.turns.stored import get_row
 
 
 def step_id(run_id: str) -> str:
-    """A run has exactly one step (the creation of its answer): its id is derived from the run's."""
+    """The id of a run's message_creation step, derived from the run's (its tool_calls steps: see
+    `waiting.tool_step_id`)."""
     return f"step_{run_id.removeprefix('resp_')}"
 
 
@@ -79,7 +85,7 @@ async def _run_row(session: AsyncSession, organization_id: str, thread_id: str, 
         raise _run_not_found(run_id) from None
     if row.thread_id != thread_id:
         raise _run_not_found(run_id)
-    return row
+    return await waiting_runs.settle_expired(session, row)
 
 
 async def get_run(session: AsyncSession, organization_id: str, thread_id: str, run_id: str) -> StoredTurn:
@@ -91,6 +97,8 @@ async def list_runs(session: AsyncSession, organization_id: str, thread_id: str,
     found = await ResponseRepository(session).list_page(organization_id, thread_id, page)
     # A run whose server died is failed here too, not only when it is read by id.
     await recovery.settle_runs(session, thread, found.items)
+    for row in found.items:
+        await waiting_runs.settle_expired(session, row)
     return Page(items=[stored(row) for row in found.items], has_more=found.has_more)
 
 
@@ -108,6 +116,11 @@ async def update_run(
 
 async def cancel_run(session: AsyncSession, organization_id: str, thread_id: str, run_id: str) -> StoredTurn:
     row = await _run_row(session, organization_id, thread_id, run_id)
+    if row.status == REQUIRES_ACTION:
+        # Nothing runs and the thread is free: the run ends here, its calls unanswered and never saved.
+        await ResponseRepository(session).cancel_if_in_progress(organization_id, run_id, utcnow(), REQUIRES_ACTION)
+        await session.refresh(row)
+        return stored(row)
     if row.status != IN_PROGRESS:
         raise InvalidRequest(f"Cannot cancel run '{run_id}': it is already {row.status}.", code="run_not_cancellable")
     # Free the thread now; the turn still generating finds its lease gone and saves nothing. The thread row
@@ -120,8 +133,23 @@ async def cancel_run(session: AsyncSession, organization_id: str, thread_id: str
 
 
 async def get_step(session: AsyncSession, organization_id: str, thread_id: str, run_id: str, step: str) -> StoredTurn:
-    """The run a step id belongs to (each run has the one step `step_id(run.id)`)."""
+    """The run a step id belongs to: its message_creation step `step_id(run.id)` or one of its tool_calls steps."""
     turn = await get_run(session, organization_id, thread_id, run_id)
-    if step != step_id(turn.id):
+    rounds = len(waiting.completed_steps(turn)) + 1
+    if step not in {step_id(turn.id), *(waiting.tool_step_id(turn.id, i) for i in range(rounds))}:
         raise NotFound(f"No run step found with id '{step}'.", code="run_step_not_found", param="step_id")
     return turn
+
+
+async def submission(
+    maker: async_sessionmaker[AsyncSession],
+    organization_id: str,
+    thread_id: str,
+    run_id: str,
+    outputs: Sequence[tuple[str, str]],
+) -> TurnRequest:
+    """`submit_tool_outputs`: the request of the turn that continues the waiting run (turns/waiting.py)."""
+    async with maker() as session:
+        turn = await get_run(session, organization_id, thread_id, run_id)
+        await session.commit()  # an expiry settled by the read stays settled
+    return waiting.continuation(turn, outputs)

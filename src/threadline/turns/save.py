@@ -12,16 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
-from threadline.domain.messages import NewMessage
+from threadline.domain.context import PromptMessage
+from threadline.domain.messages import NewMessage, reasoning_payload
 from threadline.domain.tokens import item_token_count, message_token_count
-from threadline.domain.turns import COMPLETED, OutputCall, StoredTurn
+from threadline.domain.turns import COMPLETED, REQUIRES_ACTION, OutputCall, StoredTurn
 from threadline.errors import ThreadBusy
 from threadline.providers.base import Finished
+from threadline.services import compaction_jobs, webhooks
 from threadline.services import messages as message_service
 from threadline.services import threads as thread_service
-from threadline.services import webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
+from threadline.turns import compaction
 from threadline.turns.record import answer_context, stored
 from threadline.turns.turn import Turn
 
@@ -31,9 +33,17 @@ class TurnSaver:
         self.maker = maker
         self.settings = settings
 
-    async def complete(self, turn: Turn, text: str, finished: Finished, calls: Sequence[OutputCall]) -> StoredTurn:
-        """The output is the answer's text as an assistant message (left out when the answer is only function
-        calls), then its calls."""
+    async def complete(
+        self,
+        turn: Turn,
+        text: str,
+        finished: Finished,
+        calls: Sequence[OutputCall],
+        reasoning: tuple[str, str] | None = None,
+    ) -> StoredTurn:
+        """The output is the model's reasoning item (`reasoning`: its id and text, when the upstream sent any),
+        the answer's text as an assistant message (left out when the answer is only function calls), then its
+        calls — which an Assistants run keeps on its row instead, waiting for their outputs (docs/runs.md)."""
         output_tokens = finished.output_tokens
         if output_tokens is None:
             output_tokens = turn.tokenizer.count(text)
@@ -55,26 +65,50 @@ class TurnSaver:
                     "was saved.",
                     code="lease_lost",
                 )
-            with_message = bool(text) or not calls
-            new = _inputs(turn) + _outputs(turn, text if with_message else None, calls)
-            rows = await message_service.append_messages(
-                session, self.settings, thread, new, user_id=turn.user_id, check_state=False
+            # A compaction item the turn wrote goes right after its inputs (docs/compaction.md).
+            with_message = (bool(text) or not calls) and not compaction.answers_nothing(turn)
+            waiting = turn.defer_calls and bool(calls)
+            new = (
+                _inputs(turn)
+                + compaction.items_to_save(turn)
+                + _outputs(turn, text if with_message else None, [] if waiting else calls, reasoning)
+            )
+            rows = (
+                await message_service.append_messages(
+                    session, self.settings, thread, new, user_id=turn.user_id, check_state=False
+                )
+                if new
+                else []
+            )
+            # A prompt that asked for a new summary queues it, for the next turns.
+            report, window = turn.record.context, turn.info.context_window
+            await compaction_jobs.enqueue_if_due(
+                session, self.settings, thread, report, str(turn.record.context_mode or ""), window
             )
             # Written without reading it back first: the start recorded it and only this turn (holding the lease)
             # writes it until now. The message INSERTs are flushed first (autoflush), keeping the seq links valid.
+            # A run continued after tool outputs (turns/waiting.py) adds this turn's usage to what it used.
+            earlier = turn.record.usage
             values: dict[str, Any] = {
-                "status": COMPLETED,
+                "status": REQUIRES_ACTION if waiting else COMPLETED,
                 "output_text": text,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "output_seq": rows[-1].seq,
+                "input_tokens": input_tokens + (earlier.input_tokens if earlier else 0),
+                "output_tokens": output_tokens + (earlier.output_tokens if earlier else 0),
                 "context": answer_context(
-                    turn.record.context, finished.finish_reason, with_message, calls, finished.usage_details()
+                    turn.record.context,
+                    finished.finish_reason,
+                    with_message,
+                    calls,
+                    finished.usage_details(),
+                    reasoning,
                 ),
                 "completed_at": now,
             }
+            if rows:
+                values["output_seq"] = rows[-1].seq
             if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
-                values["input_first_seq"] = rows[0].seq
+                if turn.record.input_seqs is None:  # a continued run keeps its first inputs' start
+                    values["input_first_seq"] = rows[0].seq
                 values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
             row = await ResponseRepository(session).update(turn.organization_id, turn.id, values)
             await webhooks.response_settled(session, turn.organization_id, turn.id)  # the outbox (docs/webhooks.md)
@@ -106,16 +140,45 @@ def _inputs(turn: Turn) -> list[NewMessage]:
             metadata=turn.input_metadata[i] if i < len(turn.input_metadata) else {},
             type=m.type,  # type: ignore[arg-type]
             call_id=m.call_id,
-            payload={"name": m.name} if m.name is not None else None,
+            payload=_input_payload(m),
         )
         for i, m in enumerate(turn.inputs)
     ]
 
 
-def _outputs(turn: Turn, text: str | None, calls: Sequence[OutputCall]) -> list[NewMessage]:
-    """The answer's message (when `text` is not None), then its function calls."""
+def _input_payload(m: PromptMessage) -> dict[str, Any] | None:
+    """The structure stored next to an input's text (docs/items.md): a call's name, a message's parts."""
+    payload: dict[str, Any] = {}
+    if m.name is not None:
+        payload["name"] = m.name
+    if m.parts:
+        payload["content"] = list(m.parts)
+    return payload or None
+
+
+def _outputs(
+    turn: Turn, text: str | None, calls: Sequence[OutputCall], reasoning: tuple[str, str] | None
+) -> list[NewMessage]:
+    """The reasoning item (when the model sent any), the answer's message (when `text` is not None), then its
+    function calls."""
     tokenizer, model = turn.tokenizer, turn.info.name
     out = []
+    if reasoning is not None:
+        item_id, thought = reasoning
+        out.append(
+            NewMessage(
+                id=item_id,
+                role="assistant",
+                type="reasoning",
+                content=thought,
+                payload=reasoning_payload(thought),
+                token_count=message_token_count(tokenizer, "assistant", thought),
+                tokenizer=tokenizer.name,
+                model=model,
+                response_id=turn.id,
+                assistant_id=turn.assistant_id,
+            )
+        )
     if text is not None:
         out.append(
             NewMessage(

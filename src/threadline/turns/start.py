@@ -20,15 +20,24 @@ from threadline import observability
 from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
+from threadline.domain.compaction import seen_text
 from threadline.domain.context import CONTEXT_MODES, ContextMode, ContextPlan, PromptMessage
-from threadline.domain.messages import ChatMessage, ItemReference, check_pairing
+from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, has_images, parts_of
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.domain.turns import IN_PROGRESS
-from threadline.errors import AlreadyExists, InvalidRequest, NotFound, ServiceUnavailable, ThreadBusy, ThreadFull
+from threadline.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    ResponseNotQueued,
+    ServiceUnavailable,
+    ThreadBusy,
+    ThreadFull,
+)
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
 from threadline.providers.registry import ModelRegistry
-from threadline.services import rate_limits
+from threadline.services import rate_limits, waiting_runs
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.services.conversation import (
@@ -43,8 +52,7 @@ from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.tables import Assistant, Response, Thread
-from threadline.turns import sampling
-from threadline.turns.context import plan_context
+from threadline.turns import compaction, sampling, waiting
 from threadline.turns.lease import LeaseAttempt
 from threadline.turns.record import request_record, stored
 from threadline.turns.request import RunOptions, TurnRequest, validate, validate_run
@@ -78,7 +86,7 @@ class TurnStarter:
         The credential's concurrent-turn slot is taken first (429 when none is free) and travels with the turn,
         which gives it back; a refusal here gives it back."""
         if request.run is not None:
-            await self._check_run(request, request.run)
+            request = await self._check_run(request, request.run)
         validate(request, self.models)
         if observability.current().draining:
             raise ServiceUnavailable("This server is shutting down and starts no new turns; retry the request.")
@@ -93,14 +101,18 @@ class TurnStarter:
         turn.slot = slot
         return turn
 
-    async def _check_run(self, request: TurnRequest, run: RunOptions) -> None:
+    async def _check_run(self, request: TurnRequest, run: RunOptions) -> TurnRequest:
         """A run needs an existing thread (a turn would create a missing one) and an assistant of the
-        organization: both are checked first, so neither waits on a busy thread."""
+        organization: both are checked first, so neither waits on a busy thread. The request comes back with
+        the run's tools resolved (its own, else its assistant's; docs/runs.md)."""
         assert request.thread_id is not None
         validate_run(run)
         async with self.maker() as session:
             await get_thread(session, request.organization_id, request.thread_id)
-            await get_assistant(session, request.organization_id, run.assistant_id)
+            assistant = await get_assistant(session, request.organization_id, run.assistant_id)
+        if request.resume_run is not None:
+            return request  # a continued run keeps the tools it started with
+        return waiting.with_run_tools(request, assistant, self.settings.run_expiry_seconds)
 
     async def _wait_for_thread(self, principal: Principal, request: TurnRequest) -> Turn:
         """Attempt the start until the thread is free, backing off from 10 ms to 200 ms between attempts."""
@@ -140,17 +152,23 @@ class TurnStarter:
         """One try, in one transaction: None while another live turn holds the thread."""
         watch = observability.current()
         items = await _resolve_references(session, request.organization_id, request.inputs)
-        lease = LeaseAttempt(session, self.settings, principal, request, new_id("resp"), utcnow())
+        owner = request.resume_run or request.response_id or new_id("resp")
+        lease = LeaseAttempt(session, self.settings, principal, request, owner, utcnow())
         with watch.span("turn.lease"):
             thread = await lease.take()
         if thread is None:
             return None
         segments = await conversation_path(session, thread)
         self._check_thread(thread, request, items, segments)
+        if request.resume_run is None:
+            # A run waiting for tool outputs holds no lease: its thread refuses other turns by this check.
+            await waiting_runs.ensure_no_active_run(
+                session, request.organization_id, thread.id, new_run=request.run is not None
+            )
         choices = await self._choose(session, thread, request)
         pinned, inputs = _prompt_parts(choices, request, items)
         with watch.span("turn.context", mode=choices.mode):
-            plan, pending = await plan_context(
+            plan, pending, compacting = await compaction.plan(
                 session,
                 thread,
                 segments=segments,
@@ -164,15 +182,23 @@ class TurnStarter:
                 full_limit=self.settings.max_messages_per_thread,
                 priming_tokens=choices.info.request_overhead_tokens + _tool_tokens(choices.tokenizer, request),
                 last_messages=request.run.last_messages if request.run else None,
+                compacting=compaction.CompactionContext(
+                    request.compaction, self.models, self.settings, choices.assistant, choices.info.name
+                )
+                if request.compaction
+                else None,
             )
         # Pairing (docs/items.md): outputs need their calls, a new user turn needs every call answered. The
         # history the plan read usually shows the calls still waiting; otherwise they are looked up.
         org = request.organization_id
+        _check_vision(plan.messages, choices.info)
         if pending is None:
             pending = await pending_calls(session, org, segments)
         check_pairing(pending, items, await known_calls(session, org, segments, pending, items))
         row = await self._record(session, principal, request, thread, lease.owner, lease.now, items, choices, plan)
-        return _turn(row, thread, principal, request, choices, plan, inputs)
+        turn = _turn(row, thread, principal, request, choices, plan, inputs)
+        turn.compaction = compacting
+        return turn
 
     def _check_thread(
         self, thread: Thread, request: TurnRequest, items: Sequence[ChatMessage], segments: Sequence[Segment]
@@ -249,8 +275,12 @@ class TurnStarter:
     ) -> Response:
         """The turn's row, `in_progress`. The answer's id is known before the answer exists (streams and runs
         announce it) and derived from the turn's id, so the OpenAI output item, the conversation item and the
-        Freddy message share one id."""
-        output_message_id = sibling_id("msg", owner)
+        Freddy message share one id. A continued run (`resume_run`) keeps its row: it becomes `in_progress` again
+        (turns/waiting.py)."""
+        output_message_id = sibling_id("msg", owner) if request.resume_run is None else new_id("msg")
+        context = {**plan.report.as_dict(), "tokenizer": choices.tokenizer.name}
+        if request.resume_run is not None:
+            return await waiting.resume(session, request.organization_id, owner, items, context, output_message_id, now)
         record = request_record(
             request,
             items,
@@ -261,20 +291,27 @@ class TurnStarter:
             choices.instructions,
             sampling.used(_params(choices, request), choices.info),
         )
-        return await ResponseRepository(session).add(
-            Response(
-                organization_id=request.organization_id,
-                id=owner,
-                thread_id=thread.id,
-                previous_response_id=request.previous_response_id,
-                user_id=principal.user_id,
-                model=choices.info.name,
-                status=IN_PROGRESS,
-                request=record,
-                context={**plan.report.as_dict(), "tokenizer": choices.tokenizer.name},
-                created_at=now,
-            )
+        row = Response(
+            organization_id=request.organization_id,
+            id=owner,
+            thread_id=thread.id,
+            previous_response_id=request.previous_response_id,
+            user_id=principal.user_id,
+            model=choices.info.name,
+            status=IN_PROGRESS,
+            request=record,
+            context=context,
+            created_at=now,
         )
+        repo = ResponseRepository(session)
+        if request.response_id is None:
+            return await repo.add(row)
+        # A background response (turns/background.py): its queued row starts, unless it was cancelled meanwhile.
+        values = {column: getattr(row, column) for column in ("thread_id", "model", "status", "request", "context")}
+        started = await repo.start_queued(row.organization_id, row.id, values)
+        if started is None:
+            raise ResponseNotQueued(f"Response '{row.id}' is no longer queued (it was cancelled).")
+        return started
 
 
 def _turn(
@@ -297,8 +334,10 @@ def _turn(
         info=choices.info,
         tokenizer=choices.tokenizer,
         prompt=[
-            ChatMessage(m.role, m.content, m.type, m.call_id, m.name)  # type: ignore[arg-type]
+            ChatMessage(m.role, m.content, m.type, m.call_id, m.name, m.parts)  # type: ignore[arg-type]
             for m in plan.messages
+            # Reasoning goes back only to a model that takes it, as OpenAI treats it (docs/items.md).
+            if m.type != "reasoning" or choices.info.reasoning
         ],
         inputs=inputs,
         params=_params(choices, request),
@@ -306,6 +345,7 @@ def _turn(
         thread_state=request.thread_state,
         output_message_id=record.output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
+        defer_calls=request.run is not None,
     )
 
 
@@ -338,10 +378,11 @@ def _prompt_parts(
         PromptMessage(
             m.role,
             m.content,
-            item_token_count(tokenizer, m.role, m.content, m.name),
+            item_token_count(tokenizer, m.role, seen_text(m.type, m.content), m.name, m.parts),
             type=m.type,
             call_id=m.call_id,
             name=m.name,
+            parts=m.parts,
         )
         for m in items
     ]
@@ -371,9 +412,28 @@ async def _resolve_references(
             raise NotFound(f"Item with id '{item.id}' not found.", code="item_not_found", param=f"inputs.{index}.id")
         name = (found.payload or {}).get("name")
         resolved.append(
-            ChatMessage(found.role, found.content, found.type, found.call_id, name)  # type: ignore[arg-type]
+            ChatMessage(
+                found.role,  # type: ignore[arg-type]
+                found.content,
+                found.type,  # type: ignore[arg-type]
+                found.call_id,
+                name,
+                parts_of(found.payload),
+            )
         )
     return resolved
+
+
+def _check_vision(prompt: Sequence[PromptMessage], info: ModelInfo) -> None:
+    """Images in what the model would see (this turn's inputs or the history it gets) need the `vision`
+    capability."""
+    if not info.vision and any(has_images(m.parts) for m in prompt):
+        raise InvalidRequest(
+            f"The model '{info.name}' does not accept images: use a model whose configuration has vision, or "
+            "send the request without image parts.",
+            code="vision_not_supported",
+            param="input",
+        )
 
 
 async def _run_assistant(session: AsyncSession, organization_id: str, run: RunOptions) -> Assistant:

@@ -1,17 +1,17 @@
 """Stored turns after the fact, in the request's transaction: read one (settling a turn whose server died), the
-input items it saved, deleting one, cancelling one.
+input items it saved, deleting one. (Cancelling a background response: turns/background.py.)
 
 Deleting a response removes its record only. The messages the turn saved belong to the thread (a conversation's
 items, a Freddy thread's history) and stay there; the response can no longer be retrieved or continued with
-`previous_response_id`. Threadline runs no background responses, so none can be cancelled.
+`previous_response_id`.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.domain.turns import IN_PROGRESS, StoredTurn
-from threadline.errors import Conflict, InvalidRequest, NotFound
+from threadline.domain.turns import IN_PROGRESS, QUEUED, StoredTurn
+from threadline.errors import Conflict, NotFound
 from threadline.services import recovery
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
@@ -53,23 +53,11 @@ async def list_inputs(
 
 async def delete_turn(session: AsyncSession, organization_id: str, response_id: str) -> StoredTurn:
     row = await get_row(session, organization_id, response_id)
-    if row.status == IN_PROGRESS:
+    if row.status in (QUEUED, IN_PROGRESS):
         raise Conflict(
-            f"Response '{response_id}' is still being generated; delete it once it has finished.",
+            f"Response '{response_id}' is still queued or being generated; delete it once it has finished.",
             code="response_in_progress",
         )
     turn = stored(row)
     await ResponseRepository(session).delete(row)
     return turn
-
-
-async def cancel_response(session: AsyncSession, organization_id: str, response_id: str) -> StoredTurn:
-    """Always refused (after the existence check), as OpenAI refuses to cancel a response that is not
-    `background`: a turn runs in the request that started it, and ends when that client disconnects."""
-    await get_row(session, organization_id, response_id)
-    raise InvalidRequest(
-        f"Response '{response_id}' cannot be cancelled: only background responses can be, and Threadline runs "
-        "none (a streamed response stops when its client disconnects).",
-        code="response_not_cancellable",
-        param="response_id",
-    )

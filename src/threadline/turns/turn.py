@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from threadline.domain.context import PromptMessage
 from threadline.domain.messages import ChatMessage
@@ -13,6 +13,9 @@ from threadline.errors import ThreadlineError
 from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
 from threadline.services import rate_limits
 from threadline.services.auth import Principal
+
+if TYPE_CHECKING:
+    from threadline.turns.compaction import PendingCompaction
 
 
 class TurnObserver(Protocol):
@@ -45,8 +48,13 @@ class Turn:
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
     # At most this many function calls of the answer are kept (None: all).
     max_tool_calls: int | None = None
+    # An Assistants run: an answer with calls is not saved to the thread but waits for their outputs on the
+    # turn's row (status `requires_action`, docs/runs.md).
+    defer_calls: bool = False
     # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
     slot: rate_limits.TurnSlot | None = None
+    # A compaction to run before the model call (OpenAI `context_management`, a `compaction_trigger`).
+    compaction: PendingCompaction | None = None
 
     @property
     def id(self) -> str:
@@ -60,6 +68,14 @@ class Turn:
 
 @dataclass(frozen=True)
 class OutputDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputReasoning:
+    """A piece of the model's reasoning; `item_id` (`rs_…`) is the id its reasoning item is saved under."""
+
+    item_id: str
     text: str
 
 
@@ -88,4 +104,13 @@ class TurnDone:
     error: ThreadlineError | None
 
 
-TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
+@dataclass(frozen=True)
+class OutputCompaction:
+    """The turn compacted first: its compaction item (the first output item) is written (docs/compaction.md)."""
+
+    item_id: str
+    summary: str
+    model: str
+
+
+TurnEvent = OutputDelta | OutputReasoning | OutputCallStarted | OutputCallArguments | OutputCompaction | TurnDone

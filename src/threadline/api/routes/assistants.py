@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/assistants", tags=["assistants"])
 async def create_assistant(
     body: AssistantCreate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
 ) -> AssistantRead:
-    values = body.model_dump(exclude_unset=True, exclude={"organization_id"})
+    values = body.values()
     assistant = await assistants.create_assistant(
         session, principal, principal.organization(body.organization_id), values, models
     )
@@ -51,7 +51,7 @@ async def get_assistant(assistant_id: IdPath, session: SessionDep, organization_
 async def update_assistant(
     assistant_id: IdPath, body: AssistantUpdate, session: SessionDep, principal: PrincipalDep, models: ModelsDep
 ) -> AssistantRead:
-    changes = body.model_dump(exclude_unset=True, exclude={"organization_id"})
+    changes = body.values()
     assistant = await assistants.update_assistant(
         session, principal.organization(body.organization_id), assistant_id, changes, models
     )

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from threadline.api.deps import authenticate
 from threadline.api.errors import error_body, error_response, status_of, validation_error_body
-from threadline.api.routes.openai_responses import openai_names, response_events
+from threadline.api.routes.openai_responses import openai_names, stream_frames
 from threadline.api.schemas.openai_responses import OpenAIResponseCreate
 from threadline.api.sse import EventFramer
 from threadline.errors import InvalidRequest, ThreadlineError
@@ -107,14 +107,19 @@ async def _create(websocket: WebSocket, principal: Principal, event: dict[str, A
     with openai_names():
         request = body.to_request(principal.organization(websocket.query_params.get("organization_id")))
         turn = await turns.start(principal, request)
-    framer = EventFramer()
-
-    def frame(name: str, payload: dict[str, Any]) -> str:
-        data = framer.data(name, payload)
-        return json.dumps(data if stream_id is None else {**data, "stream_id": stream_id}, ensure_ascii=False)
-
-    async for text in response_events(turns.run(turn), turn, frame):
+    async for text in stream_frames(turns.run(turn), turn, SocketFramer(stream_id)):
         await websocket.send_text(text)
+
+
+class SocketFramer(EventFramer):
+    """Each event as one WebSocket message: its JSON itself, with the client's `stream_id` when it sent one."""
+
+    def __init__(self, stream_id: Any) -> None:
+        super().__init__()
+        self.stream_id = stream_id
+
+    def frame(self, name: str, payload: dict[str, Any]) -> str:
+        return self.encode(name, payload if self.stream_id is None else {**payload, "stream_id": self.stream_id})
 
 
 async def _send(websocket: WebSocket, data: dict[str, Any], stream_id: Any) -> None:

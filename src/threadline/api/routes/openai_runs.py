@@ -19,9 +19,17 @@ from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from threadline.api.deps import OrganizationDep, OrganizationQuery, SessionDep, TurnPrincipalDep, TurnsDep
+from threadline.api.deps import (
+    OrganizationDep,
+    OrganizationQuery,
+    SessionDep,
+    SessionmakerDep,
+    TurnPrincipalDep,
+    TurnsDep,
+)
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
+from threadline.api.schemas.common import OrderQuery
 from threadline.api.schemas.freddy import IdPath, ThreadIdPath
 from threadline.api.schemas.openai import OpenAIMessageRead, OpenAIPageQueryDep, OpenAIThreadCreate, OpenAIThreadRead
 from threadline.api.schemas.openai_runs import (
@@ -33,16 +41,20 @@ from threadline.api.schemas.openai_runs import (
     RunStepRead,
     RunStepStatus,
     RunUpdate,
+    StepFunctionRead,
+    StepToolCallRead,
+    SubmitToolOutputs,
     ThreadAndRunCreate,
     answer_in_progress,
     answer_incomplete,
     message_delta,
+    run_steps,
 )
 from threadline.api.sse import sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
-from threadline.turns import runs
+from threadline.turns import runs, waiting
 from threadline.turns.engine import TurnEngine
-from threadline.turns.turn import OutputDelta, Turn, TurnDone
+from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
@@ -54,7 +66,7 @@ RUN_EVENTS = streamed(
     [
         "thread.created",
         *(f"thread.run.{status}" for status in ("created", *get_args(RunStatus))),
-        *(f"thread.run.step.{status}" for status in ("created", *get_args(RunStepStatus))),
+        *(f"thread.run.step.{status}" for status in ("created", "delta", *get_args(RunStepStatus))),
         *(f"thread.message.{name}" for name in ("created", "in_progress", "delta", "completed", "incomplete")),
         "done",
     ]
@@ -98,6 +110,29 @@ async def create_run(
     return sse_response(_sse(turns, turn, None))
 
 
+@router.post(
+    "/{thread_id}/runs/{run_id}/submit_tool_outputs",
+    response_model=RunRead,
+    dependencies=[Idempotent],
+    responses=MODEL_CALL | RUN_EVENTS,
+)
+async def submit_tool_outputs(
+    thread_id: ThreadIdPath,
+    run_id: IdPath,
+    body: SubmitToolOutputs,
+    principal: TurnPrincipalDep,
+    maker: SessionmakerDep,
+    turns: TurnsDep,
+    organization_id: OrganizationQuery = None,
+) -> RunRead | StreamingResponse:
+    """The outputs of a waiting run's calls: the same run continues to its answer (turns/waiting.py)."""
+    org = principal.organization(organization_id)
+    turn = await turns.start(principal, await runs.submission(maker, org, thread_id, run_id, body.outputs()))
+    if not body.stream:
+        return RunRead.of((await turns.finish(turn)).record)
+    return sse_response(_sse(turns, turn, None, resumed=True))
+
+
 @router.get("/{thread_id}/runs", response_model=RunList)
 async def list_runs(
     thread_id: ThreadIdPath,
@@ -136,16 +171,21 @@ async def cancel_run(
 
 @router.get("/{thread_id}/runs/{run_id}/steps", response_model=RunStepList)
 async def list_steps(
-    thread_id: ThreadIdPath, run_id: IdPath, session: SessionDep, organization_id: OrganizationDep
+    thread_id: ThreadIdPath,
+    run_id: IdPath,
+    session: SessionDep,
+    organization_id: OrganizationDep,
+    order: OrderQuery = "desc",
 ) -> RunStepList:
-    return RunStepList.of(await runs.get_run(session, organization_id, thread_id, run_id))
+    return RunStepList.of(await runs.get_run(session, organization_id, thread_id, run_id), order)
 
 
 @router.get("/{thread_id}/runs/{run_id}/steps/{step_id}", response_model=RunStepRead)
 async def get_step(
     thread_id: ThreadIdPath, run_id: IdPath, step_id: IdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> RunStepRead:
-    return RunStepRead.of(await runs.get_step(session, organization_id, thread_id, run_id, step_id))
+    turn = await runs.get_step(session, organization_id, thread_id, run_id, step_id)
+    return next(step for step in run_steps(turn) if step.id == step_id)
 
 
 def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
@@ -154,37 +194,86 @@ def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _sse(turns: TurnEngine, turn: Turn, thread: OpenAIThreadRead | None) -> AsyncIterator[str]:
-    """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on."""
+async def _sse(
+    turns: TurnEngine, turn: Turn, thread: OpenAIThreadRead | None, *, resumed: bool = False
+) -> AsyncIterator[str]:
+    """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on. The answer's
+    message (and its step) opens at its first text, a tool_calls step at the first call; a run whose model
+    called functions ends with `thread.run.requires_action`. A continued run (`resumed`) first completes the
+    tool_calls step its outputs answered."""
     if thread is not None:
         yield _frame("thread.created", thread)
     queued = RunRead.of(turn.record, status="queued")
-    yield _frame("thread.run.created", queued)
+    if resumed:
+        answered = waiting.completed_steps(turn.record)[-1]
+        yield _frame("thread.run.step.completed", RunStepRead.tools_done(turn.record, answered))
+    else:
+        yield _frame("thread.run.created", queued)
     yield _frame("thread.run.queued", queued)
     yield _frame("thread.run.in_progress", RunRead.of(turn.record))
-    step = RunStepRead.of(turn.record)
-    yield _frame("thread.run.step.created", step)
-    yield _frame("thread.run.step.in_progress", step)
     answer = answer_in_progress(turn)
-    yield _frame("thread.message.created", answer)
-    yield _frame("thread.message.in_progress", answer)
+    message_open = False
+    tool_step: RunStepRead | None = None
     parts: list[str] = []
+
+    def open_message() -> list[str]:
+        step = RunStepRead.of(turn.record)
+        return [
+            _frame("thread.run.step.created", step),
+            _frame("thread.run.step.in_progress", step),
+            _frame("thread.message.created", answer),
+            _frame("thread.message.in_progress", answer),
+        ]
+
     events = turns.run(turn)
     # aclosing: when the client goes away, the turn's cleanup (fail it, free the thread) runs now.
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, OutputDelta):
+                if not message_open:
+                    message_open = True
+                    for frame in open_message():
+                        yield frame
                 parts.append(event.text)
                 yield _frame("thread.message.delta", message_delta(answer.id, event.text))
+            elif isinstance(event, OutputCallStarted):
+                if tool_step is None:
+                    tool_step = RunStepRead.tools_waiting(turn.record, [])
+                    yield _frame("thread.run.step.created", tool_step)
+                    yield _frame("thread.run.step.in_progress", tool_step)
+                call = StepToolCallRead(
+                    id=event.call_id, function=StepFunctionRead(name=event.name, arguments="", output=None)
+                )
+                yield _frame("thread.run.step.delta", _call_delta(tool_step.id, event.index, call.model_dump()))
+            elif isinstance(event, OutputCallArguments) and tool_step is not None:
+                piece = {"type": "function", "function": {"arguments": event.delta}}
+                yield _frame("thread.run.step.delta", _call_delta(tool_step.id, event.index, piece))
             elif isinstance(event, TurnDone):
                 run = RunRead.of(event.record)
-                step = RunStepRead.of(event.record)
-                message = await turns.answer(turn) if event.error is None else None
-                if message is not None:
-                    yield _frame("thread.message.completed", OpenAIMessageRead.of(message))
-                else:
-                    reason = "run_cancelled" if run.status == "cancelled" else "run_failed"
-                    yield _frame("thread.message.incomplete", answer_incomplete(turn, "".join(parts), reason))
-                yield _frame(f"thread.run.step.{step.status}", step)
+                if message_open or tool_step is None:
+                    if not message_open:
+                        for frame in open_message():
+                            yield frame
+                    step = RunStepRead.of(event.record)
+                    message = await turns.answer(turn) if event.error is None else None
+                    if message is not None:
+                        step.status = "completed" if step.status == "in_progress" else step.status
+                        yield _frame("thread.message.completed", OpenAIMessageRead.of(message))
+                    else:
+                        reason = "run_cancelled" if run.status == "cancelled" else "run_failed"
+                        yield _frame("thread.message.incomplete", answer_incomplete(turn, "".join(parts), reason))
+                    yield _frame(f"thread.run.step.{step.status}", step)
+                if tool_step is not None and run.status != "requires_action":
+                    ended = "cancelled" if run.status == "cancelled" else "failed"
+                    yield _frame(f"thread.run.step.{ended}", tool_step.model_copy(update={"status": ended}))
                 yield _frame(f"thread.run.{run.status}", run)
     yield "event: done\ndata: [DONE]\n\n"
+
+
+def _call_delta(step: str, index: int, call: dict[str, Any]) -> dict[str, Any]:
+    """`thread.run.step.delta` for one tool call of the step (the SDK merges deltas by `index`)."""
+    return {
+        "id": step,
+        "object": "thread.run.step.delta",
+        "delta": {"step_details": {"type": "tool_calls", "tool_calls": [{"index": index, **call}]}},
+    }

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, iso
 from threadline.api.schemas.freddy import ListEnvelope
+from threadline.api.schemas.tools import assistants_tools
 from threadline.config import ContextMode
 from threadline.storage.repositories.pagination import Page
 from threadline.storage.tables import Assistant
@@ -24,7 +25,20 @@ class _AssistantFields(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_output_tokens: OutputTokens | None = None
     metadata: Metadata | None = None
+    # Compaction (docs/compaction.md): the share of the window past which its threads are compacted in the
+    # background, and the model that writes their summaries.
+    compact_at: float | None = Field(default=None, gt=0, le=1)
+    summary_model: str | None = Field(default=None, min_length=1, max_length=200)
+    # Function tools for its runs, in the Assistants v2 spelling: [{"type": "function", "function": {...}}].
+    tools: list[Any] | None = None
     organization_id: str | None = Field(default=None, max_length=64)
+
+    def values(self) -> dict[str, Any]:
+        """The fields given (tools validated and normalized; `null` clears them)."""
+        values = self.model_dump(exclude_unset=True, exclude={"organization_id"})
+        if values.get("tools") is not None:
+            values["tools"] = [t.as_assistants_tool() for t in assistants_tools(values["tools"])]
+        return values
 
 
 class AssistantCreate(_AssistantFields):
@@ -49,7 +63,10 @@ class AssistantRead(ResponseModel):
     thread_context_mode: str | None
     temperature: float | None
     max_output_tokens: int | None
+    compact_at: float | None = None
+    summary_model: str | None = None
     metadata: dict[str, Any]
+    tools: list[Any]
 
     @classmethod
     def of(cls, assistant: Assistant) -> AssistantRead:
@@ -66,7 +83,10 @@ class AssistantRead(ResponseModel):
             thread_context_mode=assistant.thread_context_mode,
             temperature=assistant.temperature,
             max_output_tokens=assistant.max_output_tokens,
+            compact_at=assistant.compact_at,
+            summary_model=assistant.summary_model,
             metadata=assistant.metadata_,
+            tools=list(assistant.tools or []),
         )
 
 

@@ -76,6 +76,9 @@ class ThreadUpdate(RequestModel):
     state: ThreadStateField | None = None
     workflow_id: str | None = Field(default=None, max_length=128)
     space_ids: list[SpaceId] | None = Field(default=None, max_length=100)
+    # Compact the thread in the background once a turn's prompt passes this share of the window (null: the
+    # assistant's or the server's setting; docs/compaction.md).
+    compact_at: float | None = Field(default=None, gt=0, le=1)
     organization_id: str | None = Field(default=None, max_length=64)
 
 
@@ -117,6 +120,15 @@ class ThreadNameGenerate(RequestModel):
             max_output_tokens=self.max_output_tokens,
             temperature=self.temperature,
         )
+
+
+class ThreadCompact(RequestModel):
+    """POST /v1/threads/{id}/compact: every field is optional (docs/compaction.md)."""
+
+    model: str | None = Field(default=None, max_length=200)
+    organization_id: str | None = Field(default=None, max_length=64)
+    # The newest messages worth this many tokens stay as they were said, after the summary.
+    keep_tokens: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class TextPart(RequestModel):
@@ -163,6 +175,7 @@ class ThreadRead(ResponseModel):
     message_count: int
     visible_in_ui: bool
     last_model_used: str | None
+    compact_at: float | None = None
     is_pinned: bool
     pinned_at: str | None
     space_ids: list[Any]
@@ -188,6 +201,7 @@ class ThreadRead(ResponseModel):
             message_count=thread.message_count + thread.inherited_message_count,
             visible_in_ui=thread.visible_in_ui,
             last_model_used=thread.last_model_used,
+            compact_at=thread.compact_at,
             is_pinned=thread.is_pinned,
             pinned_at=iso(thread.pinned_at),
             space_ids=thread.space_ids,
@@ -253,12 +267,18 @@ class MessageRead(ResponseModel):
     output: str | list[Any] | None = None
     # A message's image parts (`payload.content`, docs/items.md), in Freddy's input spelling `{url, detail}`.
     images: list[ImageRead] = Field(default_factory=list)
+    # A `compaction` item (role `system`, its summary in `content`): the first and last seq it stands for.
+    covers: list[int] | None = None
+    # A message with images: all its parts in order, as stored (docs/items.md); null for text only.
+    parts: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessageRead:
         payload = message.payload or {}
         is_call, is_output = message.type == "function_call", message.type == "function_call_output"
+        covers = payload.get("covers") if message.type == "compaction" else None
         return cls(
+            covers=covers if isinstance(covers, list) else None,
             id=message.id,
             type=message.type,
             call_id=message.call_id,
@@ -282,6 +302,7 @@ class MessageRead(ResponseModel):
             token_count=message.token_count,
             model=message.model,
             response_id=message.response_id,
+            parts=payload.get("content") if message.type == "message" else None,
         )
 
 

@@ -4,6 +4,7 @@ Same rows as the Freddy shapes (`freddy.py`), another projection: integer Unix-s
 `object` literals, `[]` rather than null for lists. Requests take the fields of the SDK's params types and refuse
 any other key (400 `unknown_parameter`, as OpenAI does); the values we read are validated here, and anything we
 cannot honour (image parts, files, tool items) is a 400 with a stable code rather than silently dropped.
+Images (`input_image`, Assistants `image_url`) are stored as `image` parts next to the text (docs/items.md).
 
 Role mapping: the Assistants view shows `user` and `assistant` messages only (its `role` has no other value;
 system prompts belong to assistants there). Conversation items take `developer` as well and store it as
@@ -34,7 +35,16 @@ from threadline.api.schemas.common import (
     StringMetadata,
     end_ids,
 )
-from threadline.domain.messages import NewMessage, Role, role_of
+from threadline.domain.messages import (
+    ContentParts,
+    NewMessage,
+    Role,
+    check_image_count,
+    image_part,
+    parts_of,
+    reasoning_text,
+    role_of,
+)
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, Thread
@@ -82,7 +92,7 @@ def string_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 def _unsupported_part(kind: str, param: str) -> ValidationFailed:
     if kind in _NON_TEXT_PARTS:
         return ValidationFailed(
-            f"Content parts of type '{kind}' are not supported: Threadline stores plain text only.",
+            f"Content parts of type '{kind}' are not supported: Threadline stores text, and images given by URL.",
             code="unsupported_content_type",
             param=param,
         )
@@ -91,17 +101,29 @@ def _unsupported_part(kind: str, param: str) -> ValidationFailed:
 
 def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> str:
     """The text of a string or of a list of text parts (joined as written, like `output_text`)."""
+    return _content(content, param, text_types)[0]
+
+
+def _content(
+    content: str | list[Any], param: str, text_types: set[str], image: str | None = None
+) -> tuple[str, ContentParts | None]:
+    """The text of a string or of a list of parts (joined as written, like `output_text`), and — when some part
+    is an image of type `image` (`input_image` or `image_url`) — every part in order, to store (docs/items.md)."""
     if isinstance(content, str):
-        return content
+        return content, None
     if not content:
         raise ValidationFailed("Content needs at least one part.", code="empty_content", param=param)
     texts = []
+    parts: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str):
             raise ValidationFailed(
                 "Each content part is an object with a 'type'.", code="invalid_type", param=f"{param}.{i}"
             )
+        if image is not None and kind == image:
+            parts.append(_image(part, kind, f"{param}.{i}"))
+            continue
         if kind not in text_types:
             raise _unsupported_part(kind, f"{param}.{i}.type")
         text = part.get("text")
@@ -110,7 +132,32 @@ def _parts_text(content: str | list[Any], param: str, text_types: set[str]) -> s
                 f"A '{kind}' part needs 'text' as a string.", code="invalid_type", param=f"{param}.{i}.text"
             )
         texts.append(text)
-    return "".join(texts)
+        parts.append({"type": "text", "text": text})
+    if not any(p["type"] == "image" for p in parts):
+        return "".join(texts), None
+    check_image_count(parts, param)
+    return "".join(texts), tuple(parts)
+
+
+def _image(part: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
+    """`input_image` {image_url, detail, file_id} or Assistants `image_url` {image_url: {url, detail}}."""
+    if kind == "input_image":
+        if part.get("file_id") is not None:
+            raise ValidationFailed(
+                "'file_id' is not supported: Threadline has no files; give the image as 'image_url' (an https URL or "
+                "a base64 data URL).",
+                code="unsupported_parameter",
+                param=f"{param}.file_id",
+            )
+        return image_part(part.get("image_url"), part.get("detail"), f"{param}.image_url")
+    value = part.get("image_url")
+    if not isinstance(value, dict):
+        raise ValidationFailed(
+            "An 'image_url' part needs 'image_url' as an object {url, detail}.",
+            code="invalid_type",
+            param=f"{param}.image_url",
+        )
+    return image_part(value.get("url"), value.get("detail"), f"{param}.image_url.url")
 
 
 def _names_files(value: Any) -> bool:
@@ -141,8 +188,9 @@ class OpenAIMessageCreate(OpenAIRequest):
     def new_message(self, param: str = "") -> NewMessage:
         if self.attachments:
             raise _files_unsupported(f"{param}attachments")
-        text = _parts_text(self.content, f"{param}content", {"text"})
-        return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}))
+        text, parts = _content(self.content, f"{param}content", {"text"}, image="image_url")
+        payload = {"content": list(parts)} if parts else None
+        return NewMessage(role=self.role, content=text, metadata=dict(self.metadata or {}), payload=payload)
 
 
 class OpenAIThreadCreate(OpenAIRequest):
@@ -200,13 +248,36 @@ class TextContentRead(ResponseModel):
     text: TextValueRead
 
 
+class ImageURLRead(ResponseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImageURLContentRead(ResponseModel):
+    type: Literal["image_url"] = "image_url"
+    image_url: ImageURLRead
+
+
+def _message_content(message: Message) -> list[TextContentRead | ImageURLContentRead]:
+    """A stored message's content as Assistants content blocks: its parts in order when it has images."""
+    parts = parts_of(message.payload)
+    if not parts:
+        return [TextContentRead(text=TextValueRead(value=message.content))]
+    return [
+        ImageURLContentRead(image_url=ImageURLRead(url=p["url"], detail=p.get("detail", "auto")))
+        if p.get("type") == "image"
+        else TextContentRead(text=TextValueRead(value=p.get("text", "")))
+        for p in parts
+    ]
+
+
 class OpenAIMessageRead(ResponseModel):
     id: str
     object: Literal["thread.message"] = "thread.message"
     created_at: int
     thread_id: str
     role: Literal["user", "assistant"]
-    content: list[TextContentRead]
+    content: list[TextContentRead | ImageURLContentRead]
     status: Literal["in_progress", "incomplete", "completed"] = "completed"
     assistant_id: str | None
     run_id: str | None = None
@@ -224,7 +295,7 @@ class OpenAIMessageRead(ResponseModel):
             created_at=created,
             thread_id=message.thread_id,
             role="assistant" if message.role == "assistant" else "user",
-            content=[TextContentRead(text=TextValueRead(value=message.content))],
+            content=_message_content(message),
             assistant_id=message.assistant_id,
             # A run is a turn: the messages it saved carry its (response) id.
             run_id=message.response_id,
@@ -343,18 +414,68 @@ def _tool_item(item: dict[str, Any], kind: str, param: str) -> NewMessage:
     )
 
 
+def _reasoning_item(item: dict[str, Any], param: str) -> NewMessage:
+    """A `reasoning` item, kept as sent (docs/items.md): `summary` (summary_text parts), `content` (reasoning_text
+    parts), `encrypted_content`, `status`; its readable text is the searchable `content`."""
+    payload: dict[str, Any] = {}
+    for key, part_type in (("summary", "summary_text"), ("content", "reasoning_text")):
+        parts = item.get(key)
+        if parts is None and key == "content":
+            continue
+        if not isinstance(parts, list):
+            raise ValidationFailed(
+                f"A 'reasoning' item needs '{key}' as a list of {part_type} parts.",
+                code="invalid_type",
+                param=f"{param}.{key}",
+            )
+        for i, part in enumerate(parts):
+            if not isinstance(part, dict) or part.get("type") != part_type or not isinstance(part.get("text"), str):
+                raise ValidationFailed(
+                    f"Each '{key}' part is {{'type': '{part_type}', 'text': str}}.",
+                    code="invalid_type",
+                    param=f"{param}.{key}.{i}",
+                )
+        payload[key] = [{"type": part_type, "text": p["text"]} for p in parts]
+    encrypted = item.get("encrypted_content")
+    if encrypted is not None and not isinstance(encrypted, str):
+        raise ValidationFailed(
+            "'encrypted_content' is a string.", code="invalid_type", param=f"{param}.encrypted_content"
+        )
+    payload["encrypted_content"] = encrypted
+    payload["status"] = _status(item, param) if item.get("status") is not None else None
+    return NewMessage(role=role_of("reasoning"), content=reasoning_text(payload), type="reasoning", payload=payload)
+
+
 def new_item(item: Any, param: str) -> NewMessage:
-    """A conversation (or Responses input) item to store: a message with text, a function call or its output.
-    Other OpenAI item types are a 400 `unsupported_item_type` naming the type."""
+    """A conversation (or Responses input) item to store: a message (text and images), a function call, its
+    output, or reasoning. Other OpenAI item types are a 400 `unsupported_item_type` naming the type."""
     if not isinstance(item, dict):
         raise ValidationFailed("Each item is an object.", code="invalid_type", param=param)
     kind = item.get("type", "message")
     if kind in ("function_call", "function_call_output"):
         return _tool_item(item, kind, param)
+    if kind == "compaction":
+        # A summary sent back (docs/compaction.md): Threadline's `encrypted_content` is the readable summary.
+        summary = _string_field(item, "encrypted_content", param, kind)
+        if not summary.strip():
+            raise ValidationFailed(
+                "A 'compaction' item needs a non-empty 'encrypted_content'.",
+                code="invalid_value",
+                param=f"{param}.encrypted_content",
+            )
+        return NewMessage(role=role_of("compaction"), content=summary, type="compaction")
+    if kind == "compaction_trigger":
+        raise ValidationFailed(
+            "A 'compaction_trigger' item must be the last input item of a response.",
+            code="invalid_compaction_trigger",
+            param=f"{param}.type",
+        )
+    if kind == "reasoning":
+        return _reasoning_item(item, param)
     if kind != "message":
         raise ValidationFailed(
-            f"Items of type '{kind}' are not supported: Threadline stores message, function_call and "
-            "function_call_output items.",
+            f"Items of type '{kind}' are not supported: Threadline stores message, function_call, "
+            "function_call_output, reasoning and compaction items.",
             code="unsupported_item_type",
             param=f"{param}.type",
         )
@@ -370,8 +491,9 @@ def new_item(item: Any, param: str) -> NewMessage:
         raise ValidationFailed(
             "'content' is a string or a list of parts.", code="invalid_type", param=f"{param}.content"
         )
-    text = _parts_text(content, f"{param}.content", _TEXT_PARTS_ITEMS)
-    return NewMessage(role=_CONVERSATION_ROLES[role], content=text)
+    text, parts = _content(content, f"{param}.content", _TEXT_PARTS_ITEMS, image="input_image")
+    payload = {"content": list(parts)} if parts else None
+    return NewMessage(role=_CONVERSATION_ROLES[role], content=text, payload=payload)
 
 
 class ConversationCreate(OpenAIRequest):
@@ -420,6 +542,13 @@ class OutputTextRead(ResponseModel):
     logprobs: list[Any] = Field(default_factory=list)
 
 
+class InputImageRead(ResponseModel):
+    type: Literal["input_image"] = "input_image"
+    image_url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+    file_id: None = None
+
+
 class ConversationItemRead(ResponseModel):
     """A stored message as a conversation `message` item (user/system text in, assistant text out)."""
 
@@ -427,15 +556,27 @@ class ConversationItemRead(ResponseModel):
     id: str
     role: Literal["user", "assistant", "system"]
     status: Literal["completed"] = "completed"
-    content: list[InputTextRead | OutputTextRead]
+    content: list[InputTextRead | OutputTextRead | InputImageRead]
 
     @classmethod
     def of(cls, message: Message) -> ConversationItemRead:
         role: Literal["user", "assistant", "system"] = (
             "assistant" if message.role == "assistant" else "system" if message.role == "system" else "user"
         )
-        part = OutputTextRead(text=message.content) if role == "assistant" else InputTextRead(text=message.content)
-        return cls(id=message.id, role=role, content=[part])
+
+        def text(value: str) -> InputTextRead | OutputTextRead:
+            return OutputTextRead(text=value) if role == "assistant" else InputTextRead(text=value)
+
+        parts = parts_of(message.payload)
+        if not parts:
+            return cls(id=message.id, role=role, content=[text(message.content)])
+        content: list[InputTextRead | OutputTextRead | InputImageRead] = [
+            InputImageRead(image_url=p["url"], detail=p.get("detail", "auto"))
+            if p.get("type") == "image"
+            else text(p.get("text", ""))
+            for p in parts
+        ]
+        return cls(id=message.id, role=role, content=content)
 
 
 class FunctionCallItemRead(ResponseModel):
@@ -457,12 +598,58 @@ class FunctionCallOutputItemRead(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-ItemRead = ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead
+class CompactionItemRead(ResponseModel):
+    """A stored `compaction` item: `encrypted_content` is its summary, readable (Threadline does not encrypt it;
+    docs/compaction.md); `created_by` the model that wrote it."""
+
+    type: Literal["compaction"] = "compaction"
+    id: str
+    encrypted_content: str
+    created_by: str | None = None
+
+
+class SummaryTextRead(ResponseModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class ReasoningTextRead(ResponseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItemRead(ResponseModel):
+    """A stored `reasoning` item, as it was sent or as the upstream produced it."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[SummaryTextRead]
+    content: list[ReasoningTextRead] | None = None
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    @classmethod
+    def of_payload(cls, item_id: str, payload: Mapping[str, Any]) -> ReasoningItemRead:
+        content = payload.get("content")
+        return cls(
+            id=item_id,
+            summary=[SummaryTextRead(text=p["text"]) for p in payload.get("summary") or []],
+            content=None if content is None else [ReasoningTextRead(text=p["text"]) for p in content],
+            encrypted_content=payload.get("encrypted_content"),
+            status=payload.get("status"),
+        )
+
+
+ItemRead = (
+    ConversationItemRead | FunctionCallItemRead | FunctionCallOutputItemRead | ReasoningItemRead | CompactionItemRead
+)
 
 
 def item_of(message: Message) -> ItemRead:
     """A stored item in the OpenAI item shape of its type."""
     payload = message.payload or {}
+    if message.type == "reasoning":
+        return ReasoningItemRead.of_payload(message.id, payload)
     status = payload.get("status", "completed")
     if message.type == "function_call":
         return FunctionCallItemRead(
@@ -480,6 +667,8 @@ def item_of(message: Message) -> ItemRead:
             output=output if isinstance(output, list) else message.content,
             status=status,
         )
+    if message.type == "compaction":
+        return CompactionItemRead(id=message.id, encrypted_content=message.content, created_by=message.model)
     return ConversationItemRead.of(message)
 
 

@@ -35,7 +35,7 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 # Fields that ask for something Threadline does not do, refused whenever they carry a value.
 REFUSED_FIELDS = {
     "access_programs": "Threadline runs no programmatic tool calling",
-    "background_options": "Threadline runs no background responses",
+    "background_options": "Threadline's background responses take no options",
     "image": "Threadline generates no images",
     "moderation": "Threadline runs no moderation",
     "prompt": "Threadline has no stored prompt templates; send 'instructions' and 'input' instead",
@@ -47,12 +47,10 @@ def unsupported(param: str, why: str) -> NoReturn:
 
 
 def check_refused(fields: dict[str, Any]) -> None:
-    """Refuse every field of `REFUSED_FIELDS` given a value; `context_management` may be empty."""
+    """Refuse every field of `REFUSED_FIELDS` given a value."""
     for name, why in REFUSED_FIELDS.items():
         if fields.get(name) is not None:
             unsupported(name, why)
-    if fields.get("context_management"):
-        unsupported("context_management", "Threadline's context is the thread's, chosen by 'truncation'")
 
 
 def check_include(include: list[Any] | None) -> list[str]:

@@ -24,20 +24,37 @@ as OpenAI answers it. The response echoes what was used, numbers where the OpenR
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import Field
 
 from threadline.api.schemas import openai_options as options
-from threadline.api.schemas.common import MessageText, OutputTokens, RequestModel, ResponseModel, StringMetadata
-from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, new_item, unix
+from threadline.api.schemas.common import (
+    INT32_MAX,
+    MessageText,
+    OutputTokens,
+    RequestModel,
+    ResponseModel,
+    StringMetadata,
+)
+from threadline.api.schemas.openai import (
+    CompactionItemRead,
+    ConversationItemRead,
+    FunctionCallItemRead,
+    OutputTextRead,
+    ReasoningItemRead,
+    new_item,
+    unix,
+)
 from threadline.domain import threads as rules
+from threadline.domain.compaction import CompactionOptions
 from threadline.domain.context import ContextMode
-from threadline.domain.messages import ChatMessage, ItemReference
-from threadline.domain.turns import TRUNCATED_BY_FILTER, TRUNCATED_BY_LENGTH, StoredTurn
+from threadline.domain.messages import ChatMessage, ItemReference, reasoning_payload
+from threadline.domain.turns import EXPIRED, REQUIRES_ACTION, TRUNCATED_BY_FILTER, TRUNCATED_BY_LENGTH, StoredTurn
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
+from threadline.services.compact_responses import Compacted, CompactRequest
 from threadline.turns.request import TurnRequest
 
 _TRUNCATION: dict[str, ContextMode] = {"disabled": "full", "auto": "recent"}
@@ -98,22 +115,16 @@ class OpenAIResponseCreate(RequestModel):
     # Refused when given a value (`openai_options.REFUSED_FIELDS`), declared so that they are not "unknown".
     access_programs: Any = None
     background_options: Any = None
-    context_management: Any = None
     image: Any = None
     moderation: Any = None
     prompt: Any = None
+    context_management: list[Any] | None = Field(default=None, max_length=1)
 
     @property
     def conversation_id(self) -> str | None:
         return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
     def to_request(self, organization_id: str) -> TurnRequest:
-        if self.background:
-            raise InvalidRequest(
-                "Background responses are not supported: omit 'background' (or set it to false) and stream instead.",
-                code="unsupported_parameter",
-                param="background",
-            )
         conversation = self.conversation_id
         if conversation is not None and self.previous_response_id is not None:
             raise InvalidRequest(
@@ -124,7 +135,7 @@ class OpenAIResponseCreate(RequestModel):
             )
         metadata = dict(self.metadata or {})
         rules.validate_metadata(metadata)
-        options.check_refused(self.model_dump(include=set(options.REFUSED_FIELDS) | {"context_management"}))
+        options.check_refused(self.model_dump(include=set(options.REFUSED_FIELDS)))
         options.check_top_logprobs(self.top_logprobs)
         options.check_include(self.include)
         response_format, text = options.text_format(self.text)
@@ -168,7 +179,36 @@ class OpenAIResponseCreate(RequestModel):
             tool_choice=choice,
             parallel_tool_calls=self.parallel_tool_calls,
             max_tool_calls=self.max_tool_calls,
+            compaction=self._compaction(),
         )
+
+    def _compaction(self) -> CompactionOptions | None:
+        """`context_management` and a trailing `compaction_trigger` input (docs/compaction.md)."""
+        trigger = _is_trigger(self.input[-1]) if isinstance(self.input, list) and self.input else False
+        threshold: int | None = None
+        managed = False
+        for i, entry in enumerate(self.context_management or []):
+            param = f"context_management.{i}"
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if kind != "compaction":
+                raise InvalidRequest(
+                    f"Context management of type '{kind}' is not supported: use 'compaction'.",
+                    code="unsupported_parameter",
+                    param=f"{param}.type",
+                )
+            value = entry.get("compact_threshold")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT32_MAX
+            ):
+                raise ValidationFailed(
+                    "'compact_threshold' is a positive number of tokens.",
+                    code="invalid_type",
+                    param=f"{param}.compact_threshold",
+                )
+            threshold, managed = value, True
+        if not managed and not trigger:
+            return None
+        return CompactionOptions(threshold=threshold, trigger=trigger)
 
     def _tools(self) -> list[FunctionTool]:
         tools: list[FunctionTool] = []
@@ -250,7 +290,9 @@ class OpenAIResponseCreate(RequestModel):
             return [ChatMessage(role="user", content=self.input)]
         if not self.input:
             raise ValidationFailed("'input' needs at least one item.", code="empty_input", param="input")
-        return [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
+        # A `compaction_trigger` must be the last item (anywhere else `new_item` refuses it).
+        items = self.input[:-1] if _is_trigger(self.input[-1]) else self.input
+        return [_input_item(item, f"input.{i}") for i, item in enumerate(items)]
 
 
 # ---- objects -----------------------------------------------------------------------------------------------
@@ -262,6 +304,10 @@ class OutputMessageRead(ResponseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputTextRead]
+
+
+def _is_trigger(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "compaction_trigger"
 
 
 def _input_item(item: Any, param: str) -> ChatMessage | ItemReference:
@@ -310,6 +356,9 @@ class ConversationIdRead(ResponseModel):
     id: str
 
 
+ResponseStatus = Literal["completed", "failed", "in_progress", "incomplete", "queued", "cancelled"]
+
+
 class OpenAIResponseRead(ResponseModel):
     """Every field of the OpenResponses `ResponseResource` (and of the SDK's `Response`), with its types."""
 
@@ -317,9 +366,9 @@ class OpenAIResponseRead(ResponseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None
-    status: Literal["completed", "failed", "in_progress", "incomplete"]
+    status: ResponseStatus
     model: str
-    output: list[OutputMessageRead | FunctionCallItemRead]
+    output: list[CompactionItemRead | ReasoningItemRead | OutputMessageRead | FunctionCallItemRead]
     error: OpenAIResponseError | None
     incomplete_details: IncompleteDetails | None
     instructions: str | None
@@ -353,12 +402,23 @@ class OpenAIResponseRead(ResponseModel):
         """The stored turn; `in_progress` ones (a stream's first events) have no output yet."""
         echo = turn.echo
         incomplete = None
-        status: Literal["completed", "failed", "in_progress", "incomplete"] = turn.status  # type: ignore[assignment]
+        # `requires_action` and `expired` belong to Assistants runs, which are never read as responses.
+        status = cast(ResponseStatus, "failed" if turn.status in (REQUIRES_ACTION, EXPIRED) else turn.status)
         if turn.completed and turn.finish_reason in (TRUNCATED_BY_LENGTH, TRUNCATED_BY_FILTER):
             status = "incomplete"
             reason = "max_output_tokens" if turn.finish_reason == TRUNCATED_BY_LENGTH else "content_filter"
             incomplete = IncompleteDetails(reason=reason)
-        output: list[OutputMessageRead | FunctionCallItemRead] = []
+        output: list[CompactionItemRead | ReasoningItemRead | OutputMessageRead | FunctionCallItemRead] = []
+        compacted = turn.context.get("compaction_item")
+        if turn.completed and compacted:
+            # The turn compacted first (docs/compaction.md): its compaction item leads the output.
+            output.append(
+                CompactionItemRead(
+                    id=compacted["id"], encrypted_content=compacted["summary"], created_by=compacted["model"]
+                )
+            )
+        if turn.reasoning is not None:
+            output.append(ReasoningItemRead.of_payload(turn.reasoning[0], reasoning_payload(turn.reasoning[1])))
         if turn.has_message:
             output.append(output_message(turn.id, "incomplete" if incomplete else "completed", turn.output_text))
         output += [
@@ -401,6 +461,7 @@ class OpenAIResponseRead(ResponseModel):
             frequency_penalty=turn.sampling.get("frequency_penalty", 0.0),
             truncation="disabled" if turn.context_mode == "full" else "auto",
             store=turn.store,
+            background=bool(echo.get("background", False)),
             parallel_tool_calls=echo.get("parallel_tool_calls", True),
             tool_choice=echo.get("tool_choice") or "auto",
             tools=echo.get("tools") or [],
@@ -415,3 +476,69 @@ def output_message(
     """The turn's answer as an output item: `text=None` while it is being generated (no content part yet)."""
     content = [] if text is None else [OutputTextRead(text=text)]
     return OutputMessageRead(id=sibling_id("msg", turn_id), status=status, content=content)
+
+
+# ---- compaction (docs/compaction.md) -------------------------------------------------------------------------
+
+
+class OpenAIResponseCompact(RequestModel):
+    """`POST /v1/responses/compact`: the fields of the SDK's `ResponseCompactParams`, any other key a 400
+    `unknown_parameter`. `model` is required (checked by the service, with OpenAI's wording); the caching hints
+    have no effect, `service_tier` and `image` are checked as on `POST /v1/responses` (docs/compatibility.md)."""
+
+    model: str | None = Field(default=None, max_length=200)
+    input: MessageText | list[Any] | None = None
+    instructions: MessageText | None = None
+    previous_response_id: str | None = Field(default=None, max_length=64)
+    prompt_cache_key: Identifier | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    service_tier: str | None = Field(default=None, max_length=32)
+    image: Any = None
+
+    def to_request(self, organization_id: str) -> CompactRequest:
+        options.check_refused({"image": self.image})
+        options.service_tier(self.service_tier)
+        inputs: list[ChatMessage | ItemReference] = []
+        if isinstance(self.input, str):
+            inputs = [ChatMessage(role="user", content=self.input)]
+        elif self.input:
+            inputs = [_input_item(item, f"input.{i}") for i, item in enumerate(self.input)]
+        return CompactRequest(organization_id, self.model, inputs, self.previous_response_id, self.instructions)
+
+
+class CompactedResponseRead(ResponseModel):
+    id: str
+    object: Literal["response.compaction"] = "response.compaction"
+    created_at: int
+    output: list[ConversationItemRead | CompactionItemRead]
+    usage: OpenAIUsage
+
+    @classmethod
+    def of(cls, compacted: Compacted) -> CompactedResponseRead:
+        response = compacted.response
+        inp, out = response.input_tokens or 0, response.output_tokens or 0
+        output: list[ConversationItemRead | CompactionItemRead] = [
+            ConversationItemRead.of(m) for m in compacted.user_messages
+        ]
+        item = compacted.item
+        output.append(CompactionItemRead(id=item.id, encrypted_content=item.content, created_by=item.model))
+        return cls(
+            id=response.id,
+            created_at=unix(response.created_at),
+            output=output,
+            usage=OpenAIUsage(input_tokens=inp, output_tokens=out, total_tokens=inp + out),
+        )
+
+
+class OpenAIInputTokensCount(OpenAIResponseCreate):
+    """`POST /v1/responses/input_tokens`: the body of a response (its generation settings are not needed to count,
+    and are ignored); `input` may be left out to count a conversation alone."""
+
+    def _inputs(self) -> list[ChatMessage | ItemReference]:
+        return [] if self.input is None else super()._inputs()
+
+
+class InputTokensRead(ResponseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int

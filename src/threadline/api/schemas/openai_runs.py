@@ -1,13 +1,14 @@
 """Assistants v2 runs and run steps on the wire (api/routes/openai_runs.py); conversions from turns live here.
 
 A run is a turn (`turns/runs.py`): its record is the turn's, and what only a run has (assistant, instructions
-used, metadata, the echoed options) is its `StoredTurn.run`.
-Threadline does not run tools, so a run never needs action; options that would need tools, another output
-format or a sampling knob Threadline lacks are refused with a 400 rather than silently ignored.
+used, metadata, the echoed options, its tools and completed tool steps) is its `StoredTurn.run`. A run whose model
+calls functions waits in `requires_action` (turns/waiting.py, docs/runs.md). Options that would need another
+output format or a sampling knob Threadline lacks are refused with a 400 rather than silently ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -24,16 +25,20 @@ from threadline.api.schemas.openai import (
     string_metadata,
     unix,
 )
-from threadline.domain.messages import ChatMessage, NewMessage
-from threadline.domain.turns import StoredTurn
+from threadline.api.schemas.tools import assistants_tool_choice, assistants_tools
+from threadline.domain.messages import NewMessage
+from threadline.domain.turns import OutputCall, StoredTurn
 from threadline.errors import ValidationFailed
 from threadline.storage.repositories.pagination import Page
+from threadline.turns import waiting
 from threadline.turns.request import RunOptions, TurnRequest
 from threadline.turns.runs import step_id
 from threadline.turns.turn import Turn
 
-RunStatus = Literal["queued", "in_progress", "cancelled", "failed", "completed", "incomplete"]
-RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed"]
+RunStatus = Literal[
+    "queued", "in_progress", "requires_action", "cancelled", "failed", "completed", "incomplete", "expired"
+]
+RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed", "expired"]
 
 
 def _unsupported(param: str, why: str) -> ValidationFailed:
@@ -65,10 +70,9 @@ class RunCreate(OpenAIRequest):
 
     def check(self) -> list[NewMessage]:
         """Refuse what a run cannot honour; the additional messages to append."""
-        if self.tools:
-            raise _unsupported("tools", "Threadline runs no tools; send the run without them.")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise _unsupported("tool_choice", "Threadline runs no tools; use 'none' or 'auto'.")
+        if self.tools is not None:
+            assistants_tools(self.tools)
+        assistants_tool_choice(self.tool_choice)
         if self.response_format not in (None, "auto", {"type": "text"}):
             raise _unsupported("response_format", "Threadline answers in plain text; use 'auto' or {type: 'text'}.")
         if self.top_p not in (None, 1):
@@ -95,13 +99,13 @@ class RunCreate(OpenAIRequest):
             "max_completion_tokens": self.max_completion_tokens,
             "top_p": self.top_p,
             "truncation_strategy": strategy.model_dump() if strategy else None,
-            "tool_choice": self.tool_choice,
+            "tool_choice": self.tool_choice or "auto",
             "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
             "response_format": self.response_format,
         }
         return TurnRequest(
             organization_id=organization_id,
-            inputs=[ChatMessage(role=m.role, content=m.content) for m in new],
+            inputs=[m.as_chat() for m in new],
             thread_id=thread_id,
             model=self.model,
             max_output_tokens=self.max_completion_tokens,
@@ -116,7 +120,10 @@ class RunCreate(OpenAIRequest):
                 last_messages=last_messages,
                 input_metadata=[m.metadata for m in new],
                 record=record,
+                tools=None if self.tools is None else tuple(assistants_tools(self.tools)),
             ),
+            tool_choice=assistants_tool_choice(self.tool_choice),
+            parallel_tool_calls=self.parallel_tool_calls,
         )
 
 
@@ -128,6 +135,20 @@ class ThreadAndRunCreate(RunCreate):
 
 class RunUpdate(OpenAIRequest):
     metadata: StringMetadata | None = None
+
+
+class ToolOutput(OpenAIRequest):
+    tool_call_id: str = Field(min_length=1, max_length=128)
+    output: str = Field(default="", max_length=1_000_000)
+
+
+class SubmitToolOutputs(OpenAIRequest):
+    tool_outputs: list[ToolOutput] = Field(max_length=128)
+    stream: bool | None = None
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """(call id, output) pairs, in the order given."""
+        return [(o.tool_call_id, o.output) for o in self.tool_outputs]
 
 
 class UsageRead(ResponseModel):
@@ -147,6 +168,36 @@ _LAST_ERROR_CODES = {"rate_limited": "rate_limit_exceeded", "context_length_exce
 
 def _run_status(turn: StoredTurn) -> RunStatus:
     return "incomplete" if turn.truncated else turn.status
+
+
+class FunctionCallRead(ResponseModel):
+    name: str
+    arguments: str
+
+
+class RequiredToolCallRead(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallRead
+
+
+class SubmitToolOutputsRead(ResponseModel):
+    tool_calls: list[RequiredToolCallRead]
+
+
+class RequiredActionRead(ResponseModel):
+    type: Literal["submit_tool_outputs"] = "submit_tool_outputs"
+    submit_tool_outputs: SubmitToolOutputsRead
+
+
+def _required_action(turn: StoredTurn) -> RequiredActionRead | None:
+    if turn.status != "requires_action" or not turn.pending_calls:
+        return None
+    tool_calls = [
+        RequiredToolCallRead(id=c.call_id, function=FunctionCallRead(name=c.name, arguments=c.arguments))
+        for c in turn.pending_calls
+    ]
+    return RequiredActionRead(submit_tool_outputs=SubmitToolOutputsRead(tool_calls=tool_calls))
 
 
 def _usage(turn: StoredTurn) -> UsageRead | None:
@@ -180,7 +231,7 @@ class RunRead(ResponseModel):
     cancelled_at: int | None
     failed_at: int | None
     expires_at: int | None = None
-    required_action: None = None
+    required_action: RequiredActionRead | None = None
     last_error: LastErrorRead | None
     incomplete_details: dict[str, str] | None
     usage: UsageRead | None
@@ -208,6 +259,9 @@ class RunRead(ResponseModel):
             status=status or actual,
             model=turn.model,
             instructions=turn.run.instructions if turn.run else "",
+            tools=list(echo.get("tools") or []),
+            required_action=None if status is not None else _required_action(turn),
+            expires_at=unix(waiting.expires_at(turn)) if actual in ("in_progress", "requires_action") else None,
             parallel_tool_calls=echo.get("parallel_tool_calls", True),
             started_at=None if status == "queued" else started,
             completed_at=ended if actual in ("completed", "incomplete") else None,
@@ -221,7 +275,7 @@ class RunRead(ResponseModel):
             top_p=echo.get("top_p"),
             max_completion_tokens=echo.get("max_completion_tokens"),
             truncation_strategy=echo.get("truncation_strategy") or {"type": "auto", "last_messages": None},
-            tool_choice=echo.get("tool_choice"),
+            tool_choice=echo.get("tool_choice") or "auto",
             response_format=echo.get("response_format") or "auto",
         )
 
@@ -243,9 +297,30 @@ class StepDetailsRead(ResponseModel):
     message_creation: MessageCreationRead
 
 
+class StepFunctionRead(ResponseModel):
+    name: str
+    arguments: str
+    # null until the outputs are submitted
+    output: str | None
+
+
+class StepToolCallRead(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: StepFunctionRead
+
+
+class ToolCallsDetailsRead(ResponseModel):
+    type: Literal["tool_calls"] = "tool_calls"
+    tool_calls: list[StepToolCallRead]
+
+
 class StepLastErrorRead(ResponseModel):
     code: Literal["server_error", "rate_limit_exceeded"]
     message: str
+
+
+_STEP_STATUS: dict[str, RunStepStatus] = {"incomplete": "completed", "requires_action": "in_progress"}
 
 
 class RunStepRead(ResponseModel):
@@ -255,9 +330,9 @@ class RunStepRead(ResponseModel):
     assistant_id: str
     thread_id: str
     run_id: str
-    type: Literal["message_creation"] = "message_creation"
+    type: Literal["message_creation", "tool_calls"] = "message_creation"
     status: RunStepStatus
-    step_details: StepDetailsRead
+    step_details: StepDetailsRead | ToolCallsDetailsRead
     completed_at: int | None
     cancelled_at: int | None
     failed_at: int | None
@@ -268,10 +343,8 @@ class RunStepRead(ResponseModel):
 
     @classmethod
     def of(cls, turn: StoredTurn) -> RunStepRead:
+        """The run's message_creation step: its status is the run's."""
         run = RunRead.of(turn)
-        status: RunStepStatus = (
-            "completed" if run.status == "incomplete" else run.status  # type: ignore[assignment]
-        )
         error = run.last_error
         return cls(
             id=step_id(turn.id),
@@ -279,7 +352,7 @@ class RunStepRead(ResponseModel):
             assistant_id=run.assistant_id,
             thread_id=run.thread_id,
             run_id=run.id,
-            status=status,
+            status=_STEP_STATUS.get(run.status, run.status),
             step_details=StepDetailsRead(message_creation=MessageCreationRead(message_id=turn.output_message_id or "")),
             completed_at=run.completed_at,
             cancelled_at=run.cancelled_at,
@@ -293,13 +366,90 @@ class RunStepRead(ResponseModel):
             usage=run.usage,
         )
 
+    @classmethod
+    def tools_done(cls, turn: StoredTurn, step: Mapping[str, Any]) -> RunStepRead:
+        """A tool_calls step whose outputs came (turns/waiting.py keeps it on the run)."""
+        calls = [
+            StepToolCallRead(
+                id=c["call_id"], function=StepFunctionRead(name=c["name"], arguments=c["arguments"], output=c["output"])
+            )
+            for c in step["tool_calls"]
+        ]
+        return cls._tools(turn, step["id"], step["created_at"], "completed", calls, step["completed_at"])
+
+    @classmethod
+    def tools_waiting(cls, turn: StoredTurn, calls: Sequence[OutputCall]) -> RunStepRead:
+        """The tool_calls step of a run waiting for outputs (in progress; expired or cancelled with the run)."""
+        run = RunRead.of(turn)
+        index = len(waiting.completed_steps(turn))
+        status: RunStepStatus = {"expired": "expired", "cancelled": "cancelled"}.get(  # type: ignore[assignment]
+            run.status, "in_progress"
+        )
+        ended = unix(turn.completed_at) if turn.completed_at else None
+        step = cls._tools(
+            turn,
+            waiting.tool_step_id(turn.id, index),
+            ended if ended and status == "in_progress" else run.created_at,
+            status,
+            [
+                StepToolCallRead(
+                    id=c.call_id, function=StepFunctionRead(name=c.name, arguments=c.arguments, output=None)
+                )
+                for c in calls
+            ],
+            None,
+        )
+        if status == "expired":
+            step.expired_at = ended
+        elif status == "cancelled":
+            step.cancelled_at = run.cancelled_at
+        return step
+
+    @classmethod
+    def _tools(
+        cls,
+        turn: StoredTurn,
+        step: str,
+        created_at: int,
+        status: RunStepStatus,
+        calls: list[StepToolCallRead],
+        completed_at: int | None,
+    ) -> RunStepRead:
+        return cls(
+            id=step,
+            created_at=created_at,
+            assistant_id=turn.run.assistant_id if turn.run else "",
+            thread_id=turn.thread_id or "",
+            run_id=turn.id,
+            type="tool_calls",
+            status=status,
+            step_details=ToolCallsDetailsRead(tool_calls=calls),
+            completed_at=completed_at,
+            cancelled_at=None,
+            failed_at=None,
+            last_error=None,
+            usage=None,
+        )
+
+
+def run_steps(turn: StoredTurn) -> list[RunStepRead]:
+    """A run's steps, oldest first: each tool_calls step (answered, then the one waiting), then the creation of
+    its answer (absent while the run waits, or when the run ended in its tool calls)."""
+    steps = [RunStepRead.tools_done(turn, step) for step in waiting.completed_steps(turn)]
+    if turn.pending_calls:
+        steps.append(RunStepRead.tools_waiting(turn, turn.pending_calls))
+    else:
+        steps.append(RunStepRead.of(turn))
+    return steps
+
 
 class RunStepList(OpenAIList):
     data: list[RunStepRead]
 
     @classmethod
-    def of(cls, turn: StoredTurn) -> RunStepList:
-        return cls.of_data([RunStepRead.of(turn)], has_more=False)
+    def of(cls, turn: StoredTurn, order: str = "desc") -> RunStepList:
+        steps = run_steps(turn)
+        return cls.of_data(steps if order == "asc" else steps[::-1], has_more=False)
 
 
 def answer_in_progress(turn: Turn) -> OpenAIMessageRead:

@@ -14,9 +14,9 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, ThreadIdText, iso
 from threadline.api.schemas.freddy import TextPart
-from threadline.domain.messages import ChatMessage
+from threadline.domain.messages import MAX_IMAGE_URL_CHARS, MAX_IMAGES_PER_MESSAGE, ChatMessage, image_part
 from threadline.domain.turns import StoredTurn
-from threadline.errors import InvalidRequest
+from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
 from threadline.turns.request import TurnRequest
 
@@ -26,6 +26,11 @@ _REQUIRED = {
     "function_call": ("call_id", "name", "arguments"),
     "function_call_output": ("call_id", "output"),
 }
+
+
+class ImageCreate(RequestModel):
+    url: str = Field(min_length=1, max_length=MAX_IMAGE_URL_CHARS)
+    detail: Literal["auto", "low", "high"] = "auto"
 
 
 class InputMessage(RequestModel):
@@ -39,6 +44,8 @@ class InputMessage(RequestModel):
     name: str | None = Field(default=None, min_length=1, max_length=128, validate_default=True)
     arguments: str | None = Field(default=None, validate_default=True)
     output: str | None = Field(default=None, validate_default=True)
+    # A message's images, after its texts (docs/items.md): an https URL or a base64 data URL each.
+    images: list[ImageCreate] | None = Field(default=None, min_length=1, max_length=MAX_IMAGES_PER_MESSAGE)
 
     @field_validator("role", "texts", "call_id", "name", "arguments", "output", mode="after")
     @classmethod
@@ -56,12 +63,20 @@ class InputMessage(RequestModel):
         return "".join(part.text for part in self.texts or [])
 
     def item(self) -> ChatMessage:
+        if self.images and self.type != "message":
+            raise ValidationFailed(
+                f"An item of type '{self.type}' holds no images.", code="invalid_value", param="images"
+            )
         if self.type == "function_call":
             return ChatMessage("assistant", self.arguments or "", "function_call", self.call_id, self.name)
         if self.type == "function_call_output":
             return ChatMessage("tool", self.output or "", "function_call_output", self.call_id)
         assert self.role is not None
-        return ChatMessage(role=self.role, content=self.text)
+        if not self.images:
+            return ChatMessage(role=self.role, content=self.text)
+        texts = [{"type": "text", "text": part.text} for part in self.texts or []]
+        images = [image_part(i.url, i.detail, f"images.{n}.url") for n, i in enumerate(self.images)]
+        return ChatMessage(role=self.role, content=self.text, parts=(*texts, *images))
 
 
 class FunctionToolCreate(RequestModel):
@@ -96,6 +111,8 @@ class ResponseCreate(RequestModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     thread_context_mode: Literal["recent", "smart", "full"] | None = None
     stream: bool = False
+    # Run the turn in the background: answered at once as `queued`, then poll, stream or cancel it (docs/streams.md).
+    background: bool = False
     tools: list[FunctionToolCreate] | None = Field(default=None, max_length=128)
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceCreate | None = None
     parallel_tool_calls: bool | None = None

@@ -149,3 +149,17 @@ class JobRepository:
             "updated_at": now,
         }
         return await self._apply(self._held(organization_id, job_id, owner).values(**values))
+
+    async def count_finished_before(self, before: datetime) -> int:
+        query = sa.select(sa.func.count()).select_from(Job).where(Job.finished_at < before)
+        return int(await self.session.scalar(query) or 0)
+
+    async def purge_finished(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` jobs that finished (done or failed) before `before`; returns how many."""
+        oldest = sa.select(Job.organization_id, Job.id).where(Job.finished_at < before).limit(limit)
+        result = await self.session.execute(
+            sa.delete(Job)
+            .where(sa.tuple_(Job.organization_id, Job.id).in_(oldest))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -100,7 +100,14 @@ class MessageRepository:
         return rows
 
     async def context_rows(
-        self, organization_id: str, thread_id: str, limit: int, *, newest: bool, before_seq: int | None = None
+        self,
+        organization_id: str,
+        thread_id: str,
+        limit: int,
+        *,
+        newest: bool,
+        before_seq: int | None = None,
+        after_seq: int = 0,
     ) -> list[ContextRow]:
         """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
 
@@ -120,11 +127,60 @@ class MessageRepository:
         ).where(*_live(organization_id, thread_id))
         if before_seq is not None:
             query = query.where(Message.seq < before_seq)
+        if after_seq:
+            query = query.where(Message.seq > after_seq)
         query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
         rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
         if newest:
             rows.reverse()
         return rows
+
+    async def newest_compaction(
+        self, organization_id: str, ranges: Sequence[tuple[str, int, int | None]]
+    ) -> tuple[str, ContextRow] | None:
+        """The newest live `compaction` item in any of `ranges` (thread id, after seq, before seq or None), with its
+        thread: one query over the partial index. Seqs rise along a conversation's path, so the newest is the one
+        with the highest seq."""
+        if not ranges:
+            return None
+        conditions = [
+            sa.and_(
+                Message.thread_id == thread_id,
+                Message.seq > after_seq,
+                *([Message.seq < before_seq] if before_seq is not None else []),
+            )
+            for thread_id, after_seq, before_seq in ranges
+        ]
+        query = sa.select(
+            Message.thread_id,
+            Message.id,
+            Message.seq,
+            Message.role,
+            Message.content,
+            Message.token_count,
+            Message.tokenizer,
+            Message.type,
+            Message.call_id,
+            Message.payload,
+        ).where(
+            Message.organization_id == organization_id,
+            Message.type == "compaction",
+            Message.deleted_at.is_(None),
+            sa.or_(*conditions),
+        )
+        row = (await self.session.execute(query.order_by(Message.seq.desc()).limit(1))).first()
+        return (row[0], ContextRow(*row[1:])) if row is not None else None
+
+    async def count_after(
+        self, organization_id: str, thread_id: str, after_seq: int, before_seq: int | None = None
+    ) -> int:
+        """Live items of the thread with `after_seq < seq < before_seq`, compaction items left out."""
+        query = sa.select(sa.func.count()).where(
+            *_live(organization_id, thread_id), Message.seq > after_seq, Message.type != "compaction"
+        )
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        return int((await self.session.execute(query)).scalar_one())
 
     async def get_any(self, organization_id: str, message_id: str) -> Message | None:
         """A live item of any thread of the organization, by id."""
@@ -132,6 +188,15 @@ class MessageRepository:
             Message.organization_id == organization_id, Message.id == message_id, Message.deleted_at.is_(None)
         )
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def get_many(self, organization_id: str, message_ids: Sequence[str]) -> list[Message]:
+        """The live items of the organization with these ids (in no particular order)."""
+        if not message_ids:
+            return []
+        query = sa.select(Message).where(
+            Message.organization_id == organization_id, Message.id.in_(message_ids), Message.deleted_at.is_(None)
+        )
+        return list((await self.session.execute(query)).scalars())
 
     async def tail_kinds(
         self, organization_id: str, thread_id: str, limit: int, *, before_seq: int | None = None

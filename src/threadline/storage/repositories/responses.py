@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS
+from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS, REQUIRES_ACTION
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Response
 
@@ -77,19 +77,68 @@ class ResponseRepository:
         ).first()
         return tuple(row) if row is not None else None
 
-    async def cancel_if_in_progress(self, organization_id: str, response_id: str, now: datetime) -> bool:
-        """Mark a turn cancelled unless it already finished."""
+    async def cancel_if_in_progress(
+        self, organization_id: str, response_id: str, now: datetime, status: str = IN_PROGRESS
+    ) -> bool:
+        """Mark a turn cancelled unless it already finished (or, for `status="requires_action"`, a run that
+        waits for tool outputs, unless they came)."""
+        return await self.move(organization_id, response_id, status, {"status": CANCELLED, "completed_at": now})
+
+    async def move(self, organization_id: str, response_id: str, status: str, values: dict[str, Any]) -> bool:
+        """Write `values` only while the response has `status` (one conditional UPDATE): whether it did."""
         result = await self.session.execute(
             sa.update(Response)
             .where(
                 Response.organization_id == organization_id,
                 Response.id == response_id,
-                Response.status == IN_PROGRESS,
+                Response.status == status,
             )
-            .values(status=CANCELLED, completed_at=now)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def start_queued(self, organization_id: str, response_id: str, values: dict[str, Any]) -> Response | None:
+        """A queued (background) response's turn starts: `values` written only while it is still queued (it may
+        have been cancelled meanwhile); the stored row, or None."""
+        result = await self.session.execute(
+            sa.update(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.id == response_id,
+                Response.status == "queued",
+            )
+            .values(**values)
+            .returning(Response),
+            execution_options={"populate_existing": True},
+        )
+        return result.scalar_one_or_none()
+
+    async def finish_queued(
+        self,
+        organization_id: str,
+        response_id: str,
+        status: str,
+        now: datetime,
+        error: dict[str, Any] | None = None,
+    ) -> Response | None:
+        """A queued response that will never run: `cancelled`, or `failed` with `error`; None if it was not queued."""
+        return await self.start_queued(
+            organization_id, response_id, {"status": status, "error": error, "completed_at": now}
+        )
+
+    async def waiting_run(self, organization_id: str, thread_id: str) -> Response | None:
+        """The thread's run waiting for tool outputs, if any (at most one: no run starts while one waits)."""
+        query = (
+            sa.select(Response)
+            .where(
+                Response.organization_id == organization_id,
+                Response.thread_id == thread_id,
+                Response.status == REQUIRES_ACTION,
+            )
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def delete(self, response: Response) -> None:
         await self.session.delete(response)

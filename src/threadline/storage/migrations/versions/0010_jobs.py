@@ -1,10 +1,11 @@
-"""jobs: the database is the queue (background turns, webhook deliveries, summaries)
+"""jobs and response events: the database is the queue, and the record of every streamed response
 
 Revision ID: 0010
 Revises: 0007
 
-One row per job (docs/jobs.md): claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL, under an expiring lease that a
-heartbeat renews. New table only: no existing data changes.
+`jobs`: one row per job (docs/jobs.md), claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL under an expiring lease
+that a heartbeat renews. `response_events`: the server-sent events of streamed responses, by sequence number
+(docs/streams.md), so any process can replay and follow a stream. New tables only: no existing data changes.
 """
 
 from collections.abc import Sequence
@@ -64,9 +65,22 @@ def upgrade() -> None:
         sqlite_where=sa.text("finished_at IS NOT NULL"),
         postgresql_where=sa.text("finished_at IS NOT NULL"),
     )
+    op.create_table(
+        "response_events",
+        sa.Column("organization_id", sa.String(length=64), nullable=False),
+        sa.Column("response_id", sa.String(length=64), nullable=False),
+        sa.Column("sequence_number", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("type", sa.String(length=64), nullable=False),
+        sa.Column("data", sa.Text(), nullable=False),
+        sa.Column("created_at", _TIME, nullable=False),
+        sa.PrimaryKeyConstraint("organization_id", "response_id", "sequence_number", name=op.f("pk_response_events")),
+    )
+    op.create_index(op.f("ix_response_events_created_at"), "response_events", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_response_events_created_at"), table_name="response_events")
+    op.drop_table("response_events")
     op.drop_index("ix_jobs_finished_at", table_name="jobs")
     op.drop_index("ix_jobs_queue_key", table_name="jobs")
     op.drop_index("ix_jobs_claimable", table_name="jobs")

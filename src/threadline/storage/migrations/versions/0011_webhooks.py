@@ -1,7 +1,7 @@
 """webhooks: an organization's endpoints and the deliveries of its events (docs/webhooks.md)
 
 Revision ID: 0011
-Revises: 0012
+Revises: 0010
 
 `webhook_endpoints` holds each endpoint with its signing secret (kept as it is: deliveries are signed with it)
 and what decides its disabling; `webhook_deliveries` one row per event and endpoint, written in the transaction
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0011"
-down_revision: str | None = "0012"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

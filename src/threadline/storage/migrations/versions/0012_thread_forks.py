@@ -1,7 +1,7 @@
 """thread forks and imports: a fork's inherited count, stable source ids for idempotent imports
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 
 A fork is a normal thread with the parent pointer chains already use (migration 0003): its history is its source's
 live items up to the fork point, then its own. `inherited_message_count` is how many of those live items it reads
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
