@@ -748,3 +748,19 @@ async def test_a_cancelled_response_is_announced_once(
     [row] = await deliveries(app, caller.organization_id)
     event = ResponseCancelledWebhookEvent.model_validate_json(row.body)
     assert (event.type, event.data.id) == ("response.cancelled", response_id)
+
+
+async def test_a_cancelled_background_response_is_announced_once(
+    client: httpx.AsyncClient, caller: Caller, app: FastAPI, fake: FakeProvider, hook: str
+) -> None:
+    await register(client, caller, hook, events=["response.cancelled", "response.completed", "response.failed"])
+    fake.script(Script(fail="hang"))
+    sdk, _ = sdk_client(app, caller.api_key)
+    created = await sdk.responses.create(model="fake-model", input="take your time", background=True)
+    await fake.started.wait()
+    assert (await sdk.responses.cancel(created.id)).status == "cancelled"
+    assert (await sdk.responses.cancel(created.id)).status == "cancelled"  # idempotent: no second event
+    rows = await deliveries(app, caller.organization_id)
+    assert [(row.event_type, ResponseCancelledWebhookEvent.model_validate_json(row.body).data.id) for row in rows] == [
+        ("response.cancelled", created.id)
+    ]

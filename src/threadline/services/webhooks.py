@@ -23,7 +23,6 @@ from threadline.errors import Conflict, NotFound, UpstreamError, ValidationFaile
 from threadline.ids import new_id, sibling_id
 from threadline.services import webhook_delivery
 from threadline.storage.repositories.pagination import Page, PageRequest
-from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.webhooks import WebhookRepository
 from threadline.storage.tables import Response, WebhookDelivery, WebhookEndpoint
 
@@ -247,7 +246,7 @@ async def response_settled(session: AsyncSession, organization_id: str, response
     endpoints = await repo.enabled(organization_id)
     if not endpoints:
         return []
-    response = await ResponseRepository(session).get(organization_id, response_id)
+    response = await repo.settled_response(organization_id, response_id)
     if response is None or not _announced(response):
         return []
     event_type = rules.response_event_type(response.status, response.context.get("finish_reason"))

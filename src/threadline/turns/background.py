@@ -30,7 +30,7 @@ from threadline.domain.turns import IN_PROGRESS, QUEUED, StoredTurn
 from threadline.errors import InvalidRequest, ThreadNotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
-from threadline.services import jobs
+from threadline.services import jobs, webhooks
 from threadline.services.auth import Principal
 from threadline.services.response_streams import StreamHub, announce_cancel
 from threadline.storage.repositories.response_events import ResponseEventRepository
@@ -177,6 +177,8 @@ async def fail_unstarted(
         response = await ResponseRepository(session).finish_queued(
             organization_id, response_id, "failed", now, {"code": code, "message": message}
         )
+        if response is not None:
+            await webhooks.response_settled(session, organization_id, response_id)  # the outbox (docs/webhooks.md)
         await session.commit()
     return stored(response) if response is not None else None
 
@@ -203,6 +205,7 @@ async def cancel_response(session: AsyncSession, hub: StreamHub, organization_id
         changed = released and await repo.cancel_if_in_progress(organization_id, response_id, now)
     if changed:
         await announce_cancel(session, hub, organization_id, response_id)
+        await webhooks.response_settled(session, organization_id, response_id)
     await session.refresh(response)
     return stored(response)
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.engine import dialect_insert
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.tables import WebhookDelivery, WebhookEndpoint
+from threadline.storage.tables import Response, WebhookDelivery, WebhookEndpoint
 
 
 class WebhookRepository:
@@ -107,6 +107,13 @@ class WebhookRepository:
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def settled_response(self, organization_id: str, response_id: str) -> Response | None:
+        """The response as the caller's transaction just wrote it: read again even if the session holds it (the
+        settling UPDATEs do not refresh objects already loaded)."""
+        query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
+        result = await self.session.execute(query, execution_options={"populate_existing": True})
+        return result.scalar_one_or_none()
 
     # ---- deliveries ----------------------------------------------------------------------------------------------
 
