@@ -97,6 +97,13 @@ def _client_event(message: str) -> dict[str, Any]:
             code="unsupported_parameter",
             param="generate",
         )
+    if event.get("background"):
+        raise InvalidRequest(
+            "'background: true' is not supported over the WebSocket: the socket is the stream. Create background "
+            "responses over HTTP (POST /v1/responses) and follow them with GET /v1/responses/{id}?stream=true.",
+            code="unsupported_parameter",
+            param="background",
+        )
     event.pop("stream", None)  # implicit: a WebSocket answer is always the stream
     return event
 
