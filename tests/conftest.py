@@ -11,6 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,22 +46,11 @@ def _postgres_available() -> str | None:
     return None
 
 
-def _create_pg_database(name: str) -> None:
+def _admin(statement: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def _drop_pg_database(name: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
@@ -72,20 +62,34 @@ def _asyncpg_url(admin_url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
+def require_postgres() -> None:
+    """Skip the test when PostgreSQL cannot be reached (fail in CI, where it must be)."""
+    problem = _postgres_available()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {problem}")
+    pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({problem}); skipping PostgreSQL runs")
+
+
+@contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of a name of its own (so xdist workers never share one), dropped after."""
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session."""
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({problem}); skipping PostgreSQL runs")
-    name = f"threadline_test_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    url = _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    upgrade(url)
-    yield url
-    _drop_pg_database(name)
+    """A fresh, migrated PostgreSQL database for this test session (for each xdist worker)."""
+    with new_postgres_database("threadline_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -102,15 +106,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
         return
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-    name = f"threadline_empty_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    _drop_pg_database(name)
+    with new_postgres_database("threadline_empty") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

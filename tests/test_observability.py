@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.conftest import Caller, _empty_all_tables, make_caller, started_app
-from tests.paced_upstream import paced_upstream
 from tests.responses_helpers import registry_with, turn
+from tests.servers import upstream_server
 from threadline import observability
 from threadline.config import ProviderConfig, Settings
 from threadline.domain.clock import utcnow
@@ -222,8 +222,8 @@ def _tree(spans: tuple[ReadableSpan, ...]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with paced_upstream(tmp_path_factory.mktemp("upstream") / "upstream.log", tokens=3, pace=0.01) as url:
-        yield url
+    with upstream_server(tmp_path_factory.mktemp("upstream") / "upstream.log", words=3, pace=0.01) as server:
+        yield server.base_url
 
 
 async def test_a_turn_is_traced_request_steps_sql_and_upstream(settings: Settings, upstream: str) -> None:

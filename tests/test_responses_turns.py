@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from fastapi import FastAPI
 
 from tests.conftest import Caller
 from tests.responses_helpers import registry_with, running_app, sse_events, thread_messages, turn
+from tests.servers import free_port
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -266,9 +266,7 @@ async def test_a_real_client_disconnect_mid_stream_frees_the_thread(
     caller: Caller, fake: FakeProvider, app: FastAPI
 ) -> None:
     """Over real HTTP (uvicorn on a socket): the client hangs up after the first delta."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error"))
     serving = asyncio.create_task(server.serve())
     fake.script(Script(reply=" ".join(["word"] * 200), delay_per_token=0.02))

@@ -22,25 +22,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.paced_upstream import paced_upstream
-from tests.servers import free_port, running, threadline_env
+from tests.servers import create_key, free_port, running, threadline_env, upstream_server
 from threadline.storage.engine import create_engine
 from threadline.storage.tables import Response, Thread
 
 SECRET_TEXT = "the-secret-ingredient-is-cardamom"
-
-
-def _create_key(env: dict[str, str], cwd: Path) -> str:
-    created = subprocess.run(
-        [sys.executable, "-m", "threadline", "keys", "create", "--org", "acme", "--email", "ops@acme.test"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return created.stdout.strip().splitlines()[-1]
 
 
 class StreamReader(threading.Thread):
@@ -116,9 +102,9 @@ def _readyz_status(base_url: str) -> int | None:
 
 
 def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, tmp_path: Path) -> None:
-    with paced_upstream(tmp_path / "upstream.log", tokens=50, pace=0.1) as upstream:
-        env = _env(empty_database_url, upstream, grace=60)
-        key = _create_key(env, tmp_path)
+    with upstream_server(tmp_path / "upstream.log", words=50, pace=0.1) as upstream:
+        env = _env(empty_database_url, upstream.base_url, grace=60)
+        key = create_key(env, tmp_path)
         log = tmp_path / "server.log"
         with served(env, log) as (base_url, process):
             reader = StreamReader(base_url, key, "t_finishes")
@@ -155,9 +141,9 @@ def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, 
 
 
 def test_sigterm_past_the_grace_settles_the_turn_failed(empty_database_url: str, tmp_path: Path) -> None:
-    with paced_upstream(tmp_path / "upstream.log", tokens=200, pace=0.1) as upstream:
-        env = _env(empty_database_url, upstream, grace=0.5)
-        key = _create_key(env, tmp_path)
+    with upstream_server(tmp_path / "upstream.log", words=200, pace=0.1) as upstream:
+        env = _env(empty_database_url, upstream.base_url, grace=0.5)
+        key = create_key(env, tmp_path)
         with served(env, tmp_path / "server.log") as (base_url, process):
             reader = StreamReader(base_url, key, "t_cut")
             reader.start()
