@@ -1,8 +1,11 @@
 """Test fixtures: every storage and API test runs on SQLite and on PostgreSQL, against the real ASGI app.
 
-Each backend's database is created and migrated with Alembic once per session; tables are emptied after each
-test. PostgreSQL comes from THREADLINE_TEST_POSTGRES_URL (default: the local server, trust auth). Without a
-reachable PostgreSQL a local run skips those tests and says so; CI (CI=true) fails instead.
+Each backend's database is created and migrated with Alembic once per session (once per xdist worker); tables
+are emptied after each test. PostgreSQL comes from THREADLINE_TEST_POSTGRES_URL (default: the local server, trust
+auth). Without a reachable PostgreSQL a local run skips those tests and says so; CI (CI=true) fails instead.
+
+Tests are marked here by what they use (`postgres`, `browser`, `nginx`; `slow` by hand), which is how
+`make check` leaves them out; docs/testing.md.
 """
 
 from __future__ import annotations
@@ -32,6 +35,29 @@ from threadline.storage.tables import Base
 pytest_plugins = ("tests.tool_helpers",)
 
 POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# What a test needs beyond this process and SQLite, told by the fixtures it uses (their whole closure).
+NEEDS_BY_FIXTURE = {"postgresql_url": "postgres", "postgres_database": "postgres", "browser": "browser"}
+NEEDS_BY_FIXTURE |= {"nginx_stack": "nginx"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs: `postgres` for the PostgreSQL run of a backend-parametrized test or a
+    PostgreSQL fixture, `browser`, `nginx`. `make check` deselects them; `make test` runs everything."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        needs = {NEEDS_BY_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in NEEDS_BY_FIXTURE}
+        if callspec is not None and "postgresql" in callspec.params.values():
+            needs.add("postgres")
+        for marker in sorted(needs):
+            item.add_marker(marker)
+
+
+def needs(marker: str) -> None:
+    """Called where a test reaches for what `marker` stands for. In `make check` (THREADLINE_TEST_QUICK=1) such
+    a test should have been deselected: it fails, so a test the markers miss is found, never quietly run."""
+    if os.environ.get("THREADLINE_TEST_QUICK"):
+        pytest.fail(f"a quick run (make check) reached {marker!r}: mark the test (tests/conftest.py NEEDS_BY_FIXTURE)")
 
 
 def _postgres_available() -> str | None:
@@ -64,6 +90,7 @@ def _asyncpg_url(admin_url: str, database: str) -> str:
 
 def require_postgres() -> None:
     """Skip the test when PostgreSQL cannot be reached (fail in CI, where it must be)."""
+    needs("postgres")
     problem = _postgres_available()
     if problem is None:
         return

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import new_postgres_database
+from tests.conftest import needs, new_postgres_database
 from tests.servers import create_key, free_port, running, threadline_env, upstream_server
 from tests.upstream import pieces
 
@@ -38,6 +38,7 @@ CLIENT_ADDRESS = "127.0.0.2"
 
 
 def _nginx() -> str:
+    needs("nginx")
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found:
         return found
@@ -107,7 +108,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def nginx_stack(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nginx = _nginx()
     tmp = tmp_path_factory.mktemp("nginx")
     threadline_port, nginx_port = free_port(), free_port()
@@ -135,11 +136,13 @@ def stack(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> I
             yield Stack(nginx_url, threadline_url, upstream.url, api_key, serve_log)
 
 
-async def test_a_streamed_turn_comes_through_nginx_token_by_token(stack: Stack) -> None:
+async def test_a_streamed_turn_comes_through_nginx_token_by_token(nginx_stack: Stack) -> None:
     timeout = httpx.Timeout(30.0, connect=5.0)
     body = {"thread": "proxied", "stream": True, "inputs": [{"role": "user", "texts": [{"text": "Go"}]}]}
     async with (
-        httpx.AsyncClient(base_url=stack.nginx_url, headers={"X-API-Key": stack.api_key}, timeout=timeout) as client,
+        httpx.AsyncClient(
+            base_url=nginx_stack.nginx_url, headers={"X-API-Key": nginx_stack.api_key}, timeout=timeout
+        ) as client,
         httpx.AsyncClient(timeout=timeout) as upstream,
         client.stream("POST", "/v1/model/response", json=body) as response,
     ):
@@ -149,7 +152,7 @@ async def test_a_streamed_turn_comes_through_nginx_token_by_token(stack: Stack) 
         assert (await anext(events))[0] == "response.created"
         for token in TOKENS:
             # Only now may the upstream send this token; the next waits until this one has arrived here.
-            assert (await upstream.post(f"{stack.upstream_url}/release")).status_code == 200
+            assert (await upstream.post(f"{nginx_stack.upstream_url}/release")).status_code == 200
             name, data = await anext(events)
             assert (name, data["delta"]) == ("response.output_text.delta", token)
         name, data = await anext(events)
@@ -181,16 +184,20 @@ def _probe(name: str, forwarded_for: str) -> dict[str, str]:
     return {"X-Request-Id": f"probe-{name}", "X-Forwarded-For": forwarded_for}
 
 
-async def test_forwarded_headers_count_only_from_trusted_proxies(stack: Stack) -> None:
+async def test_forwarded_headers_count_only_from_trusted_proxies(nginx_stack: Stack) -> None:
     spoofed = "203.0.113.7"
     # Through nginx: it replaces what the client claimed with the client's real address, which Threadline believes
     # because nginx (127.0.0.1) is a trusted proxy.
-    await asyncio.to_thread(_get_from_client_address, f"{stack.nginx_url}/v1/models", _probe("via-nginx", spoofed))
-    assert stack.client_seen_as("probe-via-nginx") == CLIENT_ADDRESS
+    await asyncio.to_thread(
+        _get_from_client_address, f"{nginx_stack.nginx_url}/v1/models", _probe("via-nginx", spoofed)
+    )
+    assert nginx_stack.client_seen_as("probe-via-nginx") == CLIENT_ADDRESS
     # Straight to Threadline from an address that is no trusted proxy: the header is ignored.
-    await asyncio.to_thread(_get_from_client_address, f"{stack.threadline_url}/v1/models", _probe("direct", spoofed))
-    assert stack.client_seen_as("probe-direct") == CLIENT_ADDRESS
+    await asyncio.to_thread(
+        _get_from_client_address, f"{nginx_stack.threadline_url}/v1/models", _probe("direct", spoofed)
+    )
+    assert nginx_stack.client_seen_as("probe-direct") == CLIENT_ADDRESS
     # From a trusted proxy's address, the same header is believed.
     async with httpx.AsyncClient(timeout=30) as client:
-        await client.get(f"{stack.threadline_url}/v1/models", headers=_probe("trusted", "198.51.100.5"))
-    assert stack.client_seen_as("probe-trusted") == "198.51.100.5"
+        await client.get(f"{nginx_stack.threadline_url}/v1/models", headers=_probe("trusted", "198.51.100.5"))
+    assert nginx_stack.client_seen_as("probe-trusted") == "198.51.100.5"
