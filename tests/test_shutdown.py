@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import refused
 from tests.servers import create_key, free_port, running, threadline_env, upstream_server
 from threadline.storage.engine import create_engine
 from threadline.storage.tables import Response, Thread
@@ -115,13 +116,13 @@ def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, 
 
             process.send_signal(signal.SIGTERM)
             _until(lambda: _readyz_status(base_url) == 503, "readiness going 503")
-            refused = httpx.post(
+            refusal = httpx.post(
                 f"{base_url}/v1/model/response",
                 json={"inputs": [{"role": "user", "texts": [{"text": "one more"}]}]},
                 headers={"X-API-Key": key},
                 timeout=10,
             )
-            assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+            refused(refusal, 503, "server_shutting_down")
             reader.join(60)
             assert reader.events[-1] == "response.completed", reader.events[-3:]
             assert process.wait(60) is not None
