@@ -65,12 +65,12 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 def serve(
-    env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60
+    env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`threadline serve` on a free port, answering; returns the process and its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        threadline("serve", "--port", str(port)),
+        threadline("serve", "--port", str(port), *(["--workers", str(workers)] if workers > 1 else [])),
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,
@@ -79,6 +79,22 @@ def serve(
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", proc, "threadline serve", timeout)
     return proc, base
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a `serve --workers N` parent and its workers)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        pending += [int(child) for child in children]
+    return total / 1024
 
 
 def stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:

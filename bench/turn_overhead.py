@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from processes import child_env, create_key, free_port, serve, stop, wait_http  # noqa: E402
+from processes import child_env, create_key, free_port, serve, stop, tree_rss_mb, wait_http  # noqa: E402
 from threadline.domain.clock import utcnow  # noqa: E402
 from threadline.storage.engine import create_engine, upgrade  # noqa: E402
 from threadline.storage.tables import Message, Thread  # noqa: E402
@@ -67,6 +67,7 @@ class Row:
     cpu_ms: float
     window: int = 0
     included: int = 0  # history messages in the last turn's model call
+    chain: bool = False  # turns continuing `previousResponseId` (forked off the `length`-message thread)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -153,6 +154,7 @@ async def measure_lengths(
     direct: Callable[[], Awaitable[None]],
     window: int,
     server_cpu: Callable[[], float] = time.process_time,
+    chain: bool = True,
 ) -> list[Row]:
     rows = []
     for length in lengths:
@@ -178,13 +180,56 @@ async def measure_lengths(
         samples = await timed(turns, one_turn)
         cpu_ms = (server_cpu() - cpu_started) * 1000 / turns
         rows.append(Row(backend, length, samples, await timed(turns, direct), cpu_ms, window, included[-1]))
+    if chain:
+        rows.append(await measure_chain(backend, lengths[-1], turns, threadline, headers, direct, window, server_cpu))
     return rows
+
+
+async def measure_chain(
+    backend: str,
+    length: int,
+    turns: int,
+    threadline: httpx.AsyncClient,
+    headers: dict[str, str],
+    direct: Callable[[], Awaitable[None]],
+    window: int,
+    server_cpu: Callable[[], float],
+) -> Row:
+    """Turns that each continue the previous one by `previousResponseId`, starting from the last turn of the
+    `length`-message thread: the first forks a hidden chain thread off it, the others append to that chain, whose
+    context reaches back into the thread. Same question, same window: the same context as a thread turn."""
+    first = await threadline.post(
+        "/v1/model/response",
+        json={"thread": f"bench_{length}", "inputs": QUESTION, "maxOutputTokens": 64},
+        headers=headers,
+    )
+    first.raise_for_status()
+    last = [first.json()["id"]]
+    included: list[int] = []
+
+    async def one_turn() -> None:
+        response = await threadline.post(
+            "/v1/model/response",
+            json={"previousResponseId": last[-1], "inputs": QUESTION, "maxOutputTokens": 64},
+            headers=headers,
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"chain turn failed: {response.status_code} {response.text}")
+        body = response.json()
+        last.append(body["id"])
+        included.append(body["context"]["messages_included"])
+
+    await timed(3, one_turn)
+    cpu_started = server_cpu()
+    samples = await timed(turns, one_turn)
+    cpu_ms = (server_cpu() - cpu_started) * 1000 / turns
+    return Row(backend, length, samples, await timed(turns, direct), cpu_ms, window, included[-1], chain=True)
 
 
 # ---------------------------------------------------------------- modes
 
 
-async def run_in_process(backend: str, url: str, lengths: list[int], turns: int, window: int) -> list[Row]:
+async def run_in_process(backend: str, url: str, lengths: list[int], turns: int, window: int, chain: bool) -> list[Row]:
     from threadline.api.app import create_app
     from threadline.config import Settings
     from threadline.domain.messages import ChatMessage
@@ -214,11 +259,13 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
                 async for _ in fake.stream("fake-model", messages, GenerationParams(max_output_tokens=64)):
                     pass
 
-            return await measure_lengths(backend, url, lengths, turns, client, {"X-API-Key": secret}, direct, window)
+            return await measure_lengths(
+                backend, url, lengths, turns, client, {"X-API-Key": secret}, direct, window, chain=chain
+            )
 
 
 def start_processes(
-    url: str, window: int, workdir: Path, backend: str
+    url: str, window: int, workdir: Path, backend: str, workers: int = 1
 ) -> tuple[list[subprocess.Popen[bytes]], str, int, int]:
     """The stub upstream and `threadline serve` (configured through THREADLINE_CONFIG), plus an API key."""
     stub_port = free_port()
@@ -245,7 +292,7 @@ def start_processes(
     stub = subprocess.Popen(stub_cmd, stdout=quiet, stderr=quiet)
     try:
         wait_http(f"http://127.0.0.1:{stub_port}/v1/models", stub, "the stub upstream")
-        server, base = serve(env)
+        server, base = serve(env, workers=workers)
     except BaseException:
         stop([stub])
         raise
@@ -258,7 +305,9 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_server(backend: str, url: str, lengths: list[int], turns: int, window: int, workdir: Path) -> list[Row]:
+async def run_server(
+    backend: str, url: str, lengths: list[int], turns: int, window: int, workdir: Path, chain: bool
+) -> list[Row]:
     procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, window, workdir, backend)
     try:
         limits = httpx.Limits(max_keepalive_connections=4)
@@ -288,6 +337,7 @@ async def run_server(backend: str, url: str, lengths: list[int], turns: int, win
                 direct,
                 window,
                 server_cpu=lambda: process_cpu_seconds(serve_pid),
+                chain=chain,
             )
     finally:
         await asyncio.to_thread(stop, procs)
@@ -295,7 +345,7 @@ async def run_server(backend: str, url: str, lengths: list[int], turns: int, win
 
 def report(rows: list[Row]) -> None:
     print(
-        f"{'window':>6} {'backend':<11}{'messages':>9} {'ctx':>5} | {'threadline p50':>14} {'p99':>7} | "
+        f"{'window':>6} {'backend':<11}{'messages':>15} {'ctx':>5} | {'threadline p50':>14} {'p99':>7} | "
         f"{'direct p50':>10} {'p99':>7} | {'added p50':>9} | {'vs 10 msgs':>10} | {'server cpu/turn':>15}"
     )
     base: dict[tuple[int, str], float] = {}
@@ -303,11 +353,134 @@ def report(rows: list[Row]) -> None:
         p50 = statistics.median(row.threadline)
         base.setdefault((row.window, row.backend), p50)
         d50 = statistics.median(row.direct)
+        label = f"chain@{row.length}" if row.chain else str(row.length)
         print(
-            f"{row.window:>6} {row.backend:<11}{row.length:>9} {row.included:>5} | {p50:>11.2f} ms "
+            f"{row.window:>6} {row.backend:<11}{label:>15} {row.included:>5} | {p50:>11.2f} ms "
             f"{percentile(row.threadline, 0.99):>7.2f} | {d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | "
             f"{p50 - d50:>6.2f} ms | {p50 / base[(row.window, row.backend)]:>9.2f}x | {row.cpu_ms:>5.2f} ms"
         )
+    # CPU per message in context: the same thread length at two windows, the difference over the extra messages.
+    plain = [row for row in rows if not row.chain]
+    for row in plain:
+        for other in plain:
+            if (other.backend, other.length) == (row.backend, row.length) and other.included > row.included + 100:
+                per_message = (other.cpu_ms - row.cpu_ms) * 1000 / (other.included - row.included)
+                print(
+                    f"{row.backend} {row.length} messages: {per_message:.1f} us of server CPU per message in context "
+                    f"(ctx {row.included} -> {other.included}: {row.cpu_ms:.2f} -> {other.cpu_ms:.2f} ms)"
+                )
+
+
+# ---------------------------------------------------------------- concurrency and memory
+
+
+async def run_concurrency(backend: str, url: str, clients: int, workers: int, seconds: float, workdir: Path) -> None:
+    """`clients` clients, each on its own conversation, for `seconds`, through `threadline serve --workers N`;
+    then the same clients calling the stub directly. Checks every guarantee afterwards: each conversation holds
+    exactly its turns' messages, user and assistant alternating (one turn at a time, nothing lost)."""
+    procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, 4096, workdir, backend, workers)
+    headers = {"X-API-Key": secret}
+    try:
+        limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{stub_port}", timeout=60, limits=limits) as upstream,
+        ):
+            for i in range(clients):
+                (await client.post("/v1/threads", json={"id": f"conc_{i}"}, headers=headers)).raise_for_status()
+
+            async def turn(i: int) -> None:
+                response = await client.post(
+                    "/v1/model/response",
+                    json={"thread": f"conc_{i}", "inputs": QUESTION, "maxOutputTokens": 64},
+                    headers=headers,
+                )
+                if response.status_code != 200:
+                    raise SystemExit(f"turn failed: {response.status_code} {response.text}")
+
+            body = {"model": "stub-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+            async def direct(_: int) -> None:
+                async with upstream.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for _line in response.aiter_lines():
+                        pass
+
+            async def loop(call: Callable[[int], Awaitable[None]], seconds: float) -> tuple[float, list[int]]:
+                done = [0] * clients
+                deadline = time.monotonic() + seconds
+
+                async def one(i: int) -> None:
+                    while time.monotonic() < deadline:
+                        await call(i)
+                        done[i] += 1
+
+                started = time.monotonic()
+                await asyncio.gather(*(one(i) for i in range(clients)))
+                return sum(done) / (time.monotonic() - started), done
+
+            await loop(turn, 2)  # warm-up
+            warm = [await _message_count(client, headers, i) for i in range(clients)]
+            cpu_started = sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid))
+            rate, done = await loop(turn, seconds)
+            cpu = sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid)) - cpu_started
+            direct_rate, _ = await loop(direct, seconds)
+            for i in range(clients):
+                roles = await _roles(client, headers, i)
+                assert len(roles) == warm[i] + 2 * done[i], f"conversation {i}: messages lost or added"
+                assert roles == ["user", "assistant"] * (len(roles) // 2), f"conversation {i}: turns interleaved"
+    finally:
+        await asyncio.to_thread(stop, procs)
+    print(
+        f"{backend} --workers {workers}, {clients} clients on {clients} conversations, {seconds:g} s: "
+        f"{rate:.1f} turns/s through Threadline ({cpu * 1000 / sum(done):.2f} ms server CPU per turn), "
+        f"{direct_rate:.1f} calls/s straight to the stub: {rate / direct_rate:.2f} of the direct rate; "
+        f"every conversation complete and alternating"
+    )
+
+
+async def _message_count(client: httpx.AsyncClient, headers: dict[str, str], i: int) -> int:
+    response = await client.get(f"/v1/threads/conc_{i}", headers=headers)
+    response.raise_for_status()
+    return int(response.json()["message_count"])
+
+
+async def _roles(client: httpx.AsyncClient, headers: dict[str, str], i: int) -> list[str]:
+    roles: list[str] = []
+    after: str | None = None
+    while True:
+        params: dict[str, str | int] = {"limit": 100, "order": "asc", **({"after": after} if after else {})}
+        response = await client.get(f"/v1/threads/conc_{i}/messages", params=params, headers=headers)
+        response.raise_for_status()
+        page = response.json()
+        roles += [m["role"] for m in page["data"]]
+        if not page.get("has_more"):
+            return roles
+        after = page["data"][-1]["id"]
+
+
+def _tree(pid: int) -> list[int]:
+    pids, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        pids.append(current)
+        with suppress(FileNotFoundError):
+            pending += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    return pids
+
+
+async def run_memory(backend: str, url: str, workdir: Path) -> None:
+    """Resident memory of `threadline serve` (embedded model disabled) idle after start, then after one turn."""
+    procs, secret, _, port = await asyncio.to_thread(start_processes, url, 4096, workdir, backend)
+    try:
+        await asyncio.sleep(2)
+        idle = tree_rss_mb(procs[1].pid)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            response = await client.post("/v1/model/response", json={"inputs": QUESTION}, headers={"X-API-Key": secret})
+            response.raise_for_status()
+        after = tree_rss_mb(procs[1].pid)
+    finally:
+        await asyncio.to_thread(stop, procs)
+    print(f"{backend}: idle RSS {idle:.0f} MB (embedded model disabled), {after:.0f} MB after the first turn")
 
 
 async def main() -> None:
@@ -319,17 +492,33 @@ async def main() -> None:
     parser.add_argument(
         "--context-windows", default="4096,256", help="model windows to measure (256: every length fills it)"
     )
+    parser.add_argument("--no-chain", action="store_true", help="skip the previousResponseId chain rows")
+    parser.add_argument("--concurrency", type=int, default=0, help="N clients on N conversations (server mode)")
+    parser.add_argument("--workers", type=int, default=1, help="`threadline serve --workers` for --concurrency")
+    parser.add_argument("--seconds", type=float, default=10, help="how long --concurrency runs each side")
+    parser.add_argument("--memory", action="store_true", help="idle RSS of `threadline serve`, then after a turn")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
+    if args.concurrency or args.memory:
+        for backend in args.backends.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                async with database(backend, Path(tmp)) as url:
+                    if args.memory:
+                        await run_memory(backend, url, Path(tmp))
+                    if args.concurrency:
+                        await run_concurrency(backend, url, args.concurrency, args.workers, args.seconds, Path(tmp))
+        return
     rows: list[Row] = []
     for window in [int(x) for x in args.context_windows.split(",")]:
         for backend in args.backends.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 async with database(backend, Path(tmp)) as url:
                     if args.mode == "server":
-                        rows += await run_server(backend, url, lengths, args.turns, window, Path(tmp))
+                        rows += await run_server(
+                            backend, url, lengths, args.turns, window, Path(tmp), not args.no_chain
+                        )
                     else:
-                        rows += await run_in_process(backend, url, lengths, args.turns, window)
+                        rows += await run_in_process(backend, url, lengths, args.turns, window, not args.no_chain)
     load = os.getloadavg()[0]
     print(f"mode={args.mode} turns={args.turns} cpus={os.cpu_count()} load={load:.1f} (milliseconds)")
     report(rows)

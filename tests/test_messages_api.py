@@ -102,7 +102,7 @@ async def test_edit_is_audited(client: httpx.AsyncClient, caller: Caller, other_
     tid = await _thread(client, caller)
     message = await _append(client, caller, tid, content="something rude", metadata={"lang": "en"})
     url = f"/v1/threads/{tid}/messages/{message['id']}"
-    # Seed 001's moderation example.
+    # The Freddy specification's moderation example.
     edited = await client.patch(
         url,
         json={

@@ -167,4 +167,4 @@ async def test_off_by_default_nothing_is_named(
     await _background(app).wait()
     assert await _title(client, caller, response.json()["thread_id"]) is None
     assert len(fake.calls) == 1
-    assert app.state.turn_observer is None
+    assert app.state.turns.observer is None

@@ -1,4 +1,4 @@
-"""previousResponseId chains (seed 000, DESIGN.md §3) on SQLite and PostgreSQL, with a scripted FakeProvider.
+"""previousResponseId chains (docs/chains.md) on SQLite and PostgreSQL, with a scripted FakeProvider.
 
 A chain continues any earlier response, as often as wanted (branching): the model sees exactly that response's
 conversation up to and including its output. Chains live in hidden threads of kind "chain" that point at their
@@ -26,10 +26,10 @@ from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider, Script
-from threadline.services import responses as response_service
 from threadline.services import retention
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.tables import Message, Response, Thread
+from threadline.turns import start as turn_start
 
 
 @pytest.fixture
@@ -280,7 +280,7 @@ async def test_chain_errors(
     refused(expired, 400, "previous_response_expired")
 
     # Forks are bounded, so a turn's reads stay bounded (one query per segment at most).
-    monkeypatch.setattr(response_service, "MAX_CHAIN_SEGMENTS", 3)
+    monkeypatch.setattr(turn_start, "MAX_CHAIN_SEGMENTS", 3)
     link = await ok(await turn(client, caller, "s1"))
     for text in ("s2", "s3"):
         base = link

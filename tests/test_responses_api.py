@@ -1,4 +1,4 @@
-"""POST /v1/model/response end to end (seed 000), on SQLite and PostgreSQL, with a scripted FakeProvider."""
+"""POST /v1/model/response end to end, on SQLite and PostgreSQL, with a scripted FakeProvider."""
 
 from __future__ import annotations
 

@@ -23,9 +23,9 @@ from threadline.domain.messages import ChatMessage
 from threadline.errors import UpstreamTimeout
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import auth
-from threadline.services.responses import ResponseRequest, start_turn
-from threadline.services.turns import OutputDelta, run_turn
 from threadline.storage.tables import Response, Thread
+from threadline.turns.request import TurnRequest
+from threadline.turns.turn import OutputDelta
 
 
 @pytest.fixture
@@ -143,18 +143,18 @@ async def test_client_disconnect_mid_turn_frees_the_thread(
     async with app.state.sessionmaker() as session:
         principal = await auth.authenticate(session, caller.api_key)
         await session.commit()
-    request = ResponseRequest(
+    request = TurnRequest(
         organization_id=caller.organization_id, inputs=[ChatMessage("user", "hi")], thread_id="t_gone"
     )
-    turn_ = await start_turn(app.state.sessionmaker, settings, app.state.models, principal, request)
+    turn_ = await app.state.turns.start(principal, request)
     assert (await thread_row(app, "t_gone")).status == "streaming"
-    events = run_turn(app.state.sessionmaker, settings, turn_)
+    events = app.state.turns.run(turn_)
     assert isinstance(await anext(events), OutputDelta)
     await events.aclose()  # what Starlette does when the client goes away
 
     thread = await thread_row(app, "t_gone")
     assert thread.status == "inactive" and thread.lease_owner is None and thread.message_count == 0
-    body = (await client.get(f"/v1/model/response/{turn_.response.id}", headers=caller.headers)).json()
+    body = (await client.get(f"/v1/model/response/{turn_.id}", headers=caller.headers)).json()
     assert body["status"] == "failed" and body["error"]["code"] == "turn_aborted"
 
 

@@ -35,7 +35,7 @@ class ProviderConfig(BaseModel):
     # OpenAI's reasoning models (o1, o3…) take "max_completion_tokens"; most other servers only "max_tokens".
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     timeout_seconds: float = Field(default=120.0, gt=0)
-    # What the models can do (DESIGN.md §6), e.g. {tools = false}; per model in `model_capabilities`, e.g.
+    # What the models can do (docs/items.md), e.g. {tools = false}; per model in `model_capabilities`, e.g.
     # {"gpt-4o" = {vision = true}}. Defaults for type "openai": tools true, vision false; the embedded model: none.
     capabilities: dict[Capability, bool] = Field(default_factory=dict)
     model_capabilities: dict[str, dict[Capability, bool]] = Field(default_factory=dict)
@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # A model that sends nothing for this long fails the turn (504): a silent upstream must not hold a thread.
     model_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     auto_name_threads: bool = False
+
+    # The job queue (docs/jobs.md): jobs one process runs at once, the lease a job is claimed under (renewed every
+    # third of it; a dead process's jobs are taken over once it expires), the safety poll behind LISTEN/NOTIFY.
+    job_concurrency: int = Field(default=4, ge=1, le=256)
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_poll_seconds: float = Field(default=15.0, gt=0)
 
     # Auth
     user_token_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)

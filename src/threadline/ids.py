@@ -12,7 +12,7 @@ import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
-# Caller-chosen ids (seed 000: `support_user123_ticket789`): letters, digits, `_`, `-`, `.`, `:`.
+# Caller-chosen ids (docs/freddy-spec.md: `support_user123_ticket789`): letters, digits, `_`, `-`, `.`, `:`.
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 

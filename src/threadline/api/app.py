@@ -37,9 +37,11 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
-from threadline.services import naming, recovery, retention
+from threadline.services import jobs, recovery, retention
 from threadline.services.background import Background
 from threadline.storage.engine import create_engine, create_sessionmaker, head_revision, watch_pool
+from threadline.turns.engine import TurnEngine
+from threadline.turns.naming import AutoNamer
 from threadline.web import ui_router
 
 if TYPE_CHECKING:
@@ -99,12 +101,21 @@ def create_app(
         # Work that outlives its request (auto-naming), cancelled at shutdown before the engine goes away.
         background = Background()
         app.state.background = background
-        app.state.turn_observer = (
-            naming.AutoNamer(app.state.sessionmaker, settings, registry, background)
-            if settings.auto_name_threads
-            else None
-        )
+        # The turn engine, built once: every surface asks it for turns (docs/ARCHITECTURE.md).
+        turns = TurnEngine(app.state.sessionmaker, settings, registry)
+        if settings.auto_name_threads:
+            turns.observer = AutoNamer(turns, background)
+        app.state.turns = turns
         maker = app.state.sessionmaker
+        # The job queue (docs/jobs.md): every process runs one; the handlers of each job kind are registered here.
+        runner = jobs.JobRunner(
+            maker,
+            engine,
+            concurrency=settings.job_concurrency,
+            lease_seconds=settings.job_lease_seconds,
+            poll_seconds=settings.job_poll_seconds,
+        )
+        app.state.jobs = runner
         tasks: list[asyncio.Task[None]] = []
         restore_sigterm = _drain_on_sigterm(lifecycle, settings) if drain_on_sigterm else None
         try:
@@ -115,10 +126,12 @@ def create_app(
             # The retention sweeper: every process runs one; the "retention" lease lets one sweep at a time.
             if settings.retention_enabled:
                 tasks.append(asyncio.create_task(retention.run_periodically(maker, settings), name="retention"))
+            await runner.start()
             yield
         finally:
             if restore_sigterm is not None:
                 restore_sigterm()
+            await runner.stop()
             await background.aclose()
             for task in tasks:
                 task.cancel()
@@ -164,7 +177,7 @@ def create_app(
     api_observability.install_routes(app, settings)
 
     # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
-    # reach the Freddy routes of the same paths (DESIGN.md §4 "one path, two shapes").
+    # reach the Freddy routes of the same paths (docs/surfaces.md, "one path, two shapes").
     # `search` before `threads`: /v1/threads/search must not be read as a thread id.
     # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
     routers = (

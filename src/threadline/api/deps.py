@@ -14,7 +14,7 @@ from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth, rate_limits
 from threadline.services.auth import Principal
-from threadline.services.turns import TurnObserver
+from threadline.turns.engine import TurnEngine
 
 
 def get_settings(request: Request) -> Settings:
@@ -43,16 +43,16 @@ def get_models(request: Request) -> ModelRegistry:
     return registry
 
 
-def get_turn_observer(request: Request) -> TurnObserver | None:
-    """What hears about saved turns (auto-naming), or None when nothing listens."""
-    observer: TurnObserver | None = request.app.state.turn_observer
-    return observer
+def get_turns(request: Request) -> TurnEngine:
+    """The turn engine the app built at start-up."""
+    engine: TurnEngine = request.app.state.turns
+    return engine
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
-TurnObserverDep = Annotated[TurnObserver | None, Depends(get_turn_observer)]
+TurnsDep = Annotated[TurnEngine, Depends(get_turns)]
 # scope="function": the commit happens before the response is sent, so a client never reads its own write late.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 

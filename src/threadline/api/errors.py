@@ -78,7 +78,7 @@ def error_body(message: str, type_: str, code: str, param: str | None = None) ->
 
 def error_response(error: errors.ThreadlineError) -> JSONResponse:
     status, type_ = status_of(error)
-    # The openai SDK retries 409/429/5xx unless told otherwise (reference §1.6): say when it cannot help.
+    # The openai SDK retries 409/429/5xx unless told otherwise (its `x-should-retry` header): say when it cannot help.
     headers = {"x-should-retry": "true" if error.retryable else "false"}
     if isinstance(error, errors.RateLimited):
         # Whole seconds for HTTP (RFC 9110), milliseconds for the openai SDK, which prefers them when present.

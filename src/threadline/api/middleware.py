@@ -20,7 +20,7 @@ def snake_case(name: str) -> str:
 
 
 class QueryCaseMiddleware:
-    """Requests accept camelCase as well as snake_case (DESIGN.md §4): `?organizationId=` ≡ `?organization_id=`."""
+    """Requests accept camelCase as well as snake_case (docs/surfaces.md): `?organizationId=` ≡ `?organization_id=`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

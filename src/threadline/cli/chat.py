@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.errors import ThreadlineError, ThreadNotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
-from threadline.services import auth, responses
+from threadline.services import auth
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
-from threadline.services.turns import OutputDelta, TurnDone, run_turn
 from threadline.storage.engine import create_engine, create_sessionmaker
+from threadline.turns.engine import TurnEngine
+from threadline.turns.request import TurnRequest
+from threadline.turns.turn import OutputDelta, TurnDone
 
 HELP = "Type a message and press Enter. /context: what the model saw last turn · /help · /quit (or Ctrl-D)."
 
@@ -75,6 +76,7 @@ async def chat(settings: Settings, options: ChatOptions, stdin: TextIO, stdout: 
     try:
         models = await asyncio.to_thread(ModelRegistry.from_settings, settings, http_client)
         _, info = models.resolve(options.model)
+        turns = TurnEngine(maker, settings, models)
         async with maker() as session:
             organization, user = await auth.ensure_member(session, options.org, options.email)
             await session.commit()
@@ -112,13 +114,13 @@ async def chat(settings: Settings, options: ChatOptions, stdin: TextIO, stdout: 
             elif text.startswith("/"):
                 _say(stdout, f"Unknown command {text.split()[0]}. {HELP}")
             else:
-                request = responses.ResponseRequest(
+                request = TurnRequest(
                     organization_id=organization.id,
                     inputs=[ChatMessage("user", text)],
                     thread_id=thread_id,
                     model=options.model,
                 )
-                await _turn(maker, settings, models, principal, request, chat_state, stdout)
+                await _turn(turns, principal, request, chat_state, stdout)
                 if options.show_context and chat_state.last_context is not None:
                     _say(stdout, describe_context(chat_state.last_context, chat_state.last_usage))
         return 1 if chat_state.errors else 0
@@ -132,30 +134,23 @@ async def chat(settings: Settings, options: ChatOptions, stdin: TextIO, stdout: 
         await engine.dispose()
 
 
-async def _turn(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    models: ModelRegistry,
-    principal: Principal,
-    request: responses.ResponseRequest,
-    state: _State,
-    stdout: TextIO,
-) -> None:
+async def _turn(turns: TurnEngine, principal: Principal, request: TurnRequest, state: _State, stdout: TextIO) -> None:
     try:
-        turn = await responses.start_turn(maker, settings, models, principal, request)
+        turn = await turns.start(principal, request)
     except ThreadlineError as exc:
         state.errors += 1
         _say(sys.stderr, f"error: {exc.message} ({exc.code})")
         return
     _write(stdout, "assistant> ")
-    async with contextlib.aclosing(run_turn(maker, settings, turn)) as events:
+    async with contextlib.aclosing(turns.run(turn)) as events:
         async for event in events:
             if isinstance(event, OutputDelta):
                 _write(stdout, event.text)
             elif isinstance(event, TurnDone):
                 _say(stdout, "")
-                state.last_context = dict(event.response.context)
-                state.last_usage = (event.response.input_tokens, event.response.output_tokens)
+                state.last_context = dict(event.record.context)
+                usage = event.record.usage
+                state.last_usage = (usage.input_tokens, usage.output_tokens) if usage else (None, None)
                 if event.error is not None:
                     state.errors += 1
                     _say(sys.stderr, f"error: {event.error.message} ({event.error.code})")

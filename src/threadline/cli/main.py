@@ -109,6 +109,38 @@ def serve(
         uvicorn.run("threadline.cli.main:worker_app", factory=True, workers=workers, **options)
 
 
+@app.command()
+def worker() -> None:
+    """Run queued jobs (background responses, webhook deliveries…) without serving HTTP: more job capacity for a
+    PostgreSQL deployment (every `serve` process runs jobs too). SIGTERM or Ctrl-C: drain, then stop."""
+    import logging.config
+
+    from threadline.observability.logs import logging_config
+
+    settings = _settings()
+    logging.config.dictConfig(logging_config(settings.log_format, settings.log_level))
+    upgrade(settings.database_url)
+    logging.getLogger("threadline.cli").info("Threadline worker (database: %s)", _redacted(settings.database_url))
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    """The app's lifespan (job runner, crash recovery, retention sweeper) with no HTTP server in front of it."""
+    import signal
+
+    from threadline.api.app import create_app
+
+    application = create_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with application.router.lifespan_context(application):
+        await stop.wait()
+        # Running jobs get the grace to finish; what still runs then is given back to the queue.
+        await application.state.observer.lifecycle.drain(settings.shutdown_grace_seconds)
+
+
 def worker_app() -> Any:
     """The app of one `serve --workers N` worker process (a uvicorn factory)."""
     from threadline.api.app import create_app

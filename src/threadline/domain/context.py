@@ -5,13 +5,13 @@ reserve (`max_output_tokens`), the reply priming, the *pinned* messages (an assi
 always stay) and this turn's *inputs* (they always stay too: a request whose inputs do not fit is refused, never
 cut). What is left is the *budget* for history.
 
-Modes (seed 001):
+Modes (docs/context.md):
 - ``recent``: the newest history messages that fit: always a suffix of the thread.
 - ``smart``: the thread's start (leading system messages and the first exchange) plus the newest messages that
   fit; when messages are left out between them, a short system note marks the gap (its tokens count).
 - ``full``: all history, or `ContextLengthExceeded` naming the sizes: never silent truncation.
 
-Function calls and their outputs are one unit (DESIGN.md §6): a run of consecutive `function_call` /
+Function calls and their outputs are one unit (docs/items.md): a run of consecutive `function_call` /
 `function_call_output` items is kept or dropped whole, so the model never sees an output without its call.
 """
 
@@ -34,7 +34,7 @@ class HistoryMessage:
     """A stored message of the conversation with its token count (content + framing).
 
     `seq` is the message's position in the conversation. A chain thread numbers its messages on from where it
-    forked (DESIGN.md §3), so seqs rise along the whole path even when it spans several threads; `thread_id`
+    forked (docs/chains.md), so seqs rise along the whole path even when it spans several threads; `thread_id`
     says which thread holds the row.
     """
 

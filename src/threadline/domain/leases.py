@@ -1,4 +1,4 @@
-"""Turn leases: what a reader may conclude from a thread's lease (DESIGN.md §2, §5).
+"""Turn leases: what a reader may conclude from a thread's lease (docs/leases.md).
 
 A turn holds its thread's lease while it runs: `lease_owner` is the turn's response id, `lease_expires_at` is
 pushed out by the turn's heartbeat. A lease past its expiry belongs to a turn whose server died (or stopped
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+
+from threadline.domain.threads import INACTIVE, STREAMING
+from threadline.domain.turns import FAILED, IN_PROGRESS
 
 # The one error of a turn whose lease ran out under it, on every surface (a Freddy response, an OpenAI response,
 # an Assistants run's `last_error`).
@@ -28,8 +31,8 @@ def lease_expired(expires_at: datetime | None, now: datetime) -> bool:
 
 def thread_status(status: str, lease_expires_at: datetime | None, now: datetime) -> str:
     """The thread's streaming status as a reader must see it: `streaming` only while the lease is live."""
-    if status == "streaming" and lease_expired(lease_expires_at, now):
-        return "inactive"
+    if status == STREAMING and lease_expired(lease_expires_at, now):
+        return INACTIVE
     return status
 
 
@@ -44,6 +47,6 @@ def response_status(
     """A response (run) is `in_progress` only while its turn is alive; otherwise its turn was interrupted.
 
     `lease_owner`/`lease_expires_at` are those of the response's thread (None for a thread that is gone)."""
-    if status == "in_progress" and not turn_alive(response_id, lease_owner, lease_expires_at, now):
-        return "failed"
+    if status == IN_PROGRESS and not turn_alive(response_id, lease_owner, lease_expires_at, now):
+        return FAILED
     return status

@@ -1,6 +1,6 @@
 """Item types, roles and the pure rules about message content.
 
-A thread is an ordered sequence of typed items (DESIGN.md §6). Every item has a role and a text (`content`, the
+A thread is an ordered sequence of typed items (docs/items.md). Every item has a role and a text (`content`, the
 column people search): a `message` its text; a `function_call` (role `assistant`: the model made it) its
 arguments; a `function_call_output` (role `tool`) its output. What is structured (the call's `call_id`, `name`)
 travels next to the text.
@@ -19,7 +19,7 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 # The role stored with a function_call_output (never a message's role).
 TOOL_ROLE = "tool"
 ItemRole = Literal["system", "user", "assistant", "tool"]
-# `reasoning` and `compaction` are reserved (DESIGN.md §6, §8); only these are stored today.
+# `reasoning` and `compaction` are reserved (docs/items.md); only these are stored today.
 ItemType = Literal["message", "function_call", "function_call_output"]
 ITEM_TYPES: tuple[ItemType, ...] = ("message", "function_call", "function_call_output")
 TOOL_ITEM_TYPES: frozenset[str] = frozenset({"function_call", "function_call_output"})

@@ -1,15 +1,19 @@
-"""Pure rules about threads: the lifecycle and the limits of seeds 000, 002 and 004."""
+"""Pure rules about threads: the lifecycle, the streaming status and the limits (docs/freddy-spec.md)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from threadline.errors import InvalidStateTransition, ThreadArchived, ThreadLocked, ValidationFailed
 
 ThreadState = Literal["open", "locked", "archived"]
 THREAD_STATES: tuple[ThreadState, ...] = ("open", "locked", "archived")
+
+# The streaming status (docs/surfaces.md, `status` vs `state`): `streaming` while a turn holds the lease.
+STREAMING: Final = "streaming"
+INACTIVE: Final = "inactive"
 
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY_CHARS = 64
@@ -63,7 +67,7 @@ def ensure_writable(thread_id: str, state: str) -> None:
 
 
 def validate_metadata(metadata: dict[str, Any], param: str = "metadata") -> None:
-    """Seed 002: ≤16 pairs, keys ≤64 characters, values ≤512 characters; seed 000: ≤16 KB in all."""
+    """≤16 pairs, keys ≤64 characters, values ≤512 characters, ≤16 KB in all (docs/freddy-spec.md)."""
     if len(metadata) > METADATA_MAX_PAIRS:
         raise ValidationFailed(
             f"Metadata has {len(metadata)} keys; the maximum is {METADATA_MAX_PAIRS}.",
@@ -77,7 +81,7 @@ def validate_metadata(metadata: dict[str, Any], param: str = "metadata") -> None
                 code="metadata_key_too_long",
                 param=f"{param}.{key[:80]}",
             )
-        # Seed 002 allows structured values ({"tags": ["billing", "urgent"]}); the limit applies to the
+        # The Freddy specification allows structured values ({"tags": ["billing", "urgent"]}); the limit applies to the
         # value as written.
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if len(text) > METADATA_MAX_VALUE_CHARS:

@@ -27,7 +27,7 @@ class ModelInfo:
     # Tokens a request costs beyond its messages' stored counts (reply priming, a template's default system
     # prompt…): the context builder reserves them. See domain/tokens.py.
     request_overhead_tokens: int = REPLY_PRIMING_TOKENS
-    # Capabilities (DESIGN.md §6): whether the model calls function tools, whether it sees images.
+    # Capabilities (docs/items.md): whether the model calls function tools, whether it sees images.
     tools: bool = False
     vision: bool = False
 

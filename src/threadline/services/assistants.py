@@ -1,6 +1,6 @@
 """Assistant use-cases: a reusable configuration (model, instructions, context mode, sampling) for threads.
 
-The configuration is applied to the turns of every thread bound to the assistant (seeds 001, 002, 004); this
+The configuration is applied to the turns of every thread bound to the assistant (docs/freddy-spec.md); this
 module only stores it.
 """
 

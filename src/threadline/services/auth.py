@@ -53,7 +53,7 @@ class Principal:
     organization_limits: tuple[Limits, ...] = ()
 
     def organization(self, requested: str | None) -> str:
-        """The organization a request acts in (DESIGN.md §4 `organization_id`)."""
+        """The organization a request acts in (docs/surfaces.md, `organization_id`)."""
         if requested is not None:
             if requested not in self.organization_ids:
                 raise PermissionDenied(

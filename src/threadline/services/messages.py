@@ -14,8 +14,8 @@ from threadline.domain.messages import NewMessage, check_pairing, validate_conte
 from threadline.errors import MessageNotFound, ThreadFull
 from threadline.ids import new_id
 from threadline.services.auth import Principal
+from threadline.services.conversation import conversation_path, known_calls, pending_calls
 from threadline.services.threads import create_thread, get_thread
-from threadline.services.turn_context import conversation_path, known_calls, pending_calls
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.repositories.threads import ThreadRepository
@@ -135,7 +135,7 @@ async def add_messages(
     user_id: str | None,
 ) -> list[Message]:
     """Append several items at once (OpenAI `conversations.items.create`): all or none. Outputs need their calls
-    (earlier in the conversation or in `new`), and a message needs every earlier call answered (DESIGN.md §6)."""
+    (earlier in the conversation or in `new`), and a message needs every earlier call answered (docs/items.md)."""
     for i, message in enumerate(new):
         rules.validate_metadata(message.metadata, param=f"items.{i}.metadata")
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
@@ -174,7 +174,7 @@ async def _message_to_change(
 ) -> tuple[Thread, Message]:
     """The thread (row-locked) and its live message, before an edit or a delete."""
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    # Locked threads are read-only except for thread-level fields (docs/surfaces.md, lifecycle): history is immutable.
     rules.ensure_accepts_messages(thread.id, thread.state)
     message = await MessageRepository(session).get(organization_id, thread_id, message_id, roles=roles)
     if message is None:
@@ -261,7 +261,7 @@ async def delete_message_of_thread(
 
 async def delete_all_messages(session: AsyncSession, organization_id: str, thread_id: str) -> int:
     thread = await get_thread(session, organization_id, thread_id, for_update=True)
-    # Locked threads are read-only except for thread-level fields (seeds 000/002): history is immutable.
+    # Locked threads are read-only except for thread-level fields (docs/surfaces.md, lifecycle): history is immutable.
     rules.ensure_accepts_messages(thread.id, thread.state)
     now = utcnow()
     deleted = await MessageRepository(session).soft_delete_all(organization_id, thread_id, now)

@@ -1,6 +1,6 @@
 """Rate limits per credential (API key or user token): requests per minute and concurrent turns.
 
-Both live in the database, so every process on it shares them (DESIGN.md §5):
+Both live in the database, so every process on it shares them (docs/leases.md, "no state in a process"):
 
 - requests: a fixed one-minute window per credential, one row counted by one upsert per authenticated request
   (`RateLimitRepository.count_request`), in a transaction of its own so the row is locked only for that statement;

@@ -1,4 +1,4 @@
-"""Retention: the limits of seed 000, enforced by a sweeper.
+"""Retention: the limits of docs/freddy-spec.md, enforced by a sweeper.
 
 What a sweep purges, in this order (each category excludes the ones before it, so a dry run counts exactly):
 

@@ -69,7 +69,7 @@ async def create_thread(
     space_ids: list[str] | None = None,
     kind: str = "thread",
 ) -> Thread:
-    """Create a thread. `visible_in_ui=False` from an API key is refused (seed 002); internal callers
+    """Create a thread. `visible_in_ui=False` from an API key is refused (docs/surfaces.md, auth); internal callers
     (hidden `store=false` threads, response chains) pass `kind`/visibility through `create_hidden_thread`."""
     if visible_in_ui is False:
         principal.require_user_token("visible_in_ui")
@@ -110,7 +110,7 @@ async def create_hidden_thread(
 
 
 async def create_chain_thread(session: AsyncSession, principal: Principal, parent: Thread, parent_seq: int) -> Thread:
-    """A hidden `previousResponseId` chain forked from `parent` after seq `parent_seq` (DESIGN.md §3).
+    """A hidden `previousResponseId` chain forked from `parent` after seq `parent_seq` (docs/chains.md).
 
     Nothing is copied: the chain's history is the parent's live messages up to `parent_seq`, then its own, which
     are numbered on from there. It keeps the parent's assistant (its instructions and defaults still apply).
@@ -128,7 +128,7 @@ async def create_chain_thread(session: AsyncSession, principal: Principal, paren
         parent_thread_id=parent.id,
         parent_seq=parent_seq,
         state="open",
-        status="inactive",
+        status=rules.INACTIVE,
         is_pinned=False,
         message_count=0,
         next_seq=parent_seq + 1,
@@ -174,7 +174,7 @@ async def _insert_thread(
         visible_in_ui=visible_in_ui,
         kind=kind,
         state="open",
-        status="inactive",
+        status=rules.INACTIVE,
         is_pinned=False,
         message_count=0,
         next_seq=1,

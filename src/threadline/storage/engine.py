@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -159,3 +160,45 @@ def watch_pool(engine: AsyncEngine, change: Callable[[int], None]) -> None:
     pool = engine.sync_engine.pool
     event.listen(pool, "checkout", lambda *_: change(1))
     event.listen(pool, "checkin", lambda *_: change(-1))
+
+
+async def notify(session: AsyncSession, channel: str) -> None:
+    """PostgreSQL `NOTIFY channel` inside the session's transaction: delivered to listeners when it commits, never
+    if it rolls back. Nothing on SQLite (one process: its waiters are woken in process)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_notify(channel, "")))
+
+
+class Listener:
+    """`LISTEN channel` on a connection of its own (PostgreSQL), calling `callback` on each notification.
+
+    Best effort by design: a listener that cannot connect, or whose connection drops, is reconnected by `ensure()`,
+    and whoever waits on it keeps a slow safety poll for the notifications missed meanwhile. On SQLite it does
+    nothing (`active` stays False)."""
+
+    def __init__(self, engine: AsyncEngine, channel: str, callback: Callable[[], None]) -> None:
+        self._url = engine.url
+        self._channel = channel
+        self._callback = callback
+        self._connection: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed()
+
+    async def ensure(self) -> bool:
+        """Connect and listen unless already listening; False (logged by the caller's poll) if it cannot."""
+        if self._url.get_backend_name() != "postgresql" or self.active:
+            return self.active
+        await self.close()
+        url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+        connection = await asyncpg.connect(url, timeout=10)
+        await connection.add_listener(self._channel, lambda *_: self._callback())
+        self._connection = connection
+        return True
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=5)

@@ -1,4 +1,4 @@
-"""ORM tables. Every key starts with `organization_id` (DESIGN.md §3); the schema itself comes from migrations.
+"""ORM tables. Every key starts with `organization_id` (docs/data-model.md); the schema itself comes from migrations.
 
 Portable column types only: `UTCDateTime` keeps timestamps as naive UTC on SQLite and `timestamptz` on
 PostgreSQL, and always hands back aware UTC datetimes; `JSONType` is JSONB on PostgreSQL.
@@ -137,7 +137,7 @@ class Assistant(Base):
 
 
 class Thread(Base):
-    """A conversation. `state` is the lifecycle, `status` the streaming status (DESIGN.md §4).
+    """A conversation. `state` is the lifecycle, `status` the streaming status (docs/surfaces.md).
 
     `next_seq` hands out message sequence numbers; `message_count` counts live (not deleted) messages.
     `lease_owner`/`lease_expires_at` serialize turns across processes: a lease that expires frees the thread.
@@ -159,7 +159,7 @@ class Thread(Base):
     # What created it: "thread" (Freddy API / responses), "chain" (a previousResponseId chain),
     # "conversation" (OpenAI Conversations API).
     kind: Mapped[str] = mapped_column(sa.String(16), default="thread")
-    # A chain forked from a turn of another thread (migration 0003, DESIGN.md §3): its history is the parent's
+    # A chain forked from a turn of another thread (migration 0003, docs/chains.md): its history is the parent's
     # live messages with seq <= parent_seq, then its own, numbered on from parent_seq + 1. Nothing is copied. No
     # foreign key: the sweeper may purge a parent before its children, whose reads then stop at the gap.
     parent_thread_id: Mapped[str | None] = mapped_column(sa.String(128))
@@ -224,7 +224,7 @@ class Thread(Base):
 class Message(Base):
     """One item of a thread, ordered by the per-thread `seq`, with its token count stored on the row.
 
-    `type` is the item type (DESIGN.md §6, migration 0006): `message`, `function_call` (role `assistant`,
+    `type` is the item type (docs/items.md, migration 0006): `message`, `function_call` (role `assistant`,
     `content` = its arguments), `function_call_output` (role `tool`, `content` = its output text, so search finds
     it). `call_id` pairs a call with its output; `payload` holds the rest of what is structured (`name`,
     `status`, an output given as content parts).
@@ -300,7 +300,7 @@ class MessageEdit(Base):
 
 
 class Response(Base):
-    """A model response. It never copies history: it points into a thread by `seq` range (DESIGN.md §3).
+    """A model response. It never copies history: it points into a thread by `seq` range (docs/data-model.md).
 
     `input_first_seq..input_last_seq` are this turn's inputs and `output_seq` its answer, in `thread_id`; the
     `context` report's `context_segments` list the (thread, first seq, last seq) runs the model saw, which span
@@ -372,3 +372,57 @@ class RateLimitCounter(Base):
     # Minutes since the epoch: the fixed window `count` belongs to.
     window_minute: Mapped[int] = mapped_column(sa.BigInteger)
     count: Mapped[int]
+
+
+class Job(Base):
+    """A unit of work that outlives its request (DESIGN.md §7, migration 0010; docs/jobs.md): a background turn, a
+    webhook delivery, a summary. Claimed by one process at a time under an expiring lease (`lease_owner` is a fresh
+    token per claim), renewed by a heartbeat, taken over by another process once it expires.
+
+    Jobs that share a `queue_key` (e.g. a thread id) run one at a time, in the order they were enqueued."""
+
+    __tablename__ = "jobs"
+
+    organization_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    queue_key: Mapped[str | None] = mapped_column(sa.String(200))
+    # queued → running → done | failed (a running job whose lease expired is claimable again).
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=5)
+    run_after: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The claim: due queued jobs, and running jobs whose lease expired. Only unfinished jobs are in it.
+        sa.Index(
+            "ix_jobs_claimable",
+            "status",
+            "run_after",
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+        ),
+        # "Is an earlier job of this key unfinished?" (per-key order).
+        sa.Index(
+            "ix_jobs_queue_key",
+            "organization_id",
+            "queue_key",
+            "created_at",
+            sqlite_where=sa.text("queue_key IS NOT NULL AND status IN ('queued', 'running')"),
+            postgresql_where=sa.text("queue_key IS NOT NULL AND status IN ('queued', 'running')"),
+        ),
+        # The retention sweeper purges finished jobs by age.
+        sa.Index(
+            "ix_jobs_finished_at",
+            "finished_at",
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+        ),
+    )

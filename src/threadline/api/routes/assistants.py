@@ -1,4 +1,4 @@
-"""Assistants: a stored configuration that threads bind to with `assistant_id` (seeds 001, 002, 004)."""
+"""Assistants: a stored configuration that threads bind to with `assistant_id` (docs/freddy-spec.md)."""
 
 from __future__ import annotations
 

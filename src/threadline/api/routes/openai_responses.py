@@ -17,15 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
-from threadline.api.deps import (
-    ModelsDep,
-    OrganizationDep,
-    OrganizationQuery,
-    SessionDep,
-    SessionmakerDep,
-    SettingsDep,
-    TurnPrincipalDep,
-)
+from threadline.api.deps import OrganizationDep, OrganizationQuery, SessionDep, TurnPrincipalDep, TurnsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
 from threadline.api.schemas.openai import (
@@ -43,9 +35,9 @@ from threadline.api.schemas.openai_responses import (
 from threadline.api.sse import EventFramer, sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
 from threadline.errors import ContextLengthExceeded, InvalidRequest, ThreadlineError
-from threadline.services import responses, stored_responses, turns
-from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
 from threadline.storage.repositories.pagination import PageRequest
+from threadline.turns import stored
+from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
 
 router = APIRouter(prefix="/v1/responses", tags=["openai-responses"])
 
@@ -96,18 +88,19 @@ def _openai_names() -> Iterator[None]:
 async def create_response(
     body: OpenAIResponseCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> OpenAIResponseRead | StreamingResponse:
     with _openai_names():
         request = body.to_request(principal.organization(organization_id))
-        if not body.stream:
-            return OpenAIResponseRead.of(await responses.create_response(maker, settings, models, principal, request))
         # Errors found before the model is called (busy, unknown model, too long…) still answer as JSON errors.
-        turn = await responses.start_turn(maker, settings, models, principal, request)
-    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
+        turn = await turns.start(principal, request)
+        if not body.stream:
+            done = await turns.finish(turn)
+            if done.error is not None:
+                raise done.error  # recorded first: 502/504
+            return OpenAIResponseRead.of(done.record)
+    return sse_response(_sse(turns.run(turn), turn))
 
 
 @router.get("/{response_id}", response_model=OpenAIResponseRead)
@@ -123,14 +116,14 @@ async def get_response(
             code="unsupported_parameter",
             param="stream",
         )
-    return OpenAIResponseRead.of(await responses.get_response(session, organization_id, response_id))
+    return OpenAIResponseRead.of(await stored.get_turn(session, organization_id, response_id))
 
 
 @router.delete("/{response_id}", response_model=OpenAIDeletedRead)
 async def delete_response(
     response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIDeletedRead:
-    deleted = await stored_responses.delete_response(session, organization_id, response_id)
+    deleted = await stored.delete_turn(session, organization_id, response_id)
     return OpenAIDeletedRead(id=deleted.id, object="response.deleted")
 
 
@@ -138,7 +131,7 @@ async def delete_response(
 async def cancel_response(
     response_id: ResponseIdPath, session: SessionDep, organization_id: OrganizationDep
 ) -> OpenAIResponseRead:
-    return OpenAIResponseRead.of(await stored_responses.cancel_response(session, organization_id, response_id))
+    return OpenAIResponseRead.of(await stored.cancel_response(session, organization_id, response_id))
 
 
 @router.get("/{response_id}/input_items", response_model=ConversationItemList)
@@ -150,7 +143,7 @@ async def list_input_items(
     order: OrderQuery = "desc",
     after: Annotated[str | None, Query(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> ConversationItemList:
-    page = await stored_responses.list_inputs(
+    page = await stored.list_inputs(
         session, organization_id, response_id, PageRequest(limit=limit, order=order, after=after)
     )
     return ConversationItemList.of(page.items, page.has_more)
@@ -162,7 +155,7 @@ class _StreamLayout:
 
     def __init__(self, turn: Turn, frame: Callable[[str, dict[str, Any]], str]) -> None:
         self.frame = frame
-        self.message = output_message(turn.response, "in_progress", None)
+        self.message = output_message(turn.id, "in_progress", None)
         self.message_index: int | None = None
         self.text: list[str] = []
         self.next_index = 0
@@ -248,10 +241,10 @@ class _StreamLayout:
                 yield from self.close_call(item)
 
 
-async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
+async def _sse(events: AsyncGenerator[TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
     """OpenAI's canonical event sequence; `sequence_number` counts from 0, ids never change."""
     frame = EventFramer().frame
-    started = OpenAIResponseRead.of(turn.response).model_dump(mode="json")
+    started = OpenAIResponseRead.of(turn.record).model_dump(mode="json")
     yield frame("response.created", {"response": started})
     yield frame("response.in_progress", {"response": started})
     layout = _StreamLayout(turn, frame)
@@ -269,7 +262,7 @@ async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> Asy
                 for chunk in layout.call_arguments(event):
                     yield chunk
             elif isinstance(event, TurnDone):
-                final = OpenAIResponseRead.of(event.response)
+                final = OpenAIResponseRead.of(event.record)
                 if event.error is not None or not final.output:
                     yield frame("response.failed", {"response": final.model_dump(mode="json")})
                     continue

@@ -1,6 +1,6 @@
 """Assistants v2 runs and run steps: /v1/threads/{id}/runs… and /v1/threads/runs (create and run).
 
-A run is a model turn on the thread (services/runs.py): its id is the turn's response id (`resp_…`), it runs in
+A run is a model turn on the thread (turns/runs.py): its id is the turn's response id (`resp_…`), it runs in
 the request that creates it, and the assistant message it saves carries `run_id` and `assistant_id`. Like the
 threads and messages of this dialect, these routes exist only for requests with `OpenAI-Beta: assistants=v2`
 (`AssistantsRoute`). This router is included before `openai_threads`: `POST /v1/threads/runs` must not be read as
@@ -18,17 +18,8 @@ from fastapi import APIRouter
 from fastapi import Response as HTTPResponse
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from threadline.api.deps import (
-    ModelsDep,
-    OrganizationDep,
-    OrganizationQuery,
-    SessionDep,
-    SessionmakerDep,
-    SettingsDep,
-    TurnPrincipalDep,
-)
+from threadline.api.deps import OrganizationDep, OrganizationQuery, SessionDep, TurnPrincipalDep, TurnsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.routes.openai_threads import AssistantsRoute
 from threadline.api.schemas.freddy import IdPath, ThreadIdPath
@@ -49,10 +40,9 @@ from threadline.api.schemas.openai_runs import (
 )
 from threadline.api.sse import sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, streamed
-from threadline.config import Settings
-from threadline.services import runs
-from threadline.services.runs import RunFinished
-from threadline.services.turns import OutputDelta, Turn
+from threadline.turns import runs
+from threadline.turns.engine import TurnEngine
+from threadline.turns.turn import OutputDelta, Turn, TurnDone
 
 router = APIRouter(prefix="/v1/threads", tags=["openai"], route_class=AssistantsRoute, include_in_schema=False)
 
@@ -75,9 +65,7 @@ RUN_EVENTS = streamed(
 async def create_thread_and_run(
     body: ThreadAndRunCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> RunRead | StreamingResponse:
     org = principal.organization(organization_id)
@@ -85,13 +73,13 @@ async def create_thread_and_run(
     new_messages = thread_body.new_messages()
     body.check()  # the run's own fields, before anything is created
     thread = await runs.create_thread_for_run(
-        maker, settings, principal, org, body.assistant_id, new_messages, thread_body.metadata
+        turns.maker, turns.settings, principal, org, body.assistant_id, new_messages, thread_body.metadata
     )
     request = body.to_request(org, thread.id)
+    turn = await turns.start(principal, request)
     if not body.stream:
-        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
-    turn = await runs.start_run(maker, settings, models, principal, request)
-    return sse_response(_sse(maker, settings, turn, OpenAIThreadRead.of(thread)))
+        return RunRead.of((await turns.finish(turn)).record)  # a failed run is an outcome, not an error
+    return sse_response(_sse(turns, turn, OpenAIThreadRead.of(thread)))
 
 
 @router.post("/{thread_id}/runs", response_model=RunRead, dependencies=[Idempotent], responses=MODEL_CALL | RUN_EVENTS)
@@ -99,17 +87,15 @@ async def create_run(
     thread_id: ThreadIdPath,
     body: RunCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     organization_id: OrganizationQuery = None,
 ) -> RunRead | StreamingResponse:
     request = body.to_request(principal.organization(organization_id), thread_id)
-    if not body.stream:
-        return RunRead.of(await runs.create_run(maker, settings, models, principal, request))
     # Refusals found before the model is called (unknown assistant, locked or busy thread…) answer as JSON errors.
-    turn = await runs.start_run(maker, settings, models, principal, request)
-    return sse_response(_sse(maker, settings, turn, None))
+    turn = await turns.start(principal, request)
+    if not body.stream:
+        return RunRead.of((await turns.finish(turn)).record)  # a failed run is an outcome, not an error
+    return sse_response(_sse(turns, turn, None))
 
 
 @router.get("/{thread_id}/runs", response_model=RunList)
@@ -163,40 +149,39 @@ async def get_step(
 
 
 def _frame(name: str, data: BaseModel | dict[str, Any]) -> str:
-    """Assistants SSE: an `event:` line naming the event and the bare object as `data` (reference §2.5)."""
+    """Assistants SSE: an `event:` line naming the event and the bare object as `data` (as OpenAI streams runs)."""
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _sse(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn, thread: OpenAIThreadRead | None
-) -> AsyncIterator[str]:
+async def _sse(turns: TurnEngine, turn: Turn, thread: OpenAIThreadRead | None) -> AsyncIterator[str]:
     """The event order of OpenAI's streamed runs, which the SDK's `runs.stream` helper relies on."""
     if thread is not None:
         yield _frame("thread.created", thread)
-    queued = RunRead.of(turn.response, status="queued")
+    queued = RunRead.of(turn.record, status="queued")
     yield _frame("thread.run.created", queued)
     yield _frame("thread.run.queued", queued)
-    yield _frame("thread.run.in_progress", RunRead.of(turn.response))
-    step = RunStepRead.of(turn.response)
+    yield _frame("thread.run.in_progress", RunRead.of(turn.record))
+    step = RunStepRead.of(turn.record)
     yield _frame("thread.run.step.created", step)
     yield _frame("thread.run.step.in_progress", step)
     answer = answer_in_progress(turn)
     yield _frame("thread.message.created", answer)
     yield _frame("thread.message.in_progress", answer)
     parts: list[str] = []
-    events = runs.stream_run(maker, settings, turn)
+    events = turns.run(turn)
     # aclosing: when the client goes away, the turn's cleanup (fail it, free the thread) runs now.
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, OutputDelta):
                 parts.append(event.text)
                 yield _frame("thread.message.delta", message_delta(answer.id, event.text))
-            elif isinstance(event, RunFinished):
-                run = RunRead.of(event.response)
-                step = RunStepRead.of(event.response)
-                if event.message is not None:
-                    yield _frame("thread.message.completed", OpenAIMessageRead.of(event.message))
+            elif isinstance(event, TurnDone):
+                run = RunRead.of(event.record)
+                step = RunStepRead.of(event.record)
+                message = await turns.answer(turn) if event.error is None else None
+                if message is not None:
+                    yield _frame("thread.message.completed", OpenAIMessageRead.of(message))
                 else:
                     reason = "run_cancelled" if run.status == "cancelled" else "run_failed"
                     yield _frame("thread.message.incomplete", answer_incomplete(turn, "".join(parts), reason))

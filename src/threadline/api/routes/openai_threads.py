@@ -1,4 +1,4 @@
-"""Assistants v2 threads and messages: the OpenAI shape of /v1/threads… (DESIGN.md §4 "one path, two shapes").
+"""Assistants v2 threads and messages: the OpenAI shape of /v1/threads… (docs/surfaces.md, "one path, two shapes").
 
 Routing by header: these routes use `AssistantsRoute`, which matches only requests carrying
 `OpenAI-Beta: assistants=v2` (ASGI lower-cases header names, so any spelling works). The router is included

@@ -1,4 +1,4 @@
-"""POST /v1/model/response (seed 000) and GET /v1/model/response/{id}."""
+"""POST /v1/model/response and GET /v1/model/response/{id}: the Freddy surface of the turn engine."""
 
 from __future__ import annotations
 
@@ -8,22 +8,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from threadline.api.deps import (
-    ModelsDep,
-    OrganizationDep,
-    SessionDep,
-    SessionmakerDep,
-    SettingsDep,
-    TurnObserverDep,
-    TurnPrincipalDep,
-)
+from threadline.api.deps import OrganizationDep, SessionDep, TurnPrincipalDep, TurnsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.freddy import IdPath
 from threadline.api.schemas.responses import ResponseCreate, ResponseRead
 from threadline.api.sse import EventFramer, sse_response
 from threadline.api.statuses import MODEL_CALL, streamed
-from threadline.services import responses, turns
-from threadline.services.turns import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone
+from threadline.turns import stored
+from threadline.turns.turn import OutputCallArguments, OutputCallStarted, OutputDelta, Turn, TurnDone, TurnEvent
 
 router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 
@@ -38,29 +30,28 @@ router = APIRouter(prefix="/v1/model/response", tags=["responses"])
 async def create_response(
     body: ResponseCreate,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
-    observer: TurnObserverDep,
+    turns: TurnsDep,
 ) -> ResponseRead | StreamingResponse:
     turn_request = body.to_request(principal.organization(body.organization_id))
-    if not body.stream:
-        response = await responses.create_response(maker, settings, models, principal, turn_request, observer)
-        return ResponseRead.of(response)
     # Errors found before the model is called (busy, locked, unknown model…) still answer as plain JSON errors.
-    turn = await responses.start_turn(maker, settings, models, principal, turn_request, observer)
-    return sse_response(_sse(turns.run_turn(maker, settings, turn), turn))
+    turn = await turns.start(principal, turn_request, observed=True)
+    if not body.stream:
+        done = await turns.finish(turn)
+        if done.error is not None:
+            raise done.error  # recorded first: 502/504
+        return ResponseRead.of(done.record)
+    return sse_response(_sse(turns.run(turn), turn))
 
 
 @router.get("/{response_id}", response_model=ResponseRead)
 async def get_response(response_id: IdPath, session: SessionDep, organization_id: OrganizationDep) -> ResponseRead:
-    return ResponseRead.of(await responses.get_response(session, organization_id, response_id))
+    return ResponseRead.of(await stored.get_turn(session, organization_id, response_id))
 
 
-async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
+async def _sse(events: AsyncGenerator[TurnEvent, None], turn: Turn) -> AsyncIterator[str]:
     """Server-sent events named like OpenAI's Responses stream."""
     framer = EventFramer()
-    yield framer.frame("response.created", {"response": ResponseRead.of(turn.response).model_dump(mode="json")})
+    yield framer.frame("response.created", {"response": ResponseRead.of(turn.record).model_dump(mode="json")})
     # Calls follow the message in the output when the answer has text (the message is saved only then).
     texted = False
     # aclosing: when the client goes away, the turn's cleanup (fail the response, free the thread) runs now,
@@ -71,7 +62,7 @@ async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> Asy
                 texted = texted or bool(event.text)
                 yield framer.frame(
                     "response.output_text.delta",
-                    {"item_id": turn.response.id, "output_index": 0, "content_index": 0, "delta": event.text},
+                    {"item_id": turn.id, "output_index": 0, "content_index": 0, "delta": event.text},
                 )
             elif isinstance(event, OutputCallStarted):
                 item = {"type": "function_call", "id": event.item_id, "call_id": event.call_id, "name": event.name}
@@ -86,4 +77,4 @@ async def _sse(events: AsyncGenerator[turns.TurnEvent, None], turn: Turn) -> Asy
                 )
             elif isinstance(event, TurnDone):
                 name = "response.completed" if event.error is None else "response.failed"
-                yield framer.frame(name, {"response": ResponseRead.of(event.response).model_dump(mode="json")})
+                yield framer.frame(name, {"response": ResponseRead.of(event.record).model_dump(mode="json")})

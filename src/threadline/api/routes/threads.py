@@ -1,4 +1,4 @@
-"""Freddy Threads API: /v1/threads and /v1/user/threads (seeds 001–004)."""
+"""Freddy Threads API: /v1/threads and /v1/user/threads (docs/freddy-spec.md)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from threadline.api.deps import (
-    ModelsDep,
     OrganizationDep,
     PrincipalDep,
     SessionDep,
-    SessionmakerDep,
-    SettingsDep,
     TurnPrincipalDep,
+    TurnsDep,
 )
 from threadline.api.errors import error_body, status_of
 from threadline.api.idempotency import Idempotent
@@ -36,15 +34,16 @@ from threadline.api.schemas.freddy import (
 )
 from threadline.api.sse import EventFramer, sse_response
 from threadline.api.statuses import CONFLICT, MODEL_CALL, REFERENCES, streamed
-from threadline.services import naming, threads
-from threadline.services.naming import NameDelta, NameDone, NameEvent
+from threadline.services import threads
 from threadline.storage.repositories.threads import ThreadFilter
+from threadline.turns import naming
+from threadline.turns.naming import NameDelta, NameDone, NameEvent
 
 router = APIRouter(prefix="/v1", tags=["threads"])
 
 
 class ThreadListQuery:
-    """The list parameters of seed 003 (camelCase spellings are normalized before they get here)."""
+    """The list parameters of docs/freddy-spec.md (camelCase spellings are normalized before they get here)."""
 
     def __init__(
         self,
@@ -81,7 +80,7 @@ ListQueryDep = Annotated[ThreadListQuery, Depends()]
 async def create_thread(
     session: SessionDep, principal: PrincipalDep, body: Annotated[ThreadCreate | None, Body()] = None
 ) -> ThreadRead:
-    # Every field is optional (seed 002), so is the body itself.
+    # Every field is optional (docs/freddy-spec.md), so is the body itself.
     body = body or ThreadCreate()
     thread = await threads.create_thread(
         session,
@@ -162,18 +161,16 @@ async def rename_thread(
 async def generate_name(
     thread_id: ThreadIdPath,
     principal: TurnPrincipalDep,
-    maker: SessionmakerDep,
-    settings: SettingsDep,
-    models: ModelsDep,
+    turns: TurnsDep,
     body: Annotated[ThreadNameGenerate | None, Body()] = None,
 ) -> ThreadRead | StreamingResponse:
     body = body or ThreadNameGenerate()
     request = body.to_request(principal.organization(body.organization_id), thread_id)
     if not body.stream:
-        return ThreadRead.of(await naming.generate_name(maker, settings, models, principal, request))
+        return ThreadRead.of(await naming.generate_name(turns, principal, request))
     # Errors found before the model is called (missing, archived, empty, unknown model…) answer as JSON errors.
-    started = await naming.start_naming(maker, settings, models, principal, request)
-    return sse_response(_name_sse(naming.run_naming(maker, settings, started)))
+    started = await naming.start_naming(turns, principal, request)
+    return sse_response(_name_sse(naming.run_naming(turns, started)))
 
 
 async def _name_sse(events: AsyncGenerator[NameEvent, None]) -> AsyncIterator[str]:

@@ -103,7 +103,7 @@ _METADATA_LIMITS = {
         f"at most {thread_rules.METADATA_MAX_BYTES} bytes in all, as JSON."
     ),
 }
-# Freddy metadata: structured values allowed (seed 002). `maxLength` without a type binds only string values.
+# Freddy metadata: structured values allowed (docs/freddy-spec.md). `maxLength` without a type binds only string values.
 Metadata = Annotated[
     dict[str, Any],
     declared(**_METADATA_LIMITS, additionalProperties={"maxLength": thread_rules.METADATA_MAX_VALUE_CHARS}),
@@ -141,7 +141,7 @@ OrderQuery = Literal["asc", "desc"]
 
 
 def iso(value: datetime | None) -> str | None:
-    """Freddy-native timestamps: ISO-8601 UTC with a Z (DESIGN.md §4)."""
+    """Freddy-native timestamps: ISO-8601 UTC with a Z (docs/surfaces.md)."""
     if value is None:
         return None
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,4 +1,4 @@
-"""Freddy-shaped wire schemas (seeds 000–004): snake_case, ISO-8601 timestamps."""
+"""Freddy-shaped wire schemas (docs/surfaces.md): snake_case, ISO-8601 timestamps."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from threadline.api.schemas.common import (
 )
 from threadline.domain.clock import utcnow
 from threadline.domain.leases import thread_status
-from threadline.services.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
 from threadline.storage.repositories.pagination import Page, PageRequest
 from threadline.storage.tables import Message, MessageEdit, Thread
+from threadline.turns.naming import DEFAULT_MAX_OUTPUT_TOKENS, DEFAULT_TEMPERATURE, NameRequest
 
 ThreadStateField = Literal["open", "locked", "archived"]
 
@@ -49,7 +49,7 @@ def page_query(
     before: CursorQuery = None,
     include_total: bool = False,
 ) -> PageRequest:
-    """The page parameters of a Freddy list (seed 003; camelCase spellings are normalized before they get here)."""
+    """The page parameters of a Freddy list (docs/freddy-spec.md); camelCase spellings are normalized earlier."""
     return PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
 
 
@@ -212,7 +212,7 @@ class TextRead(ResponseModel):
 
 
 class MessageRead(ResponseModel):
-    """A thread item. `type` says which (DESIGN.md §6): a `message`, a `function_call` (role `assistant`; `name`
+    """A thread item. `type` says which (docs/items.md): a `message`, a `function_call` (role `assistant`; `name`
     and `arguments`, which are also its `content`) or a `function_call_output` (role `tool`; `output`, also its
     `content`). `call_id` pairs a call with its output."""
 

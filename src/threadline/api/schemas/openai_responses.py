@@ -12,7 +12,7 @@ generated: see `ids.sibling_id`), its input items are the messages the turn save
 - An error's Threadline code goes to `error.type`; `error.code` takes the SDK's enum (`server_error`,
   `rate_limit_exceeded`), which strict clients validate.
 
-Function tools (DESIGN.md §6): `tools` (type `function` only; others are a 400 `unsupported_tool_type`),
+Function tools (docs/items.md): `tools` (type `function` only; others are a 400 `unsupported_tool_type`),
 `tool_choice`, `parallel_tool_calls` and `max_tool_calls` go to the model and are echoed. Input items may be
 `message`, `function_call` and `function_call_output`; the output holds the answer's text as a message (left out
 when the answer is only calls), then its `function_call` items (`fc_…` ids, the model's `call_…` call ids).
@@ -32,11 +32,11 @@ from threadline.api.schemas.openai import FunctionCallItemRead, OutputTextRead, 
 from threadline.domain import threads as rules
 from threadline.domain.context import ContextMode
 from threadline.domain.messages import ChatMessage, ItemReference
+from threadline.domain.turns import TRUNCATED_BY_FILTER, TRUNCATED_BY_LENGTH, StoredTurn
 from threadline.errors import InvalidRequest, ValidationFailed
 from threadline.ids import sibling_id
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
-from threadline.services.responses import ResponseRequest
-from threadline.storage.tables import Response
+from threadline.turns.request import TurnRequest
 
 _TRUNCATION: dict[str, ContextMode] = {"disabled": "full", "auto": "recent"}
 _RESPONSE_ERROR_CODES = {"rate_limited": "rate_limit_exceeded"}
@@ -75,7 +75,7 @@ class OpenAIResponseCreate(RequestModel):
     def conversation_id(self) -> str | None:
         return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
-    def to_request(self, organization_id: str) -> ResponseRequest:
+    def to_request(self, organization_id: str) -> TurnRequest:
         if self.background:
             raise InvalidRequest(
                 "Background responses are not supported: omit 'background' (or set it to false) and stream instead.",
@@ -102,7 +102,7 @@ class OpenAIResponseCreate(RequestModel):
         }
         if isinstance(choice, ToolChoiceFunction):
             echo["tool_choice"] = {"type": "function", "name": choice.name}
-        return ResponseRequest(
+        return TurnRequest(
             organization_id=organization_id,
             inputs=self._inputs(),
             thread_id=conversation,
@@ -299,67 +299,61 @@ class OpenAIResponseRead(ResponseModel):
     user: None = None
 
     @classmethod
-    def of(cls, response: Response) -> OpenAIResponseRead:
-        """The stored response; `in_progress` ones (a stream's first events) have no output yet."""
-        request = response.request
-        finish = response.context.get("finish_reason")
+    def of(cls, turn: StoredTurn) -> OpenAIResponseRead:
+        """The stored turn; `in_progress` ones (a stream's first events) have no output yet."""
+        echo = turn.echo
         incomplete = None
-        status: Literal["completed", "failed", "in_progress", "incomplete"] = response.status  # type: ignore[assignment]
-        if response.status == "completed" and finish in ("length", "content_filter"):
+        status: Literal["completed", "failed", "in_progress", "incomplete"] = turn.status  # type: ignore[assignment]
+        if turn.completed and turn.finish_reason in (TRUNCATED_BY_LENGTH, TRUNCATED_BY_FILTER):
             status = "incomplete"
-            incomplete = IncompleteDetails(reason="max_output_tokens" if finish == "length" else "content_filter")
+            reason = "max_output_tokens" if turn.finish_reason == TRUNCATED_BY_LENGTH else "content_filter"
+            incomplete = IncompleteDetails(reason=reason)
         output: list[OutputMessageRead | FunctionCallItemRead] = []
-        if response.status == "completed":
-            if response.context.get("output_message", True):
-                output.append(
-                    output_message(response, "incomplete" if incomplete else "completed", response.output_text)
-                )
-            output += [
-                FunctionCallItemRead(id=c["id"], call_id=c["call_id"], name=c["name"], arguments=c["arguments"])
-                for c in response.context.get("tool_calls", [])
-            ]
-        usage = None
-        if response.input_tokens is not None or response.output_tokens is not None:
-            inp, out = response.input_tokens or 0, response.output_tokens or 0
-            usage = OpenAIUsage(input_tokens=inp, output_tokens=out, total_tokens=inp + out)
-        error = None
-        if response.error:
-            code = str(response.error.get("code", "error"))
-            error = OpenAIResponseError(
-                code=_RESPONSE_ERROR_CODES.get(code, "server_error"),
-                message=response.error.get("message", ""),
-                type=code,
-            )
-        conversation = request.get("conversation")
+        if turn.has_message:
+            output.append(output_message(turn.id, "incomplete" if incomplete else "completed", turn.output_text))
+        output += [
+            FunctionCallItemRead(id=c.id, call_id=c.call_id, name=c.name, arguments=c.arguments) for c in turn.calls
+        ]
+        usage = turn.usage
+        error = turn.error
+        conversation = echo.get("conversation")
         return cls(
-            id=response.id,
-            created_at=unix(response.created_at),
-            completed_at=unix(response.completed_at) if response.completed_at and status == "completed" else None,
+            id=turn.id,
+            created_at=unix(turn.created_at),
+            completed_at=unix(turn.completed_at) if turn.completed_at and status == "completed" else None,
             status=status,
-            model=response.model,
+            model=turn.model,
             output=output,
-            error=error,
+            error=OpenAIResponseError(
+                code=_RESPONSE_ERROR_CODES.get(error.code, "server_error"), message=error.message, type=error.code
+            )
+            if error
+            else None,
             incomplete_details=incomplete,
-            instructions=request.get("instructions"),
-            metadata=request.get("metadata") or {},
-            previous_response_id=response.previous_response_id,
+            instructions=turn.instructions,
+            metadata=echo.get("metadata") or {},
+            previous_response_id=turn.previous_response_id,
             conversation=ConversationIdRead(id=conversation) if conversation else None,
-            usage=usage,
-            max_output_tokens=request.get("max_output_tokens"),
-            temperature=request.get("temperature"),
+            usage=OpenAIUsage(
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+            )
+            if usage
+            else None,
+            max_output_tokens=turn.max_output_tokens,
+            temperature=turn.temperature,
             top_p=None,  # accepted, not applied: the providers sample with temperature only
-            truncation="disabled" if request.get("thread_context_mode") == "full" else "auto",
-            store=request.get("store", True) is not False,
-            parallel_tool_calls=request.get("parallel_tool_calls", True),
-            tool_choice=request.get("tool_choice") or "auto",
-            tools=request.get("tools") or [],
-            max_tool_calls=request.get("max_tool_calls"),
+            truncation="disabled" if turn.context_mode == "full" else "auto",
+            store=turn.store,
+            parallel_tool_calls=echo.get("parallel_tool_calls", True),
+            tool_choice=echo.get("tool_choice") or "auto",
+            tools=echo.get("tools") or [],
+            max_tool_calls=echo.get("max_tool_calls"),
         )
 
 
 def output_message(
-    response: Response, status: Literal["in_progress", "completed", "incomplete"], text: str | None
+    turn_id: str, status: Literal["in_progress", "completed", "incomplete"], text: str | None
 ) -> OutputMessageRead:
     """The turn's answer as an output item: `text=None` while it is being generated (no content part yet)."""
     content = [] if text is None else [OutputTextRead(text=text)]
-    return OutputMessageRead(id=sibling_id("msg", response.id), status=status, content=content)
+    return OutputMessageRead(id=sibling_id("msg", turn_id), status=status, content=content)

@@ -1,7 +1,7 @@
 """Assistants v2 runs and run steps on the wire (api/routes/openai_runs.py); conversions from turns live here.
 
-A run is a turn (`services/runs.py`): its row is the `responses` row, and what only a run has (assistant,
-instructions used, metadata, the echoed options) is kept on the row's request record under "run".
+A run is a turn (`turns/runs.py`): its record is the turn's, and what only a run has (assistant, instructions
+used, metadata, the echoed options) is its `StoredTurn.run`.
 Threadline does not run tools, so a run never needs action; options that would need tools, another output
 format or a sampling knob Threadline lacks are refused with a 400 rather than silently ignored.
 """
@@ -25,12 +25,12 @@ from threadline.api.schemas.openai import (
     unix,
 )
 from threadline.domain.messages import ChatMessage, NewMessage
+from threadline.domain.turns import StoredTurn
 from threadline.errors import ValidationFailed
-from threadline.services.responses import ResponseRequest, RunOptions
-from threadline.services.runs import step_id
-from threadline.services.turns import Turn
 from threadline.storage.repositories.pagination import Page
-from threadline.storage.tables import Response
+from threadline.turns.request import RunOptions, TurnRequest
+from threadline.turns.runs import step_id
+from threadline.turns.turn import Turn
 
 RunStatus = Literal["queued", "in_progress", "cancelled", "failed", "completed", "incomplete"]
 RunStepStatus = Literal["in_progress", "cancelled", "failed", "completed"]
@@ -86,7 +86,7 @@ class RunCreate(OpenAIRequest):
             )
         return [m.new_message(f"additional_messages.{i}.") for i, m in enumerate(self.additional_messages or [])]
 
-    def to_request(self, organization_id: str, thread_id: str) -> ResponseRequest:
+    def to_request(self, organization_id: str, thread_id: str) -> TurnRequest:
         new = self.check()
         strategy = self.truncation_strategy
         last_messages = strategy.last_messages if strategy is not None and strategy.type == "last_messages" else None
@@ -99,7 +99,7 @@ class RunCreate(OpenAIRequest):
             "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
             "response_format": self.response_format,
         }
-        return ResponseRequest(
+        return TurnRequest(
             organization_id=organization_id,
             inputs=[ChatMessage(role=m.role, content=m.content) for m in new],
             thread_id=thread_id,
@@ -145,26 +145,23 @@ class LastErrorRead(ResponseModel):
 _LAST_ERROR_CODES = {"rate_limited": "rate_limit_exceeded", "context_length_exceeded": "invalid_prompt"}
 
 
-def _run_status(response: Response) -> RunStatus:
-    if response.status == "completed" and response.context.get("finish_reason") == "length":
-        return "incomplete"
-    if response.status in ("in_progress", "cancelled", "failed", "completed"):
-        return response.status  # type: ignore[return-value]
-    return "failed"
+def _run_status(turn: StoredTurn) -> RunStatus:
+    return "incomplete" if turn.truncated else turn.status
 
 
-def _usage(response: Response) -> UsageRead | None:
-    if response.input_tokens is None and response.output_tokens is None:
+def _usage(turn: StoredTurn) -> UsageRead | None:
+    usage = turn.usage
+    if usage is None:
         return None
-    prompt, completion = response.input_tokens or 0, response.output_tokens or 0
-    return UsageRead(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return UsageRead(
+        prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+    )
 
 
-def _last_error(response: Response) -> LastErrorRead | None:
-    if not response.error:
+def _last_error(turn: StoredTurn) -> LastErrorRead | None:
+    if turn.error is None:
         return None
-    code = _LAST_ERROR_CODES.get(str(response.error.get("code")), "server_error")
-    return LastErrorRead(code=code, message=str(response.error.get("message", "")))
+    return LastErrorRead(code=_LAST_ERROR_CODES.get(turn.error.code, "server_error"), message=turn.error.message)
 
 
 class RunRead(ResponseModel):
@@ -197,35 +194,35 @@ class RunRead(ResponseModel):
     response_format: str | dict[str, Any] | None
 
     @classmethod
-    def of(cls, response: Response, status: RunStatus | None = None) -> RunRead:
+    def of(cls, turn: StoredTurn, status: RunStatus | None = None) -> RunRead:
         """`status` overrides the stored one for the stream's opening events (`queued`)."""
-        run: dict[str, Any] = response.request.get("run", {})
-        actual = _run_status(response)
-        ended = unix(response.completed_at) if response.completed_at else None
-        started = unix(response.created_at)
+        echo = turn.run.echo if turn.run else {}
+        actual = _run_status(turn)
+        ended = unix(turn.completed_at) if turn.completed_at else None
+        started = unix(turn.created_at)
         return cls(
-            id=response.id,
+            id=turn.id,
             created_at=started,
-            thread_id=response.thread_id or "",
-            assistant_id=run.get("assistant_id") or "",
+            thread_id=turn.thread_id or "",
+            assistant_id=turn.run.assistant_id if turn.run else "",
             status=status or actual,
-            model=response.model,
-            instructions=run.get("instructions") or "",
-            parallel_tool_calls=run.get("parallel_tool_calls", True),
+            model=turn.model,
+            instructions=turn.run.instructions if turn.run else "",
+            parallel_tool_calls=echo.get("parallel_tool_calls", True),
             started_at=None if status == "queued" else started,
             completed_at=ended if actual in ("completed", "incomplete") else None,
             cancelled_at=ended if actual == "cancelled" else None,
             failed_at=ended if actual == "failed" else None,
-            last_error=_last_error(response),
+            last_error=_last_error(turn),
             incomplete_details={"reason": "max_completion_tokens"} if actual == "incomplete" else None,
-            usage=_usage(response),
-            metadata=string_metadata(run.get("metadata") or {}),
-            temperature=response.request.get("temperature"),
-            top_p=run.get("top_p"),
-            max_completion_tokens=run.get("max_completion_tokens"),
-            truncation_strategy=run.get("truncation_strategy") or {"type": "auto", "last_messages": None},
-            tool_choice=run.get("tool_choice"),
-            response_format=run.get("response_format") or "auto",
+            usage=_usage(turn),
+            metadata=string_metadata(echo.get("metadata") or {}),
+            temperature=turn.temperature,
+            top_p=echo.get("top_p"),
+            max_completion_tokens=echo.get("max_completion_tokens"),
+            truncation_strategy=echo.get("truncation_strategy") or {"type": "auto", "last_messages": None},
+            tool_choice=echo.get("tool_choice"),
+            response_format=echo.get("response_format") or "auto",
         )
 
 
@@ -233,7 +230,7 @@ class RunList(OpenAIList):
     data: list[RunRead]
 
     @classmethod
-    def of(cls, page: Page[Response]) -> RunList:
+    def of(cls, page: Page[StoredTurn]) -> RunList:
         return cls.of_data([RunRead.of(r) for r in page.items], page.has_more)
 
 
@@ -270,22 +267,20 @@ class RunStepRead(ResponseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, response: Response) -> RunStepRead:
-        run = RunRead.of(response)
+    def of(cls, turn: StoredTurn) -> RunStepRead:
+        run = RunRead.of(turn)
         status: RunStepStatus = (
             "completed" if run.status == "incomplete" else run.status  # type: ignore[assignment]
         )
         error = run.last_error
         return cls(
-            id=step_id(response.id),
+            id=step_id(turn.id),
             created_at=run.created_at,
             assistant_id=run.assistant_id,
             thread_id=run.thread_id,
             run_id=run.id,
             status=status,
-            step_details=StepDetailsRead(
-                message_creation=MessageCreationRead(message_id=response.request.get("output_message_id") or "")
-            ),
+            step_details=StepDetailsRead(message_creation=MessageCreationRead(message_id=turn.output_message_id or "")),
             completed_at=run.completed_at,
             cancelled_at=run.cancelled_at,
             failed_at=run.failed_at,
@@ -303,21 +298,21 @@ class RunStepList(OpenAIList):
     data: list[RunStepRead]
 
     @classmethod
-    def of(cls, response: Response) -> RunStepList:
-        return cls.of_data([RunStepRead.of(response)], has_more=False)
+    def of(cls, turn: StoredTurn) -> RunStepList:
+        return cls.of_data([RunStepRead.of(turn)], has_more=False)
 
 
 def answer_in_progress(turn: Turn) -> OpenAIMessageRead:
     """The run's answer before it is saved (streamed `thread.message.created`/`in_progress`), under its final id."""
     return OpenAIMessageRead(
-        id=turn.output_message_id or "",
-        created_at=unix(turn.response.created_at),
+        id=turn.output_message_id,
+        created_at=unix(turn.record.created_at),
         thread_id=turn.thread_id,
         role="assistant",
         content=[],
         status="in_progress",
         assistant_id=turn.assistant_id,
-        run_id=turn.response.id,
+        run_id=turn.id,
         metadata={},
         completed_at=None,
     )
@@ -328,7 +323,7 @@ def answer_incomplete(turn: Turn, text: str, reason: str) -> OpenAIMessageRead:
     message = answer_in_progress(turn)
     message.status = "incomplete"
     message.content = [TextContentRead(text=TextValueRead(value=text))] if text else []
-    message.incomplete_at = unix(turn.response.created_at)
+    message.incomplete_at = unix(turn.record.created_at)
     message.incomplete_details = {"reason": reason}
     return message
 

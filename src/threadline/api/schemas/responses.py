@@ -1,6 +1,6 @@
-"""Wire shapes of POST /v1/model/response (seed 000) and GET /v1/model/response/{id}.
+"""Wire shapes of POST /v1/model/response and GET /v1/model/response/{id} (the Freddy surface).
 
-Function tools (DESIGN.md §6) in the shapes the messages endpoint shows items in: `tools` (functions),
+Function tools (docs/items.md) in the shapes the messages endpoint shows items in: `tools` (functions),
 `tool_choice`, `parallel_tool_calls`; inputs may be `{"type": "function_call_output", "call_id", "output"}` (and
 `function_call` items, for clients that keep the history themselves); the output lists the answer's message (left
 out when the answer is only calls), then its `{"type": "function_call", "id", "call_id", "name", "arguments"}`.
@@ -15,10 +15,10 @@ from pydantic import Field, ValidationInfo, field_validator
 from threadline.api.schemas.common import Metadata, OutputTokens, RequestModel, ResponseModel, ThreadIdText, iso
 from threadline.api.schemas.freddy import TextPart
 from threadline.domain.messages import ChatMessage
+from threadline.domain.turns import StoredTurn
 from threadline.errors import InvalidRequest
 from threadline.providers.base import FunctionTool, ToolChoiceFunction
-from threadline.services.responses import ResponseRequest
-from threadline.storage.tables import Response
+from threadline.turns.request import TurnRequest
 
 # Which fields each input item type needs (one flat model, so errors name `inputs.N.<field>` as they always did).
 _REQUIRED = {
@@ -112,7 +112,7 @@ class ResponseCreate(RequestModel):
             return ToolChoiceFunction(choice.name)
         return choice
 
-    def to_request(self, organization_id: str) -> ResponseRequest:
+    def to_request(self, organization_id: str) -> TurnRequest:
         thread_id: str | None
         metadata: dict[str, Any] | None = None
         if isinstance(self.thread, ThreadRef):
@@ -120,7 +120,7 @@ class ResponseCreate(RequestModel):
         else:
             thread_id = self.thread
         tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in self.tools or []]
-        return ResponseRequest(
+        return TurnRequest(
             organization_id=organization_id,
             inputs=[m.item() for m in self.inputs],
             tools=tuple(tools),
@@ -143,7 +143,7 @@ class OutputText(ResponseModel):
 
 
 class OutputMessage(ResponseModel):
-    """Shaped like an input, so `history.push(result.output[0])` works (seed 000)."""
+    """Shaped like an input, so `history.push(result.output[0])` works."""
 
     role: Literal["assistant"] = "assistant"
     texts: list[OutputText]
@@ -173,7 +173,7 @@ class ResponseError(ResponseModel):
 class ResponseRead(ResponseModel):
     id: str
     object: Literal["response"] = "response"
-    # A Freddy-native object: ISO-8601 UTC timestamps (DESIGN.md §4); the OpenAI Responses API has its own shape.
+    # A Freddy-native object: ISO-8601 UTC timestamps (docs/surfaces.md); the OpenAI Responses API has its own.
     created_at: str
     completed_at: str | None
     model: str
@@ -187,28 +187,29 @@ class ResponseRead(ResponseModel):
     error: ResponseError | None
 
     @classmethod
-    def of(cls, response: Response) -> ResponseRead:
-        completed = response.status == "completed"
+    def of(cls, turn: StoredTurn) -> ResponseRead:
         output: list[OutputMessage | OutputFunctionCall] = []
-        if completed:
-            if response.context.get("output_message", True):
-                output.append(OutputMessage(texts=[OutputText(text=response.output_text or "")]))
-            output += [OutputFunctionCall(**call) for call in response.context.get("tool_calls", [])]
-        usage = None
-        if response.input_tokens is not None or response.output_tokens is not None:
-            inp, out = response.input_tokens or 0, response.output_tokens or 0
-            usage = Usage(input_tokens=inp, output_tokens=out, total_tokens=inp + out)
+        if turn.has_message:
+            output.append(OutputMessage(texts=[OutputText(text=turn.output_text or "")]))
+        output += [
+            OutputFunctionCall(id=c.id, call_id=c.call_id, name=c.name, arguments=c.arguments) for c in turn.calls
+        ]
+        usage = turn.usage
         return cls(
-            id=response.id,
-            created_at=iso(response.created_at) or "",
-            completed_at=iso(response.completed_at),
-            model=response.model,
-            status=response.status,
-            thread_id=response.thread_id,
-            previous_response_id=response.previous_response_id,
+            id=turn.id,
+            created_at=iso(turn.created_at) or "",
+            completed_at=iso(turn.completed_at),
+            model=turn.model,
+            status=turn.status,
+            thread_id=turn.thread_id,
+            previous_response_id=turn.previous_response_id,
             output=output,
-            output_text=response.output_text if completed else None,
-            usage=usage,
-            context=dict(response.context),
-            error=ResponseError(**response.error) if response.error else None,
+            output_text=turn.output_text,
+            usage=Usage(
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens
+            )
+            if usage
+            else None,
+            context=dict(turn.context),
+            error=ResponseError(code=turn.error.code, message=turn.error.message) if turn.error else None,
         )

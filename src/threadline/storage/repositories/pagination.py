@@ -1,7 +1,7 @@
 """Keyset pagination shared by every list: cursors are ids, pages never use OFFSET.
 
 The sort key is a tuple of columns (e.g. `(created_at, id)` for threads, `(seq,)` for messages). `after` and
-`before` follow the list's own order (DESIGN.md §4): `after=<last_id>` is always the next page.
+`before` follow the list's own order (docs/surfaces.md): `after=<last_id>` is always the next page.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Response
 
@@ -45,9 +46,9 @@ class ResponseRepository:
             .where(
                 Response.organization_id == organization_id,
                 Response.id == response_id,
-                Response.status == "in_progress",
+                Response.status == IN_PROGRESS,
             )
-            .values(status="failed", error=error, completed_at=now)
+            .values(status=FAILED, error=error, completed_at=now)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -83,9 +84,9 @@ class ResponseRepository:
             .where(
                 Response.organization_id == organization_id,
                 Response.id == response_id,
-                Response.status == "in_progress",
+                Response.status == IN_PROGRESS,
             )
-            .values(status="cancelled", completed_at=now)
+            .values(status=CANCELLED, completed_at=now)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
+from threadline.domain.threads import INACTIVE, STREAMING
 from threadline.errors import AlreadyExists
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.tables import Thread
@@ -65,7 +66,7 @@ def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[s
     """A thread still streaming under `holder`'s lease, which has expired: what take-over and settling match on,
     so a lease renewed or taken by someone else since it was read is left alone."""
     holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
-    return Thread.status == "streaming", holder_matches, lease_expired(now)
+    return Thread.status == STREAMING, holder_matches, lease_expired(now)
 
 
 class ThreadRepository:
@@ -203,14 +204,14 @@ class ThreadRepository:
             Thread.organization_id == organization_id,
             Thread.id == thread_id,
             Thread.deleted_at.is_(None),
-            Thread.status == "inactive",
+            Thread.status == INACTIVE,
         ]
         if next_seq is not None:
             conditions.append(Thread.next_seq == next_seq)
         query = (
             sa.update(Thread)
             .where(*conditions)
-            .values(status="streaming", lease_owner=owner, lease_expires_at=expires_at)
+            .values(status=STREAMING, lease_owner=owner, lease_expires_at=expires_at)
             .returning(Thread)
         )
         result = await self.session.execute(query, execution_options={"populate_existing": True})
@@ -253,7 +254,7 @@ class ThreadRepository:
                 Thread.id == thread_id,
                 *_streaming_under_expired_lease(holder, now),
             )
-            .values(status="inactive", lease_owner=None, lease_expires_at=None)
+            .values(status=INACTIVE, lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -264,7 +265,7 @@ class ThreadRepository:
         small partial index of streaming threads (migration 0004), never the whole table."""
         query = (
             sa.select(Thread.organization_id, Thread.id, Thread.lease_owner)
-            .where(Thread.status == "streaming", lease_expired(now))
+            .where(Thread.status == STREAMING, lease_expired(now))
             .order_by(Thread.lease_expires_at)
             .limit(limit)
         )
@@ -287,7 +288,7 @@ class ThreadRepository:
         result = await self.session.execute(
             sa.update(Thread)
             .where(Thread.organization_id == organization_id, Thread.id == thread_id, Thread.lease_owner == owner)
-            .values(status="inactive", lease_owner=None, lease_expires_at=None, **(changes or {}))
+            .values(status=INACTIVE, lease_owner=None, lease_expires_at=None, **(changes or {}))
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -305,7 +306,7 @@ class ThreadRepository:
                 Thread.lease_owner == owner,
                 Thread.deleted_at.is_(None),
             )
-            .values(status="inactive", lease_owner=None, lease_expires_at=None, **changes)
+            .values(status=INACTIVE, lease_owner=None, lease_expires_at=None, **changes)
             .returning(Thread),
             execution_options={"populate_existing": True},
         )

@@ -5,7 +5,7 @@ Revises: 0002
 
 A chain thread (kind "chain") records where its history starts: `parent_thread_id` and `parent_seq`. Its context
 is the parent's live messages with seq <= parent_seq, then its own (numbered on from parent_seq + 1), so branching
-from any earlier response costs one thread row, not a copy of the history (DESIGN.md §3). The partial index finds
+from any earlier response costs one thread row, not a copy of the history (docs/chains.md). The partial index finds
 a thread's children (the retention sweeper keeps a chain while a live chain forks from it).
 
 Plain ADD/DROP COLUMN on both backends (SQLite >= 3.35 drops a column in place, keeping rowids, so the FTS5

@@ -1,4 +1,4 @@
-"""typed items: a thread holds messages, function calls and their outputs (DESIGN.md §6)
+"""typed items: a thread holds messages, function calls and their outputs (docs/items.md)
 
 Revision ID: 0006
 Revises: 0005

@@ -1,10 +1,10 @@
 """AI thread names: POST /v1/threads/{id}/generateName, and naming threads after their first exchange.
 
-The title is asked of the model as a real turn on a new hidden (`store=false`) thread, as seed 000's "internal
-operations" example does, so nothing is added to the thread being named and the turn machinery (lease,
-context, streaming, failure handling) is the one every response uses. Only then, in a short transaction of
-its own, is the cleaned title saved with the rename rules. The thread being named is never leased: its next
-turn is not held up by its naming.
+A user of the turn engine: the title is asked of the model as a real turn on a new hidden (`store=false`) thread
+(docs/naming.md), so nothing is added to the thread being named and the turn machinery (lease, context,
+streaming, failure handling) is the one every response uses. Only then, in a short transaction of its own, is the
+cleaned title saved with the rename rules. The thread being named is never leased: its next turn is not held up
+by its naming.
 """
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.naming import EXCERPT_MESSAGES, ExcerptMessage, TitlePreview, clean_title, naming_prompt
+from threadline.domain.turns import StoredTurn
 from threadline.errors import InvalidRequest, ThreadlineError, UpstreamError
-from threadline.providers.registry import ModelRegistry
-from threadline.services import responses
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
 from threadline.services.background import Background
-from threadline.services.responses import ResponseRequest
-from threadline.services.turns import OutputDelta, Turn, TurnDone, run_turn
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.threads import ThreadRepository
-from threadline.storage.tables import Response, Thread
+from threadline.storage.tables import Thread
+from threadline.turns.engine import TurnEngine
+from threadline.turns.request import TurnRequest
+from threadline.turns.turn import OutputDelta, Turn, TurnDone
 
 logger = logging.getLogger("threadline.naming")
 
@@ -73,15 +72,10 @@ class NameDone:
 NameEvent = NameDelta | NameDone
 
 
-async def start_naming(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    models: ModelRegistry,
-    principal: Principal,
-    request: NameRequest,
-) -> Naming:
+async def start_naming(engine: TurnEngine, principal: Principal, request: NameRequest) -> Naming:
     """Check the thread can be named (404, 409 archived, 400 `thread_empty`), then start the hidden turn."""
-    async with maker() as session:
+    models = engine.models
+    async with engine.maker() as session:
         thread = await thread_service.get_thread(session, request.organization_id, request.thread_id)
         rules.ensure_writable(thread.id, thread.state)
         rows = await MessageRepository(session).head(
@@ -97,7 +91,7 @@ async def start_naming(
     model = request.model
     if model is None and last_model is not None and last_model in {info.name for info in models.models()}:
         model = last_model
-    turn_request = ResponseRequest(
+    turn_request = TurnRequest(
         organization_id=request.organization_id,
         inputs=naming_prompt([ExcerptMessage(row.role, row.content) for row in rows]),
         store=False,
@@ -106,13 +100,12 @@ async def start_naming(
         max_output_tokens=request.max_output_tokens,
         temperature=request.temperature,
     )
-    turn = await responses.start_turn(maker, settings, models, principal, turn_request)
+    turn = await engine.start(principal, turn_request)
     return Naming(request, turn)
 
 
 async def run_naming(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
+    engine: TurnEngine,
     naming: Naming,
     *,
     only_if_untitled: bool = False,
@@ -122,7 +115,7 @@ async def run_naming(
     `only_if_untitled` (auto-naming) leaves alone a thread that got a title meanwhile: then `NameDone.thread`
     is None and nothing was saved."""
     preview = TitlePreview()
-    async with contextlib.aclosing(run_turn(maker, settings, naming.turn)) as events:
+    async with contextlib.aclosing(engine.run(naming.turn)) as events:
         async for event in events:
             if isinstance(event, OutputDelta):
                 delta = preview.feed(event.text)
@@ -133,22 +126,22 @@ async def run_naming(
                     yield NameDone(None, event.error)
                     return
                 try:
-                    thread = await _save(maker, naming.request, event.response, only_if_untitled)
+                    thread = await _save(engine.maker, naming.request, event.record, only_if_untitled)
                 except ThreadlineError as exc:
                     yield NameDone(None, exc)
                     return
                 yield NameDone(thread, None)
                 return
-    raise AssertionError("run_turn ended without TurnDone")
+    raise AssertionError("the run ended without TurnDone")
 
 
 async def _save(
-    maker: async_sessionmaker[AsyncSession], request: NameRequest, response: Response, only_if_untitled: bool
+    maker: async_sessionmaker[AsyncSession], request: NameRequest, turn: StoredTurn, only_if_untitled: bool
 ) -> Thread | None:
-    title = clean_title(response.output_text or "")
+    title = clean_title(turn.output_text or "")
     if not title:
         raise UpstreamError(
-            f"The model's answer held no usable title (response '{response.id}'); the title is unchanged.",
+            f"The model's answer held no usable title (response '{turn.id}'); the title is unchanged.",
             code="generated_name_empty",
         )
     async with maker() as session:
@@ -162,16 +155,10 @@ async def _save(
     return thread
 
 
-async def generate_name(
-    maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    models: ModelRegistry,
-    principal: Principal,
-    request: NameRequest,
-) -> Thread:
+async def generate_name(engine: TurnEngine, principal: Principal, request: NameRequest) -> Thread:
     """Name the thread and return it; an upstream failure or an unusable answer is a 502 (title unchanged)."""
-    naming = await start_naming(maker, settings, models, principal, request)
-    async for event in run_naming(maker, settings, naming):
+    naming = await start_naming(engine, principal, request)
+    async for event in run_naming(engine, naming):
         if isinstance(event, NameDone):
             if event.error is not None:
                 raise event.error
@@ -187,30 +174,23 @@ class AutoNamer:
     across the model call, and its failures are logged only: the turn it follows is already saved.
     """
 
-    def __init__(
-        self,
-        maker: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        models: ModelRegistry,
-        background: Background,
-    ) -> None:
-        self.maker = maker
-        self.settings = settings
-        self.models = models
+    def __init__(self, engine: TurnEngine, background: Background) -> None:
+        self.engine = engine
         self.background = background
 
-    def turn_saved(self, principal: Principal, response: Response) -> None:
-        if response.thread_id is None or response.output_seq is None:
+    def turn_saved(self, principal: Principal, turn: StoredTurn) -> None:
+        if turn.thread_id is None or turn.output_seq is None:
             return
         self.background.spawn(
-            self.name_if_first_exchange(principal, response.organization_id, response.thread_id, response.output_seq),
-            name=f"auto-name {response.thread_id}",
+            self.name_if_first_exchange(principal, turn.organization_id, turn.thread_id, turn.output_seq),
+            name=f"auto-name {turn.thread_id}",
         )
 
     async def name_if_first_exchange(
         self, principal: Principal, organization_id: str, thread_id: str, output_seq: int
     ) -> None:
-        async with self.maker() as session:
+        engine = self.engine
+        async with engine.maker() as session:
             thread = await ThreadRepository(session).get(organization_id, thread_id)
             if thread is None or thread.title is not None or not thread.visible_in_ui or thread.state == "archived":
                 return  # hidden threads (naming turns among them) are never named
@@ -218,9 +198,9 @@ class AutoNamer:
                 return  # not the first exchange
         request = NameRequest(organization_id, thread_id)
         try:
-            naming = await start_naming(self.maker, self.settings, self.models, principal, request)
+            naming = await start_naming(engine, principal, request)
             done: NameDone | None = None
-            async for event in run_naming(self.maker, self.settings, naming, only_if_untitled=True):
+            async for event in run_naming(engine, naming, only_if_untitled=True):
                 if isinstance(event, NameDone):
                     done = event
         except ThreadlineError as exc:

@@ -1,20 +1,15 @@
-"""Reading the part of a conversation a turn can use, and turning it into a prompt (via the pure `build_context`).
+"""The context plan of a turn: read the part of its conversation it can use, and choose the prompt (via the pure
+`domain.context.build_context`).
 
 A turn costs O(window), not O(conversation length): the tail is read newest-first in growing pages until the
-history budget is full; smart mode also reads the head. Token counts are taken from the rows; rows counted by
-another tokenizer (or never counted) are counted once here and the counts are stored for the next turn.
-
-A conversation is a *path* of segments (DESIGN.md §3). A plain thread is one segment. A `previousResponseId`
-chain forked from a turn of another thread is its own messages, then the parent's live messages up to the fork
-point, then the grandparent's … The path comes from one recursive query; the tail walk goes segment by segment,
-newest first, and stops as soon as the budget is full, so a turn reads O(window) rows plus at most one
-short query per segment it reaches. Forks add segments, so their number is bounded (`MAX_CHAIN_SEGMENTS`).
+history budget is full, segment by segment along the conversation's path (services/conversation.py), stopping
+as soon as the budget is full; smart mode also reads the head. Token counts are taken from the rows; rows counted
+by another tokenizer (or never counted) are counted once here and the counts are stored for the next turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,58 +21,17 @@ from threadline.domain.context import (
     build_context,
     history_budget,
 )
-from threadline.domain.messages import ChatMessage, NewMessage, unanswered_calls
+from threadline.domain.messages import unanswered_calls
 from threadline.domain.tokens import TokenCounter, item_token_count, message_token_count
 from threadline.errors import ContextLengthExceeded
+from threadline.services.conversation import Segment
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
-from threadline.storage.repositories.threads import ThreadRepository
 from threadline.storage.tables import Thread
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
 # Smart mode's anchor is the leading system messages and the first exchange: a short head is enough.
 HEAD_LIMIT = 16
-# Threads on one conversation's path: a turn may need one query per segment, so forks are bounded.
-MAX_CHAIN_SEGMENTS = 100
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of the conversation stored in one thread: its live messages with `after_seq < seq <= last_seq`."""
-
-    thread_id: str
-    # The thread's own messages are numbered above this (0 for a thread that is not a chain).
-    after_seq: int
-    # None: up to the thread's end (the turn's own thread).
-    last_seq: int | None
-    # Live messages of the whole thread.
-    message_count: int
-
-    @property
-    def before_seq(self) -> int | None:
-        return None if self.last_seq is None else self.last_seq + 1
-
-    def estimated_count(self) -> int:
-        """Live messages in the segment, for a segment not read whole: exact for the turn's own thread; for a
-        parent, exact unless some of its messages were deleted (counting them would read the whole parent)."""
-        if self.last_seq is None:
-            return self.message_count
-        return min(self.message_count, max(self.last_seq - self.after_seq, 0))
-
-
-async def conversation_path(
-    session: AsyncSession, thread: Thread, limit: int = MAX_CHAIN_SEGMENTS + 1
-) -> list[Segment]:
-    """The segments of `thread`'s conversation, newest first (at most `limit`)."""
-    if thread.parent_thread_id is None:
-        return [Segment(thread.id, 0, None, thread.message_count)]
-    rows = await ThreadRepository(session).path(thread.organization_id, thread.id, limit)
-    segments: list[Segment] = []
-    last_seq: int | None = None
-    for row in rows:
-        segments.append(Segment(row.id, row.parent_seq or 0, last_seq, row.message_count))
-        last_seq = row.parent_seq
-    return segments
 
 
 class _Counter:
@@ -271,43 +225,3 @@ async def plan_context(
     )
     await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
     return plan, pending
-
-
-# Items read from the conversation's end to find the calls still waiting for their output.
-PENDING_WINDOW = 64
-
-
-async def pending_calls(session: AsyncSession, organization_id: str, segments: Sequence[Segment]) -> list[str]:
-    """The calls of the conversation's last turn still waiting for their output, oldest first."""
-    repo = MessageRepository(session)
-    newest_first: list[tuple[str, str | None]] = []
-    for segment in segments:
-        rows = await repo.tail_kinds(organization_id, segment.thread_id, PENDING_WINDOW, before_seq=segment.before_seq)
-        newest_first += rows
-        if len(newest_first) >= PENDING_WINDOW or any(kind == "message" for kind, _ in rows):
-            break
-    return unanswered_calls(newest_first)
-
-
-async def known_calls(
-    session: AsyncSession,
-    organization_id: str,
-    segments: Sequence[Segment],
-    pending: Sequence[str],
-    items: Sequence[ChatMessage | NewMessage],
-) -> set[str]:
-    """Which of the call ids `items`' outputs answer are calls earlier in the conversation (found by index)."""
-    in_items = {m.call_id for m in items if m.type == "function_call"}
-    wanted = {
-        m.call_id
-        for m in items
-        if m.type == "function_call_output" and m.call_id is not None and m.call_id not in pending
-    } - in_items
-    found: set[str] = set()
-    repo = MessageRepository(session)
-    for call_id in wanted:
-        for segment in segments:
-            if await repo.find_call(organization_id, segment.thread_id, call_id, before_seq=segment.before_seq):
-                found.add(call_id)
-                break
-    return found

@@ -1,0 +1,91 @@
+"""A started turn (what the start hands the run) and the events a running turn yields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from threadline.domain.context import PromptMessage
+from threadline.domain.messages import ChatMessage
+from threadline.domain.turns import StoredTurn
+from threadline.errors import ThreadlineError
+from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
+from threadline.services import rate_limits
+from threadline.services.auth import Principal
+
+
+class TurnObserver(Protocol):
+    """Told about every saved turn (auto-naming listens); must return at once, and never holds up the turn."""
+
+    def turn_saved(self, principal: Principal, turn: StoredTurn) -> None: ...
+
+
+@dataclass
+class Turn:
+    """Everything the run needs, gathered by the start (no ORM session attached)."""
+
+    # The turn as recorded when it started (`in_progress`): a stream's first events show it.
+    record: StoredTurn
+    thread_id: str
+    user_id: str | None
+    assistant_id: str | None
+    provider: Provider
+    info: ModelInfo
+    tokenizer: Tokenizer
+    prompt: list[ChatMessage]
+    inputs: list[PromptMessage]
+    params: GenerationParams
+    thread_state: str | None
+    # The id the answer is saved under, known up front (an Assistants run streams it before saving).
+    output_message_id: str
+    # Called once the turn is saved (auto-naming schedules its work here); must return at once, never raise.
+    after_save: Callable[[StoredTurn], None] | None = None
+    # Metadata saved with each input (same order as `inputs`; missing entries mean none).
+    input_metadata: list[dict[str, Any]] = field(default_factory=list)
+    # At most this many function calls of the answer are kept (None: all).
+    max_tool_calls: int | None = None
+    # The credential's concurrent-turn slot (services/rate_limits.py), renewed with the lease, freed once settled.
+    slot: rate_limits.TurnSlot | None = None
+
+    @property
+    def id(self) -> str:
+        """The turn's id (`resp_…`): its response, its run, and the owner of its thread's lease."""
+        return self.record.id
+
+    @property
+    def organization_id(self) -> str:
+        return self.record.organization_id
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputCallStarted:
+    """The model began a function call; `item_id` (`fc_…`) is the id it is saved under."""
+
+    index: int
+    item_id: str
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class OutputCallArguments:
+    index: int
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The last event of a turn: the stored turn (completed or failed) and the error, if it failed."""
+
+    record: StoredTurn
+    error: ThreadlineError | None
+
+
+TurnEvent = OutputDelta | OutputCallStarted | OutputCallArguments | TurnDone
