@@ -1,7 +1,11 @@
 # The two commands of the README: `make run` serves on the embedded defaults, `make test` runs every check.
+# `make check` is the everyday loop: the static checks and the tests that need no PostgreSQL, browser, nginx or
+# model (docs/testing.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# A virtualenv named from outside (`make check VENV=/path/to/venv`) is used as it is: nothing is installed into it.
+DEV_ENV = $(if $(filter .venv,$(VENV)),$(VENV)/.installed-dev)
 # Where the one-time llama-cpp-python build is kept (scripts/build-llama-wheel says why).
 WHEELHOUSE ?= $(HOME)/.cache/threadline/wheels
 # Installs are locked: every third-party package comes from requirements/*.lock at its pinned version with its
@@ -16,7 +20,7 @@ LLAMA_VERSION := $(shell sed -n 's/^version=\([0-9.]*\).*/\1/p' scripts/build-ll
 UV := $(BIN)/uv
 LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --no-emit-package llama-cpp-python --no-header --no-annotate
 
-.PHONY: run test bench lock clean
+.PHONY: run test check static bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,15 +39,24 @@ $(VENV)/.installed-dev: pyproject.toml requirements/dev.lock scripts/build-llama
 run: $(VENV)/.installed
 	$(BIN)/threadline serve
 
-test: $(VENV)/.installed-dev
+# Every test, in parallel (one xdist worker per core; a test file stays on one worker, so its module-scoped
+# servers start once). CI runs this.
+test: static
 	bash scripts/ensure-postgres
 	bash scripts/ensure-chromium
 	bash scripts/ensure-nginx
+	$(BIN)/python -m pytest -n auto --dist loadfile
+
+# THREADLINE_TEST_QUICK makes a test that reaches for PostgreSQL, a browser or nginx unmarked fail, not pass.
+check: static
+	THREADLINE_TEST_QUICK=1 $(BIN)/python -m pytest -q -m "not postgres and not browser and not nginx and not slow"
+
+static: $(DEV_ENV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
-	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	PYTHONPATH=src $(BIN)/lint-imports
+	$(BIN)/vulture
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/threads_list.py

@@ -12,7 +12,7 @@ things for a while, then asks for every fact. It is replayed through a small win
 For each mode it prints how many planted facts the last prompts still held (the fact's value appears in what the
 model was sent), with the embedded model also how many it answered, and what compaction cost: summary calls, their
 input and output tokens, and the time they took next to the turns'. Two upstreams: `--model stub` (an instant
-OpenAI-compatible process, `bench/stub_upstream.py`, whose summaries keep the transcript's oldest lines) and
+OpenAI-compatible process, `tests/upstream.py`, whose summaries keep the transcript's oldest lines) and
 `--model embedded` (SmolLM2-135M in-process through llama.cpp: slow, and a 135M model's summaries and answers are
 weak; the figures show what the context holds more than what the model makes of it).
 
@@ -244,7 +244,7 @@ def main() -> None:
     upstream = None
     if args.model == "stub":
         port = free_port()
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "stub_upstream.py"), "--port", str(port)]))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "upstream.py"), "--port", str(port)]))
         upstream = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{upstream}/models", procs[0], "stub upstream")
     try:

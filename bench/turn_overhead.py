@@ -12,8 +12,9 @@ therefore measures two windows by default: the wide one, and one small enough th
 messages the last turn's model call received.
 
 Modes:
-  --mode server      (default) the real thing: `bench/stub_upstream.py` and `threadline serve` as subprocesses,
-                     Threadline configured with an `openai` provider pointing at the stub; HTTP over loopback.
+  --mode server      (default) the real thing: the tests' upstream (`tests/upstream.py --reply`, answering at
+                     once) and `threadline serve` as subprocesses, Threadline configured with an `openai` provider
+                     pointing at that stub; HTTP over loopback.
   --mode in-process  the app in this process over httpx's ASGI transport, with the scripted FakeProvider as the
                      instant upstream (no sockets, no second process): isolates Threadline's own work.
 
@@ -52,6 +53,7 @@ from threadline.storage.tables import Message, Thread  # noqa: E402
 POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FILLER = "the quick brown fox jumps over the lazy dog and keeps running through the field"  # ~16 tokens
 QUESTION = [{"role": "user", "texts": [{"text": "What happens next in the story?"}]}]
+STUB_REPLY = "Sure, here is an answer."
 
 
 @dataclass
@@ -286,7 +288,7 @@ def start_processes(
     env = child_env(THREADLINE_CONFIG=str(config), BENCH_STUB_KEY="stub-secret")
     secret = create_key(env)
     quiet = subprocess.DEVNULL
-    stub_cmd = [sys.executable, str(REPO / "bench" / "stub_upstream.py"), "--port", str(stub_port)]
+    stub_cmd = [sys.executable, str(REPO / "tests" / "upstream.py"), "--port", str(stub_port), "--reply", STUB_REPLY]
     stub = subprocess.Popen(stub_cmd, stdout=quiet, stderr=quiet)
     try:
         wait_http(f"http://127.0.0.1:{stub_port}/v1/models", stub, "the stub upstream")

@@ -1,8 +1,11 @@
 """Test fixtures: every storage and API test runs on SQLite and on PostgreSQL, against the real ASGI app.
 
-Each backend's database is created and migrated with Alembic once per session; tables are emptied after each
-test. PostgreSQL comes from THREADLINE_TEST_POSTGRES_URL (default: the local server, trust auth). Without a
-reachable PostgreSQL a local run skips those tests and says so; CI (CI=true) fails instead.
+Each backend's database is created and migrated with Alembic once per session (once per xdist worker); tables
+are emptied after each test. PostgreSQL comes from THREADLINE_TEST_POSTGRES_URL (default: the local server, trust
+auth). Without a reachable PostgreSQL a local run skips those tests and says so; CI (CI=true) fails instead.
+
+Tests are marked here by what they use (`postgres`, `browser`, `nginx`; `slow` by hand), which is how
+`make check` leaves them out; docs/testing.md.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,29 @@ pytest_plugins = ("tests.tool_helpers",)
 
 POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
+# What a test needs beyond this process and SQLite, told by the fixtures it uses (their whole closure).
+NEEDS_BY_FIXTURE = {"postgresql_url": "postgres", "postgres_database": "postgres", "browser": "browser"}
+NEEDS_BY_FIXTURE |= {"nginx_stack": "nginx"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs: `postgres` for the PostgreSQL run of a backend-parametrized test or a
+    PostgreSQL fixture, `browser`, `nginx`. `make check` deselects them; `make test` runs everything."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        needs = {NEEDS_BY_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in NEEDS_BY_FIXTURE}
+        if callspec is not None and "postgresql" in callspec.params.values():
+            needs.add("postgres")
+        for marker in sorted(needs):
+            item.add_marker(marker)
+
+
+def needs(marker: str) -> None:
+    """Called where a test reaches for what `marker` stands for. In `make check` (THREADLINE_TEST_QUICK=1) such
+    a test should have been deselected: it fails, so a test the markers miss is found, never quietly run."""
+    if os.environ.get("THREADLINE_TEST_QUICK"):
+        pytest.fail(f"a quick run (make check) reached {marker!r}: mark the test (tests/conftest.py NEEDS_BY_FIXTURE)")
+
 
 def _postgres_available() -> str | None:
     async def probe() -> None:
@@ -45,22 +72,11 @@ def _postgres_available() -> str | None:
     return None
 
 
-def _create_pg_database(name: str) -> None:
+def _admin(statement: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def _drop_pg_database(name: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
@@ -72,20 +88,35 @@ def _asyncpg_url(admin_url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
+def require_postgres() -> None:
+    """Skip the test when PostgreSQL cannot be reached (fail in CI, where it must be)."""
+    needs("postgres")
+    problem = _postgres_available()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {problem}")
+    pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({problem}); skipping PostgreSQL runs")
+
+
+@contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of a name of its own (so xdist workers never share one), dropped after."""
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session."""
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({problem}); skipping PostgreSQL runs")
-    name = f"threadline_test_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    url = _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    upgrade(url)
-    yield url
-    _drop_pg_database(name)
+    """A fresh, migrated PostgreSQL database for this test session (for each xdist worker)."""
+    with new_postgres_database("threadline_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -102,15 +133,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
         return
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-    name = f"threadline_empty_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    _drop_pg_database(name)
+    with new_postgres_database("threadline_empty") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

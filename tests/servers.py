@@ -1,28 +1,55 @@
-"""Server processes the tests start (`threadline serve`, an upstream model server): one way to pick a port, wait
-until the process answers, and always stop it."""
+"""Server processes the tests start (`threadline serve`, the upstream model server of tests/upstream.py): one way
+to pick a port, wait until the process answers, and always stop it."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import pytest
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
+UPSTREAM_SCRIPT = Path(__file__).with_name("upstream.py")
+
+# Ports the tests' servers listen on, below Linux's ephemeral range (32768 and up), so no outgoing connection can
+# take one between the check and the child's bind; each xdist worker draws from a slice of its own, so two workers
+# never hand out the same port (docs/testing.md).
+_PORTS = range(20000, 32768)
+
+
+def _worker_ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(_PORTS) // max(workers, 1)
+    first = _PORTS.start + int(worker.removeprefix("gw") or 0) % max(workers, 1) * size
+    start = random.randrange(size)  # two sessions at once (two checkouts) seldom meet
+    return (first + (start + i) % size for i in itertools.count())
+
+
+_ports = _worker_ports()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port of this worker's slice that nothing listens on now."""
+    for port in itertools.islice(_ports, len(_PORTS)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left in this worker's slice")
 
 
 def threadline_env(database_url: str) -> dict[str, str]:
@@ -94,3 +121,80 @@ def threadline_serve(
     base_url = f"http://127.0.0.1:{port}"
     with running(serve_command(port), ready_url=f"{base_url}/healthz", log=log, env=env, cwd=cwd):
         yield base_url
+
+
+def create_key(env: dict[str, str], cwd: Path | None = None) -> str:
+    """An API key for acme's ada, made by `threadline keys create` (its last line of output) in `env`."""
+    made = subprocess.run(
+        [sys.executable, "-m", "threadline", "keys", "create", "--org", "acme", "--email", "ada@acme.test"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A running tests/upstream.py process."""
+
+    url: str  # http://127.0.0.1:PORT; a provider's base_url is `base_url`
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def release(self) -> None:
+        """`POST /release`: one more word (`gate="each"`), or the rest of every waiting answer (`gate="rest"`)."""
+        response = httpx.post(f"{self.url}/release", timeout=10)
+        assert response.status_code == 200, response.text
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request body received so far (`record=True`)."""
+        received: list[dict[str, Any]] = httpx.get(f"{self.url}/requests", timeout=10).json()
+        return received
+
+
+def upstream_command(
+    port: int,
+    *,
+    reply: str | None = None,
+    words: int | None = None,
+    pace: float = 0.0,
+    gate: Literal["each", "rest"] | None = None,
+    record: bool = False,
+) -> list[str]:
+    """The command line of tests/upstream.py (its docstring says what each option does)."""
+    command = [sys.executable, str(UPSTREAM_SCRIPT), "--port", str(port)]
+    if reply is not None:
+        command += ["--reply", reply]
+    if words is not None:
+        command += ["--words", str(words)]
+    if pace:
+        command += ["--pace", str(pace)]
+    if gate is not None:
+        command += ["--gate", gate]
+    if record:
+        command.append("--record")
+    return command
+
+
+@contextmanager
+def upstream_server(
+    log: Path,
+    *,
+    reply: str | None = None,
+    words: int | None = None,
+    pace: float = 0.0,
+    gate: Literal["each", "rest"] | None = None,
+    record: bool = False,
+) -> Iterator[Upstream]:
+    """tests/upstream.py on a free port, answering; stopped afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = upstream_command(port, reply=reply, words=words, pace=pace, gate=gate, record=record)
+    with running(command, ready_url=f"{url}/v1/models", log=log, env=dict(os.environ)):
+        yield Upstream(url)

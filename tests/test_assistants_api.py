@@ -9,6 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from tests.responses_helpers import running_app
 from threadline.config import Settings
 from threadline.providers.fake import FakeProvider
@@ -75,8 +76,7 @@ async def test_invalid_values_are_400(client: httpx.AsyncClient, caller: Caller)
         assert response.json()["error"]["param"] == param
     too_many = {f"k{i}": "v" for i in range(17)}
     response = await client.post("/v1/assistants", json={"metadata": too_many}, headers=caller.headers)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "metadata_too_many_keys"
+    refused(response, 400, "metadata_too_many_keys")
 
 
 async def test_modify_with_patch_and_post(client: httpx.AsyncClient, caller: Caller) -> None:
@@ -105,8 +105,8 @@ async def test_the_model_must_be_served(client: httpx.AsyncClient, caller: Calle
 
     assistant = await _create(client, caller)
     url = f"/v1/assistants/{assistant['id']}"
-    refused = await client.patch(url, json={"model": "gpt-9"}, headers=caller.headers)
-    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    refusal = await client.patch(url, json={"model": "gpt-9"}, headers=caller.headers)
+    refused(refusal, 404, "model_not_found")
     assert (await client.get(url, headers=caller.headers)).json()["model"] == "fake-model"
     moved = await client.patch(url, json={"model": "fake-large"}, headers=caller.headers)
     assert moved.status_code == 200 and moved.json()["model"] == "fake-large"
@@ -123,8 +123,7 @@ async def test_other_organization_gets_404(client: httpx.AsyncClient, caller: Ca
         await client.patch(url, json={"name": "mine"}, headers=other_caller.headers),
         await client.delete(url, headers=other_caller.headers),
     ):
-        assert response.status_code == 404
-        assert response.json()["error"]["code"] == "assistant_not_found"
+        refused(response, 404, "assistant_not_found")
     listed = await client.get("/v1/assistants", headers=other_caller.headers)
     assert listed.json()["data"] == []
     assert (await client.get(url, headers=caller.headers)).json()["name"] == "Support bot"
@@ -140,8 +139,7 @@ async def test_soft_delete(client: httpx.AsyncClient, caller: Caller) -> None:
     assert (await client.get("/v1/assistants", headers=caller.headers)).json()["data"] == []
     # A deleted assistant can no longer be bound.
     response = await client.post("/v1/threads", json={"assistantId": assistant["id"]}, headers=caller.headers)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "assistant_not_found"
+    refused(response, 404, "assistant_not_found")
 
 
 async def test_list_is_keyset_paginated(client: httpx.AsyncClient, caller: Caller) -> None:
@@ -160,7 +158,7 @@ async def test_list_is_keyset_paginated(client: httpx.AsyncClient, caller: Calle
     back = (await client.get(f"/v1/assistants?limit=2&before={ids[2]}", headers=caller.headers)).json()
     assert [a["id"] for a in back["data"]] == [ids[4], ids[3]]
     bad = await client.get("/v1/assistants?after=asst_nope", headers=caller.headers)
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_cursor"
+    refused(bad, 400, "invalid_cursor")
 
 
 async def test_threads_bind_at_creation_and_later(
@@ -186,11 +184,11 @@ async def test_threads_bind_at_creation_and_later(
 
     # Another organization's assistant is as missing as one that never existed: at creation and on modify.
     theirs = await client.post("/v1/threads", json={"assistant_id": assistant["id"]}, headers=other_caller.headers)
-    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "assistant_not_found"
+    refused(theirs, 404, "assistant_not_found")
     own = (await client.post("/v1/threads", json={}, headers=other_caller.headers)).json()
     response = await client.patch(
         f"/v1/threads/{own['id']}", json={"assistant_id": assistant["id"]}, headers=other_caller.headers
     )
-    assert response.status_code == 404 and response.json()["error"]["code"] == "assistant_not_found"
+    refused(response, 404, "assistant_not_found")
     fetched = await client.get(f"/v1/threads/{own['id']}", headers=other_caller.headers)
     assert fetched.json()["assistant_id"] is None

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.conftest import Caller, make_caller
-from tests.helpers import PASSWORD, login_headers
+from tests.helpers import PASSWORD, login_headers, refused
 from threadline.domain.clock import utcnow
 from threadline.errors import ValidationFailed
 from threadline.services import auth
@@ -40,14 +40,14 @@ async def test_api_keys_are_hashed_touched_and_revocable(
     revoked = await client.delete(f"/v1/api-keys/{row.id}", headers=caller.headers)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
     after = await client.get("/v1/me", headers=caller.headers)
-    assert after.status_code == 401 and after.json()["error"]["code"] == "invalid_credentials"
+    refused(after, 401, "invalid_credentials")
 
 
 async def test_login_token_lifecycle(client: httpx.AsyncClient, app: FastAPI, caller: Caller) -> None:
     wrong = await client.post("/v1/auth/token", json={"email": caller.email, "password": "not it at all"})
-    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_login"
+    refused(wrong, 401, "invalid_login")
     nobody = await client.post("/v1/auth/token", json={"email": "nobody@acme.test", "password": PASSWORD})
-    assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "invalid_login"
+    refused(nobody, 401, "invalid_login")
 
     headers = await login_headers(client, app, caller)
     async with create_sessionmaker(app.state.engine)() as session:
@@ -91,7 +91,7 @@ async def test_user_token_spanning_organizations(client: httpx.AsyncClient, app:
     assert {o["id"] for o in me["organizations"]} == {caller.organization_id, second.organization_id}
 
     ambiguous = await client.get("/v1/threads", headers=headers)
-    assert ambiguous.status_code == 400 and ambiguous.json()["error"]["code"] == "organization_required"
+    refused(ambiguous, 400, "organization_required")
     created = await client.post("/v1/threads", json={"organizationId": second.organization_id}, headers=headers)
     assert created.json()["organization_id"] == second.organization_id
     listed = await client.get("/v1/threads", params={"organizationId": second.organization_id}, headers=headers)
@@ -126,8 +126,7 @@ async def test_an_api_key_stops_working_when_its_user_leaves_the_organization(
             )
         )
         await session.commit()
-    refused = await client.get("/v1/me", headers=caller.headers)
-    assert refused.status_code == 401, refused.text
-    assert refused.json()["error"]["code"] == "invalid_credentials"
+    refusal = await client.get("/v1/me", headers=caller.headers)
+    refused(refusal, 401, "invalid_credentials")
     # Only that key: another organization's key (another user) still works.
     assert (await client.get("/v1/me", headers=other_caller.headers)).status_code == 200

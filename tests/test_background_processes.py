@@ -1,7 +1,7 @@
 """Background responses and resumable streams across real `threadline serve` processes, through the `openai` SDK.
 
-The upstream model is its own process (tests/held_upstream.py): it streams a first word, then holds the rest until
-the test releases it, so every turn is mid-answer exactly when the test acts.
+The upstream model is its own process (tests/upstream.py, `gate="rest"`): it streams a first word, then holds the
+rest until the test releases it, so every turn is mid-answer exactly when the test acts.
 
 - On PostgreSQL, a stream started on one server is followed live from another (`starting_after`), to its end.
 - On both backends, a server is killed mid-way through a background turn, with another background turn of the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _empty_all_tables
-from tests.servers import free_port, running, serve_command, threadline_env
+from tests.servers import free_port, running, serve_command, threadline_env, upstream_server
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import Job, Response, ResponseEvent
@@ -44,12 +43,9 @@ LEASE_SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(Path(__file__).with_name("held_upstream.py")), "--port", str(port)]
-    log = tmp_path_factory.mktemp("upstream") / "upstream.log"
-    with running(command, ready_url=f"{base_url}/v1/models", log=log, env=dict(os.environ)):
-        yield base_url
+    """The held-back upstream: a first word at once, the rest at the next release (docs/testing.md)."""
+    with upstream_server(tmp_path_factory.mktemp("upstream") / "upstream.log", words=64, gate="rest") as held:
+        yield held.url
 
 
 def _db(database_url: str, work: Callable[[Any], Any]) -> Any:

@@ -16,29 +16,29 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_url, _create_pg_database, _drop_pg_database, _postgres_available
-from tests.gated_upstream import TOKENS
-from tests.servers import free_port, running, threadline_env
+from tests.conftest import needs, new_postgres_database
+from tests.servers import create_key, free_port, running, threadline_env, upstream_server
+from tests.upstream import pieces
 
 pytestmark = pytest.mark.slow
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-TESTS = Path(__file__).resolve().parent
+ANSWER = "One token at a time."
+TOKENS = pieces(ANSWER)
 # The client's own address, distinct from nginx's (127.0.0.1): Linux routes all of 127.0.0.0/8 to loopback.
 CLIENT_ADDRESS = "127.0.0.2"
 
 
 def _nginx() -> str:
+    needs("nginx")
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found:
         return found
@@ -50,15 +50,9 @@ def _nginx() -> str:
 
 @pytest.fixture(scope="module")
 def postgres_database() -> Iterator[str]:
-    problem = _postgres_available()
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {problem}")
-    name = f"threadline_nginx_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    _drop_pg_database(name)
+    """A database of its own: `threadline serve` writes to it from other processes, outside any test's cleanup."""
+    with new_postgres_database("threadline_nginx") as url:
+        yield url
 
 
 def site_config(threadline_port: int, nginx_port: int) -> str:
@@ -114,48 +108,41 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def nginx_stack(postgres_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nginx = _nginx()
     tmp = tmp_path_factory.mktemp("nginx")
-    upstream_port, threadline_port, nginx_port = free_port(), free_port(), free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = [sys.executable, str(TESTS / "gated_upstream.py"), "--port", str(upstream_port)]
-    env = threadline_env(postgres_database)
-    env.update(
-        THREADLINE_PROVIDERS=json.dumps([{"name": "gated", "base_url": f"{upstream_url}/v1", "models": ["gated"]}]),
-        THREADLINE_DEFAULT_MODEL="gated",
-        THREADLINE_FORWARDED_ALLOW_IPS="127.0.0.1",
-    )
-    keys = subprocess.run(
-        [sys.executable, "-m", "threadline", "keys", "create", "--org", "acme", "--email", "ada@acme.test"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    api_key = keys.stdout.strip().splitlines()[-1]
-    serve = [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(threadline_port)]
-    serve_log = tmp / "serve.log"
-    threadline_url = f"http://127.0.0.1:{threadline_port}"
-    site = tmp / "site.conf"
-    site.write_text(site_config(threadline_port, nginx_port))
-    conf = tmp / "nginx.conf"
-    conf.write_text(nginx_config(tmp, site))
-    nginx_command = [nginx, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf), "-g", "daemon off;"]
-    with (
-        running(upstream, ready_url=f"{upstream_url}/v1/models", log=tmp / "upstream.log", env=env),
-        running([*serve, "--workers", "2"], ready_url=f"{threadline_url}/healthz", log=serve_log, env=env),
-        running(nginx_command, ready_url=f"http://127.0.0.1:{nginx_port}/healthz", log=tmp / "nginx.log", env=env),
-    ):
-        yield Stack(f"http://127.0.0.1:{nginx_port}", threadline_url, upstream_url, api_key, serve_log)
+    threadline_port, nginx_port = free_port(), free_port()
+    with upstream_server(tmp / "upstream.log", reply=ANSWER, gate="each") as upstream:
+        env = threadline_env(postgres_database)
+        env.update(
+            THREADLINE_PROVIDERS=json.dumps([{"name": "gated", "base_url": upstream.base_url, "models": ["gated"]}]),
+            THREADLINE_DEFAULT_MODEL="gated",
+            THREADLINE_FORWARDED_ALLOW_IPS="127.0.0.1",
+        )
+        api_key = create_key(env)
+        serve = [sys.executable, "-m", "threadline", "serve", "--host", "127.0.0.1", "--port", str(threadline_port)]
+        serve_log = tmp / "serve.log"
+        threadline_url = f"http://127.0.0.1:{threadline_port}"
+        site = tmp / "site.conf"
+        site.write_text(site_config(threadline_port, nginx_port))
+        conf = tmp / "nginx.conf"
+        conf.write_text(nginx_config(tmp, site))
+        nginx_command = [nginx, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf), "-g", "daemon off;"]
+        nginx_url = f"http://127.0.0.1:{nginx_port}"
+        with (
+            running([*serve, "--workers", "2"], ready_url=f"{threadline_url}/healthz", log=serve_log, env=env),
+            running(nginx_command, ready_url=f"{nginx_url}/healthz", log=tmp / "nginx.log", env=env),
+        ):
+            yield Stack(nginx_url, threadline_url, upstream.url, api_key, serve_log)
 
 
-async def test_a_streamed_turn_comes_through_nginx_token_by_token(stack: Stack) -> None:
+async def test_a_streamed_turn_comes_through_nginx_token_by_token(nginx_stack: Stack) -> None:
     timeout = httpx.Timeout(30.0, connect=5.0)
     body = {"thread": "proxied", "stream": True, "inputs": [{"role": "user", "texts": [{"text": "Go"}]}]}
     async with (
-        httpx.AsyncClient(base_url=stack.nginx_url, headers={"X-API-Key": stack.api_key}, timeout=timeout) as client,
+        httpx.AsyncClient(
+            base_url=nginx_stack.nginx_url, headers={"X-API-Key": nginx_stack.api_key}, timeout=timeout
+        ) as client,
         httpx.AsyncClient(timeout=timeout) as upstream,
         client.stream("POST", "/v1/model/response", json=body) as response,
     ):
@@ -165,15 +152,15 @@ async def test_a_streamed_turn_comes_through_nginx_token_by_token(stack: Stack) 
         assert (await anext(events))[0] == "response.created"
         for token in TOKENS:
             # Only now may the upstream send this token; the next waits until this one has arrived here.
-            assert (await upstream.post(f"{stack.upstream_url}/release")).status_code == 200
+            assert (await upstream.post(f"{nginx_stack.upstream_url}/release")).status_code == 200
             name, data = await anext(events)
             assert (name, data["delta"]) == ("response.output_text.delta", token)
         name, data = await anext(events)
         assert name == "response.completed"
-        assert data["response"]["output_text"] == "".join(TOKENS)
+        assert data["response"]["output_text"] == ANSWER
 
         saved = await client.get("/v1/threads/proxied/messages", params={"order": "asc"})
-        assert [m["content"] for m in saved.json()["data"]] == ["Go", "".join(TOKENS)]
+        assert [m["content"] for m in saved.json()["data"]] == ["Go", ANSWER]
 
 
 async def _events(response: httpx.Response):  # type: ignore[no-untyped-def]
@@ -197,16 +184,20 @@ def _probe(name: str, forwarded_for: str) -> dict[str, str]:
     return {"X-Request-Id": f"probe-{name}", "X-Forwarded-For": forwarded_for}
 
 
-async def test_forwarded_headers_count_only_from_trusted_proxies(stack: Stack) -> None:
+async def test_forwarded_headers_count_only_from_trusted_proxies(nginx_stack: Stack) -> None:
     spoofed = "203.0.113.7"
     # Through nginx: it replaces what the client claimed with the client's real address, which Threadline believes
     # because nginx (127.0.0.1) is a trusted proxy.
-    await asyncio.to_thread(_get_from_client_address, f"{stack.nginx_url}/v1/models", _probe("via-nginx", spoofed))
-    assert stack.client_seen_as("probe-via-nginx") == CLIENT_ADDRESS
+    await asyncio.to_thread(
+        _get_from_client_address, f"{nginx_stack.nginx_url}/v1/models", _probe("via-nginx", spoofed)
+    )
+    assert nginx_stack.client_seen_as("probe-via-nginx") == CLIENT_ADDRESS
     # Straight to Threadline from an address that is no trusted proxy: the header is ignored.
-    await asyncio.to_thread(_get_from_client_address, f"{stack.threadline_url}/v1/models", _probe("direct", spoofed))
-    assert stack.client_seen_as("probe-direct") == CLIENT_ADDRESS
+    await asyncio.to_thread(
+        _get_from_client_address, f"{nginx_stack.threadline_url}/v1/models", _probe("direct", spoofed)
+    )
+    assert nginx_stack.client_seen_as("probe-direct") == CLIENT_ADDRESS
     # From a trusted proxy's address, the same header is believed.
     async with httpx.AsyncClient(timeout=30) as client:
-        await client.get(f"{stack.threadline_url}/v1/models", headers=_probe("trusted", "198.51.100.5"))
-    assert stack.client_seen_as("probe-trusted") == "198.51.100.5"
+        await client.get(f"{nginx_stack.threadline_url}/v1/models", headers=_probe("trusted", "198.51.100.5"))
+    assert nginx_stack.client_seen_as("probe-trusted") == "198.51.100.5"

@@ -1,8 +1,8 @@
 """`threadline chat [THREAD]` through a real subprocess and its stdin, against a real upstream process.
 
-The upstream (tests/gated_upstream.py) sends each token only when the test releases it, and the test releases the
-next only once the previous one showed on the chat's stdout: the chat streams as the model generates, or the test
-times out waiting.
+The upstream (tests/upstream.py, `gate="each"`) sends each token only when the test releases it, and the test
+releases the next only once the previous one showed on the chat's stdout: the chat streams as the model generates,
+or the test times out waiting.
 """
 
 from __future__ import annotations
@@ -16,29 +16,25 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.gated_upstream import TOKENS
-from tests.servers import free_port, running, threadline_env
+from tests.servers import Upstream, threadline_env, upstream_server
+from tests.upstream import pieces
 
-TESTS = Path(__file__).resolve().parent
-ANSWER = "".join(TOKENS)
+ANSWER = "One token at a time."
+TOKENS = pieces(ANSWER)
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     log = tmp_path_factory.mktemp("gated") / "upstream.log"
-    command = [sys.executable, str(TESTS / "gated_upstream.py"), "--port", str(port)]
-    with running(command, ready_url=f"{url}/v1/models", log=log, env=dict(os.environ)):
-        yield url
+    with upstream_server(log, reply=ANSWER, gate="each") as server:
+        yield server
 
 
-def chat_env(tmp_path: Path, upstream: str) -> dict[str, str]:
+def chat_env(tmp_path: Path, upstream: Upstream) -> dict[str, str]:
     env = threadline_env(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
-    env["THREADLINE_PROVIDERS"] = json.dumps([{"name": "gated", "base_url": f"{upstream}/v1", "models": ["gated"]}])
+    env["THREADLINE_PROVIDERS"] = json.dumps([{"name": "gated", "base_url": upstream.base_url, "models": ["gated"]}])
     return env
 
 
@@ -66,13 +62,13 @@ class Output:
         return self.seen
 
 
-def stream_answer(output: Output, upstream: str, client: httpx.Client) -> None:
+def stream_answer(output: Output, upstream: Upstream) -> None:
     """Release the answer's tokens one by one, each only after the previous one showed."""
     start = len(output.seen)
     for index in range(len(TOKENS)):
         so_far = "assistant> " + "".join(TOKENS[: index + 1])
         assert so_far not in output.seen[start:]
-        assert client.post(f"{upstream}/release").status_code == 200
+        upstream.release()
         output.until(so_far, start)
 
 
@@ -82,33 +78,32 @@ def say(process: subprocess.Popen[str], line: str) -> None:
     process.stdin.flush()
 
 
-def converse(process: subprocess.Popen[str], upstream: str) -> None:
+def converse(process: subprocess.Popen[str], upstream: Upstream) -> None:
     """Two turns and two context reports, then end of input."""
     assert process.stdin is not None and process.stdout is not None
     output = Output(process.stdout)
     output.until("you> ")
     assert "Thread support_1 (new thread) · model gated" in output.seen
-    with httpx.Client(timeout=30) as client:
-        say(process, "Hello there")
-        stream_answer(output, upstream, client)
+    say(process, "Hello there")
+    stream_answer(output, upstream)
 
-        mark = len(output.seen)
-        say(process, "/context")
-        first_report = output.until("usage:", mark)[mark:]
-        assert "context: recent mode, 0 history messages included, 0 omitted" in first_report
+    mark = len(output.seen)
+    say(process, "/context")
+    first_report = output.until("usage:", mark)[mark:]
+    assert "context: recent mode, 0 history messages included, 0 omitted" in first_report
 
-        say(process, "And then?")
-        stream_answer(output, upstream, client)
-        mark = len(output.seen)
-        say(process, "/context")
-        second_report = output.until("usage:", mark)[mark:]
-        assert "context: recent mode, 2 history messages included, 0 omitted" in second_report
-        assert "history seq: 1-2" in second_report
+    say(process, "And then?")
+    stream_answer(output, upstream)
+    mark = len(output.seen)
+    say(process, "/context")
+    second_report = output.until("usage:", mark)[mark:]
+    assert "context: recent mode, 2 history messages included, 0 omitted" in second_report
+    assert "history seq: 1-2" in second_report
     process.stdin.close()
     assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
 
 
-def test_chat_streams_each_token_and_shows_the_context_report(upstream: str, tmp_path: Path) -> None:
+def test_chat_streams_each_token_and_shows_the_context_report(upstream: Upstream, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "threadline", "chat", "support_1", "--org", "acme", "--email", "ada@acme.test"]
     with subprocess.Popen(
         command,
@@ -137,7 +132,7 @@ def test_chat_streams_each_token_and_shows_the_context_report(upstream: str, tmp
     assert "Thread support_1 (4 messages so far)" in resumed.stdout
 
 
-def test_chat_reports_a_model_it_does_not_know(upstream: str, tmp_path: Path) -> None:
+def test_chat_reports_a_model_it_does_not_know(upstream: Upstream, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "threadline", "chat", "--model", "gpt-9"],
         env=chat_env(tmp_path, upstream),

@@ -1,5 +1,5 @@
 """Compaction on the Freddy surface: `POST /v1/threads/{id}/compact` writes a summary with a real upstream process
-(tests/tool_upstream.py answers summary requests), later turns start from it, and the replaced messages stay
+(tests/upstream.py answers summary requests), later turns start from it, and the replaced messages stay
 listed and searchable. A failed summary changes nothing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from tests.conftest import Caller, make_caller
 from tests.helpers import refused
 from tests.responses_helpers import thread_messages
-from tests.tool_helpers import last_request_with, upstream_requests
+from tests.servers import Upstream
+from tests.tool_helpers import last_request_with
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +70,11 @@ async def test_a_compacted_thread_continues_from_its_summary(
     assert found.status_code == 200 and [t["id"] for t in found.json()["data"]] == ["facts"]
 
     # A second compaction summarises the first summary and what came after it, never the replaced messages again.
-    before = len(upstream_requests(tool_upstream_url))
+    before = len(Upstream(tool_upstream_url.removesuffix("/v1")).requests())
     again = await client.post("/v1/threads/facts/compact", headers=caller.headers)
     assert again.status_code == 200, again.text
     assert again.json()["covers"] == [1, 7]
-    summary_request = upstream_requests(tool_upstream_url)[before:]
+    summary_request = Upstream(tool_upstream_url.removesuffix("/v1")).requests()[before:]
     (asked,) = [r for r in summary_request if r["messages"][-1]["content"].startswith("Summarise this conversation")]
     transcript = asked["messages"][-1]["content"]
     paragraphs = transcript.split("\n\n")

@@ -1,7 +1,7 @@
 """A server killed mid-turn, for real: `threadline serve` processes, SIGKILL, a restart, on SQLite and PostgreSQL.
 
-The upstream model is its own process too (tests/held_upstream.py): it streams a first word, then holds the rest
-back until the test releases it, so every turn is mid-answer exactly when the test acts (no timing involved).
+The upstream model is its own process too (tests/upstream.py, `gate="rest"`): it streams a first word, then holds
+the rest back until the test releases it, so every turn is mid-answer exactly when the test acts (no timing involved).
 Three kinds of turn are interrupted at once: a Freddy streamed response, an Assistants v2 streamed run and an
 OpenAI Responses stream in a conversation. A restarted server must settle all of them at start-up (before any
 request) and every surface must then tell the same story, without a new turn on any thread. And a server that
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -27,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _empty_all_tables
-from tests.servers import free_port, running, serve_command, threadline_env
+from tests.servers import Upstream, free_port, running, serve_command, threadline_env, upstream_server
 from threadline.domain.clock import utcnow
 from threadline.services import auth
 from threadline.services.recovery import settle_expired
@@ -45,13 +43,10 @@ INTERRUPTED = "turn_interrupted"
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(Path(__file__).with_name("held_upstream.py")), "--port", str(port)]
-    log = tmp_path_factory.mktemp("upstream") / "upstream.log"
-    with running(command, ready_url=f"{base_url}/v1/models", log=log, env=dict(os.environ)):
-        yield base_url
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """Answers `max_tokens` words, the first at once, the rest when released."""
+    with upstream_server(tmp_path_factory.mktemp("upstream") / "upstream.log", words=64, gate="rest") as server:
+        yield server
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class Deployment:
     """What every `threadline serve` of a test shares: the database, the upstream, an API key."""
 
     database_url: str
-    upstream: str
+    upstream: Upstream
     env: dict[str, str]
     headers: dict[str, str]
 
@@ -76,12 +71,12 @@ async def _create_key(database_url: str) -> str:
 
 
 @pytest.fixture
-def deployment(database_url: str, upstream: str) -> Iterator[Deployment]:
+def deployment(database_url: str, upstream: Upstream) -> Iterator[Deployment]:
     key = asyncio.run(_create_key(database_url))
     env = threadline_env(database_url)
     env.update(
         THREADLINE_PROVIDERS=json.dumps(
-            [{"name": "held", "type": "openai", "base_url": f"{upstream}/v1", "models": [MODEL]}]
+            [{"name": "held", "type": "openai", "base_url": upstream.base_url, "models": [MODEL]}]
         ),
         THREADLINE_DEFAULT_MODEL=MODEL,
         THREADLINE_THREAD_LEASE_SECONDS=str(LEASE_SECONDS),
@@ -311,8 +306,7 @@ def test_a_starting_server_leaves_a_turn_another_server_is_running_alone(
         assert other.get(f"/v1/model/response/{response_id}")["status"] == "in_progress"
         assert [r["status"] for r in other.get("/v1/threads/shared/runs", BETA)["data"]] == ["in_progress"]
 
-        released = httpx.post(f"{deployment.upstream}/release", timeout=10)
-        assert released.status_code == 200
+        deployment.upstream.release()
         names = [name for name, _ in _events(rest)]
         assert names[-1] == "response.completed", names
         assert other.get(f"/v1/model/response/{response_id}")["status"] == "completed"

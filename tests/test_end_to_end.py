@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +40,6 @@ class Served:
     def client(self) -> httpx.Client:
         # The first turn loads the weights: allow for a slow, shared machine.
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": self.api_key}, timeout=180)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _threadline_command() -> list[str]:
@@ -70,7 +65,7 @@ def served() -> Iterator[Served]:
             check=True,
         )
         api_key = keys.stdout.strip().splitlines()[-1]
-        port = _free_port()
+        port = free_port()
         log_path = workdir / "serve.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(

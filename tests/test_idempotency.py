@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from tests.conftest import Caller, make_caller, started_app
+from tests.helpers import refused
 from threadline.api.idempotency import Idempotent
 from threadline.config import Settings
 from threadline.errors import UpstreamError
@@ -54,8 +55,7 @@ async def test_same_key_with_another_request_is_409(client: httpx.AsyncClient, c
     first = await client.post("/v1/threads", json={"title": "A"}, headers=_with_key(caller, "k"))
     assert first.status_code == 200
     other_body = await client.post("/v1/threads", json={"title": "B"}, headers=_with_key(caller, "k"))
-    assert other_body.status_code == 409
-    assert other_body.json()["error"]["code"] == "idempotency_key_reused"
+    refused(other_body, 409, "idempotency_key_reused")
     assert other_body.json()["error"]["param"] == "Idempotency-Key"
     assert other_body.headers["x-should-retry"] == "false"
     # The path is part of the request too.
@@ -88,7 +88,7 @@ async def test_retry_of_message_append(client: httpx.AsyncClient, caller: Caller
     listed = (await client.get(url, headers=caller.headers)).json()["data"]
     assert [m["id"] for m in listed] == [first.json()["id"]]
     reused = await client.post(url, json={"content": "bye"}, headers=_with_key(caller, "msg-1"))
-    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    refused(reused, 409, "idempotency_key_reused")
 
 
 @pytest.mark.parametrize("path", ["threads", "messages"])
@@ -113,11 +113,11 @@ async def test_client_errors_are_remembered(client: httpx.AsyncClient, caller: C
     thread_id = (await client.post("/v1/threads", json={}, headers=caller.headers)).json()["id"]
     await client.patch(f"/v1/threads/{thread_id}", json={"state": "locked"}, headers=caller.headers)
     url = f"/v1/threads/{thread_id}/messages"
-    refused = await client.post(url, json={"content": "x"}, headers=_with_key(caller, "locked"))
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked"
+    refusal = await client.post(url, json={"content": "x"}, headers=_with_key(caller, "locked"))
+    refused(refusal, 409, "thread_locked")
     await client.patch(f"/v1/threads/{thread_id}", json={"state": "open"}, headers=caller.headers)
     replay = await client.post(url, json={"content": "x"}, headers=_with_key(caller, "locked"))
-    assert replay.status_code == 409 and replay.json() == refused.json()
+    assert replay.status_code == 409 and replay.json() == refusal.json()
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.headers["x-should-retry"] == "false"
     assert (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()["message_count"] == 0
@@ -208,8 +208,7 @@ async def test_waiting_for_a_running_first_request_is_bounded(impatient_app: Fas
         first = asyncio.create_task(client.post("/v1/test/slow", json={}, headers=_with_key(caller, "slow")))
         await started.wait()
         busy = await client.post("/v1/test/slow", json={}, headers=_with_key(caller, "slow"))
-        assert busy.status_code == 409
-        assert busy.json()["error"]["code"] == "idempotency_key_in_progress"
+        refused(busy, 409, "idempotency_key_in_progress")
         assert busy.headers["x-should-retry"] == "true"
         release.set()
         assert (await first).json() == {"done": True}

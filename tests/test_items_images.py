@@ -1,7 +1,7 @@
 """Images in messages (docs/items.md): Responses `input_image`, Conversations items, Assistants `image_url`
 blocks and Freddy `images`, stored as `image` parts next to the text, replayed to the upstream as chat
 `image_url` parts, refused for a model without the `vision` capability. Real upstream process
-(tests/tool_upstream.py, which records what it was sent), the official `openai` SDK, SQLite and PostgreSQL."""
+(tests/upstream.py, which records what it was sent), the official `openai` SDK, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

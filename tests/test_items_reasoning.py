@@ -1,6 +1,6 @@
 """Reasoning items (docs/items.md): parsed from an upstream's `reasoning_content` (streamed and plain), output
 and streamed with the Responses `response.reasoning_text.*` events, accepted as input and kept as sent, replayed
-only to a model with the `reasoning` capability. Real upstream process (tests/tool_upstream.py: `[think]` makes
+only to a model with the `reasoning` capability. Real upstream process (tests/upstream.py: `[think]` makes
 it reason), the official `openai` SDK with strict validation, SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from threadline.api.app import create_app
 from threadline.config import Settings
 
@@ -67,7 +68,7 @@ async def test_append_and_page_messages(client: httpx.AsyncClient, caller: Calle
     ).json()
     assert [m["id"] for m in before["data"]] == ids[2:4]
     bad = await client.get(url, params={"after": "msg_unknown"}, headers=caller.headers)
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_cursor"
+    refused(bad, 400, "invalid_cursor")
 
     single = await client.get(f"{url}/{ids[0]}", headers=caller.headers)
     assert single.json()["content"] == "Hello"
@@ -129,11 +130,11 @@ async def test_edit_is_audited(client: httpx.AsyncClient, caller: Caller, other_
     assert listed["edit_count"] == 2 and listed["content"] == "second edit"
 
     bad = await client.patch(url, json={"metadata": {"k" * 65: "v"}}, headers=caller.headers)
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "metadata_key_too_long"
+    refused(bad, 400, "metadata_key_too_long")
     missing = await client.patch(
         f"/v1/threads/{tid}/messages/msg_missing", json={"content": "x"}, headers=caller.headers
     )
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "message_not_found"
+    refused(missing, 404, "message_not_found")
     # Neither the message nor its history is visible to another organization.
     assert (await client.get(f"{url}/edits", headers=other_caller.headers)).status_code == 404
 

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
-from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_url, _create_pg_database, _drop_pg_database
 from threadline.storage.engine import create_engine, create_sessionmaker, downgrade, upgrade
 from threadline.storage.repositories.pagination import PageRequest
 from threadline.storage.repositories.search import SearchRepository
 from threadline.storage.repositories.threads import ThreadFilter
 from threadline.storage.tables import Message, Organization, Thread
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of its own (the shared test databases must stay at head)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
-        return
-    request.getfixturevalue("postgresql_url")  # skips (or fails in CI) like every PostgreSQL test
-    name = f"threadline_mig_{uuid.uuid4().hex[:12]}"
-    _create_pg_database(name)
-    yield _asyncpg_url(POSTGRES_ADMIN_URL, name)
-    _drop_pg_database(name)
 
 
 async def _seed_and_search(url: str, *, seed: bool) -> list[str]:
@@ -65,13 +47,14 @@ async def _seed_and_search(url: str, *, seed: bool) -> list[str]:
         await engine.dispose()
 
 
-def test_up_down_up_keeps_search_working(fresh_url: str) -> None:
-    upgrade(fresh_url)
-    assert asyncio.run(_seed_and_search(fresh_url, seed=True)) == ["t1", "t1"]
-    downgrade(fresh_url, "0001")
+def test_up_down_up_keeps_search_working(empty_database_url: str) -> None:
+    # A database of its own: the shared test databases must stay at head.
+    upgrade(empty_database_url)
+    assert asyncio.run(_seed_and_search(empty_database_url, seed=True)) == ["t1", "t1"]
+    downgrade(empty_database_url, "0001")
 
     async def leftovers() -> list[str]:
-        engine = create_engine(fresh_url)
+        engine = create_engine(empty_database_url)
         try:
             async with engine.connect() as conn:
                 if engine.dialect.name == "sqlite":
@@ -83,6 +66,6 @@ def test_up_down_up_keeps_search_working(fresh_url: str) -> None:
             await engine.dispose()
 
     assert asyncio.run(leftovers()) == []
-    upgrade(fresh_url)
+    upgrade(empty_database_url)
     # Rows written before 0002 (or while it was down) are found: the upgrade indexes existing data.
-    assert asyncio.run(_seed_and_search(fresh_url, seed=False)) == ["t1", "t1"]
+    assert asyncio.run(_seed_and_search(empty_database_url, seed=False)) == ["t1", "t1"]

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from openai.types import Model
 
 from tests.conftest import Caller, make_caller, started_app
+from tests.helpers import refused
 from threadline.config import ProviderConfig, Settings
 from threadline.errors import ModelNotFound
 from threadline.providers.openai_compat import OpenAICompatProvider
@@ -154,5 +155,4 @@ async def test_unknown_model_is_404_naming_the_available_ones(
 
 async def test_models_need_a_credential(models_client: httpx.AsyncClient) -> None:
     response = await models_client.get("/v1/models")
-    assert response.status_code == 401
-    assert response.json()["error"]["code"] == "missing_credentials"
+    refused(response, 401, "missing_credentials")

@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from tests.responses_helpers import running_app, sse_events, thread_messages, turn
 from threadline.config import Settings
 from threadline.domain.naming import INSTRUCTION
@@ -124,8 +125,7 @@ async def test_an_answer_without_a_title_is_a_502_and_saves_nothing(
     await client.put(f"/v1/threads/{thread_id}/rename", json={"title": "Kept"}, headers=caller.headers)
     fake.script(Script(reply=reply))
     response = await _name(client, caller, thread_id)
-    assert response.status_code == 502, response.text
-    assert response.json()["error"]["code"] == "generated_name_empty"
+    refused(response, 502, "generated_name_empty")
     assert (await _thread(client, caller, thread_id))["title"] == "Kept"
 
 
@@ -137,8 +137,7 @@ async def test_an_upstream_failure_is_a_502_and_leaves_the_title(
     await client.put(f"/v1/threads/{thread_id}/rename", json={"title": "Kept"}, headers=caller.headers)
     fake.script(Script(reply="A new title", fail=fail))  # type: ignore[arg-type]
     response = await _name(client, caller, thread_id)
-    assert response.status_code == 502, response.text
-    assert response.json()["error"]["code"] == "upstream_error"
+    refused(response, 502, "upstream_error")
     assert (await _thread(client, caller, thread_id))["title"] == "Kept"
     # The naming turn is recorded as failed on its hidden thread, which kept no messages.
     hidden = await _hidden_threads(client, caller)
@@ -198,8 +197,7 @@ async def test_errors_found_before_the_model_answer_as_json_when_streaming(
 ) -> None:
     await client.post("/v1/threads", json={"id": "empty"}, headers=caller.headers)
     response = await _name(client, caller, "empty", stream=True)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "thread_empty"
+    refused(response, 400, "thread_empty")
     assert fake.calls == []
 
 
@@ -228,8 +226,7 @@ async def test_missing_and_other_organizations_threads_are_404(
     calls = len(fake.calls)
     for who, target in ((other_caller, thread_id), (caller, "no-such-thread")):
         response = await _name(client, who, target)
-        assert response.status_code == 404
-        assert response.json()["error"]["code"] == "thread_not_found"
+        refused(response, 404, "thread_not_found")
     assert len(fake.calls) == calls
 
 
@@ -247,8 +244,7 @@ async def test_archived_threads_are_409_and_locked_ones_can_be_named(
     await client.patch(f"/v1/threads/{archived}", json={"state": "archived"}, headers=caller.headers)
     calls = len(fake.calls)
     response = await _name(client, caller, archived)
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "thread_archived"
+    refused(response, 409, "thread_archived")
     assert len(fake.calls) == calls
 
 

@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.conftest import Caller, _empty_all_tables, make_caller, started_app
-from tests.paced_upstream import paced_upstream
+from tests.helpers import refused
 from tests.responses_helpers import registry_with, turn
+from tests.servers import upstream_server
 from threadline import observability
 from threadline.config import ProviderConfig, Settings
 from threadline.domain.clock import utcnow
@@ -123,8 +124,8 @@ async def test_busy_waits_and_refusals_are_counted(
             await ThreadRepository(session).acquire_free_lease(caller.organization_id, "t_busy", "other", expires)
             await session.commit()
         async with other_client:
-            refused = await turn(other_client, caller, "me too", thread="t_busy")
-            assert refused.status_code == 409
+            refusal = await turn(other_client, caller, "me too", thread="t_busy")
+            assert refusal.status_code == 409
             other_samples = await scrape(other_client)
         assert value(other_samples, "threadline_thread_busy_refusals_total", surface="freddy") == 1
 
@@ -157,7 +158,7 @@ async def test_metrics_need_the_token_when_one_is_set(settings: Settings, caller
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as c:
             assert (await c.get("/metrics")).status_code == 401
             wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
-            assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_credentials"
+            refused(wrong, 401, "invalid_credentials")
             assert "threadline_http_requests_total" in (await scrape(c, Authorization="Bearer scrape-me")).__repr__()
 
 
@@ -187,12 +188,11 @@ async def test_health_and_readiness(client: httpx.AsyncClient, app: FastAPI) -> 
 async def test_draining_refuses_new_turns_with_503(app: FastAPI, client: httpx.AsyncClient, caller: Caller) -> None:
     app.state.observer.lifecycle.draining = True
     try:
-        refused = await turn(client, caller, "too late")
+        refusal = await turn(client, caller, "too late")
     finally:
         app.state.observer.lifecycle.draining = False
-    assert refused.status_code == 503
-    assert refused.json()["error"]["code"] == "server_shutting_down"
-    assert refused.headers["x-should-retry"] == "true"
+    refused(refusal, 503, "server_shutting_down")
+    assert refusal.headers["x-should-retry"] == "true"
 
 
 async def test_readiness_fails_until_migrations_reach_head(empty_database_url: str) -> None:
@@ -227,8 +227,8 @@ def _tree(spans: tuple[ReadableSpan, ...]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with paced_upstream(tmp_path_factory.mktemp("upstream") / "upstream.log", tokens=3, pace=0.01) as url:
-        yield url
+    with upstream_server(tmp_path_factory.mktemp("upstream") / "upstream.log", words=3, pace=0.01) as server:
+        yield server.base_url
 
 
 async def test_a_turn_is_traced_request_steps_sql_and_upstream(settings: Settings, upstream: str) -> None:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from openai import AsyncOpenAI
 
 from tests.conftest import Caller, make_caller, started_app
+from tests.helpers import refused
 from tests.openai_sdk import BASE_URL
 from tests.responses_helpers import registry_with, turn
 from threadline.config import Settings
@@ -108,14 +109,13 @@ async def test_requests_per_minute_are_shared_by_every_process_and_reset_with_th
                 seen.append(response.headers["x-ratelimit-remaining-requests"])
             assert seen == ["2", "1", "0"]  # one count across both apps
 
-            refused = await b.get("/v1/threads", headers=caller.headers)
-            assert refused.status_code == 429
-            assert refused.json()["error"]["code"] == "rate_limited"
-            assert refused.json()["error"]["type"] == "rate_limit_error"
-            assert refused.headers["retry-after"] == "50"
-            assert refused.headers["retry-after-ms"] == "50000"
-            assert refused.headers["x-should-retry"] == "true"
-            assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+            refusal = await b.get("/v1/threads", headers=caller.headers)
+            refused(refusal, 429, "rate_limited")
+            assert refusal.json()["error"]["type"] == "rate_limit_error"
+            assert refusal.headers["retry-after"] == "50"
+            assert refusal.headers["retry-after-ms"] == "50000"
+            assert refusal.headers["x-should-retry"] == "true"
+            assert refusal.headers["x-ratelimit-remaining-requests"] == "0"
             # Another credential has its own count.
             assert (await a.get("/v1/threads", headers=other.headers)).status_code == 200
 
@@ -150,11 +150,10 @@ async def test_concurrent_turns_are_limited_per_credential_across_processes(sett
             running = asyncio.create_task(turn(a, caller, "first", thread="t1"))
             await fake.started.wait()
 
-            refused = await turn(b, caller, "second", thread="t2")
-            assert refused.status_code == 429, refused.text
-            assert refused.json()["error"]["code"] == "rate_limited"
-            assert "1 turn at once" in refused.json()["error"]["message"]
-            assert refused.headers["retry-after"] == "1"
+            refusal = await turn(b, caller, "second", thread="t2")
+            refused(refusal, 429, "rate_limited")
+            assert "1 turn at once" in refusal.json()["error"]["message"]
+            assert refusal.headers["retry-after"] == "1"
             # Nothing of the refused turn was kept: no thread t2.
             assert (await b.get("/v1/threads/t2", headers=caller.headers)).status_code == 404
 
@@ -218,9 +217,9 @@ async def test_the_owner_tightens_limits_for_the_organization_but_cannot_lift_th
                 "effective": {"requests_per_minute": None, "concurrent_turns": 5},
             }
             denied = await client.put(path, json={"requests_per_minute": 1}, headers=member.headers)
-            assert denied.status_code == 403 and denied.json()["error"]["code"] == "owner_required"
+            refused(denied, 403, "owner_required")
             foreign = await client.get(path, headers=outsider.headers)
-            assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "organization_forbidden"
+            refused(foreign, 403, "organization_forbidden")
             bad = await client.put(path, json={"requests_per_minute": 0}, headers=owner.headers)
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "requests_per_minute"
 

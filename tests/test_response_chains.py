@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from tests.responses_helpers import prefill, registry_with, running_app, thread_messages, turn
 from tests.test_query_plans import _assert_range_scan, _plan, _Recorder
 from threadline.api.app import create_app
@@ -239,11 +240,10 @@ async def test_the_budget_spans_segments_recent_keeps_the_newest_smart_the_start
         {"thread_id": chain_thread, "first_seq": 10, "last_seq": 10},
     ]
 
-    refused = await turn(
+    refusal = await turn(
         client, caller, "q6", previousResponseId=previous["id"], maxOutputTokens=10, threadContextMode="full"
     )
-    assert refused.status_code == 400
-    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    refused(refusal, 400, "context_length_exceeded")
 
 
 async def test_chain_errors(
@@ -257,22 +257,18 @@ async def test_chain_errors(
     first = await ok(await turn(client, caller, "hello"))
 
     unknown = await turn(client, caller, "x", previousResponseId="resp_nope")
-    assert unknown.status_code == 404
-    assert unknown.json()["error"]["code"] == "previous_response_not_found"
+    refused(unknown, 404, "previous_response_not_found")
     assert unknown.json()["error"]["param"] == "previous_response_id"
     foreign = await turn(client, other_caller, "x", previousResponseId=first["id"])
-    assert foreign.status_code == 404
-    assert foreign.json()["error"]["code"] == "previous_response_not_found"
+    refused(foreign, 404, "previous_response_not_found")
     both = await turn(client, caller, "x", previousResponseId=first["id"], thread="t_both")
-    assert both.status_code == 400
-    assert both.json()["error"]["code"] == "thread_with_previous_response"
+    refused(both, 400, "thread_with_previous_response")
     assert (await client.get("/v1/threads/t_both", headers=caller.headers)).status_code == 404
 
     # A conversation that was deleted cannot be continued.
     await client.delete(f"/v1/threads/{first['thread_id']}", headers=caller.headers)
     deleted = await turn(client, caller, "x", previousResponseId=first["id"])
-    assert deleted.status_code == 404
-    assert deleted.json()["error"]["code"] == "previous_response_not_found"
+    refused(deleted, 404, "previous_response_not_found")
 
     second = await ok(await turn(client, caller, "again"))
     async with maker() as session:
@@ -281,8 +277,7 @@ async def test_chain_errors(
         )
         await session.commit()
     expired = await turn(client, caller, "x", previousResponseId=second["id"])
-    assert expired.status_code == 400
-    assert expired.json()["error"]["code"] == "previous_response_expired"
+    refused(expired, 400, "previous_response_expired")
 
     # Forks are bounded, so a turn's reads stay bounded (one query per segment at most).
     monkeypatch.setattr(turn_start, "MAX_CHAIN_SEGMENTS", 3)
@@ -295,8 +290,7 @@ async def test_chain_errors(
     assert appended.status_code == 200  # appending to the latest turn adds no segment
     threads_before = await count_rows(maker, Thread)
     fork = await turn(client, caller, "s5", previousResponseId=link["id"])
-    assert fork.status_code == 400
-    assert fork.json()["error"]["code"] == "previous_response_chain_too_deep"
+    refused(fork, 400, "previous_response_chain_too_deep")
     assert await count_rows(maker, Thread) == threads_before  # the refused fork left no thread behind
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from tests.responses_helpers import prefill, running_app, thread_messages, turn, user
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -68,8 +69,7 @@ async def test_get_response_is_scoped_to_the_organization(
 ) -> None:
     body = (await turn(client, caller, "hi")).json()
     response = await client.get(f"/v1/model/response/{body['id']}", headers=other_caller.headers)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "response_not_found"
+    refused(response, 404, "response_not_found")
 
 
 async def test_thread_id_string_is_created_then_continued_with_history(
@@ -116,13 +116,11 @@ async def test_thread_state_locks_after_the_turn_and_locked_threads_refuse_turns
     assert response.status_code == 200, response.text
     thread = (await client.get("/v1/threads/t_lock", headers=caller.headers)).json()
     assert thread["state"] == "locked" and thread["message_count"] == 2
-    refused = await turn(client, caller, "more", thread="t_lock")
-    assert refused.status_code == 409
-    assert refused.json()["error"]["code"] == "thread_locked"
+    refusal = await turn(client, caller, "more", thread="t_lock")
+    refused(refusal, 409, "thread_locked")
     await client.patch("/v1/threads/t_lock", json={"state": "archived"}, headers=caller.headers)
-    refused = await turn(client, caller, "more", thread="t_lock")
-    assert refused.status_code == 409
-    assert refused.json()["error"]["code"] == "thread_archived"
+    refusal = await turn(client, caller, "more", thread="t_lock")
+    refused(refusal, 409, "thread_archived")
 
 
 async def test_previous_response_id_chains_without_copying_history(
@@ -149,11 +147,9 @@ async def test_previous_response_id_chains_without_copying_history(
     assert [r.thread_id for r in rows] == [first["thread_id"], body["thread_id"], body["thread_id"]]
 
     both = await turn(client, caller, "x", previousResponseId=first["id"], thread="t1")
-    assert both.status_code == 400
-    assert both.json()["error"]["code"] == "thread_with_previous_response"
+    refused(both, 400, "thread_with_previous_response")
     missing = await turn(client, caller, "x", previousResponseId="resp_nope")
-    assert missing.status_code == 404
-    assert missing.json()["error"]["code"] == "previous_response_not_found"
+    refused(missing, 404, "previous_response_not_found")
 
 
 async def test_previous_response_older_than_the_chain_window_is_refused(
@@ -166,8 +162,7 @@ async def test_previous_response_older_than_the_chain_window_is_refused(
         )
         await session.commit()
     response = await turn(client, caller, "more", previousResponseId=first["id"])
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "previous_response_expired"
+    refused(response, 400, "previous_response_expired")
 
 
 async def test_unknown_model_names_the_available_ones(client: httpx.AsyncClient, caller: Caller) -> None:
@@ -250,12 +245,10 @@ async def test_context_window_keeps_recent_messages_and_full_mode_refuses(
     assert report["seq_ranges"] == [[3, 6]]
     assert fake.calls[-1][0].content == "seven eight nine ten"
 
-    refused = await turn(client, caller, "all", thread="t_ctx", maxOutputTokens=10, threadContextMode="full")
-    assert refused.status_code == 400
-    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    refusal = await turn(client, caller, "all", thread="t_ctx", maxOutputTokens=10, threadContextMode="full")
+    refused(refusal, 400, "context_length_exceeded")
     too_big = await turn(client, caller, " ".join(["w"] * 60), thread="t_ctx")
-    assert too_big.status_code == 400
-    assert too_big.json()["error"]["code"] == "context_length_exceeded"
+    refused(too_big, 400, "context_length_exceeded")
     thread = (await client.get("/v1/threads/t_ctx", headers=caller.headers)).json()
     assert thread["message_count"] == 8 and thread["status"] == "inactive"
 

@@ -1,5 +1,5 @@
 """`POST /v1/responses` never drops a field silently (docs/compatibility.md): structured output, sampling and the
-reasoning effort reach a real upstream process (tests/tool_upstream.py) and are echoed as used; what Threadline
+reasoning effort reach a real upstream process (tests/upstream.py) and are echoed as used; what Threadline
 cannot honour is a 400 naming the field. Real `openai` SDK (strict validation), SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -14,7 +13,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from tests.conftest import Caller
+from tests.helpers import refused
 from tests.responses_helpers import registry_with, running_app, sse_events, thread_messages, turn
+from tests.servers import free_port
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -63,12 +64,10 @@ async def test_upstream_failures_leave_the_thread_as_it_was(
     fake.script(Script(fail="before"), Script(fail="mid", fail_after_tokens=1, error=UpstreamTimeout))
 
     failed = await turn(client, caller, "second", thread="t_fail")
-    assert failed.status_code == 502
-    assert failed.json()["error"]["code"] == "upstream_error"
+    refused(failed, 502, "upstream_error")
     assert failed.headers["x-should-retry"] == "true"
     cut = await turn(client, caller, "third", thread="t_fail")
-    assert cut.status_code == 504
-    assert cut.json()["error"]["code"] == "upstream_timeout"
+    refused(cut, 504, "upstream_timeout")
 
     assert [m["content"] for m in await thread_messages(client, caller, "t_fail")] == ["first", "echo: first"]
     thread = (await client.get("/v1/threads/t_fail", headers=caller.headers)).json()
@@ -216,10 +215,9 @@ async def test_busy_thread_answers_409_after_the_wait(
             slow = asyncio.create_task(turn(slow_client, caller, "long one", thread="t_busy"))
             await asyncio.wait_for(fake.started.wait(), timeout=10)
             assert (await thread_row(app, "t_busy")).status == "streaming"
-            refused = await turn(fast_client, caller, "me too", thread="t_busy")
-            assert refused.status_code == 409
-            assert refused.json()["error"]["code"] == "thread_busy"
-            assert refused.headers["x-should-retry"] == "true"
+            refusal = await turn(fast_client, caller, "me too", thread="t_busy")
+            refused(refusal, 409, "thread_busy")
+            assert refusal.headers["x-should-retry"] == "true"
             assert (await slow).status_code == 200
 
 
@@ -266,9 +264,7 @@ async def test_a_real_client_disconnect_mid_stream_frees_the_thread(
     caller: Caller, fake: FakeProvider, app: FastAPI
 ) -> None:
     """Over real HTTP (uvicorn on a socket): the client hangs up after the first delta."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error"))
     serving = asyncio.create_task(server.serve())
     fake.script(Script(reply=" ".join(["word"] * 200), delay_per_token=0.02))
@@ -322,7 +318,6 @@ async def test_a_silent_model_times_out_and_frees_the_thread(
         httpx.AsyncClient(transport=transport, base_url="http://t") as hurried_client,
     ):
         response = await turn(hurried_client, caller, "anyone?", thread="t_silent")
-        assert response.status_code == 504
-        assert response.json()["error"]["code"] == "upstream_timeout"
+        refused(response, 504, "upstream_timeout")
         thread = (await hurried_client.get("/v1/threads/t_silent", headers=caller.headers)).json()
     assert thread["status"] == "inactive" and thread["message_count"] == 0

@@ -1,5 +1,5 @@
 """The Responses API over one WebSocket (`client.responses.connect()` of the real `openai` SDK) against a real
-`threadline serve` process, its model a real upstream process (tests/tool_upstream.py), on SQLite and PostgreSQL:
+`threadline serve` process, its model a real upstream process (tests/upstream.py), on SQLite and PostgreSQL:
 the same events as the SSE stream, continuation within the socket, errors as error events, auth as on HTTP."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from openai import AsyncOpenAI
 from openai.resources.responses.responses import AsyncResponsesConnection
 
 from tests.conftest import make_caller, started_app
-from tests.paced_upstream import paced_upstream
-from tests.servers import free_port, running, serve_command, threadline_env
+from tests.servers import free_port, running, serve_command, threadline_env, upstream_server
 from tests.tool_helpers import WEATHER_TOOL, tool_settings
 from threadline.config import ProviderConfig, Settings
 
@@ -145,12 +144,12 @@ async def test_a_socket_closed_mid_response_leaves_the_conversation_as_it_was(
     database_url: str, tmp_path: Path
 ) -> None:
     """The turn of a socket that goes away fails and frees its thread; the conversation gains nothing from it."""
-    with paced_upstream(tmp_path / "upstream.log", tokens=200, pace=0.02) as upstream:
+    with upstream_server(tmp_path / "upstream.log", words=200, pace=0.02) as upstream:
         settings = Settings(
             database_url=database_url,
             local_model_enabled=False,
             retention_enabled=False,
-            providers=[ProviderConfig(name="paced", base_url=upstream, models=["paced"])],
+            providers=[ProviderConfig(name="paced", base_url=upstream.base_url, models=["paced"])],
         )
         async with served(settings, "paced", tmp_path / "server.log") as oa:
             conversation = await oa.conversations.create(items=[{"role": "user", "content": "before"}])

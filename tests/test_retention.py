@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import Caller, _empty_all_tables, make_caller, started_app
+from tests.helpers import refused
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -330,8 +331,7 @@ async def test_thread_full_names_the_limit(database_url: str) -> None:
                 for text in ("one", "two"):
                     assert (await client.post(url, json={"content": text}, headers=caller.headers)).status_code == 200
                 full = await client.post(url, json={"content": "three"}, headers=caller.headers)
-                assert full.status_code == 409
-                assert full.json()["error"]["code"] == "thread_full"
+                refused(full, 409, "thread_full")
                 assert "the limit is 2 per thread" in full.json()["error"]["message"]
                 thread = (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()
                 assert thread["message_count"] == 2

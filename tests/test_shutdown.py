@@ -22,25 +22,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.paced_upstream import paced_upstream
-from tests.servers import free_port, running, threadline_env
+from tests.helpers import refused
+from tests.servers import create_key, free_port, running, threadline_env, upstream_server
 from threadline.storage.engine import create_engine
 from threadline.storage.tables import Response, Thread
 
 SECRET_TEXT = "the-secret-ingredient-is-cardamom"
-
-
-def _create_key(env: dict[str, str], cwd: Path) -> str:
-    created = subprocess.run(
-        [sys.executable, "-m", "threadline", "keys", "create", "--org", "acme", "--email", "ops@acme.test"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return created.stdout.strip().splitlines()[-1]
 
 
 class StreamReader(threading.Thread):
@@ -116,9 +103,9 @@ def _readyz_status(base_url: str) -> int | None:
 
 
 def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, tmp_path: Path) -> None:
-    with paced_upstream(tmp_path / "upstream.log", tokens=50, pace=0.1) as upstream:
-        env = _env(empty_database_url, upstream, grace=60)
-        key = _create_key(env, tmp_path)
+    with upstream_server(tmp_path / "upstream.log", words=50, pace=0.1) as upstream:
+        env = _env(empty_database_url, upstream.base_url, grace=60)
+        key = create_key(env, tmp_path)
         log = tmp_path / "server.log"
         with served(env, log) as (base_url, process):
             reader = StreamReader(base_url, key, "t_finishes")
@@ -129,13 +116,13 @@ def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, 
 
             process.send_signal(signal.SIGTERM)
             _until(lambda: _readyz_status(base_url) == 503, "readiness going 503")
-            refused = httpx.post(
+            refusal = httpx.post(
                 f"{base_url}/v1/model/response",
                 json={"inputs": [{"role": "user", "texts": [{"text": "one more"}]}]},
                 headers={"X-API-Key": key},
                 timeout=10,
             )
-            assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_shutting_down"
+            refused(refusal, 503, "server_shutting_down")
             reader.join(60)
             assert reader.events[-1] == "response.completed", reader.events[-3:]
             assert process.wait(60) is not None
@@ -155,9 +142,9 @@ def test_sigterm_lets_a_stream_within_the_grace_finish(empty_database_url: str, 
 
 
 def test_sigterm_past_the_grace_settles_the_turn_failed(empty_database_url: str, tmp_path: Path) -> None:
-    with paced_upstream(tmp_path / "upstream.log", tokens=200, pace=0.1) as upstream:
-        env = _env(empty_database_url, upstream, grace=0.5)
-        key = _create_key(env, tmp_path)
+    with upstream_server(tmp_path / "upstream.log", words=200, pace=0.1) as upstream:
+        env = _env(empty_database_url, upstream.base_url, grace=0.5)
+        key = create_key(env, tmp_path)
         with served(env, tmp_path / "server.log") as (base_url, process):
             reader = StreamReader(base_url, key, "t_cut")
             reader.start()

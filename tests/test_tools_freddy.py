@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import make_caller
+from tests.helpers import refused
 from tests.responses_helpers import sse_events
 from tests.tool_helpers import WEATHER_TOOL, last_request_with
 
@@ -71,9 +72,9 @@ async def test_a_freddy_tool_loop_plain_and_streamed(tool_app: FastAPI, tool_ups
             "function_call",
         ]
 
-        refused = await client.post(
+        refusal = await client.post(
             "/v1/model/response",
             json={"model": "plain-model", "inputs": [USER], "tools": [WEATHER_TOOL]},
             headers=caller.headers,
         )
-        assert refused.status_code == 400 and refused.json()["error"]["code"] == "tools_not_supported"
+        refused(refusal, 400, "tools_not_supported")

@@ -1,5 +1,5 @@
 """Function tools on the Responses and Conversations APIs through the official `openai` SDK (strict validation),
-on SQLite and PostgreSQL, against a real tool-calling upstream process (tests/tool_upstream.py)."""
+on SQLite and PostgreSQL, against a real tool-calling upstream process (tests/upstream.py)."""
 
 from __future__ import annotations
 

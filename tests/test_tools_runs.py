@@ -1,5 +1,5 @@
 """Assistants v2 runs with function tools through the official `openai` SDK (strict validation), on SQLite and
-PostgreSQL, against the real tool-calling upstream process (tests/tool_upstream.py): a run whose model calls
+PostgreSQL, against the real tool-calling upstream process (tests/upstream.py): a run whose model calls
 functions waits in `requires_action` holding no lease, `submit_tool_outputs` continues the same run."""
 
 from __future__ import annotations

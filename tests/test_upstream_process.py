@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import make_caller, started_app
+from tests.helpers import refused
 from tests.servers import REPO_SRC, free_port, running
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
@@ -109,7 +110,7 @@ async def test_v1_models_of_an_app_configured_by_toml(toml_app: FastAPI) -> None
     assert by_id["smollm2-135m-instruct"]["context_window"] == 8192
     assert all(m["object"] == "model" and isinstance(m["created"], int) for m in body["data"])
     assert one.status_code == 200 and one.json()["context_window"] == 64000
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    refused(missing, 404, "model_not_found")
     assert "gpt-4.1" in missing.json()["error"]["message"]
 
     # The registry the app built streams from the real upstream for the default model.

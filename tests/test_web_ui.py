@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import refused
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.web.routes import STATIC_DIR
@@ -94,8 +95,7 @@ async def test_ui_redirects_to_root_and_api_routes_still_win(ui: httpx.AsyncClie
     assert response.headers["location"] == "/"
     # The page is served at "/" only: other paths stay the API's (JSON 404s, the OpenAPI document).
     response = await ui.get("/v1/nope")
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "route_not_found"
+    refused(response, 404, "route_not_found")
     assert (await ui.get("/openapi.json")).json()["info"]["title"] == "Threadline"
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.conftest import needs
 from tests.servers import free_port, threadline_env, threadline_serve
 
 if TYPE_CHECKING:  # Playwright is imported at run time only once the browser is known to be there
@@ -42,6 +43,7 @@ TIMEOUT_MS = 15_000
 
 
 def _require_browser() -> None:
+    needs("browser")
     reason = None
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is absent (install Debian's `chromium`, or run scripts/ensure-chromium)"

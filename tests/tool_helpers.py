@@ -1,24 +1,18 @@
-"""Shared pieces of the function-tool tests: the tool-emitting upstream process (tests/tool_upstream.py) and an
-app whose models are served by it: `tool-model` calls tools, `plain-model` (same upstream) is configured
-without the `tools` capability."""
+"""Shared pieces of the function-tool tests: the upstream process (tests/upstream.py, which calls the tools it is
+offered) for the whole session, and an app whose models it serves: `tool-model` calls tools, `plain-model` (same
+upstream) is configured without the `tools` capability. A pytest plugin of tests/conftest.py."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
 from tests.conftest import started_app
-from tests.servers import REPO_SRC, free_port, running
+from tests.servers import Upstream, upstream_server
 from threadline.config import Capability, ProviderConfig, Settings
-
-TOOL_UPSTREAM = Path(__file__).resolve().parent / "tool_upstream.py"
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -42,14 +36,9 @@ TIME_TOOL: dict[str, Any] = {
 
 @pytest.fixture(scope="session")
 def tool_upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The tool upstream on a free port, until the session ends."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    log = tmp_path_factory.mktemp("tool-upstream") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_SRC)}
-    command = [sys.executable, str(TOOL_UPSTREAM), "--port", str(port)]
-    with running(command, ready_url=f"{base_url}/models", log=log, env=env):
-        yield base_url
+    """The upstream's base URL (…/v1), recording the requests, until the session ends."""
+    with upstream_server(tmp_path_factory.mktemp("tool-upstream") / "server.log", record=True) as upstream:
+        yield upstream.base_url
 
 
 def tool_settings(database_url: str, upstream_url: str, *, capable: Capability | None = None) -> Settings:
@@ -87,15 +76,9 @@ async def tool_app(database_url: str, tool_upstream_url: str) -> AsyncIterator[F
         yield application
 
 
-def upstream_requests(upstream_url: str) -> list[dict[str, Any]]:
-    """Every request body the tool upstream received so far."""
-    received: list[dict[str, Any]] = httpx.get(upstream_url.removesuffix("/v1") + "/requests").json()
-    return received
-
-
 def last_request_with(upstream_url: str, marker: str) -> dict[str, Any]:
     """The newest request whose messages mention `marker` (the upstream is shared by the whole session)."""
-    for body in reversed(upstream_requests(upstream_url)):
+    for body in reversed(Upstream(upstream_url.removesuffix("/v1")).requests()):
         if any(marker in str(m.get("content")) for m in body.get("messages", [])):
             return body
     raise AssertionError(f"no upstream request mentions {marker!r}")

@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./threadline.db"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    environment: Literal["development", "production"] = "development"
 
     # Models
     default_model: str | None = None
@@ -177,10 +176,6 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @classmethod
     def settings_customise_sources(

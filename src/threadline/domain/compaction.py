@@ -27,8 +27,6 @@ TRANSCRIPT_HEADER = "Summarise this conversation:\n\n"
 EARLIER_SUMMARY_LABEL = "Summary of what came before"
 # How the answering model sees a summary: a system message that says what it is.
 SUMMARY_FRAME = "Summary of the earlier conversation (it replaces the messages before this point):\n"
-# The summary's own token budget when nothing else is asked (a summary must stay well inside a window).
-DEFAULT_SUMMARY_TOKENS = 512
 # Below this, a summary cannot keep much: a compaction is refused rather than written this short.
 MIN_SUMMARY_TOKENS = 32
 

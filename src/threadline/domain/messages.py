@@ -17,8 +17,6 @@ from threadline.errors import ValidationFailed
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
-# The role stored with a function_call_output (never a message's role).
-TOOL_ROLE = "tool"
 ItemRole = Literal["system", "user", "assistant", "tool"]
 # A `compaction` item (role `system`, `content` = its summary) stands for the items before it (docs/compaction.md);
 # the payload of each type is in docs/items.md.

@@ -14,7 +14,7 @@ from threadline.storage.tables import Base
 target_metadata = Base.metadata
 
 
-def _include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def _include_object(_obj: Any, name: str | None, _type: str, _reflected: bool, _compare_to: Any) -> bool:
     return not is_full_text_object(name)
 
 

@@ -44,10 +44,6 @@ class IdentityRepository:
         self.session.add_all(rows)
         await self.session.flush()
 
-    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        query = sa.select(ApiKey).where(ApiKey.key_hash == key_hash)
-        return (await self.session.execute(query)).scalar_one_or_none()
-
     async def api_key_with_user(self, key_hash: str) -> tuple[ApiKey, User, Organization] | None:
         """The key, its user and its organization, only while the user is still a member of the key's organization.
 
