@@ -13,6 +13,7 @@ from threadline.providers.tokenizers import (
     bpe_encoding,
     encoding_for_model,
     make_tokenizer,
+    needs_loading,
     tokenizer_name_for,
 )
 
@@ -140,3 +141,13 @@ def test_llama_message_counts_match_the_chat_template_exactly(smollm_vocab: Llam
     counted = sum(message_token_count(tokenizer, role, content) for role, content in conversation)
     assert reply_overhead(tokenizer) == 4  # <|im_start|> ass istant \n
     assert counted + reply_overhead(tokenizer) == exact
+
+
+def test_a_tokenizer_loads_its_tables_on_first_use() -> None:
+    """An idle server holds no BPE tables (~140 MB for o200k): they load on the first count, and the turn engine
+    loads them off the event loop before a model's first turn (`needs_loading`)."""
+    tokenizer = BpeTokenizer("o200k")
+    assert not tokenizer.loaded and needs_loading(tokenizer)
+    assert tokenizer.count("hello world") == 2
+    assert tokenizer.loaded and not needs_loading(tokenizer)
+    assert not needs_loading(EstimateTokenizer())

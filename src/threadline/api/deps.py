@@ -1,4 +1,8 @@
-"""Request-scoped dependencies: settings, the database session (the request owns the transaction), the caller."""
+"""Request-scoped dependencies: settings, the database session (the request owns the transaction), the caller.
+
+Every dependency is `async def`, even when it awaits nothing: FastAPI runs a plain `def` one in a worker thread,
+a thread hop that costs more than the function.
+"""
 
 from __future__ import annotations
 
@@ -20,19 +24,20 @@ from threadline.services.response_streams import StreamHub
 from threadline.turns.engine import TurnEngine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     return maker
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the route returns, rolled back on any error."""
-    async with get_sessionmaker(request)() as session:
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with maker() as session:
         try:
             yield session
             await session.commit()
@@ -41,24 +46,24 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-def get_models(request: Request) -> ModelRegistry:
+async def get_models(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.models
     return registry
 
 
-def get_webhook_http(request: Request) -> httpx.AsyncClient:
+async def get_webhook_http(request: Request) -> httpx.AsyncClient:
     """The client webhook deliveries go through (services/webhook_delivery.py)."""
     client: httpx.AsyncClient = request.app.state.webhook_http
     return client
 
 
-def get_stream_hub(request: Request) -> StreamHub:
+async def get_stream_hub(request: Request) -> StreamHub:
     """The process's live signals about responses (resumable streams, cancels; docs/streams.md)."""
     hub: StreamHub = request.app.state.streams
     return hub
 
 
-def get_turns(request: Request) -> TurnEngine:
+async def get_turns(request: Request) -> TurnEngine:
     """The turn engine the app built at start-up."""
     engine: TurnEngine = request.app.state.turns
     return engine
@@ -124,7 +129,7 @@ TurnPrincipalDep = PrincipalDep
 OrganizationQuery = Annotated[str | None, Query(max_length=64)]
 
 
-def get_query_organization(principal: PrincipalDep, organization_id: OrganizationQuery = None) -> str:
+async def get_query_organization(principal: PrincipalDep, organization_id: OrganizationQuery = None) -> str:
     organization = principal.organization(organization_id)
     note_organization(organization)
     return organization

@@ -49,13 +49,23 @@ class BpeTokenizer:
         if name not in ENCODINGS:
             raise ValueError(f"unknown encoding {name!r}: use one of {', '.join(ENCODINGS)}")
         self.name = name
-        # Built here, not on the first count: providers are built at start (off the event loop), requests count.
+        # Loaded on first use, not at start: an idle server does not hold the tables (~140 MB for o200k). The turn
+        # engine loads them off the event loop before a model's first turn (`needs_loading`).
+        self._encoding: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoding is not None
+
+    def load(self) -> None:
         with _encoding_lock:
-            self._encoding = bpe_encoding(name)
+            self._encoding = bpe_encoding(self.name)
 
     def count(self, text: str) -> int:
         if not text:
             return 0
+        if self._encoding is None:
+            self.load()
         encoding = self._encoding
         # encode_ordinary: text that looks like "<|endoftext|>" is ordinary text in a message, never a special token.
         return len(encoding.encode_ordinary(text))
@@ -87,6 +97,11 @@ def tokenizer_name_for(model: str, configured: str | None = None) -> str:
             raise ValueError(f"tokenizer {configured!r}: use one of {', '.join(TOKENIZER_CHOICES)}")
         return configured
     return encoding_for_model(model) or "estimate"
+
+
+def needs_loading(tokenizer: object) -> bool:
+    """Whether counting with `tokenizer` would first load its tables (about a second: do it off the event loop)."""
+    return isinstance(tokenizer, BpeTokenizer) and not tokenizer.loaded
 
 
 def make_tokenizer(name: str) -> BpeTokenizer | EstimateTokenizer:

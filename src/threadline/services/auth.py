@@ -220,13 +220,13 @@ async def authenticate(session: AsyncSession, credential: str | None) -> Princip
         return Principal(
             user.id, user.email, tuple(o.id for o in orgs), "user_token", token.id, tuple(_limits(o) for o in orgs)
         )
-    found = await repo.api_key_with_user(digest)  # None also when the user left the key's organization
-    if found is None or found[0].revoked_at is not None:
+    grant = await repo.api_key_grant(digest)  # None also when the user left the key's organization
+    if grant is None or grant.revoked_at is not None:
         raise AuthenticationFailed("The API key is invalid or revoked.")
-    key, user, organization = found
-    if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
-        await repo.touch_api_key(key, now)
-    return Principal(user.id, user.email, (key.organization_id,), "api_key", key.id, (_limits(organization),))
+    if grant.last_used_at is None or now - grant.last_used_at > _TOUCH_INTERVAL:
+        await repo.touch_api_key(grant.organization_id, grant.key_id, now)
+    limits = Limits(grant.requests_per_minute, grant.concurrent_turns)
+    return Principal(grant.user_id, grant.email, (grant.organization_id,), "api_key", grant.key_id, (limits,))
 
 
 def _limits(organization: Organization) -> Limits:

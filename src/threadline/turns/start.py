@@ -28,6 +28,7 @@ from threadline.domain.turns import IN_PROGRESS
 from threadline.errors import (
     AlreadyExists,
     InvalidRequest,
+    ModelNotFound,
     NotFound,
     ResponseNotQueued,
     ServiceUnavailable,
@@ -37,6 +38,7 @@ from threadline.errors import (
 from threadline.ids import new_id, sibling_id
 from threadline.providers.base import GenerationParams, ModelInfo, Provider, Tokenizer
 from threadline.providers.registry import ModelRegistry
+from threadline.providers.tokenizers import needs_loading
 from threadline.services import rate_limits, waiting_runs
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
@@ -88,6 +90,7 @@ class TurnStarter:
         if request.run is not None:
             request = await self._check_run(request, request.run)
         validate(request, self.models)
+        await self._load_tokenizer(request.model)
         if observability.current().draining:
             raise ServiceUnavailable("This server is shutting down and starts no new turns; retry the request.")
         slot = await rate_limits.acquire_turn_slot(self.maker, self.settings, principal)
@@ -100,6 +103,18 @@ class TurnStarter:
             raise
         turn.slot = slot
         return turn
+
+    async def _load_tokenizer(self, model: str | None) -> None:
+        """Tokenizers load on first use (an idle server stays small): the first turn of a model loads its tables
+        here, off the event loop and before any transaction. (A model named only by an assistant loads on its
+        first count instead.)"""
+        try:
+            provider, info = self.models.resolve(model)
+        except ModelNotFound:
+            return  # no default model: the assistant names it (and the start says so if it does not)
+        tokenizer = provider.tokenizer(info.name)
+        if needs_loading(tokenizer):
+            await asyncio.to_thread(tokenizer.count, "load")
 
     async def _check_run(self, request: TurnRequest, run: RunOptions) -> TurnRequest:
         """A run needs an existing thread (a turn would create a missing one) and an assistant of the
