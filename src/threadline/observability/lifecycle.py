@@ -2,7 +2,7 @@
 
 Readiness turns 503 and no new turn starts; the requests already running (turns, streams) get up to a grace period
 to finish; whatever still runs then is cancelled, which settles its turn as failed and releases its thread's lease
-(services/turns.py), so no thread is left `streaming`.
+(turns/run.py, turns/save.py), so no thread is left `streaming`.
 """
 
 from __future__ import annotations
