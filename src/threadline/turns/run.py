@@ -88,7 +88,8 @@ class TurnRunner:
         settled = False
         watch = observability.current()
         recorder = watch.turn(turn.info.name)
-        heartbeat = asyncio.create_task(self._heartbeat(turn))
+        beating = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(turn, beating))
         # A turn that compacts first writes its summary inside this stream (turns/compaction.py).
         stream: AsyncIterator[StreamEvent | compaction.Ready] = (
             compaction.stream(turn)
@@ -112,16 +113,16 @@ class TurnRunner:
                 error = exc
                 model_call.set_status(trace.StatusCode.ERROR, exc.code)
             _end(model_call)
-            heartbeat.cancel()
+            await _stop(heartbeat, beating)
             record, error = await self._settle(turn, answer, error, recorder)
             settled = True
             # Freed before the last event: a consumer that stops reading at TurnDone does not keep the slot.
             await self._release_slot(turn)
             yield TurnDone(record, error)
         finally:
-            heartbeat.cancel()
             _end(model_call)
             with anyio.CancelScope(shield=True):
+                await _stop(heartbeat, beating)
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     with contextlib.suppress(Exception):
@@ -223,11 +224,16 @@ class TurnRunner:
             # Not given back, it still expires with the lease time: the credential gets it back then.
             logger.warning("could not release a turn slot of thread %s", turn.thread_id, exc_info=True)
 
-    async def _heartbeat(self, turn: Turn) -> None:
-        """Keep the lease alive while the model generates, so only a dead process lets it expire."""
+    async def _heartbeat(self, turn: Turn, stopped: asyncio.Event) -> None:
+        """Keep the lease alive while the model generates, so only a dead process lets it expire. It ends when
+        `stopped` is set, between beats: a beat is never cut off inside its transaction (a cancelled SQLite write
+        can leave its connection holding the database's write lock)."""
         seconds = self.settings.thread_lease_seconds
         while True:
-            await asyncio.sleep(seconds / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), seconds / 3)
+            if stopped.is_set():
+                return
             try:
                 async with self.maker() as session:
                     expires_at = utcnow() + timedelta(seconds=seconds)
@@ -240,6 +246,12 @@ class TurnRunner:
             except Exception:
                 # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.
                 logger.warning("lease heartbeat failed for thread %s", turn.thread_id, exc_info=True)
+
+
+async def _stop(heartbeat: asyncio.Task[None], stopped: asyncio.Event) -> None:
+    """End the heartbeat and wait for it: a beat under way finishes its transaction first."""
+    stopped.set()
+    await asyncio.wait([heartbeat])  # (its own outcome is not raised here: it logs its failures itself)
 
 
 def _end(span: trace.Span) -> None:
