@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -193,12 +192,22 @@ class Listener:
         await self.close()
         url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
         connection = await asyncpg.connect(url, timeout=10)
-        await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
+        try:
+            await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
+        except BaseException:
+            connection.terminate()  # failed or cancelled (shutdown): never left to the garbage collector
+            raise
         self._connection = connection
         return True
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close(timeout=5)
+        if connection is None:
+            return
+        try:
+            await connection.close(timeout=5)
+        except Exception:
+            connection.terminate()
+        except BaseException:
+            connection.terminate()  # cancelled mid-close (shutdown): drop it now, not in __del__
+            raise
