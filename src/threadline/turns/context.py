@@ -54,22 +54,25 @@ class _Counter:
         return self.fresh[row.id]
 
     def history(self, rows: Sequence[ContextRow], thread_id: str) -> list[HistoryMessage]:
+        # Runs for every row a turn reads: the plain text message (no payload, counted already) is the fast path.
         out = []
+        name = self.name
         for row in rows:
             if row.type == "compaction":
                 continue  # only the newest one counts, and it is read on its own (services/summaries.py)
-            tokens = self.tokens(row)
+            tokens = row.token_count if row.token_count is not None and row.tokenizer == name else self.tokens(row)
+            payload = row.payload
             out.append(
                 HistoryMessage(
-                    seq=row.seq,
-                    role=row.role,
-                    content=row.content,
-                    tokens=tokens,
-                    thread_id=thread_id,
-                    type=row.type,
-                    call_id=row.call_id,
-                    name=_name(row),
-                    parts=parts_of(row.payload),
+                    row.role,
+                    row.content,
+                    tokens,
+                    row.seq,
+                    row.type,
+                    row.call_id,
+                    _name(row) if payload else None,
+                    parts_of(payload) if payload else None,
+                    thread_id,
                 )
             )
         return out
@@ -115,7 +118,7 @@ class _PathReader:
                 if used > budget:
                     return _oldest_first(chunks), False
                 before = rows[0].seq
-                page = min(page * 2, MAX_PAGE)
+                page = _next_page(budget - used, used, sum(len(c) for c in chunks))
             if used > budget and index < last:
                 return _oldest_first(chunks), False
         return _oldest_first(chunks), True
@@ -178,6 +181,13 @@ class _PathReader:
     def total(self) -> int:
         """Live messages in the conversation: counted where read whole, else from the thread rows."""
         return sum(self.whole.get(i, s.estimated_count()) for i, s in enumerate(self.segments))
+
+
+def _next_page(left: int, used: int, read: int) -> int:
+    """Enough rows to fill what is `left` of the budget at the average size read so far (plus a few), so the last
+    page over-reads by little rather than by up to half."""
+    average = max(used / max(read, 1), 1.0)
+    return max(16, min(int(left / average * 1.2) + 8, MAX_PAGE))
 
 
 def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[HistoryMessage]:
