@@ -28,7 +28,6 @@ from threadline.errors import ContextLengthExceeded
 from threadline.services import summaries
 from threadline.services.conversation import Segment
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
-from threadline.storage.tables import Thread
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
@@ -197,7 +196,7 @@ def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[Histo
 
 async def plan_context(
     session: AsyncSession,
-    thread: Thread,
+    organization_id: str,
     *,
     segments: Sequence[Segment],
     tokenizer: TokenCounter,
@@ -210,22 +209,25 @@ async def plan_context(
     full_limit: int,
     priming_tokens: int,
     last_messages: int | None = None,
+    summarized: bool = True,
 ) -> tuple[ContextPlan, list[str] | None]:
     """Read what the turn needs of the conversation `segments` (from `conversation_path`) and choose the prompt;
     stores newly computed token counts. Also returns the calls still waiting for their output when the history
     read shows them (it reached a message or the conversation's start), else None (`pending_calls` finds them).
 
     `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
-    included: only the newest `last_messages - len(inputs)` history messages are candidates."""
+    included: only the newest `last_messages - len(inputs)` history messages are candidates. `summarized=False`
+    says the conversation holds no compaction item (the start knows it from the lease's statement): no lookup."""
     budget = history_budget(
         window, max_output_tokens, sum(m.tokens for m in pinned), sum(m.tokens for m in inputs), priming_tokens
     )
     repo = MessageRepository(session)
     counter = _Counter(tokenizer, tokenizer_name)
-    org = thread.organization_id
+    org = organization_id
     # The context starts from the newest compaction item (docs/compaction.md); an Assistants run's message cap
     # counts messages, so it sees none.
-    summary = await summaries.newest_summary(repo, org, segments, counter.tokens) if last_messages is None else None
+    look = summarized and last_messages is None
+    summary = await summaries.newest_summary(repo, org, segments, counter.tokens) if look else None
     fallback = None
     if summary is not None and summary.tokens > budget:
         summary, fallback = None, "summary_too_large"
@@ -272,5 +274,5 @@ async def plan_context(
         after_summary=after_summary,
         compaction_fallback=fallback,
     )
-    await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
+    await repo.store_token_counts(org, sorted(counter.fresh.items()), tokenizer_name)
     return plan, pending
