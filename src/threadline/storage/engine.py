@@ -43,6 +43,16 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             # with "database is locked" when it upgrades a read transaction.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def _cancelled_is_no_disconnect(context: Any) -> None:
+            # A task cancelled while its statement runs: SQLAlchemy would close the connection as if it were lost,
+            # leaving the statement's cursor open (its traceback holds it), so SQLite keeps the connection as a
+            # "zombie" with its transaction and the write lock until that exception is freed ("database is locked"
+            # for everyone else, the cancelled task's own cleanup included). The statement simply finishes in
+            # aiosqlite's thread: the cursor is then closed and the pool rolls back, as after any error.
+            if not isinstance(context.original_exception, Exception):
+                context.is_disconnect = False
+
         _disable_pysqlite_transactions(engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
