@@ -327,8 +327,8 @@ def running_busy_statement(engine: AsyncEngine) -> Iterator[asyncio.Event]:
 async def test_a_task_cancelled_mid_statement_leaves_the_database_writable(
     maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
-    """On SQLite a cancelled statement once left its connection holding the write lock for as long as the
-    cancellation's traceback lived: the cancelled task's own cleanup could not write (storage/engine.py)."""
+    """A cancelled statement (on a driver thread) once left its SQLite connection holding the write lock: the
+    cancelled task's own cleanup could not write (docs/storage.md)."""
     cleanup: list[str] = []
 
     async def write() -> None:
