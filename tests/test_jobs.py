@@ -324,11 +324,11 @@ def running_busy_statement(engine: AsyncEngine) -> Iterator[asyncio.Event]:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", before)
 
 
-async def test_a_task_cancelled_mid_statement_leaves_the_database_writable(
+async def test_a_task_cancelled_inside_its_transaction_leaves_the_database_writable(
     maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
-    """A cancelled statement (on a driver thread) once left its SQLite connection holding the write lock: the
-    cancelled task's own cleanup could not write (docs/storage.md)."""
+    """Cancelled mid-statement (PostgreSQL) or between statements (SQLite, docs/storage.md): its transaction is
+    rolled back before its own cleanup runs. (A SQLite write cancelled on a driver thread once kept the lock.)"""
     cleanup: list[str] = []
 
     async def write() -> None:
@@ -350,7 +350,7 @@ async def test_a_task_cancelled_mid_statement_leaves_the_database_writable(
     assert await writable_at_once(engine)
 
 
-async def test_stopping_mid_statement_rolls_the_handler_back_and_gives_its_job_back(
+async def test_stopping_a_handler_inside_its_transaction_rolls_it_back_and_gives_its_job_back(
     maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
     runner = jobs.JobRunner(maker, engine, lease_seconds=30, poll_seconds=HOUR)
@@ -358,8 +358,8 @@ async def test_stopping_mid_statement_rolls_the_handler_back_and_gives_its_job_b
     async def writer(job: jobs.QueuedJob) -> None:
         async with maker() as session:
             await session.execute(sa.update(Job).where(Job.id == job.id).values(last_error="mid-transaction"))
-            await session.execute(sa.text(_BUSY_SQL[engine.dialect.name]))
-            await session.commit()
+            await session.execute(sa.text(_BUSY_SQL[engine.dialect.name]))  # PostgreSQL: stopped in here
+            await asyncio.Event().wait()  # SQLite, whose statements never suspend: here, still in the transaction
 
     runner.register("test.writer", writer)
     await runner.start()
