@@ -284,11 +284,11 @@ class JobRunner:
         await self._listener.close()
 
     async def _loop(self, wait: float) -> None:
-        while not self._stopping:
+        while True:
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
-                        await self._wake.wait()
+                        await self._wake.wait()  # `stop()` wakes it
             if self._stopping:
                 return
             wait = await self._pass()
