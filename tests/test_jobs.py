@@ -7,7 +7,9 @@ or by NOTIFY, never by the safety poll."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -279,3 +281,118 @@ async def test_a_drain_gives_the_running_job_back_once_its_grace_is_over(
             await runner.stop()
     finally:
         observability.unbind(token)
+
+
+# A statement that keeps the database busy for a moment (no table needed): a cancellation lands while it runs.
+_BUSY_SQL = {
+    "sqlite": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000) SELECT count(*) FROM n",
+    "postgresql": "SELECT pg_sleep(0.3)",
+}
+
+
+async def writable_at_once(engine: AsyncEngine) -> bool:
+    """Whether another connection takes the write lock without waiting (SQLite; PostgreSQL has no such lock)."""
+    if engine.dialect.name != "sqlite":
+        return True
+    database = engine.url.database
+    assert database is not None
+    connection = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+    return True
+
+
+@contextlib.contextmanager
+def running_busy_statement(engine: AsyncEngine) -> Iterator[asyncio.Event]:
+    """An event set as the busy statement is handed to the driver: a task cancelled once it is set is cancelled
+    while the database runs it."""
+    started = asyncio.Event()
+
+    def before(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement == _BUSY_SQL[engine.dialect.name]:
+            started.set()
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", before)
+    try:
+        yield started
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", before)
+
+
+async def test_a_task_cancelled_inside_its_transaction_leaves_the_database_writable(
+    maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """Cancelled mid-statement (PostgreSQL) or between statements (SQLite, docs/storage.md): its transaction is
+    rolled back before its own cleanup runs. (A SQLite write cancelled on a driver thread once kept the lock.)"""
+    cleanup: list[str] = []
+
+    async def write() -> None:
+        try:
+            async with maker() as session:
+                await session.execute(sa.update(Job).values(last_error="mid-transaction"))
+                await session.execute(sa.text(_BUSY_SQL[engine.dialect.name]))
+        except asyncio.CancelledError:
+            cleanup.append("writable" if await writable_at_once(engine) else "locked")
+            raise
+
+    with running_busy_statement(engine) as inside:
+        task = asyncio.create_task(write())
+        async with asyncio.timeout(30):
+            await inside.wait()
+        task.cancel()
+        await asyncio.wait([task])
+    assert task.cancelled() and cleanup == ["writable"]
+    assert await writable_at_once(engine)
+
+
+async def test_stopping_a_handler_inside_its_transaction_rolls_it_back_and_gives_its_job_back(
+    maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    runner = jobs.JobRunner(maker, engine, lease_seconds=30, poll_seconds=HOUR)
+
+    async def writer(job: jobs.QueuedJob) -> None:
+        async with maker() as session:
+            await session.execute(sa.update(Job).where(Job.id == job.id).values(last_error="mid-transaction"))
+            await session.execute(sa.text(_BUSY_SQL[engine.dialect.name]))  # PostgreSQL: stopped in here
+            await asyncio.Event().wait()  # SQLite, whose statements never suspend: here, still in the transaction
+
+    runner.register("test.writer", writer)
+    await runner.start()
+    with running_busy_statement(engine) as inside:
+        try:
+            job_id = await enqueue(maker, "test.writer")
+            async with asyncio.timeout(30):
+                await inside.wait()
+        finally:
+            await runner.stop()
+    assert await writable_at_once(engine)
+    row = await job_row(maker, job_id)
+    assert (row.status, row.attempts, row.lease_owner, row.last_error) == ("queued", 0, None, None)
+
+
+async def test_a_job_that_ended_as_the_runner_stopped_is_settled(
+    maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """Stopping never cuts off the runner's own transactions: a handler that has returned gets its job `done`,
+    not left `running` under a lease another process would wait out and run again."""
+    runner = jobs.JobRunner(maker, engine, lease_seconds=30, poll_seconds=HOUR)
+    returned = asyncio.Event()
+
+    async def quick(job: jobs.QueuedJob) -> None:
+        returned.set()
+
+    runner.register("test.quick", quick)
+    await runner.start()
+    try:
+        job_id = await enqueue(maker, "test.quick")
+        async with asyncio.timeout(30):
+            await returned.wait()
+    finally:
+        await runner.stop()
+    row = await job_row(maker, job_id)
+    assert (row.status, row.attempts, row.lease_owner) == ("done", 1, None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import httpx
@@ -21,6 +21,7 @@ from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.domain.messages import ChatMessage
 from threadline.errors import UpstreamTimeout
+from threadline.providers.base import GenerationParams, StreamEvent
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services import auth
 from threadline.storage.tables import Response, Thread
@@ -201,23 +202,42 @@ async def test_two_app_instances_share_the_lease_through_the_database(
     assert [m.content for m in later.calls[0]] == [m["content"] for m in saved[:3]]
 
 
-async def test_busy_thread_answers_409_after_the_wait(
-    settings: Settings, caller: Caller, fake: FakeProvider, app: FastAPI
-) -> None:
-    impatient = settings.model_copy(update={"thread_busy_timeout_seconds": 0.2})
+class HeldProvider(FakeProvider):
+    """A fake model that answers only once `release` is set: its turn holds the thread until the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def stream(
+        self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[StreamEvent]:
+        self.started.set()
+        await self.release.wait()
+        async for event in super().stream(model, messages, params):
+            yield event
+
+
+async def test_busy_thread_answers_409_after_the_wait(settings: Settings, caller: Caller) -> None:
+    # The turn holds the thread until the refusal is in (a gate, not a clock), under a lease no stall of a loaded
+    # machine outlives: the refused turn can neither find the thread free nor take an expired lease over.
+    patient = settings.model_copy(update={"thread_lease_seconds": 30.0})
+    impatient = patient.model_copy(update={"thread_busy_timeout_seconds": 0.2})
+    held = HeldProvider()
+    slow_app = create_app(patient, models=registry_with(held))
     other = create_app(impatient, models=registry_with(FakeProvider()))
-    fake.default = Script(reply="slow " * 10, delay_per_token=0.08)
-    async with other.router.lifespan_context(other):
-        slow_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    async with slow_app.router.lifespan_context(slow_app), other.router.lifespan_context(other):
+        slow_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=slow_app), base_url="http://t")
         fast_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://t")
         async with slow_client, fast_client:
             await slow_client.post("/v1/threads", json={"id": "t_busy"}, headers=caller.headers)
             slow = asyncio.create_task(turn(slow_client, caller, "long one", thread="t_busy"))
-            await asyncio.wait_for(fake.started.wait(), timeout=10)
-            assert (await thread_row(app, "t_busy")).status == "streaming"
+            await asyncio.wait_for(held.started.wait(), timeout=10)
+            assert (await thread_row(slow_app, "t_busy")).status == "streaming"
             refusal = await turn(fast_client, caller, "me too", thread="t_busy")
             refused(refusal, 409, "thread_busy")
             assert refusal.headers["x-should-retry"] == "true"
+            held.release.set()
             assert (await slow).status_code == 200
 
 

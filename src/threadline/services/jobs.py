@@ -26,7 +26,9 @@ A handler gets `QueuedJob` (id, organization, kind, payload, queue key, `attempt
 safe to run again. While a handler runs its job's lease is renewed; a handler whose lease is lost (its process
 stalled past the lease and another one took the job over) is cancelled, so a job never runs twice at once. On
 shutdown running handlers are cancelled once the drain grace is over and their jobs given back (queued, the
-attempt not counted) for the next process.
+attempt not counted) for the next process. A handler is cancelled at most once, and the runner then waits for it:
+whatever transaction the cancellation interrupted is rolled back and its connection closed before anything else
+happens (docs/ARCHITECTURE.md, "the rules").
 
 Wake-ups: an enqueue (and any settled job, which may unblock the next one of its key) wakes this process's runner
 once the transaction commits, and on PostgreSQL sends `NOTIFY threadline_jobs`, which every other process's runner
@@ -59,6 +61,8 @@ logger = logging.getLogger("threadline.jobs")
 
 CHANNEL = "threadline_jobs"
 _FIRST_PASS_TIMEOUT_SECONDS = 30.0
+# At shutdown: how long the claim loop, then the stopped handlers, get to end before the process goes on exiting.
+_STOP_SECONDS = 10.0
 _WAKE_ON_COMMIT = "threadline.jobs.wake"
 
 
@@ -98,9 +102,35 @@ Handler = Callable[[QueuedJob], Coroutine[Any, Any, None]]
 
 @dataclass(frozen=True)
 class _Outcome:
-    status: str  # done | failed | retry
+    status: str  # done | failed | retry | released (given back: stopped by the shutdown)
     error: str | None = None
     delay_seconds: float | None = None
+
+
+_RELEASED = _Outcome("released")
+
+
+class _Attempt:
+    """A claimed job being run: its handler's task, and who stopped it, if anyone did."""
+
+    def __init__(self, job: QueuedJob, owner: str, handler: asyncio.Task[None]) -> None:
+        self.job = job
+        self.owner = owner
+        self.handler = handler
+        self.stopped = False  # by the shutdown (or a drain): the job is given back
+        self.lease_lost = False  # by the heartbeat: the job is someone else's now
+
+    task: asyncio.Task[None]  # `JobRunner._run`, set as soon as it is created
+
+    def stop(self, *, lease_lost: bool = False) -> None:
+        """Cancel the handler, once: a second cancellation would cut short SQLAlchemy's close of a connection the
+        first one interrupted (docs/ARCHITECTURE.md, "the rules"). A handler that has already ended is left be."""
+        if self.stopped or self.lease_lost or not self.handler.cancel():
+            return
+        if lease_lost:
+            self.lease_lost = True
+        else:
+            self.stopped = True
 
 
 # The runners of this process by database (rendered URL): an enqueue wakes them when its transaction commits.
@@ -199,7 +229,7 @@ class JobRunner:
         self._lease = timedelta(seconds=lease_seconds)
         self._poll_seconds = poll_seconds
         self._handlers: dict[str, Handler] = {}
-        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._running: dict[tuple[str, str], _Attempt] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -232,19 +262,25 @@ class JobRunner:
         self._loop_task = asyncio.create_task(self._loop(wait), name="jobs")
 
     async def stop(self) -> None:
-        """Stop claiming; cancel the jobs still running and give them back (queued, the attempt not counted)."""
+        """Stop claiming (between passes: a claim is never cut off), stop the handlers still running (each cancelled
+        once) and wait for their jobs to be given back (queued, the attempt not counted), or settled if they ended
+        first. Bounded: what has not ended after `_STOP_SECONDS` is left to its lease."""
         self._stopping = True
         runners = _local_runners.get(_database_key(self._engine.url))
         if runners is not None:
             runners.discard(self)
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            self.wake()
+            if not await _ended({self._loop_task}):
+                self._loop_task.cancel()  # a database that does not answer: no transaction of ours to spare
+                await asyncio.wait([self._loop_task])
+        attempts = list(self._running.values())
+        for attempt in attempts:
+            attempt.stop()
+        if not await _ended({attempt.task for attempt in attempts}):
+            logger.warning(
+                "jobs still running %gs after the shutdown stopped them: left to their leases", _STOP_SECONDS
+            )
         await self._listener.close()
 
     async def _loop(self, wait: float) -> None:
@@ -252,7 +288,9 @@ class JobRunner:
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
-                        await self._wake.wait()
+                        await self._wake.wait()  # `stop()` wakes it
+            if self._stopping:
+                return
             wait = await self._pass()
 
     async def _pass(self) -> float:
@@ -287,63 +325,78 @@ class JobRunner:
             job = QueuedJob(
                 row.organization_id, row.id, row.kind, dict(row.payload), row.queue_key, row.attempts, row.max_attempts
             )
-            key = (job.organization_id, job.id)
-            self._running[key] = asyncio.create_task(self._run(job, owner), name=f"job {job.kind} {job.id}")
+            handler = asyncio.create_task(self._handlers[job.kind](job), name=f"handler {job.kind} {job.id}")
+            attempt = _Attempt(job, owner, handler)
+            attempt.task = asyncio.create_task(self._run(attempt), name=f"job {job.kind} {job.id}")
+            self._running[(job.organization_id, job.id)] = attempt
         if len(claimed) == free:
             return 0  # there may be more: look again at once (or wait for a slot)
         if next_due is None:
             return self._poll_seconds
         return min(max((next_due - utcnow()).total_seconds(), 0.0), self._poll_seconds)
 
-    async def _run(self, job: QueuedJob, owner: str) -> None:
-        handler_task = asyncio.create_task(self._handlers[job.kind](job), name=f"handler {job.kind} {job.id}")
-        heartbeat = asyncio.create_task(self._heartbeat(job, owner, handler_task))
+    async def _run(self, attempt: _Attempt) -> None:
+        job = attempt.job
+        beating = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(attempt, beating), name=f"job lease {job.id}")
         try:
-            # Tracked like a request: a drain lets it finish within the grace, then cancels it (the scope's own
-            # cancellation ends here; a `stop()` cancels the task and goes on up).
+            # Tracked like a request: a drain lets it finish within the grace, then stops it (the scope's own
+            # cancellation ends here).
             with observability.current().lifecycle.track():
                 try:
-                    outcome = await self._outcome(job, handler_task)
+                    await asyncio.wait([attempt.handler])
                 except asyncio.CancelledError:
-                    # Stopped or drained: the job goes back to the queue for another process (or a successor).
-                    with anyio.CancelScope(shield=True):
-                        await self._give_back(job, owner, handler_task)
+                    attempt.stop()  # drained: the job goes back to the queue for a successor
                     raise
-                heartbeat.cancel()
-                if outcome is not None:
+                finally:
                     with anyio.CancelScope(shield=True):
-                        await self._settle(job, owner, outcome)
+                        # A stopped handler ends first (the transaction it was in rolled back), then the heartbeat
+                        # (between beats), and only then is its job written down.
+                        await asyncio.wait([attempt.handler])
+                        await _stop(heartbeat, beating)
+                        outcome = self._outcome(attempt)
+                        if outcome is _RELEASED:
+                            await self._release(attempt)
+                        elif outcome is not None:
+                            await self._settle(job, attempt.owner, outcome)
         finally:
-            heartbeat.cancel()
+            beating.set()
             self._running.pop((job.organization_id, job.id), None)
             self.wake()
 
-    async def _outcome(self, job: QueuedJob, handler_task: asyncio.Task[None]) -> _Outcome | None:
-        """What the handler's ending means for the job; None when its lease was lost (nothing to write)."""
-        try:
-            # Shielded: cancelling this wait (stop, drain) leaves the handler to `_give_back`, which cancels it.
-            await asyncio.shield(handler_task)
-        except RetryJob as exc:
-            return _Outcome("retry", exc.reason, exc.delay_seconds)
-        except JobFailed as exc:
-            return _Outcome("failed", exc.reason)
-        except asyncio.CancelledError:
-            if handler_task.cancelled():
-                return None  # the heartbeat cancelled it: the lease is someone else's now
-            raise
-        except Exception as exc:
-            logger.exception("job %s (%s) failed on attempt %d", job.id, job.kind, job.attempt)
-            return _Outcome("retry", f"{type(exc).__name__}: {exc}")
-        return _Outcome("done")
+    def _outcome(self, attempt: _Attempt) -> _Outcome | None:
+        """What the (ended) handler's ending means for its job; None when its lease was lost (nothing to write)."""
+        job, handler = attempt.job, attempt.handler
+        error = None if handler.cancelled() else handler.exception()
+        if attempt.lease_lost:
+            return None
+        if attempt.stopped and (handler.cancelled() or error is not None):
+            return _RELEASED  # stopped by the shutdown: an attempt cut short is not counted
+        if handler.cancelled():
+            return _Outcome("retry", "the handler was cancelled")
+        if error is None:
+            return _Outcome("done")
+        if isinstance(error, RetryJob):
+            return _Outcome("retry", error.reason, error.delay_seconds)
+        if isinstance(error, JobFailed):
+            return _Outcome("failed", error.reason)
+        logger.error("job %s (%s) failed on attempt %d", job.id, job.kind, job.attempt, exc_info=error)
+        return _Outcome("retry", f"{type(error).__name__}: {error}")
 
-    async def _heartbeat(self, job: QueuedJob, owner: str, handler_task: asyncio.Task[None]) -> None:
+    async def _heartbeat(self, attempt: _Attempt, stopped: asyncio.Event) -> None:
+        """Renew the lease every third of it until `stopped` is set: it ends between beats, never inside a beat's
+        transaction. A lease found lost stops the handler."""
+        job = attempt.job
         interval = self._lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), interval)
+            if stopped.is_set():
+                return
             try:
                 async with self._maker() as session:
                     held = await JobRepository(session).renew(
-                        job.organization_id, job.id, owner, utcnow() + self._lease
+                        job.organization_id, job.id, attempt.owner, utcnow() + self._lease
                     )
                     await session.commit()
             except Exception:
@@ -352,7 +405,7 @@ class JobRunner:
                 continue
             if not held:
                 logger.warning("job %s lost its lease (taken over elsewhere): stopping it here", job.id)
-                handler_task.cancel()
+                attempt.stop(lease_lost=True)
                 return
 
     async def _settle(self, job: QueuedJob, owner: str, outcome: _Outcome) -> None:
@@ -372,15 +425,27 @@ class JobRunner:
                 await _announce(session)
             await session.commit()
 
-    async def _give_back(self, job: QueuedJob, owner: str, handler_task: asyncio.Task[None]) -> None:
-        handler_task.cancel()
-        with contextlib.suppress(BaseException):
-            await handler_task
+    async def _release(self, attempt: _Attempt) -> None:
+        job = attempt.job
         try:
             async with self._maker() as session:
-                if await JobRepository(session).release(job.organization_id, job.id, owner, utcnow()):
+                if await JobRepository(session).release(job.organization_id, job.id, attempt.owner, utcnow()):
                     await _announce(session)
                 await session.commit()
         except Exception:
             # Not given back, it is still taken over once its lease expires.
             logger.warning("could not give job %s back to the queue", job.id, exc_info=True)
+
+
+async def _stop(heartbeat: asyncio.Task[None], stopped: asyncio.Event) -> None:
+    """End the heartbeat and wait for it: a beat under way finishes its transaction first."""
+    stopped.set()
+    await asyncio.wait([heartbeat])  # (its own outcome is not raised here: it logs its failures itself)
+
+
+async def _ended(tasks: set[asyncio.Task[None]]) -> bool:
+    """Wait up to `_STOP_SECONDS` for `tasks` to end; whether they all did."""
+    if not tasks:
+        return True
+    _, pending = await asyncio.wait(tasks, timeout=_STOP_SECONDS)
+    return not pending
