@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,10 @@ from openai.types.webhooks import (
     ResponseIncompleteWebhookEvent,
 )
 
-from tests.conftest import Caller, make_caller
+from tests.conftest import Caller, make_caller, running_app
 from tests.helpers import refused
 from tests.openai_sdk import sdk_client
-from tests.responses_helpers import running_app, turn
+from tests.responses_helpers import turn
 from tests.servers import free_port, running
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -36,6 +36,16 @@ from threadline.providers.fake import FakeProvider, Script
 from threadline.services import recovery, retention, webhook_delivery, webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.tables import Job, Response, Thread, WebhookDelivery
+
+pytestmark = [
+    pytest.mark.fake_model(),
+    pytest.mark.app_settings(
+        webhook_allow_private_urls=True,
+        webhook_disable_after_hours=1,
+        webhook_disable_after_failures=3,
+        job_poll_seconds=3600,  # every job that runs was woken by a commit, never by the poll
+    ),
+]
 
 TESTS = Path(__file__).parent
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
@@ -68,30 +78,6 @@ def received(receiver: str) -> list[dict[str, Any]]:
 
 def script(receiver: str, *statuses: int) -> None:
     httpx.post(f"{receiver}/_script", json={"statuses": list(statuses)})
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        local_model_enabled=False,
-        retention_enabled=False,
-        webhook_allow_private_urls=True,
-        webhook_disable_after_hours=1,
-        webhook_disable_after_failures=3,
-        job_poll_seconds=3600,  # every job that runs was woken by a commit, never by the poll
-    )
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 @pytest.fixture
