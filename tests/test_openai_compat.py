@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 
 from threadline import errors
 from threadline.domain.messages import ChatMessage
+from threadline.providers import openai_compat
 from threadline.providers.base import Finished, GenerationParams, StreamEvent, TextDelta
 from threadline.providers.openai_compat import OpenAICompatProvider
 
@@ -260,3 +264,62 @@ def test_models_carry_windows_and_tokenizers() -> None:
     assert provider.tokenizer("gpt-4.1").name == "o200k"
     configured = provider_for(lambda _: stream_response(HAPPY), tokenizer="cl100k")
     assert {m.tokenizer for m in configured.models()} == {"cl100k"}
+
+
+async def test_the_body_is_read_to_its_end_after_done_so_the_connection_is_kept() -> None:
+    """httpx closes a connection whose response is closed before its end: every turn would open a new one."""
+    connections = 0
+    served = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(b"transfer-encoding: chunked\r\n\r\n")
+                writer.write(b"%x\r\n%s\r\n" % (len(HAPPY), HAPPY))
+                await writer.drain()
+                await asyncio.sleep(0.01)  # the end of the body comes in a read of its own
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        served.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with httpx.AsyncClient() as client:
+            provider = OpenAICompatProvider(
+                name="upstream", base_url=f"http://127.0.0.1:{port}/v1", models=["gpt-4.1"], http_client=client
+            )
+            for _ in range(3):
+                assert (await collect(provider))[-1] == Finished("stop", 12, 3)
+        await asyncio.wait_for(served.wait(), 5)  # the client hung up: the one connection ends
+    assert connections == 1
+
+
+async def test_an_end_of_body_that_does_not_come_after_done_does_not_hold_the_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(openai_compat, "_END_OF_BODY_SECONDS", 0.05)
+
+    class Lingering(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield HAPPY
+            await asyncio.Event().wait()  # never ends
+            yield b""
+
+    provider = provider_for(lambda _: httpx.Response(200, stream=Lingering()))
+    events = await asyncio.wait_for(collect(provider), 5)
+    assert events[-1] == Finished("stop", 12, 3)
+
+
+async def test_an_event_after_done_is_not_read() -> None:
+    body = HAPPY + sse(chunk("ignored"))
+    events = await collect(provider_for(lambda _: stream_response(body)))
+    assert events == [TextDelta("Hel"), TextDelta("lo"), TextDelta("!"), Finished("stop", 12, 3)]

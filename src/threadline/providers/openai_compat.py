@@ -25,6 +25,8 @@ plain JSON answer (a server that ignores `stream`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -54,6 +56,8 @@ from threadline.providers.tokenizers import BpeTokenizer, EstimateTokenizer, mak
 # Anything else ends as "stop".
 _FINISH_REASONS = {"length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 _MAX_ERROR_BODY = 64 * 1024
+# How long to wait, after `[DONE]`, for the end of the body (which normally comes with it).
+_END_OF_BODY_SECONDS = 0.5
 
 
 class OpenAICompatProvider:
@@ -249,9 +253,11 @@ class OpenAICompatProvider:
         usage: dict[str, Any] | None = None
         seen_data = done = False
         calls = _ToolCalls(self.name)
-        async for data in _sse_data(response):
+        events = _sse_data(response)
+        async for data in events:
             if data.strip() == "[DONE]":
                 done = True
+                await _read_to_end(events)
                 break
             seen_data = True
             chunk = _parse_chunk(self.name, data)
@@ -441,6 +447,16 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
             lines.append(value[1:] if value.startswith(" ") else value)
     if lines:  # a last event without its blank line
         yield "\n".join(lines)
+
+
+async def _read_to_end(events: AsyncIterator[str]) -> None:
+    """Read what follows `[DONE]`, normally only the end of the body, so the connection goes back to the client's
+    pool: httpx closes a connection whose response is closed before its end, and the next turn would pay for a new
+    one (a TLS handshake, with a real upstream). An event after `[DONE]`, or an end that does not come, stops it."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_END_OF_BODY_SECONDS):
+            async for _ in events:
+                return
 
 
 def _parse_chunk(upstream: str, data: str) -> dict[str, Any]:
