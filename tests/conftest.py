@@ -158,6 +158,14 @@ async def _empty_all_tables(url: str) -> None:
 
 
 @pytest.fixture
+def db(database_url: str) -> Iterator[str]:
+    """The database under test, for tests whose other processes use it (there is no `app` to empty it): its
+    tables are emptied afterwards."""
+    yield database_url
+    asyncio.run(_empty_all_tables(database_url))
+
+
+@pytest.fixture
 def settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
     """Settings for a test app: the database under test, no embedded model (tests that need it ask), no sweeper.
     `@pytest.mark.app_settings(**fields)` on a module or a test sets other fields (the test's marker wins)."""

@@ -5,11 +5,8 @@ official `openai` SDK's `client.webhooks.unwrap`. Time is a parameter (the attem
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +25,7 @@ from tests.conftest import Caller, make_caller, running_app
 from tests.helpers import refused
 from tests.openai_sdk import sdk_client
 from tests.responses_helpers import turn
-from tests.servers import free_port, running
+from tests.servers import free_port, webhook_receiver
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.ids import new_id
@@ -47,17 +44,12 @@ pytestmark = [
     ),
 ]
 
-TESTS = Path(__file__).parent
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
 
 
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("receiver") / "receiver.log"
-    command = [sys.executable, str(TESTS / "webhook_receiver.py"), "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with running(command, ready_url=f"{base}/healthz", log=log, env=dict(os.environ)):
+    with webhook_receiver(tmp_path_factory.mktemp("receiver") / "receiver.log") as base:
         yield base
 
 
