@@ -17,15 +17,19 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
+from openai import AsyncOpenAI
 
+from tests.openai_sdk import sdk_client
 from threadline.api.app import create_app
 from threadline.config import Settings
+from threadline.providers.fake import FakeProvider
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
@@ -154,9 +158,28 @@ async def _empty_all_tables(url: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """Settings for a test app: the database under test, no embedded model (tests that need it ask)."""
-    return Settings(database_url=database_url, local_model_enabled=False, retention_enabled=False)
+def db(database_url: str) -> Iterator[str]:
+    """The database under test, for tests whose other processes use it (there is no `app` to empty it): its
+    tables are emptied afterwards."""
+    yield database_url
+    asyncio.run(_empty_all_tables(database_url))
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
+    """Settings for a test app: the database under test, no embedded model (tests that need it ask), no sweeper.
+    `@pytest.mark.app_settings(**fields)` on a module or a test sets other fields (the test's marker wins)."""
+    fields: dict[str, Any] = {"database_url": database_url, "local_model_enabled": False, "retention_enabled": False}
+    for marker in reversed(list(request.node.iter_markers("app_settings"))):  # the closest last
+        fields |= marker.kwargs
+    return Settings(**fields)
+
+
+def registry_with(fake: FakeProvider) -> ModelRegistry:
+    """A model registry whose only provider is `fake`."""
+    registry = ModelRegistry()
+    registry.register(fake)
+    return registry
 
 
 async def started_app(settings: Settings, models: ModelRegistry | None = None) -> AsyncIterator[FastAPI]:
@@ -168,9 +191,27 @@ async def started_app(settings: Settings, models: ModelRegistry | None = None) -
     await _empty_all_tables(settings.database_url)
 
 
+async def running_app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
+    """`started_app` with `fake` as its only model."""
+    async for application in started_app(settings, registry_with(fake)):
+        yield application
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    async for application in started_app(settings):
+def fake(request: pytest.FixtureRequest) -> FakeProvider:
+    """The scripted model of an app marked `@pytest.mark.fake_model(**options)` (on the module, or on a test to
+    change them): `FakeProvider(**options)`."""
+    marker = request.node.get_closest_marker("fake_model")
+    return FakeProvider(**(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+async def app(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[FastAPI]:
+    """The real app on `settings`: its models are the settings' own, or only `fake` under the `fake_model`
+    marker."""
+    uses_fake = request.node.get_closest_marker("fake_model") is not None
+    models = registry_with(request.getfixturevalue("fake")) if uses_fake else None
+    async for application in started_app(settings, models):
         yield application
 
 
@@ -211,3 +252,11 @@ async def caller(app: FastAPI) -> Caller:
 async def other_caller(app: FastAPI) -> Caller:
     """A member of a different organization."""
     return await make_caller(app, org="globex", email="hank@globex.test")
+
+
+@pytest.fixture
+async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
+    """The official `openai` SDK (strict: tests/openai_sdk.py) on the app, with the caller's key."""
+    sdk, _ = sdk_client(app, caller.api_key)
+    async with sdk:
+        yield sdk

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
 
 from tests.conftest import Caller
 from threadline.services import auth
-from threadline.storage.engine import create_sessionmaker
+from threadline.storage.engine import create_engine, create_sessionmaker
+
+T = TypeVar("T")
 
 PASSWORD = "correct horse battery staple"
 
@@ -33,3 +37,20 @@ def refused(response: httpx.Response, status: int, code: str, param: str | None 
     if param is not None:
         assert error["param"] == param, error
     return error
+
+
+def with_session(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """From synchronous code (a test driving other processes): `work(session)` in its own short transaction,
+    committed, on an engine of its own."""
+
+    async def run() -> T:
+        engine = create_engine(database_url)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

@@ -1,32 +1,17 @@
-"""Shared pieces of the model-response tests: an app wired to a FakeProvider, SSE parsing, direct DB access."""
+"""Shared pieces of the model-response tests: turns, SSE parsing, direct DB access."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.conftest import Caller, started_app
-from threadline.config import Settings
+from tests.conftest import Caller
 from threadline.domain.clock import utcnow
-from threadline.providers.fake import FakeProvider
-from threadline.providers.registry import ModelRegistry
 from threadline.storage.tables import Message, Thread
-
-
-def registry_with(fake: FakeProvider) -> ModelRegistry:
-    registry = ModelRegistry()
-    registry.register(fake)
-    return registry
-
-
-async def running_app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in started_app(settings, registry_with(fake)):
-        yield application
 
 
 def user(text: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-REPO_SRC = Path(__file__).resolve().parents[1] / "src"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_SRC = REPO_ROOT / "src"
 UPSTREAM_SCRIPT = Path(__file__).with_name("upstream.py")
 
 # Ports the tests' servers listen on, below Linux's ephemeral range (32768 and up), so no outgoing connection can
@@ -105,6 +106,16 @@ def running(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
+    """Wait until `check()` holds, for what other processes bring about; fails the test after `within` seconds (a
+    bound, not a timing assertion)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what} ({within:g} s)")
+        time.sleep(0.05)
 
 
 def serve_command(port: int) -> list[str]:
@@ -198,3 +209,26 @@ def upstream_server(
     command = upstream_command(port, reply=reply, words=words, pace=pace, gate=gate, record=record)
     with running(command, ready_url=f"{url}/v1/models", log=log, env=dict(os.environ)):
         yield Upstream(url)
+
+
+@contextmanager
+def fuzz_server(database_url: str, *, log: Path, **settings: str) -> Iterator[str]:
+    """tests/fuzz_server.py (the real app, a FakeProvider its model) on `database_url` and a free port, with these
+    extra `THREADLINE_*` variables; yields its base URL once /healthz answers."""
+    env = threadline_env(database_url)
+    env.update(PYTHONPATH=f"{REPO_SRC}{os.pathsep}{REPO_ROOT}", **settings)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tests.fuzz_server", str(port)]
+    with running(command, ready_url=f"{base_url}/healthz", log=log, env=env, cwd=REPO_ROOT):
+        yield base_url
+
+
+@contextmanager
+def webhook_receiver(log: Path) -> Iterator[str]:
+    """tests/webhook_receiver.py on a free port; yields its base URL (the endpoint is `/hook`)."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(REPO_ROOT / "tests" / "webhook_receiver.py"), "--port", str(port)]
+    with running(command, ready_url=f"{base_url}/healthz", log=log, env=dict(os.environ)):
+        yield base_url

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from tests.conftest import Caller
 from tests.helpers import refused
-from tests.responses_helpers import running_app
-from threadline.config import Settings
-from threadline.providers.fake import FakeProvider
 
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The models an assistant may name are the registry's: here two fake ones."""
-    async for application in running_app(settings, FakeProvider(model_names=("fake-model", "fake-large"))):
-        yield application
+# The models an assistant may name are the registry's: here two fake ones.
+pytestmark = pytest.mark.fake_model(model_names=("fake-model", "fake-large"))
 
 
 FULL = {

@@ -18,7 +18,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _empty_all_tables
-from tests.servers import free_port, running, serve_command, threadline_env, upstream_server
+from tests.servers import free_port, running, serve_command, threadline_env, until, upstream_server
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import Job, Response, ResponseEvent
@@ -94,14 +93,6 @@ class Server:
 
 def release(upstream: str) -> None:
     httpx.post(f"{upstream}/release", timeout=10).raise_for_status()
-
-
-def until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 def recorded(database_url: str, response_id: str) -> list[str]:

@@ -14,17 +14,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 from openai import AsyncOpenAI
 
 from tests.conftest import Caller
 from tests.helpers import refused
-from tests.openai_sdk import sdk_client
-from tests.responses_helpers import running_app, sse_events, user
-from threadline.config import Settings
+from tests.responses_helpers import sse_events, user
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import Finished, GenerationParams, StreamEvent, TextDelta
 from threadline.providers.fake import FakeProvider
+
+pytestmark = pytest.mark.fake_model()
 
 MODEL = "fake-model"
 
@@ -60,19 +59,6 @@ class GatedProvider(FakeProvider):
 @pytest.fixture
 def fake() -> GatedProvider:
     return GatedProvider(context_window=1000)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: GatedProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
-
-
-@pytest.fixture
-async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
-    client, _ = sdk_client(app, caller.api_key)
-    async with client:
-        yield client
 
 
 async def settled(oa: AsyncOpenAI, response_id: str) -> Any:

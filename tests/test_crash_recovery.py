@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _empty_all_tables
-from tests.servers import Upstream, free_port, running, serve_command, threadline_env, upstream_server
+from tests.servers import Upstream, free_port, running, serve_command, threadline_env, until, upstream_server
 from threadline.domain.clock import utcnow
 from threadline.services import auth
 from threadline.services.recovery import settle_expired
@@ -178,14 +177,6 @@ def settle_from_outside(database_url: str) -> int:
     return asyncio.run(run())
 
 
-def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still not the case after {within:g} s")
-        time.sleep(0.05)
-
-
 def user_turn(text: str, **fields: Any) -> dict[str, Any]:
     return {"inputs": [{"role": "user", "texts": [{"text": text}]}], "stream": True, **fields}
 
@@ -242,7 +233,7 @@ def test_a_restarted_server_settles_every_turn_a_killed_server_left(deployment: 
         assert (left[thread_id].status, left[thread_id].lease_owner) == ("streaming", response_id), left
         assert left[thread_id].responses == {response_id: ("in_progress", None)}, thread_id
     expiry = max(row.lease_expires_at for row in left.values() if row.lease_expires_at is not None)
-    until(lambda: utcnow() > expiry, LEASE_SECONDS * 2, "the killed server's leases expire")
+    until(lambda: utcnow() > expiry, "the killed server's leases expire", within=LEASE_SECONDS * 2)
 
     with ExitStack() as stack:
         second = Server(deployment, tmp_path / "second.log", stack)
@@ -296,7 +287,7 @@ def test_a_starting_server_leaves_a_turn_another_server_is_running_alone(
         # Another server starts (its start-up pass runs) while the turn is mid-answer, and the turn outlives the
         # lease it started with: only its heartbeat keeps the lease live.
         other = Server(deployment, tmp_path / "other.log", stack)
-        until(lambda: utcnow() > first_expiry, LEASE_SECONDS * 2, "the turn outlives its first lease")
+        until(lambda: utcnow() > first_expiry, "the turn outlives its first lease", within=LEASE_SECONDS * 2)
         row = rows(deployment.database_url, ["shared"])["shared"]
         assert (row.status, row.lease_owner) == ("streaming", response_id)
         assert row.lease_expires_at is not None and row.lease_expires_at > first_expiry, "the heartbeat renewed it"

@@ -34,7 +34,6 @@ import os
 import random
 import re
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,7 +58,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import _empty_all_tables
-from tests.servers import REPO_SRC, free_port, running, threadline_env
+from tests.servers import fuzz_server, webhook_receiver
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.services import auth
@@ -68,7 +67,6 @@ from threadline.storage.engine import create_engine, create_sessionmaker
 # Starts a server process (tests/fuzz_server.py): `make test` runs it, `make check` does not (docs/testing.md).
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = REPO_SRC.parent
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
 PASSWORD = "correct horse battery staple"
 FUZZ_SEED = int(os.environ.get("THREADLINE_FUZZ_SEED", "20261201"))
@@ -185,19 +183,13 @@ def _without_beta_header(document: dict[str, Any]) -> dict[str, Any]:
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`tests/fuzz_server.py` on the backend's database, and a member of an organization with a key and a token."""
     database_url = str(request.getfixturevalue(f"{request.param}_url"))
-    env = threadline_env(database_url)
-    env["PYTHONPATH"] = f"{REPO_SRC}{os.pathsep}{REPO_ROOT}"
-    env["THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the webhook endpoints of `_known` are on 127.0.0.1
-    base_url = f"http://127.0.0.1:{free_port()}"
-    port = urlsplit(base_url).port
     logs = tmp_path_factory.mktemp("fuzz")
-    command = [sys.executable, "-m", "tests.fuzz_server", str(port)]
-    receiver = f"http://127.0.0.1:{free_port()}"
-    receive = [sys.executable, "tests/webhook_receiver.py", "--port", str(urlsplit(receiver).port)]
+    # The webhook endpoints of `_known` are on 127.0.0.1.
+    allow_private = {"THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS": "true"}
     try:
         with (
-            running(receive, ready_url=f"{receiver}/healthz", log=logs / "receiver.log", env=env, cwd=REPO_ROOT),
-            running(command, ready_url=f"{base_url}/healthz", log=logs / "server.log", env=env, cwd=REPO_ROOT),
+            webhook_receiver(logs / "receiver.log") as receiver,
+            fuzz_server(database_url, log=logs / "server.log", **allow_private) as base_url,
         ):
             organization_id, secret = asyncio.run(_make_caller(database_url))
             main = requests.get(base_url + MAIN).json()

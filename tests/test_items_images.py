@@ -14,9 +14,8 @@ import pytest
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from tests.conftest import Caller, make_caller, started_app
+from tests.conftest import Caller, started_app
 from tests.helpers import refused
-from tests.openai_sdk import sdk_client
 from tests.tool_helpers import last_request_with, tool_settings
 from threadline.domain.messages import MAX_IMAGE_URL_CHARS, image_part
 from threadline.errors import ValidationFailed
@@ -40,18 +39,6 @@ CAT = "https://example.com/cat.jpg"
 async def app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
     async for application in started_app(tool_settings(database_url, tool_upstream_url, capable="vision")):
         yield application
-
-
-@pytest.fixture
-async def caller(app: FastAPI) -> Caller:
-    return await make_caller(app)
-
-
-@pytest.fixture
-async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
-    client, _ = sdk_client(app, caller.api_key)
-    async with client:
-        yield client
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ import pytest
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from tests.conftest import Caller, make_caller, started_app
+from tests.conftest import Caller, started_app
 from tests.helpers import refused
-from tests.openai_sdk import sdk_client
 from tests.tool_helpers import last_request_with, tool_settings
 
 pytestmark = pytest.mark.slow
@@ -25,18 +24,6 @@ pytestmark = pytest.mark.slow
 async def app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
     async for application in started_app(tool_settings(database_url, tool_upstream_url, capable="reasoning")):
         yield application
-
-
-@pytest.fixture
-async def caller(app: FastAPI) -> Caller:
-    return await make_caller(app)
-
-
-@pytest.fixture
-async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
-    client, _ = sdk_client(app, caller.api_key)
-    async with client:
-        yield client
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import _empty_all_tables
-from tests.servers import threadline_env
+from tests.helpers import with_session
+from tests.servers import threadline_env, until
 from threadline.domain.clock import utcnow
 from threadline.services import jobs
-from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.repositories.jobs import JobRepository
 from threadline.storage.tables import Job
 
@@ -30,28 +29,6 @@ pytestmark = pytest.mark.slow
 ORG = "org_jobs"
 LEASE_SECONDS = 2.0
 T = TypeVar("T")
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[str]:
-    yield database_url
-    asyncio.run(_empty_all_tables(database_url))
-
-
-def with_session(database_url: str, work: Callable[[Any], Any]) -> Any:
-    """Run `work(session)` in its own short transaction, committed."""
-
-    async def run() -> Any:
-        engine = create_engine(database_url)
-        try:
-            async with create_sessionmaker(engine)() as session:
-                result = await work(session)
-                await session.commit()
-                return result
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def enqueue(database_url: str, kind: str, count: int = 1, payload: dict[str, Any] | None = None) -> list[str]:
@@ -80,15 +57,6 @@ def log_lines(log: Path) -> list[tuple[str, str, int, int]]:
         event, job_id, attempt, pid = line.split()
         lines.append((event, job_id, int(attempt), int(pid)))
     return lines
-
-
-def until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-    """Wait for a condition the processes bring about (bounded; the bound is no timing assertion)."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 @contextmanager

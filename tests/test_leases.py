@@ -5,7 +5,6 @@ kills real server processes.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.conftest import Caller
-from tests.responses_helpers import registry_with, running_app, turn
+from tests.conftest import Caller, registry_with
+from tests.responses_helpers import turn
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain import leases
@@ -23,6 +22,8 @@ from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
 from threadline.services.recovery import settle_expired
 from threadline.storage.tables import Response, Thread
+
+pytestmark = pytest.mark.fake_model()
 
 BETA = {"OpenAI-Beta": "assistants=v2"}
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -60,17 +61,6 @@ def test_a_response_is_in_progress_only_while_its_turn_holds_a_live_lease(
     status: str, owner: str | None, expires_at: datetime | None, seen: str
 ) -> None:
     assert leases.response_status(status, "resp_a", owner, expires_at, NOW) == seen
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(context_window=1000)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 async def leave_turn_running(

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from tests.conftest import Caller
 from tests.helpers import refused
-from tests.responses_helpers import running_app, sse_events, thread_messages, turn
-from threadline.config import Settings
+from tests.responses_helpers import sse_events, thread_messages, turn
 from threadline.domain.naming import INSTRUCTION
 from threadline.providers.fake import FakeProvider, Script
 
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(model_names=("fake-model", "fake-small"))
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
+pytestmark = pytest.mark.fake_model(model_names=("fake-model", "fake-small"))
 
 
 async def _conversation(client: httpx.AsyncClient, caller: Caller, thread_id: str = "chat-1") -> str:

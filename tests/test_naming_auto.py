@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from tests.conftest import Caller
-from tests.responses_helpers import running_app, sse_events, thread_messages, turn
+from tests.responses_helpers import sse_events, thread_messages, turn
 from threadline.config import Settings
 from threadline.providers.fake import FakeProvider, Script
 from threadline.services.background import Background
 
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-def auto_name(request: pytest.FixtureRequest) -> bool:
-    return bool(getattr(request, "param", True))
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider, auto_name: bool) -> AsyncIterator[FastAPI]:
-    configured = settings.model_copy(update={"auto_name_threads": auto_name})
-    async for application in running_app(configured, fake):
-        yield application
+pytestmark = [pytest.mark.fake_model(), pytest.mark.app_settings(auto_name_threads=True)]
 
 
 def _background(app: FastAPI) -> Background:
@@ -158,7 +142,7 @@ async def test_the_users_next_turn_is_not_blocked_by_naming(
     assert _background(app).pending >= 1
 
 
-@pytest.mark.parametrize("auto_name", [False], indirect=True)
+@pytest.mark.app_settings(auto_name_threads=False)
 async def test_off_by_default_nothing_is_named(
     app: FastAPI, client: httpx.AsyncClient, caller: Caller, fake: FakeProvider
 ) -> None:

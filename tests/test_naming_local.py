@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from tests.conftest import Caller, started_app
+from tests.conftest import Caller
 from tests.responses_helpers import sse_events, thread_messages, turn
-from threadline.config import Settings
 from threadline.domain.threads import TITLE_MAX_CHARS
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    configured = settings.model_copy(update={"local_model_enabled": True, "local_context_window": 2048})
-    async for application in started_app(configured):
-        yield application
+pytestmark = [pytest.mark.slow, pytest.mark.app_settings(local_model_enabled=True, local_context_window=2048)]
 
 
 async def test_the_embedded_model_names_a_real_conversation(client: httpx.AsyncClient, caller: Caller) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
@@ -22,9 +22,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.conftest import Caller, _empty_all_tables, make_caller, started_app
+from tests.conftest import Caller, _empty_all_tables, make_caller, registry_with, started_app
 from tests.helpers import refused
-from tests.responses_helpers import registry_with, turn
+from tests.responses_helpers import turn
 from tests.servers import upstream_server
 from threadline import observability
 from threadline.config import ProviderConfig, Settings
@@ -35,16 +35,7 @@ from threadline.providers.fake import FakeProvider, Script
 from threadline.services import retention
 from threadline.storage.repositories.threads import ThreadRepository
 
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(context_window=1000)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in started_app(settings, registry_with(fake)):
-        yield application
+pytestmark = pytest.mark.fake_model()
 
 
 async def scrape(client: httpx.AsyncClient, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

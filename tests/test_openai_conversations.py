@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,13 +12,6 @@ from openai import AsyncOpenAI
 
 from tests.conftest import Caller
 from tests.openai_sdk import sdk_client
-
-
-@pytest.fixture
-async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
-    client, _ = sdk_client(app, caller.api_key)
-    async with client:
-        yield client
 
 
 def texts(item: Any) -> tuple[str, str]:

@@ -3,7 +3,6 @@ with a scripted FakeProvider for deterministic words."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,10 +13,11 @@ from openai import AsyncOpenAI
 
 from tests.conftest import Caller
 from tests.openai_sdk import sdk_client
-from tests.responses_helpers import running_app, sse_events, thread_messages, user
-from threadline.config import Settings
+from tests.responses_helpers import sse_events, thread_messages, user
 from threadline.domain.messages import ChatMessage
 from threadline.providers.fake import FakeProvider, Script
+
+pytestmark = pytest.mark.fake_model()
 
 CANONICAL = [
     "response.created",
@@ -31,25 +31,6 @@ CLOSING = [
     "response.output_item.done",
     "response.completed",
 ]
-
-
-@pytest.fixture
-def fake(request: pytest.FixtureRequest) -> FakeProvider:
-    """Window 1000 unless a test parametrizes `fake` indirectly with another window."""
-    return FakeProvider(context_window=getattr(request, "param", 1000))
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
-
-
-@pytest.fixture
-async def oa(app: FastAPI, caller: Caller) -> AsyncIterator[AsyncOpenAI]:
-    client, _ = sdk_client(app, caller.api_key)
-    async with client:
-        yield client
 
 
 def said(call: list[ChatMessage]) -> list[tuple[str, str]]:
@@ -218,7 +199,7 @@ async def test_conversation_is_context_and_receives_the_turn(
     assert len(fake.calls) == 2
 
 
-@pytest.mark.parametrize("fake", [60], indirect=True)
+@pytest.mark.fake_model(context_window=60)
 async def test_truncation_disabled_refuses_and_auto_drops_the_oldest(oa: AsyncOpenAI, fake: FakeProvider) -> None:
     # Five 10-word items of 15 tokens each; with a 60-token window, 10 reserved for the answer, the input (6) and
     # the priming (3), 41 tokens are left for history: two items.

@@ -20,16 +20,18 @@ from openai.types.beta.threads import Text, TextDelta
 
 from tests.conftest import Caller, _empty_all_tables, make_caller
 from tests.openai_sdk import CountingTransport, sdk_client
-from tests.responses_helpers import running_app
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import GenerationParams
 from threadline.providers.fake import FakeProvider, Script
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The Assistants API is deprecated in favor of the Responses API:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:The Assistants API is deprecated in favor of the Responses API:DeprecationWarning"
+    ),
+    pytest.mark.fake_model(),
+]
 
 BETA = {"OpenAI-Beta": "assistants=v2"}
 STREAM_ORDER = [
@@ -41,17 +43,6 @@ STREAM_ORDER = [
     "thread.message.created",
     "thread.message.in_progress",
 ]
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 @pytest.fixture

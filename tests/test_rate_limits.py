@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from tests.conftest import Caller, make_caller, started_app
+from tests.conftest import Caller, make_caller, registry_with, started_app
 from tests.helpers import refused
 from tests.openai_sdk import BASE_URL
-from tests.responses_helpers import registry_with, turn
+from tests.responses_helpers import turn
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.providers.base import GenerationParams, StreamEvent

@@ -8,7 +8,6 @@ parent (thread, seq) instead of copying it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +17,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import Caller
+from tests.conftest import Caller, registry_with
 from tests.helpers import refused
-from tests.responses_helpers import prefill, registry_with, running_app, thread_messages, turn
+from tests.responses_helpers import prefill, thread_messages, turn
 from tests.test_query_plans import _assert_range_scan, _plan, _Recorder
 from threadline.api.app import create_app
 from threadline.config import Settings
@@ -31,17 +30,7 @@ from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.tables import Message, Response, Thread
 from threadline.turns import start as turn_start
 
-
-@pytest.fixture
-def fake(request: pytest.FixtureRequest) -> FakeProvider:
-    """Window 1000 unless a test parametrizes `fake` indirectly with another window."""
-    return FakeProvider(context_window=getattr(request, "param", 1000))
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
+pytestmark = pytest.mark.fake_model()
 
 
 @pytest.fixture
@@ -204,7 +193,7 @@ async def test_a_chain_of_a_chain_reads_every_segment_and_reports_them(
     assert full["context"]["messages_included"] == 8
 
 
-@pytest.mark.parametrize("fake", [52], indirect=True)
+@pytest.mark.fake_model(context_window=52)
 async def test_the_budget_spans_segments_recent_keeps_the_newest_smart_the_start(
     client: httpx.AsyncClient, caller: Caller, fake: FakeProvider
 ) -> None:

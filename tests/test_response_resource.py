@@ -5,20 +5,19 @@ OpenResponses specification (schema/components/schemas/ResponseResource.json); S
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import Caller
-from tests.responses_helpers import running_app, sse_events
-from threadline.config import Settings
+from tests.responses_helpers import sse_events
 from threadline.domain.messages import ToolCall
 from threadline.providers.fake import FakeProvider, Script
+
+pytestmark = pytest.mark.fake_model(tools=True)
 
 NUMBER, INTEGER, STRING, BOOLEAN, OBJECT, ARRAY, NULL = (
     "number",
@@ -95,17 +94,6 @@ def check_resource(body: dict[str, Any]) -> None:
     for item in body["output"]:
         assert isinstance(item["id"], str) and item["type"] in ("message", "function_call")
     Response.model_validate(body, strict=True)
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(tools=True)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 async def create(client: httpx.AsyncClient, caller: Caller, **fields: Any) -> httpx.Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -12,23 +11,12 @@ from fastapi import FastAPI
 
 from tests.conftest import Caller
 from tests.helpers import refused
-from tests.responses_helpers import prefill, running_app, thread_messages, turn, user
-from threadline.config import Settings
+from tests.responses_helpers import prefill, thread_messages, turn, user
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
 from threadline.storage.tables import Assistant, Message, Response
 
-
-@pytest.fixture
-def fake(request: pytest.FixtureRequest) -> FakeProvider:
-    """Window 1000 unless a test parametrizes `fake` indirectly with another window."""
-    return FakeProvider(context_window=getattr(request, "param", 1000))
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
+pytestmark = pytest.mark.fake_model()
 
 
 async def test_turn_without_thread_creates_one_and_saves_both_sides(
@@ -230,7 +218,7 @@ async def test_assistant_defaults_apply_and_request_fields_override_them(
     assert [m["role"] for m in await thread_messages(client, caller, "t_asst")] == ["user", "assistant"] * 2
 
 
-@pytest.mark.parametrize("fake", [60], indirect=True)
+@pytest.mark.fake_model(context_window=60)
 async def test_context_window_keeps_recent_messages_and_full_mode_refuses(
     client: httpx.AsyncClient, caller: Caller, fake: FakeProvider
 ) -> None:

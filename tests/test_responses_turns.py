@@ -12,9 +12,9 @@ import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 
-from tests.conftest import Caller
+from tests.conftest import Caller, registry_with
 from tests.helpers import refused
-from tests.responses_helpers import registry_with, running_app, sse_events, thread_messages, turn
+from tests.responses_helpers import sse_events, thread_messages, turn
 from tests.servers import free_port
 from threadline.api.app import create_app
 from threadline.config import Settings
@@ -28,27 +28,10 @@ from threadline.storage.tables import Response, Thread
 from threadline.turns.request import TurnRequest
 from threadline.turns.turn import OutputDelta
 
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(context_window=1000)
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        local_model_enabled=False,
-        retention_enabled=False,
-        thread_busy_timeout_seconds=10,
-        thread_lease_seconds=1.0,
-    )
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
+pytestmark = [
+    pytest.mark.fake_model(),
+    pytest.mark.app_settings(thread_busy_timeout_seconds=10, thread_lease_seconds=1.0),
+]
 
 
 async def thread_row(app: FastAPI, thread_id: str) -> Thread:

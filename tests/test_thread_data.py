@@ -15,14 +15,11 @@ from tests.conftest import Caller, make_caller, started_app
 from tests.helpers import refused
 from threadline.config import Settings
 
+# A small global body limit: imports have their own, larger one.
+pytestmark = pytest.mark.app_settings(max_body_bytes=1024)
+
 NDJSON = {"Content-Type": "application/x-ndjson"}
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    # A small global body limit: imports have their own, larger one.
-    return Settings(database_url=database_url, local_model_enabled=False, retention_enabled=False, max_body_bytes=1024)
 
 
 async def ok(response: httpx.Response) -> Any:

@@ -3,7 +3,6 @@ a fork of a fork, the source read as it is now, and the fork's own copy once the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.conftest import Caller
 from tests.helpers import refused
-from tests.responses_helpers import prefill, running_app, turn
+from tests.responses_helpers import prefill, turn
 from tests.test_response_chains import count_rows, thread_row
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -23,18 +22,9 @@ from threadline.providers.fake import FakeProvider
 from threadline.services import retention
 from threadline.storage.tables import Message, Thread
 
+pytestmark = pytest.mark.fake_model(context_window=100_000)
+
 ASSISTANTS = {"OpenAI-Beta": "assistants=v2"}
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(context_window=100_000)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 @pytest.fixture

@@ -4,30 +4,17 @@ call in turn; the saved response lists the same items with the same ids."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from tests.conftest import Caller
-from tests.responses_helpers import running_app, sse_events
-from threadline.config import Settings
+from tests.responses_helpers import sse_events
 from threadline.domain.messages import ToolCall
 from threadline.providers.fake import FakeProvider, Script
 
+pytestmark = pytest.mark.fake_model(tools=True)
+
 TOOLS = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider(tools=True)
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 async def test_text_then_two_calls_stream_as_three_items_in_order(

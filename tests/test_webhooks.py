@@ -5,11 +5,8 @@ official `openai` SDK's `client.webhooks.unwrap`. Time is a parameter (the attem
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,11 +21,11 @@ from openai.types.webhooks import (
     ResponseIncompleteWebhookEvent,
 )
 
-from tests.conftest import Caller, make_caller
+from tests.conftest import Caller, make_caller, running_app
 from tests.helpers import refused
 from tests.openai_sdk import sdk_client
-from tests.responses_helpers import running_app, turn
-from tests.servers import free_port, running
+from tests.responses_helpers import turn
+from tests.servers import free_port, webhook_receiver
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
 from threadline.ids import new_id
@@ -37,17 +34,22 @@ from threadline.services import recovery, retention, webhook_delivery, webhooks
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.tables import Job, Response, Thread, WebhookDelivery
 
-TESTS = Path(__file__).parent
+pytestmark = [
+    pytest.mark.fake_model(),
+    pytest.mark.app_settings(
+        webhook_allow_private_urls=True,
+        webhook_disable_after_hours=1,
+        webhook_disable_after_failures=3,
+        job_poll_seconds=3600,  # every job that runs was woken by a commit, never by the poll
+    ),
+]
+
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
 
 
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("receiver") / "receiver.log"
-    command = [sys.executable, str(TESTS / "webhook_receiver.py"), "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with running(command, ready_url=f"{base}/healthz", log=log, env=dict(os.environ)):
+    with webhook_receiver(tmp_path_factory.mktemp("receiver") / "receiver.log") as base:
         yield base
 
 
@@ -68,30 +70,6 @@ def received(receiver: str) -> list[dict[str, Any]]:
 
 def script(receiver: str, *statuses: int) -> None:
     httpx.post(f"{receiver}/_script", json={"statuses": list(statuses)})
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        local_model_enabled=False,
-        retention_enabled=False,
-        webhook_allow_private_urls=True,
-        webhook_disable_after_hours=1,
-        webhook_disable_after_failures=3,
-        job_poll_seconds=3600,  # every job that runs was woken by a commit, never by the poll
-    )
-
-
-@pytest.fixture
-def fake() -> FakeProvider:
-    return FakeProvider()
-
-
-@pytest.fixture
-async def app(settings: Settings, fake: FakeProvider) -> AsyncIterator[FastAPI]:
-    async for application in running_app(settings, fake):
-        yield application
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ real app with a FakeProvider) sends a signed delivery to a receiver process (tes
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,66 +15,31 @@ import sqlalchemy as sa
 from openai import OpenAI
 from openai.types.webhooks import ResponseCompletedWebhookEvent
 
-from tests.conftest import _empty_all_tables
-from tests.servers import REPO_SRC, free_port, running, threadline_env
+from tests.helpers import with_session
+from tests.servers import fuzz_server, until, webhook_receiver
 from threadline.domain.clock import utcnow
 from threadline.services import auth, webhook_delivery
-from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import Job
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SDK = OpenAI(api_key="unused", base_url="http://unused.invalid/v1")
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[str]:
-    yield database_url
-    asyncio.run(_empty_all_tables(database_url))
-
-
-def with_session(database_url: str, work: Callable[[Any], Any]) -> Any:
-    async def run() -> Any:
-        engine = create_engine(database_url)
-        try:
-            async with create_sessionmaker(engine)() as session:
-                result = await work(session)
-                await session.commit()
-                return result
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    """Wait for what the processes bring about (bounded; the bound is no timing assertion)."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, str(REPO_ROOT / "tests" / "webhook_receiver.py"), "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with running(command, ready_url=f"{base}/healthz", log=tmp_path / "receiver.log", env=dict(os.environ)):
+    with webhook_receiver(tmp_path / "receiver.log") as base:
         yield base
 
 
-def server(db: str, log: Path) -> Any:
-    env = threadline_env(db)
-    env.update(
-        PYTHONPATH=f"{REPO_SRC}{os.pathsep}{REPO_ROOT}",
+def server(db: str, log: Path) -> AbstractContextManager[str]:
+    """A server process (yields its base URL) that sends webhooks to 127.0.0.1."""
+    return fuzz_server(
+        db,
+        log=log,
         THREADLINE_WEBHOOK_ALLOW_PRIVATE_URLS="true",
         THREADLINE_JOB_POLL_SECONDS="3600",  # work reaches it by its own commits and at start, never by the poll
     )
-    port = free_port()
-    command = [sys.executable, "-m", "tests.fuzz_server", str(port)]
-    return port, running(command, ready_url=f"http://127.0.0.1:{port}/healthz", log=log, env=env, cwd=REPO_ROOT)
 
 
 def test_a_server_delivers_and_the_next_one_sends_the_retry_it_left(db: str, receiver: str, tmp_path: Path) -> None:
@@ -87,9 +49,7 @@ def test_a_server_delivers_and_the_next_one_sends_the_retry_it_left(db: str, rec
 
     headers = {"X-API-Key": with_session(db, make_key)}
     httpx.post(f"{receiver}/_script", json={"statuses": [500]})
-    port, first = server(db, tmp_path / "first.log")
-    with first:
-        base = f"http://127.0.0.1:{port}"
+    with server(db, tmp_path / "first.log") as base:
         hook = {"url": f"{receiver}/hook", "events": ["response.completed"]}
         endpoint = httpx.post(f"{base}/v1/webhooks", json=hook, headers=headers).json()
         inputs = [{"role": "user", "texts": [{"text": "Hello"}]}]
@@ -100,7 +60,7 @@ def test_a_server_delivers_and_the_next_one_sends_the_retry_it_left(db: str, rec
             data = httpx.get(log_url, headers=headers).json()["data"]
             return len(data) == 1 and data[0]["attempt_count"] == 1
 
-        eventually(first_attempt_recorded, "the first attempt (answered 500) was recorded")
+        until(first_attempt_recorded, "the first attempt (answered 500) was recorded", within=30)
 
     # The first server is gone; its retry waits in the queue. Due now, the next server sends it at start.
     async def due_now(session: Any) -> None:
@@ -111,14 +71,13 @@ def test_a_server_delivers_and_the_next_one_sends_the_retry_it_left(db: str, rec
         )
 
     with_session(db, due_now)
-    port, second = server(db, tmp_path / "second.log")
-    with second:
-        log_url = f"http://127.0.0.1:{port}/v1/webhooks/{endpoint['id']}/deliveries"
+    with server(db, tmp_path / "second.log") as base:
+        log_url = f"{base}/v1/webhooks/{endpoint['id']}/deliveries"
 
         def delivered() -> bool:
             return httpx.get(log_url, headers=headers).json()["data"][0]["status"] == "delivered"
 
-        eventually(delivered, "the retry was delivered by the second server")
+        until(delivered, "the retry was delivered by the second server", within=30)
         [entry] = httpx.get(log_url, headers=headers).json()["data"]
     assert [a["status_code"] for a in entry["attempts"]] == [500, 200]
     got = httpx.get(f"{receiver}/_received").json()
