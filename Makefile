@@ -48,8 +48,10 @@ test: static
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # THREADLINE_TEST_QUICK makes a test that reaches for PostgreSQL, a browser or nginx unmarked fail, not pass.
+# In parallel like `make test`: one worker per core, a file's tests on one worker.
 check: static
-	THREADLINE_TEST_QUICK=1 $(BIN)/python -m pytest -q -m "not postgres and not browser and not nginx and not slow"
+	THREADLINE_TEST_QUICK=1 $(BIN)/python -m pytest -q -n auto --dist loadfile \
+		-m "not postgres and not browser and not nginx and not slow"
 
 static: $(DEV_ENV)
 	$(BIN)/ruff check src tests bench

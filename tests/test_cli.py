@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import threadline_env, threadline_serve
+
+# Starts threadline serve and the CLI: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 
 def _run(database_url: str, cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

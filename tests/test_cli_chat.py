@@ -21,6 +21,9 @@ import pytest
 from tests.servers import Upstream, threadline_env, upstream_server
 from tests.upstream import pieces
 
+# Starts the CLI and a real upstream process: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 ANSWER = "One token at a time."
 TOKENS = pieces(ANSWER)
 

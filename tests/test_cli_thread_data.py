@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import _run
 from tests.test_thread_data import chatgpt_export
+
+# Starts the CLI as subprocesses: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 
 def test_import_then_export_then_import_elsewhere(empty_database_url: str, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     assert result.stderr.strip() == "" and result.stdout.strip() == ""
 
 
+@pytest.mark.slow  # runs the CLI as a subprocess (docs/testing.md)
 def test_the_units_command_line_is_one_the_cli_accepts() -> None:
     exec_start = next(line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart="))
     args = exec_start.removeprefix(f"ExecStart={INSTALLED} ").split()

@@ -65,6 +65,9 @@ from threadline.config import Settings
 from threadline.services import auth
 from threadline.storage.engine import create_engine, create_sessionmaker
 
+# Starts a server process (tests/fuzz_server.py): `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = REPO_SRC.parent
 ASSISTANTS_V2 = {"OpenAI-Beta": "assistants=v2"}
 PASSWORD = "correct horse battery staple"

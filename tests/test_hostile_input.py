@@ -283,6 +283,7 @@ def _client_port(response: httpx.Response) -> int:
     return port
 
 
+@pytest.mark.slow  # starts threadline serve (docs/testing.md)
 def test_a_500_is_the_envelope_and_keeps_the_connection(empty_database_url: str, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with (

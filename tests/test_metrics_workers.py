@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port, running, threadline_env
+
+# Starts threadline serve --workers 2: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 
 def _unauthorized_count(text: str) -> float:

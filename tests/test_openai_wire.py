@@ -18,6 +18,9 @@ from openai import OpenAI
 from tests.conftest import Caller
 from tests.servers import threadline_env, threadline_serve
 
+# Starts threadline serve: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(database_url: str, caller: Caller, tmp_path: Path) -> Iterator[str]:

@@ -369,6 +369,7 @@ def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # runs the CLI as a subprocess (docs/testing.md)
 async def test_cli_reports_what_it_purges(
     maker: async_sessionmaker[AsyncSession], database_url: str, caller: Caller
 ) -> None:

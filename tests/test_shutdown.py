@@ -27,6 +27,9 @@ from tests.servers import create_key, free_port, running, threadline_env, upstre
 from threadline.storage.engine import create_engine
 from threadline.storage.tables import Response, Thread
 
+# Starts threadline serve and a real upstream: `make test` runs it, `make check` does not (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 SECRET_TEXT = "the-secret-ingredient-is-cardamom"
 
 

@@ -33,27 +33,9 @@ ContextMode = Literal["recent", "smart", "full"]
 CONTEXT_MODES: tuple[ContextMode, ...] = ("recent", "smart", "full")
 
 
-@dataclass(frozen=True)
-class HistoryMessage:
-    """A stored message of the conversation with its token count (content + framing).
-
-    `seq` is the message's position in the conversation. A chain thread numbers its messages on from where it
-    forked (docs/chains.md), so seqs rise along the whole path even when it spans several threads; `thread_id`
-    says which thread holds the row.
-    """
-
-    seq: int
-    role: str
-    content: str
-    tokens: int
-    thread_id: str = ""
-    type: str = "message"
-    call_id: str | None = None
-    name: str | None = None
-    parts: ContentParts | None = field(default=None, hash=False)
-
-
-@dataclass(frozen=True)
+# Built for every history row of every turn: plain slotted classes (a frozen dataclass's __init__ costs twice as
+# much), treated as values all the same.
+@dataclass(slots=True)
 class PromptMessage:
     """An item of the prompt; `seq` is None for items that are not (yet) in the thread."""
 
@@ -65,15 +47,25 @@ class PromptMessage:
     call_id: str | None = None
     name: str | None = None
     # A message with images (docs/items.md): all its content parts in order.
-    parts: ContentParts | None = field(default=None, hash=False)
+    parts: ContentParts | None = None
+
+
+@dataclass(slots=True)
+class HistoryMessage(PromptMessage):
+    """A stored message of the conversation with its token count (content + framing); it goes into the prompt
+    as it is.
+
+    `seq` is the message's position in the conversation. A chain thread numbers its messages on from where it
+    forked (docs/chains.md), so seqs rise along the whole path even when it spans several threads; `thread_id`
+    says which thread holds the row.
+    """
+
+    seq: int = 0
+    thread_id: str = ""
 
 
 def _is_tool_item(message: HistoryMessage) -> bool:
     return message.type in TOOL_ITEM_TYPES
-
-
-def _prompt(m: HistoryMessage) -> PromptMessage:
-    return PromptMessage(m.role, m.content, m.tokens, m.seq, m.type, m.call_id, m.name, m.parts)
 
 
 @dataclass(frozen=True)
@@ -269,10 +261,10 @@ def build_context(
         anchor, chosen_rest, note = _smart_or_recent(anchor, tail, history_total, budget, count_note)
         chosen = anchor + chosen_rest
 
-    history_part: list[PromptMessage] = [_prompt(m) for m in anchor]
+    history_part: list[PromptMessage] = list(anchor)
     if note is not None:
         history_part.append(note)
-    history_part += [_prompt(m) for m in chosen[len(anchor) :]]
+    history_part += chosen[len(anchor) :]
     return _plan(
         mode,
         window,
@@ -328,10 +320,10 @@ def _with_summary(
             # The start as it was said, when the summary stands for it (items after it are in `tail`).
             anchor = [m for m in anchor_of(head) if m.seq <= summary.last_seq]
         anchor, newest, note = _smart_or_recent(anchor, tail, after_summary + len(anchor), rest_budget, count_note)
-    history_part = [*(_prompt(m) for m in anchor), summary.as_prompt()]
+    history_part = [*anchor, summary.as_prompt()]
     if note is not None:
         history_part.append(note)
-    history_part += [_prompt(m) for m in newest]
+    history_part += newest
     return _plan(
         mode,
         window,

@@ -48,10 +48,11 @@ MAX_IMAGE_URL_CHARS = 8_000_000
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+", re.ASCII)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ChatMessage:
     """An item as a model sees it: a message, a function call (`content` = its arguments) or a call's output
-    (`content` = the output text)."""
+    (`content` = the output text). A value (never changed once built), but not frozen: every prompt item of every
+    turn is one, and a frozen dataclass's __init__ costs twice as much."""
 
     role: ItemRole
     content: str
@@ -60,7 +61,7 @@ class ChatMessage:
     # The function a call names.
     name: str | None = None
     # A message with images: all its parts in order (`content` is then the text parts joined).
-    parts: ContentParts | None = field(default=None, hash=False)
+    parts: ContentParts | None = None
 
     @property
     def has_images(self) -> bool:

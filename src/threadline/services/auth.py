@@ -200,13 +200,17 @@ async def revoke_user_token(session: AsyncSession, token_id: str) -> None:
 
 
 async def authenticate(session: AsyncSession, credential: str | None) -> Principal:
-    """Resolve an API key or user token to a Principal; 401 for anything else."""
+    """Resolve an API key or user token to a Principal; 401 for anything else.
+
+    `session` is the caller's fresh one, for authentication alone (and the request counter): its statements
+    commit one by one, every request pays for no transaction around them."""
     if not credential:
         raise AuthenticationFailed(
             "Missing credentials: send 'X-API-Key: <key>' or 'Authorization: Bearer <key or token>'.",
             code="missing_credentials",
         )
     repo = IdentityRepository(session)
+    await repo.statement_by_statement()
     digest = _digest(credential)
     now = utcnow()
     if credential.startswith(USER_TOKEN_PREFIX):

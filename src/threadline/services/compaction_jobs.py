@@ -21,7 +21,7 @@ from threadline.errors import Conflict, InvalidRequest, NotFound
 from threadline.providers.registry import ModelRegistry
 from threadline.services import compaction, jobs
 from threadline.storage.repositories.assistants import AssistantRepository
-from threadline.storage.tables import Thread
+from threadline.storage.repositories.threads import FreedThread
 
 logger = logging.getLogger("threadline.compaction")
 
@@ -29,7 +29,7 @@ KIND = "compaction.thread"
 
 
 async def enqueue_if_due(
-    session: AsyncSession, settings: Settings, thread: Thread, report: Mapping[str, Any], mode: str, window: int
+    session: AsyncSession, settings: Settings, thread: FreedThread, report: Mapping[str, Any], mode: str, window: int
 ) -> None:
     """In a turn's saving transaction: queue the thread's compaction if the turn's context `report` (its prompt
     in `mode`, for a model of `window` tokens) asks for one."""

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.messages import ChatMessage, NewMessage, unanswered_calls
 from threadline.storage.repositories.messages import MessageRepository
-from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.repositories.threads import LeasedThread, ThreadRepository
 from threadline.storage.tables import Thread
 
 # Threads on one conversation's path: a turn may need one query per segment, so forks are bounded.
@@ -47,7 +47,7 @@ class Segment:
 
 
 async def conversation_path(
-    session: AsyncSession, thread: Thread, limit: int = MAX_CHAIN_SEGMENTS + 1
+    session: AsyncSession, thread: Thread | LeasedThread, limit: int = MAX_CHAIN_SEGMENTS + 1
 ) -> list[Segment]:
     """The segments of `thread`'s conversation, newest first (at most `limit`)."""
     if thread.parent_thread_id is None:

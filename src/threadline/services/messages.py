@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +21,7 @@ from threadline.services.threads import create_thread, get_thread
 from threadline.storage.repositories.history import HistoryRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.pagination import Page, PageRequest
-from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.repositories.threads import FreedThread, ThreadRepository
 from threadline.storage.tables import Message, MessageEdit, Thread
 
 # Item ids say what the item is, as OpenAI's do: `msg_…`, `fc_…` for a call, `fco_…` for its output, `rs_…` for
@@ -81,50 +82,78 @@ async def append_messages(
     new: Sequence[NewMessage],
     *,
     user_id: str | None,
-    check_state: bool = True,
 ) -> list[Message]:
     """Append messages to an open thread with consecutive seqs; counts and timestamps follow.
 
     The caller holds the thread (loaded in this transaction); the seq reservation row-locks it until commit.
-    `check_state=False` is for a model turn that was admitted while the thread was open and holds its lease.
+    (A model turn's save appends with `insert_reserved` instead.)
     """
-    if check_state:
-        rules.ensure_accepts_messages(thread.id, thread.state)
-        await waiting_runs.ensure_no_active_run(session, thread.organization_id, thread.id)
-    limit = settings.max_messages_per_thread
-    held = thread.message_count + thread.inherited_message_count
-    if held + len(new) > limit:
-        raise ThreadFull(
-            f"Thread '{thread.id}' holds {held} messages; the limit is {limit} per thread.",
-            param="thread",
-        )
+    rules.ensure_accepts_messages(thread.id, thread.state)
+    await waiting_runs.ensure_no_active_run(session, thread.organization_id, thread.id)
+    _check_room(settings, thread.id, thread.message_count + thread.inherited_message_count, len(new))
     now = utcnow()
     first_seq = await ThreadRepository(session).reserve_seqs(thread, len(new), now)
-    rows = [
-        Message(
-            organization_id=thread.organization_id,
-            id=m.id or new_id(_ID_PREFIXES[m.type]),
-            thread_id=thread.id,
-            seq=first_seq + i,
-            role=m.role,
-            type=m.type,
-            call_id=m.call_id,
-            payload=dict(m.payload) if m.payload is not None else None,
-            content=validate_content(m.content),
-            metadata_=dict(m.metadata),
-            token_count=m.token_count,
-            tokenizer=m.tokenizer,
-            model=m.model,
-            response_id=m.response_id,
-            assistant_id=m.assistant_id,
-            user_id=user_id if m.role == "user" else None,
-            created_at=now,
-            edit_count=0,
-        )
-        for i, m in enumerate(new)
-    ]
+    rows = [Message(**values) for values in _rows(thread.organization_id, thread.id, first_seq, new, user_id, now)]
     await MessageRepository(session).add_all(rows)
     return rows
+
+
+async def insert_reserved(
+    session: AsyncSession,
+    settings: Settings,
+    thread: FreedThread,
+    new: Sequence[NewMessage],
+    *,
+    user_id: str | None,
+    now: datetime,
+) -> None:
+    """A turn's save: insert its items into the seqs `ThreadRepository.release_lease_returning` handed out (the
+    counts there already include them), in one INSERT, with no ORM objects."""
+    _check_room(settings, thread.id, thread.message_count + thread.inherited_message_count - len(new), len(new))
+    rows = _rows(thread.organization_id, thread.id, thread.first_seq, new, user_id, now)
+    await MessageRepository(session).insert(rows)
+
+
+def _check_room(settings: Settings, thread_id: str, held: int, adding: int) -> None:
+    limit = settings.max_messages_per_thread
+    if held + adding > limit:
+        raise ThreadFull(
+            f"Thread '{thread_id}' holds {held} messages; the limit is {limit} per thread.", param="thread"
+        )
+
+
+def _rows(
+    organization_id: str,
+    thread_id: str,
+    first_seq: int,
+    new: Sequence[NewMessage],
+    user_id: str | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The rows of `new`, numbered from `first_seq`, by `Message` attribute."""
+    return [
+        {
+            "organization_id": organization_id,
+            "id": m.id or new_id(_ID_PREFIXES[m.type]),
+            "thread_id": thread_id,
+            "seq": first_seq + i,
+            "role": m.role,
+            "type": m.type,
+            "call_id": m.call_id,
+            "payload": dict(m.payload) if m.payload is not None else None,
+            "content": validate_content(m.content),
+            "metadata_": dict(m.metadata),
+            "token_count": m.token_count,
+            "tokenizer": m.tokenizer,
+            "model": m.model,
+            "response_id": m.response_id,
+            "assistant_id": m.assistant_id,
+            "user_id": user_id if m.role == "user" else None,
+            "created_at": now,
+            "edit_count": 0,
+        }
+        for i, m in enumerate(new)
+    ]
 
 
 async def add_message(

@@ -16,44 +16,40 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from threadline.storage import sqlite
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    """An async engine. SQLite (any `sqlite…://` URL) runs on the event loop (storage/sqlite.py) with WAL and
+    foreign keys on every connection; PostgreSQL runs on asyncpg."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_async_engine(url.set(drivername=f"sqlite+{sqlite.DRIVER}"), **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
+            # Let SQLAlchemy emit BEGIN itself (pysqlite's own transaction handling would fight it).
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin_immediate(conn: Any) -> None:
-            # Take the write lock at BEGIN so two writers queue on busy_timeout instead of one failing
-            # with "database is locked" when it upgrades a read transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Take the write lock at BEGIN so two writers queue instead of one failing with "database is locked"
+            # when it upgrades a read transaction; the wait does not block the event loop.
+            try:
+                sqlite.begin_immediate(conn.connection.driver_connection)
+            except sqlite3.Error as error:
+                raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
 
-        _disable_pysqlite_transactions(engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
-
-
-def _disable_pysqlite_transactions(engine: AsyncEngine) -> None:
-    """Let SQLAlchemy emit BEGIN itself (pysqlite's own transaction handling would fight it)."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _no_autobegin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
 
 
 def is_full_text_object(name: str | None) -> bool:
@@ -66,7 +62,7 @@ def is_full_text_object(name: str | None) -> bool:
 # PostgreSQL SQLSTATEs that mean "not now": connection exceptions (class 08), the server shutting down or
 # starting up (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), no free connection slot.
 _PG_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
-# SQLite's equivalents: the file cannot be opened (its volume is away) or stays locked past busy_timeout.
+# SQLite's equivalents: the file cannot be opened (its volume is away) or stays locked past the lock wait.
 _SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk i/o error")
 
 

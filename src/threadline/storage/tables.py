@@ -49,6 +49,13 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
 
 
+def core_table(entity: type[Base]) -> sa.Table:
+    """A mapped class's table, for the Core statements of a turn: no ORM compile step, no objects built."""
+    table = entity.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 

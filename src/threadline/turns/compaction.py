@@ -34,7 +34,7 @@ from threadline.providers.base import Finished, ModelInfo, Provider, StreamEvent
 from threadline.providers.registry import ModelRegistry
 from threadline.services import compaction
 from threadline.services.conversation import Segment
-from threadline.storage.tables import Assistant, Thread
+from threadline.storage.tables import Assistant
 from threadline.turns.context import plan_context
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def input_summary(inputs: Sequence[PromptMessage], tokenizer: TokenCounter) -> t
 
 async def plan(
     session: AsyncSession,
-    thread: Thread,
+    organization_id: str,
     *,
     segments: Sequence[Segment],
     tokenizer: TokenCounter,
@@ -109,9 +109,10 @@ async def plan(
     priming_tokens: int,
     last_messages: int | None = None,
     compacting: CompactionContext | None = None,
+    summarized: bool = True,
 ) -> tuple[ContextPlan, list[str] | None, PendingCompaction | None]:
-    """`plan_context`, unless the inputs hold a compaction item (then no history is read); with `compacting`,
-    also the compaction the turn must run first, if any."""
+    """`plan_context` (`summarized` as there), unless the inputs hold a compaction item (then no history is
+    read); with `compacting`, also the compaction the turn must run first, if any."""
     summary, shown = input_summary(inputs, tokenizer)
     if summary is not None:
         return _from_input_summary(
@@ -130,7 +131,7 @@ async def plan(
     try:
         plain, pending = await plan_context(
             session,
-            thread,
+            organization_id,
             segments=segments,
             tokenizer=tokenizer,
             tokenizer_name=tokenizer_name,
@@ -142,6 +143,7 @@ async def plan(
             full_limit=full_limit,
             priming_tokens=priming_tokens,
             last_messages=last_messages,
+            summarized=summarized,
         )
     except ContextLengthExceeded as exc:
         if compacting is None or exc.param != "thread_context_mode":
@@ -161,8 +163,7 @@ async def plan(
         wanted = wanted or report.unsummarized_omitted > 0
     if not wanted:
         return plain, pending, None
-    org = thread.organization_id
-    previous, items = await compaction.read_source(session, org, segments, full_limit)
+    previous, items = await compaction.read_source(session, organization_id, segments, full_limit)
     history_last = items[-1].seq if items else (previous.last_seq if previous else 0)
     if options.trigger:
         items += [SourceItem(0, m.role, m.content, m.type, m.name, m.call_id) for m in inputs]

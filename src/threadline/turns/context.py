@@ -28,7 +28,6 @@ from threadline.errors import ContextLengthExceeded
 from threadline.services import summaries
 from threadline.services.conversation import Segment
 from threadline.storage.repositories.messages import ContextRow, MessageRepository
-from threadline.storage.tables import Thread
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
@@ -54,22 +53,25 @@ class _Counter:
         return self.fresh[row.id]
 
     def history(self, rows: Sequence[ContextRow], thread_id: str) -> list[HistoryMessage]:
+        # Runs for every row a turn reads: the plain text message (no payload, counted already) is the fast path.
         out = []
+        name = self.name
         for row in rows:
             if row.type == "compaction":
                 continue  # only the newest one counts, and it is read on its own (services/summaries.py)
-            tokens = self.tokens(row)
+            tokens = row.token_count if row.token_count is not None and row.tokenizer == name else self.tokens(row)
+            payload = row.payload
             out.append(
                 HistoryMessage(
-                    seq=row.seq,
-                    role=row.role,
-                    content=row.content,
-                    tokens=tokens,
-                    thread_id=thread_id,
-                    type=row.type,
-                    call_id=row.call_id,
-                    name=_name(row),
-                    parts=parts_of(row.payload),
+                    row.role,
+                    row.content,
+                    tokens,
+                    row.seq,
+                    row.type,
+                    row.call_id,
+                    _name(row) if payload else None,
+                    parts_of(payload) if payload else None,
+                    thread_id,
                 )
             )
         return out
@@ -115,7 +117,7 @@ class _PathReader:
                 if used > budget:
                     return _oldest_first(chunks), False
                 before = rows[0].seq
-                page = min(page * 2, MAX_PAGE)
+                page = _next_page(budget - used, used, sum(len(c) for c in chunks))
             if used > budget and index < last:
                 return _oldest_first(chunks), False
         return _oldest_first(chunks), True
@@ -180,6 +182,13 @@ class _PathReader:
         return sum(self.whole.get(i, s.estimated_count()) for i, s in enumerate(self.segments))
 
 
+def _next_page(left: int, used: int, read: int) -> int:
+    """Enough rows to fill what is `left` of the budget at the average size read so far (plus a few), so the last
+    page over-reads by little rather than by up to half."""
+    average = max(used / max(read, 1), 1.0)
+    return max(16, min(int(left / average * 1.2) + 8, MAX_PAGE))
+
+
 def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[HistoryMessage]:
     """Chunks were read newest first, each in ascending order: one ascending list."""
     return [message for chunk in reversed(newest_first_chunks) for message in chunk]
@@ -187,7 +196,7 @@ def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[Histo
 
 async def plan_context(
     session: AsyncSession,
-    thread: Thread,
+    organization_id: str,
     *,
     segments: Sequence[Segment],
     tokenizer: TokenCounter,
@@ -200,22 +209,25 @@ async def plan_context(
     full_limit: int,
     priming_tokens: int,
     last_messages: int | None = None,
+    summarized: bool = True,
 ) -> tuple[ContextPlan, list[str] | None]:
     """Read what the turn needs of the conversation `segments` (from `conversation_path`) and choose the prompt;
     stores newly computed token counts. Also returns the calls still waiting for their output when the history
     read shows them (it reached a message or the conversation's start), else None (`pending_calls` finds them).
 
     `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
-    included: only the newest `last_messages - len(inputs)` history messages are candidates."""
+    included: only the newest `last_messages - len(inputs)` history messages are candidates. `summarized=False`
+    says the conversation holds no compaction item (the start knows it from the lease's statement): no lookup."""
     budget = history_budget(
         window, max_output_tokens, sum(m.tokens for m in pinned), sum(m.tokens for m in inputs), priming_tokens
     )
     repo = MessageRepository(session)
     counter = _Counter(tokenizer, tokenizer_name)
-    org = thread.organization_id
+    org = organization_id
     # The context starts from the newest compaction item (docs/compaction.md); an Assistants run's message cap
     # counts messages, so it sees none.
-    summary = await summaries.newest_summary(repo, org, segments, counter.tokens) if last_messages is None else None
+    look = summarized and last_messages is None
+    summary = await summaries.newest_summary(repo, org, segments, counter.tokens) if look else None
     fallback = None
     if summary is not None and summary.tokens > budget:
         summary, fallback = None, "summary_too_large"
@@ -262,5 +274,5 @@ async def plan_context(
         after_summary=after_summary,
         compaction_fallback=fallback,
     )
-    await repo.store_token_counts(thread.organization_id, sorted(counter.fresh.items()), tokenizer_name)
+    await repo.store_token_counts(org, sorted(counter.fresh.items()), tokenizer_name)
     return plan, pending

@@ -60,8 +60,7 @@ async def count_input_tokens(
     tool_tokens = tokenizer.count(json.dumps([t.as_response_tool() for t in request.tools])) if request.tools else 0
     plan, _, _ = await compaction.plan(
         session,
-        # Only its organization is read: a request without a conversation counts its inputs alone.
-        thread or Thread(organization_id=org, id=""),
+        org,
         segments=segments,
         tokenizer=tokenizer,
         tokenizer_name=tokenizer.name,

@@ -20,7 +20,7 @@ from threadline.services import threads as thread_service
 from threadline.services import webhooks
 from threadline.services.auth import Principal
 from threadline.storage.repositories.responses import ResponseRepository
-from threadline.storage.repositories.threads import ThreadRepository
+from threadline.storage.repositories.threads import LeasedThread, ThreadRepository
 from threadline.storage.tables import Response, Thread
 from threadline.turns.request import TurnRequest
 
@@ -40,7 +40,7 @@ class LeaseAttempt:
     def expires_at(self) -> datetime:
         return self.now + timedelta(seconds=self.settings.thread_lease_seconds)
 
-    async def take(self) -> Thread | None:
+    async def take(self) -> LeasedThread | None:
         """The leased thread; None while another live turn holds it.
 
         Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
@@ -72,14 +72,14 @@ class LeaseAttempt:
         )
         return await self._lease_new(created)
 
-    async def _lease_new(self, thread: Thread) -> Thread:
+    async def _lease_new(self, thread: Thread) -> LeasedThread:
         leased = await ThreadRepository(self.session).acquire_free_lease(
             thread.organization_id, thread.id, self.owner, self.expires_at
         )
         assert leased is not None, "a thread created in this transaction is free"
         return leased
 
-    async def _chain(self, previous_id: str) -> Thread:
+    async def _chain(self, previous_id: str) -> LeasedThread:
         """`previousResponseId = R`: the turn's context is R's conversation up to and including R's output.
 
         When R is the latest turn of an idle chain thread, the turn is appended to that chain. Otherwise (R in a
@@ -133,18 +133,18 @@ class LeaseAttempt:
             )
         return previous.output_seq
 
-    async def _take_over(self, thread: Thread) -> Thread | None:
+    async def _take_over(self, thread: Thread) -> LeasedThread | None:
         """Take the lease of a thread whose holder stopped renewing it (a crashed server); None if it is alive."""
         holder = thread.lease_owner
         if leases.thread_status(thread.status, thread.lease_expires_at, self.now) == thread.status:
             return None  # busy (a live lease), or freed a moment ago: the next attempt's fast path takes it
         repo = ThreadRepository(self.session)
         org = thread.organization_id
-        if not await repo.take_over_lease(org, thread.id, holder, self.owner, self.now, self.expires_at):
+        leased = await repo.take_over_lease(org, thread.id, holder, self.owner, self.now, self.expires_at)
+        if leased is None:
             return None
         if holder is not None and await ResponseRepository(self.session).fail_if_in_progress(
             org, holder, leases.interrupted_error(), self.now
         ):
             await webhooks.response_settled(self.session, org, holder)
-        await self.session.refresh(thread)
-        return thread
+        return leased

@@ -38,37 +38,52 @@ _ENGINE_KEYS = frozenset(
 )
 
 
+# The columns of a `responses` row, by name (the keys of `row_values`).
+RESPONSE_COLUMNS = tuple(column.key for column in Response.__table__.columns)
+
+
+def row_values(row: Response) -> dict[str, Any]:
+    """A `responses` row's columns by name: what the turn's start wrote, which its save completes."""
+    return {column: getattr(row, column) for column in RESPONSE_COLUMNS}
+
+
 def stored(row: Response) -> StoredTurn:
     """The typed view of a `responses` row."""
-    request, context = row.request, row.context
-    status: TurnStatus = row.status if row.status in TURN_STATUSES else FAILED
+    return stored_values(row_values(row))
+
+
+def stored_values(row: Mapping[str, Any]) -> StoredTurn:
+    """The typed view of a `responses` row given by its columns (the values a turn wrote: no ORM object, no read
+    back)."""
+    request, context = row["request"], row["context"]
+    status: TurnStatus = row["status"] if row["status"] in TURN_STATUSES else FAILED
     completed = status == COMPLETED
     usage = None
-    if row.input_tokens is not None or row.output_tokens is not None:
+    if row["input_tokens"] is not None or row["output_tokens"] is not None:
         details = context.get("usage_details") or {}
         usage = Usage(
-            row.input_tokens or 0,
-            row.output_tokens or 0,
+            row["input_tokens"] or 0,
+            row["output_tokens"] or 0,
             cached_tokens=int(details.get("cached_tokens", 0)),
             reasoning_tokens=int(details.get("reasoning_tokens", 0)),
         )
     error = None
-    if row.error:
-        error = TurnError(str(row.error.get("code", "error")), str(row.error.get("message", "")))
+    if row["error"]:
+        error = TurnError(str(row["error"].get("code", "error")), str(row["error"].get("message", "")))
     run = request.get("run")
     mode = request.get("thread_context_mode")
     calls = tuple(OutputCall(**c) for c in context.get("tool_calls", []))
     thought = context.get("reasoning")
-    first, last = row.input_first_seq, row.input_last_seq
+    first, last = row["input_first_seq"], row["input_last_seq"]
     return StoredTurn(
-        organization_id=row.organization_id,
-        id=row.id,
-        thread_id=row.thread_id,
-        previous_response_id=row.previous_response_id,
-        model=row.model,
+        organization_id=row["organization_id"],
+        id=row["id"],
+        thread_id=row["thread_id"],
+        previous_response_id=row["previous_response_id"],
+        model=row["model"],
         status=status,
-        created_at=row.created_at,
-        completed_at=row.completed_at,
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
         instructions=request.get("instructions"),
         store=request.get("store", True) is not False,
         context_mode=mode if mode in CONTEXT_MODES else None,
@@ -78,8 +93,8 @@ def stored(row: Response) -> StoredTurn:
         echo={k: v for k, v in request.items() if k not in _ENGINE_KEYS},
         run=_run(run) if isinstance(run, Mapping) else None,
         output_message_id=request.get("output_message_id"),
-        output_text=row.output_text if completed else None,
-        output_seq=row.output_seq,
+        output_text=row["output_text"] if completed else None,
+        output_seq=row["output_seq"],
         has_message=completed and bool(context.get("output_message", True)),
         calls=calls if completed else (),
         reasoning=(thought["id"], thought["text"]) if completed and isinstance(thought, Mapping) else None,

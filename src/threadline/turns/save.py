@@ -24,7 +24,7 @@ from threadline.services import threads as thread_service
 from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import ThreadRepository
 from threadline.turns import compaction
-from threadline.turns.record import answer_context, stored
+from threadline.turns.record import answer_context, stored, stored_values
 from threadline.turns.turn import Turn
 
 
@@ -48,15 +48,24 @@ class TurnSaver:
         if output_tokens is None:
             output_tokens = turn.tokenizer.count(text)
         input_tokens = finished.input_tokens or int(turn.record.context.get("input_tokens", 0))
+        # A compaction item the turn wrote goes right after its inputs (docs/compaction.md).
+        with_message = (bool(text) or not calls) and not compaction.answers_nothing(turn)
+        waiting = turn.defer_calls and bool(calls)
+        new = (
+            _inputs(turn)
+            + compaction.items_to_save(turn)
+            + _outputs(turn, text if with_message else None, [] if waiting else calls, reasoning)
+        )
         async with self.maker() as session:
             now = utcnow()
             changes: dict[str, Any] = {"last_model_used": turn.info.name, "updated_at": now}
             if turn.thread_state is not None:
                 changes["state"] = turn.thread_state
-            # One UPDATE … RETURNING frees the thread and reads it (no SELECT first); it matches only while this
-            # turn holds the lease on a live thread. Otherwise tell the two apart: deleted meanwhile, or lease lost.
+            # One UPDATE … RETURNING frees the thread, hands out the seqs of `new` and reads what the save needs
+            # (no SELECT first); it matches only while this turn holds the lease on a live thread. Otherwise tell
+            # the two apart: deleted meanwhile, or lease lost.
             thread = await ThreadRepository(session).release_lease_returning(
-                turn.organization_id, turn.thread_id, turn.id, changes
+                turn.organization_id, turn.thread_id, turn.id, changes, len(new), now
             )
             if thread is None:
                 await thread_service.get_thread(session, turn.organization_id, turn.thread_id)  # ThreadNotFound
@@ -65,29 +74,15 @@ class TurnSaver:
                     "was saved.",
                     code="lease_lost",
                 )
-            # A compaction item the turn wrote goes right after its inputs (docs/compaction.md).
-            with_message = (bool(text) or not calls) and not compaction.answers_nothing(turn)
-            waiting = turn.defer_calls and bool(calls)
-            new = (
-                _inputs(turn)
-                + compaction.items_to_save(turn)
-                + _outputs(turn, text if with_message else None, [] if waiting else calls, reasoning)
-            )
-            rows = (
-                await message_service.append_messages(
-                    session, self.settings, thread, new, user_id=turn.user_id, check_state=False
-                )
-                if new
-                else []
-            )
+            await message_service.insert_reserved(session, self.settings, thread, new, user_id=turn.user_id, now=now)
             # A prompt that asked for a new summary queues it, for the next turns.
             report, window = turn.record.context, turn.info.context_window
             await compaction_jobs.enqueue_if_due(
                 session, self.settings, thread, report, str(turn.record.context_mode or ""), window
             )
-            # Written without reading it back first: the start recorded it and only this turn (holding the lease)
-            # writes it until now. The message INSERTs are flushed first (autoflush), keeping the seq links valid.
-            # A run continued after tool outputs (turns/waiting.py) adds this turn's usage to what it used.
+            # Written without reading it back, before or after: the start recorded it and only this turn (holding
+            # the lease) writes it until now. A run continued after tool outputs (turns/waiting.py) adds this
+            # turn's usage to what it used.
             earlier = turn.record.usage
             values: dict[str, Any] = {
                 "status": REQUIRES_ACTION if waiting else COMPLETED,
@@ -104,16 +99,19 @@ class TurnSaver:
                 ),
                 "completed_at": now,
             }
-            if rows:
-                values["output_seq"] = rows[-1].seq
+            if new:
+                values["output_seq"] = thread.first_seq + len(new) - 1
             if turn.inputs:  # an Assistants run may have none: it answers the thread as it stands
                 if turn.record.input_seqs is None:  # a continued run keeps its first inputs' start
-                    values["input_first_seq"] = rows[0].seq
-                values["input_last_seq"] = rows[len(turn.inputs) - 1].seq
-            row = await ResponseRepository(session).update(turn.organization_id, turn.id, values)
-            await webhooks.response_settled(session, turn.organization_id, turn.id)  # the outbox (docs/webhooks.md)
+                    values["input_first_seq"] = thread.first_seq
+                values["input_last_seq"] = thread.first_seq + len(turn.inputs) - 1
+            # A run's metadata may have changed while it ran (turns/runs.py · update_run): that column is read back.
+            read = ("request",) if turn.record.run is not None else ()
+            values |= await ResponseRepository(session).update(turn.organization_id, turn.id, values, read=read)
+            if thread.webhooks:  # the outbox (docs/webhooks.md); the release's statement saw whether it has any
+                await webhooks.response_settled(session, turn.organization_id, turn.id)
             await session.commit()
-            return stored(row)
+            return stored_values({**turn.row, **values})
 
     async def fail(self, turn: Turn, code: str, message: str) -> StoredTurn:
         """Record the failure and free the thread; the thread's messages are untouched."""

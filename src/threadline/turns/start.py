@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -53,10 +54,11 @@ from threadline.services.threads import get_thread
 from threadline.storage.repositories.assistants import AssistantRepository
 from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.repositories.responses import ResponseRepository
-from threadline.storage.tables import Assistant, Response, Thread
+from threadline.storage.repositories.threads import LeasedThread
+from threadline.storage.tables import Assistant
 from threadline.turns import compaction, sampling, waiting
 from threadline.turns.lease import LeaseAttempt
-from threadline.turns.record import request_record, stored
+from threadline.turns.record import RESPONSE_COLUMNS, request_record, row_values, stored_values
 from threadline.turns.request import RunOptions, TurnRequest, validate, validate_run
 from threadline.turns.turn import Turn
 
@@ -175,7 +177,7 @@ class TurnStarter:
             return None
         segments = await conversation_path(session, thread)
         self._check_thread(thread, request, items, segments)
-        if request.resume_run is None:
+        if request.resume_run is None and thread.run_waiting:
             # A run waiting for tool outputs holds no lease: its thread refuses other turns by this check.
             await waiting_runs.ensure_no_active_run(
                 session, request.organization_id, thread.id, new_run=request.run is not None
@@ -185,7 +187,7 @@ class TurnStarter:
         with watch.span("turn.context", mode=choices.mode):
             plan, pending, compacting = await compaction.plan(
                 session,
-                thread,
+                thread.organization_id,
                 segments=segments,
                 tokenizer=choices.tokenizer,
                 tokenizer_name=choices.tokenizer.name,
@@ -202,6 +204,8 @@ class TurnStarter:
                 )
                 if request.compaction
                 else None,
+                # A compaction item is looked up only where the lease's statement saw one, or along a chain.
+                summarized=thread.compacted or len(segments) > 1,
             )
         # Pairing (docs/items.md): outputs need their calls, a new user turn needs every call answered. The
         # history the plan read usually shows the calls still waiting; otherwise they are looked up.
@@ -216,7 +220,7 @@ class TurnStarter:
         return turn
 
     def _check_thread(
-        self, thread: Thread, request: TurnRequest, items: Sequence[ChatMessage], segments: Sequence[Segment]
+        self, thread: LeasedThread, request: TurnRequest, items: Sequence[ChatMessage], segments: Sequence[Segment]
     ) -> None:
         rules.ensure_accepts_messages(thread.id, thread.state)
         if request.thread_state is not None:
@@ -237,7 +241,7 @@ class TurnStarter:
                 param="thread",
             )
 
-    async def _choose(self, session: AsyncSession, thread: Thread, request: TurnRequest) -> _Choices:
+    async def _choose(self, session: AsyncSession, thread: LeasedThread, request: TurnRequest) -> _Choices:
         """The assistant (a run's, else the thread's), the model and the sampling, each from the request first."""
         settings = self.settings
         if request.run is not None:
@@ -281,21 +285,22 @@ class TurnStarter:
         session: AsyncSession,
         principal: Principal,
         request: TurnRequest,
-        thread: Thread,
+        thread: LeasedThread,
         owner: str,
         now: datetime,
         items: Sequence[ChatMessage],
         choices: _Choices,
         plan: ContextPlan,
-    ) -> Response:
-        """The turn's row, `in_progress`. The answer's id is known before the answer exists (streams and runs
-        announce it) and derived from the turn's id, so the OpenAI output item, the conversation item and the
-        Freddy message share one id. A continued run (`resume_run`) keeps its row: it becomes `in_progress` again
-        (turns/waiting.py)."""
+    ) -> dict[str, Any]:
+        """The turn's row, `in_progress`, by column (`turns/record.py` · `row_values`). The answer's id is known
+        before the answer exists (streams and runs announce it) and derived from the turn's id, so the OpenAI
+        output item, the conversation item and the Freddy message share one id. A continued run (`resume_run`)
+        keeps its row: it becomes `in_progress` again (turns/waiting.py)."""
         output_message_id = sibling_id("msg", owner) if request.resume_run is None else new_id("msg")
         context = {**plan.report.as_dict(), "tokenizer": choices.tokenizer.name}
+        org = request.organization_id
         if request.resume_run is not None:
-            return await waiting.resume(session, request.organization_id, owner, items, context, output_message_id, now)
+            return row_values(await waiting.resume(session, org, owner, items, context, output_message_id, now))
         record = request_record(
             request,
             items,
@@ -306,42 +311,45 @@ class TurnStarter:
             choices.instructions,
             sampling.used(_params(choices, request), choices.info),
         )
-        row = Response(
-            organization_id=request.organization_id,
-            id=owner,
-            thread_id=thread.id,
-            previous_response_id=request.previous_response_id,
-            user_id=principal.user_id,
-            model=choices.info.name,
-            status=IN_PROGRESS,
-            request=record,
-            context=context,
-            created_at=now,
-        )
         repo = ResponseRepository(session)
-        if request.response_id is None:
-            return await repo.add(row)
-        # A background response (turns/background.py): its queued row starts, unless it was cancelled meanwhile.
-        values = {column: getattr(row, column) for column in ("thread_id", "model", "status", "request", "context")}
-        started = await repo.start_queued(row.organization_id, row.id, values)
-        if started is None:
-            raise ResponseNotQueued(f"Response '{row.id}' is no longer queued (it was cancelled).")
-        return started
+        if request.response_id is not None:
+            # A background response (turns/background.py): its queued row starts, unless it was cancelled meanwhile.
+            values = {"thread_id": thread.id, "model": choices.info.name, "status": IN_PROGRESS}
+            started = await repo.start_queued(org, owner, {**values, "request": record, "context": context})
+            if started is None:
+                raise ResponseNotQueued(f"Response '{owner}' is no longer queued (it was cancelled).")
+            return row_values(started)
+        row = {
+            **dict.fromkeys(RESPONSE_COLUMNS),
+            "organization_id": org,
+            "id": owner,
+            "thread_id": thread.id,
+            "previous_response_id": request.previous_response_id,
+            "user_id": principal.user_id,
+            "model": choices.info.name,
+            "status": IN_PROGRESS,
+            "request": record,
+            "context": context,
+            "created_at": now,
+        }
+        await repo.insert(row)
+        return row
 
 
 def _turn(
-    row: Response,
-    thread: Thread,
+    row: dict[str, Any],
+    thread: LeasedThread,
     principal: Principal,
     request: TurnRequest,
     choices: _Choices,
     plan: ContextPlan,
     inputs: list[PromptMessage],
 ) -> Turn:
-    record = stored(row)
+    record = stored_values(row)
     assert record.output_message_id is not None
     return Turn(
         record=record,
+        row=row,
         thread_id=thread.id,
         user_id=principal.user_id,
         assistant_id=request.run.assistant_id if request.run else thread.assistant_id,

@@ -30,6 +30,8 @@ class Turn:
 
     # The turn as recorded when it started (`in_progress`): a stream's first events show it.
     record: StoredTurn
+    # The same row by column (turns/record.py · `row_values`): the save completes it without reading it back.
+    row: dict[str, Any]
     thread_id: str
     user_id: str | None
     assistant_id: str | None

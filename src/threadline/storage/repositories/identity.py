@@ -52,6 +52,13 @@ class IdentityRepository:
         )
         return list((await self.session.execute(query)).scalars())
 
+    async def statement_by_statement(self) -> None:
+        """Let each statement of this (fresh) session commit on its own: on PostgreSQL no BEGIN and COMMIT round
+        trips around them. For authentication, whose statements are each complete alone (the key's read, at most
+        one touch, one counter upsert). SQLite keeps its transaction (storage/engine.py takes its lock at BEGIN)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            await self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
     async def add(self, *rows: Organization | User | Membership | ApiKey | UserToken) -> None:
         self.session.add_all(rows)
         await self.session.flush()

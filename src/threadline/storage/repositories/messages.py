@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.tables import Message, MessageEdit
+from threadline.storage.tables import Message, MessageEdit, core_table
 
 
 def _live(organization_id: str, thread_id: str, roles: Collection[str] | None = None) -> list[sa.ColumnElement[bool]]:
@@ -23,6 +23,11 @@ def _live(organization_id: str, thread_id: str, roles: Collection[str] | None = 
     if roles is not None:
         conditions += [Message.role.in_(roles), Message.type == "message"]
     return conditions
+
+
+_messages = core_table(Message)
+# A `Message` attribute's column name (they differ where the attribute would shadow a name, as `metadata_`).
+_COLUMN_OF = {attribute.key: attribute.columns[0].key for attribute in Message.__mapper__.column_attrs}
 
 
 class ContextRow(NamedTuple):
@@ -44,6 +49,14 @@ class MessageRepository:
     async def add_all(self, messages: Sequence[Message]) -> None:
         self.session.add_all(messages)
         await self.session.flush()
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows given by `Message` attribute (as `Message(**row)` takes them) in one Core INSERT: no ORM
+        objects, no unit-of-work flush (a turn's save)."""
+        if rows:
+            await self.session.execute(
+                sa.insert(_messages), [{_COLUMN_OF[key]: value for key, value in row.items()} for row in rows]
+            )
 
     async def get(
         self, organization_id: str, thread_id: str, message_id: str, *, roles: Collection[str] | None = None

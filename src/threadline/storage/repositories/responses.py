@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS, REQUIRES_ACTION
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.tables import Response
+from threadline.storage.tables import Response, core_table
+
+_responses = core_table(Response)
 
 
 class ResponseRepository:
@@ -22,20 +25,26 @@ class ResponseRepository:
         await self.session.flush()
         return response
 
+    async def insert(self, values: Mapping[str, Any]) -> None:
+        """Insert a row given by its columns: one Core INSERT, no ORM object (a turn's start)."""
+        await self.session.execute(sa.insert(_responses), values)
+
     async def get(self, organization_id: str, response_id: str) -> Response | None:
         query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
         return (await self.session.execute(query)).scalar_one_or_none()
 
-    async def update(self, organization_id: str, response_id: str, values: dict[str, Any]) -> Response:
-        """Write `values` and return the stored row, in one UPDATE … RETURNING (no read before the write)."""
-        result = await self.session.execute(
-            sa.update(Response)
-            .where(Response.organization_id == organization_id, Response.id == response_id)
-            .values(**values)
-            .returning(Response),
-            execution_options={"populate_existing": True},
-        )
-        return result.scalar_one()
+    async def update(
+        self, organization_id: str, response_id: str, values: Mapping[str, Any], *, read: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Write `values` in one Core UPDATE, with no read before the write; returns the columns named in `read` as
+        stored after it (the caller has the rest)."""
+        r = _responses.c
+        query = sa.update(_responses).where(r.organization_id == organization_id, r.id == response_id).values(**values)
+        if not read:
+            await self.session.execute(query)
+            return {}
+        row = (await self.session.execute(query.returning(*(r[name] for name in read)))).one()
+        return dict(row._mapping)
 
     async def fail_if_in_progress(
         self, organization_id: str, response_id: str, error: dict[str, Any], now: datetime

@@ -13,9 +13,10 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.domain.threads import INACTIVE, STREAMING
+from threadline.domain.turns import REQUIRES_ACTION
 from threadline.errors import AlreadyExists
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.tables import Thread
+from threadline.storage.tables import Message, Response, Thread, WebhookEndpoint, core_table
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,72 @@ def thread_conditions(where: ThreadFilter) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
+@dataclass(frozen=True, slots=True)
+class LeasedThread:
+    """What a turn's start needs of the thread whose lease it took, as the lease's UPDATE … RETURNING hands it
+    back: plain values, not an ORM object (building one costs more than reading the row), and two facts looked up
+    in the same statement that almost every turn finds false, so the start skips their queries."""
+
+    organization_id: str
+    id: str
+    assistant_id: str | None
+    parent_thread_id: str | None
+    state: str
+    message_count: int
+    inherited_message_count: int
+    # An Assistants run of the thread waits for tool outputs (services/waiting_runs.py looks at it).
+    run_waiting: bool
+    # The thread holds a live compaction item (services/summaries.py reads the newest).
+    compacted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FreedThread:
+    """What a turn's save needs of the thread it freed (`release_lease_returning`)."""
+
+    organization_id: str
+    id: str
+    assistant_id: str | None
+    compact_at: float | None
+    # Counts after the appended messages, and the first seq handed out to them.
+    message_count: int
+    inherited_message_count: int
+    first_seq: int
+    # The organization has an enabled webhook endpoint (else settling the response writes no delivery).
+    webhooks: bool
+
+
+_threads = core_table(Thread)
+
+
+def _leased(organization_id: str, thread_id: str) -> tuple[sa.ColumnElement[Any], ...]:
+    """The RETURNING list of `LeasedThread`. (The lookups name the thread by value: SQLite's RETURNING cannot
+    refer to the updated row from inside a subquery.)"""
+    t, responses, messages = _threads.c, core_table(Response).c, core_table(Message).c
+    run_waiting = sa.exists().where(
+        responses.organization_id == organization_id,
+        responses.thread_id == thread_id,
+        responses.status == REQUIRES_ACTION,
+    )
+    compacted = sa.exists().where(
+        messages.organization_id == organization_id,
+        messages.thread_id == thread_id,
+        messages.type == "compaction",
+        messages.deleted_at.is_(None),
+    )
+    return (
+        t.organization_id,
+        t.id,
+        t.assistant_id,
+        t.parent_thread_id,
+        t.state,
+        t.message_count,
+        t.inherited_message_count,
+        run_waiting,
+        compacted,
+    )
+
+
 class PathRow(NamedTuple):
     """One thread on a conversation's path (see `ThreadRepository.path`)."""
 
@@ -59,14 +126,17 @@ class PathRow(NamedTuple):
 
 def lease_expired(now: datetime) -> sa.ColumnElement[bool]:
     """The SQL of `domain.leases.lease_expired`: no expiry, or an expiry before `now`."""
-    return sa.or_(Thread.lease_expires_at.is_(None), Thread.lease_expires_at < now)
+    t = _threads.c
+    return sa.or_(t.lease_expires_at.is_(None), t.lease_expires_at < now)
 
 
 def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
     """A thread still streaming under `holder`'s lease, which has expired: what take-over and settling match on,
-    so a lease renewed or taken by someone else since it was read is left alone."""
-    holder_matches = Thread.lease_owner.is_(None) if holder is None else Thread.lease_owner == holder
-    return Thread.status == STREAMING, holder_matches, lease_expired(now)
+    so a lease renewed or taken by someone else since it was read is left alone. (Columns of the table, not of
+    the ORM class: the turn's statements stay Core.)"""
+    t = _threads.c
+    holder_matches = t.lease_owner.is_(None) if holder is None else t.lease_owner == holder
+    return t.status == STREAMING, holder_matches, lease_expired(now)
 
 
 class ThreadRepository:
@@ -194,28 +264,25 @@ class ThreadRepository:
         expires_at: datetime,
         *,
         next_seq: int | None = None,
-    ) -> Thread | None:
-        """Take the turn lease of an idle thread in one conditional UPDATE; returns the fresh row, or None.
+    ) -> LeasedThread | None:
+        """Take the turn lease of an idle thread in one conditional UPDATE; returns the thread, or None.
 
         The database row is the lock, so this works across processes and hosts. With `next_seq`, only while the
         thread has had no message since (a chain continued from its latest turn).
         """
-        conditions = [
-            Thread.organization_id == organization_id,
-            Thread.id == thread_id,
-            Thread.deleted_at.is_(None),
-            Thread.status == INACTIVE,
-        ]
+        t = _threads.c
+        conditions = [t.organization_id == organization_id, t.id == thread_id, t.deleted_at.is_(None)]
+        conditions.append(t.status == INACTIVE)
         if next_seq is not None:
-            conditions.append(Thread.next_seq == next_seq)
+            conditions.append(t.next_seq == next_seq)
         query = (
-            sa.update(Thread)
+            sa.update(_threads)
             .where(*conditions)
             .values(status=STREAMING, lease_owner=owner, lease_expires_at=expires_at)
-            .returning(Thread)
+            .returning(*_leased(organization_id, thread_id))
         )
-        result = await self.session.execute(query, execution_options={"populate_existing": True})
-        return result.scalar_one_or_none()
+        row = (await self.session.execute(query)).first()
+        return LeasedThread(*row) if row is not None else None
 
     async def take_over_lease(
         self,
@@ -225,20 +292,22 @@ class ThreadRepository:
         owner: str,
         now: datetime,
         expires_at: datetime,
-    ) -> bool:
+    ) -> LeasedThread | None:
         """Take a lease that `holder` let expire (a crashed server); only if nobody else took it first."""
+        t = _threads.c
         result = await self.session.execute(
-            sa.update(Thread)
+            sa.update(_threads)
             .where(
-                Thread.organization_id == organization_id,
-                Thread.id == thread_id,
-                Thread.deleted_at.is_(None),
+                t.organization_id == organization_id,
+                t.id == thread_id,
+                t.deleted_at.is_(None),
                 *_streaming_under_expired_lease(holder, now),
             )
             .values(lease_owner=owner, lease_expires_at=expires_at)
-            .execution_options(synchronize_session=False)
+            .returning(*_leased(organization_id, thread_id))
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        row = result.first()
+        return LeasedThread(*row) if row is not None else None
 
     async def settle_expired_lease(
         self, organization_id: str, thread_id: str, holder: str | None, now: datetime
@@ -294,23 +363,40 @@ class ThreadRepository:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release_lease_returning(
-        self, organization_id: str, thread_id: str, owner: str, changes: dict[str, Any]
-    ) -> Thread | None:
-        """`release_lease` that also returns the freed row (None if `owner` no longer holds it): a turn's saving
-        transaction needs the thread anyway, so this saves it a SELECT."""
-        result = await self.session.execute(
-            sa.update(Thread)
-            .where(
-                Thread.organization_id == organization_id,
-                Thread.id == thread_id,
-                Thread.lease_owner == owner,
-                Thread.deleted_at.is_(None),
+        self, organization_id: str, thread_id: str, owner: str, changes: dict[str, Any], appended: int, now: datetime
+    ) -> FreedThread | None:
+        """`release_lease` for a turn's save, in the one statement: hands out `appended` consecutive message seqs
+        (counts and timestamps follow; the row stays locked until commit) and returns what the save needs of the
+        thread. None if `owner` no longer holds it (or the thread was deleted)."""
+        t = _threads.c
+        endpoints = core_table(WebhookEndpoint).c
+        webhooks = sa.exists().where(endpoints.organization_id == organization_id, endpoints.status == "enabled")
+        values: dict[str, Any] = {"status": INACTIVE, "lease_owner": None, "lease_expires_at": None, **changes}
+        if appended:
+            values.update(
+                next_seq=t.next_seq + appended,
+                message_count=t.message_count + appended,
+                updated_at=now,
+                last_message_at=now,
             )
-            .values(status=INACTIVE, lease_owner=None, lease_expires_at=None, **changes)
-            .returning(Thread),
-            execution_options={"populate_existing": True},
+        query = (
+            sa.update(_threads)
+            .where(t.organization_id == organization_id, t.id == thread_id, t.lease_owner == owner)
+            .where(t.deleted_at.is_(None))
+            .values(**values)
+            .returning(
+                t.organization_id,
+                t.id,
+                t.assistant_id,
+                t.compact_at,
+                t.message_count,
+                t.inherited_message_count,
+                t.next_seq - appended,
+                webhooks,
+            )
         )
-        return result.scalar_one_or_none()
+        row = (await self.session.execute(query)).first()
+        return FreedThread(*row) if row is not None else None
 
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
         result = await self.session.execute(
