@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from threadline import __version__, observability
 from threadline.api import background_responses, errors, idempotency, openapi
 from threadline.api import observability as api_observability
-from threadline.api.middleware import BodyLimitMiddleware, QueryCaseMiddleware, RateLimitHeadersMiddleware
+from threadline.api.middleware import RequestMiddleware
 from threadline.api.routes import (
     assistants,
     auth,
@@ -178,16 +178,15 @@ def create_app(
     app.state.observer = observer
     app.router.dependencies.append(Depends(api_observability.record_route))
     errors.install(app)
-    idempotency.install(app)  # innermost middleware: sees normalized query strings, bodies within the limit
-    app.add_middleware(QueryCaseMiddleware)
+    idempotency.install(app)
+    # Our one pure-ASGI layer: observability, rate-limit headers, the last resort, the body limit, the query's
+    # case and idempotency, in that order (api/middleware.py).
     app.add_middleware(
-        BodyLimitMiddleware,
+        RequestMiddleware,
+        observer=observer,
         max_bytes=settings.max_body_bytes,
         streamed={thread_data.IMPORT_PATH: settings.max_import_bytes},
     )
-    app.add_middleware(errors.LastResortMiddleware)  # sees every exception the layers above let out
-    app.add_middleware(RateLimitHeadersMiddleware)  # idempotent replays get the replaying request's
-    app.add_middleware(api_observability.ObservabilityMiddleware, observer=observer)  # outermost of ours
     if tracer_provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -14,7 +14,7 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
-from threadline.api.middleware import record_request_quota
+from threadline.api.asgi import record_request_quota
 from threadline.api.observability import note_organization
 from threadline.config import Settings
 from threadline.providers.registry import ModelRegistry

@@ -1,10 +1,11 @@
 """The one error → HTTP map. Every error leaves as {"error": {"message", "type", "param", "code"}}.
 
 Errors the app raises on purpose (`ThreadlineError`, request validation, Starlette's 404/405) are answered by
-exception handlers. Anything else that escapes a route is answered by `LastResortMiddleware`, the outermost
-layer: a database that is away is a 503 `database_unavailable`, any other failure a 500 `internal_error`, both
-with `x-should-retry: true`. It answers there rather than in a handler for `Exception`, because Starlette re-raises
-after such a handler and the server then closes the keep-alive connection, failing the client's next request.
+exception handlers. Anything else that escapes a route is answered with `unexpected_response` by the request
+layer (api/middleware.py), around FastAPI's handlers: a database that is away is a 503 `database_unavailable`, any
+other failure a 500 `internal_error`, both with `x-should-retry: true`. It answers there rather than in a handler
+for `Exception`, because Starlette re-raises after such a handler and the server then closes the keep-alive
+connection, failing the client's next request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline import errors
 from threadline.api.schemas.common import NESTING_MESSAGE, NESTING_TOO_DEEP
@@ -178,31 +178,3 @@ def unexpected_response(exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body("Internal server error.", "api_error", "internal_error"), 500, headers={"x-should-retry": "true"}
     )
-
-
-class LastResortMiddleware:
-    """The outermost layer (added last): answers whatever escapes the app with the envelope, and swallows it, so
-    the server keeps the connection. An exception after the response started cannot be answered any more: it
-    goes on to the server, which ends that (broken) response's connection."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                raise
-            await unexpected_response(exc)(scope, receive, send)

@@ -1,8 +1,8 @@
-"""`Idempotency-Key` on creating POSTs: a small ASGI layer plus a one-line opt-in per route.
+"""`Idempotency-Key` on creating POSTs: a step of the request layer plus a one-line opt-in per route.
 
 A route opts in with `dependencies=[Idempotent]` (or a router with `APIRouter(dependencies=[Idempotent])`).
 The dependency documents the header in OpenAPI, authenticates through `services.auth` (keys are scoped to the
-organization) and claims the key before the route runs — or answers with the stored result. The middleware
+organization) and claims the key before the route runs — or answers with the stored result. `recorded`
 buffers the body of a POST that carries the header (the request hash needs it) and, once a key is claimed,
 records the whole response — status, headers and every body chunk, SSE streams included — storing it before the
 last chunk leaves, so a client never sees a result that a retry could not replay. The rules live in
@@ -18,13 +18,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from threadline.api.asgi import replaying
 from threadline.api.deps import credential_of
-from threadline.api.middleware import replaying
 from threadline.config import Settings
 from threadline.errors import ThreadlineError
 from threadline.services import auth, idempotency
@@ -92,7 +91,7 @@ Idempotent = Depends(idempotency_key_header)
 
 
 def install(app: FastAPI) -> None:
-    """Add the middleware and the replay handler (innermost: it sees normalized queries, limited bodies)."""
+    """Add the replay handler (the request layer, api/middleware.py, calls `recorded` for a POST with the header)."""
 
     async def on_replay(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Replay)
@@ -101,55 +100,43 @@ def install(app: FastAPI) -> None:
         return Response(exc.stored.body, exc.stored.status, headers=headers)
 
     app.add_exception_handler(_Replay, on_replay)
-    app.add_middleware(IdempotencyMiddleware)
 
 
-class IdempotencyMiddleware:
-    """Buffers the body of a POST that carries the header, and records the response of a claimed key."""
+async def recorded(app: ASGIApp, scope: Scope, receive: Receive, send: Send, key: str) -> None:
+    """Run a POST that carries the header: its body buffered for the dependency, its response recorded once the
+    key is claimed (the last layer before the app: it sees normalized query strings, bodies within the limit)."""
+    pending = _Pending(key=key, body=await _read_body(receive))
+    scope[_SCOPE_KEY] = pending
+    fastapi_app: FastAPI = scope["app"]
+    maker: async_sessionmaker[AsyncSession] = fastapi_app.state.sessionmaker
+    status = 500
+    headers: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    settled = False
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        key = Headers(scope=scope).get(idempotency.HEADER)
-        if key is None:
-            await self.app(scope, receive, send)
-            return
-        pending = _Pending(key=key, body=await _read_body(receive))
-        scope[_SCOPE_KEY] = pending
-        fastapi_app: FastAPI = scope["app"]
-        maker: async_sessionmaker[AsyncSession] = fastapi_app.state.sessionmaker
-        status = 500
-        headers: dict[str, Any] = {}
-        chunks: list[bytes] = []
-        settled = False
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status, headers, settled
-            claim = pending.claim
-            if claim is None:  # a route that did not opt in, or a refusal before the claim
-                await send(message)
-                return
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
-            elif message["type"] == "http.response.body" and not settled:
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    # Store before the client sees the end, so whatever it saw can be replayed.
-                    settled = True
-                    await _settle(maker, claim, status, headers, b"".join(chunks))
+    async def recording_send(message: Message) -> None:
+        nonlocal status, headers, settled
+        claim = pending.claim
+        if claim is None:  # a route that did not opt in, or a refusal before the claim
             await send(message)
+            return
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body" and not settled:
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                # Store before the client sees the end, so whatever it saw can be replayed.
+                settled = True
+                await _settle(maker, claim, status, headers, b"".join(chunks))
+        await send(message)
 
-        try:
-            await self.app(scope, replaying(pending.body, receive), recording_send)
-        finally:
-            if pending.claim is not None and not settled:
-                # An exception or a stream cut short: nothing final to remember; a retry runs again.
-                await _quietly(idempotency.abandon(maker, pending.claim))
+    try:
+        await app(scope, replaying(pending.body, receive), recording_send)
+    finally:
+        if pending.claim is not None and not settled:
+            # An exception or a stream cut short: nothing final to remember; a retry runs again.
+            await _quietly(idempotency.abandon(maker, pending.claim))
 
 
 async def _settle(

@@ -1,4 +1,16 @@
-"""Small ASGI middlewares: body size limit, camelCase query parameters, rate-limit headers."""
+"""The one pure-ASGI layer in front of FastAPI, and what it does to each HTTP request, in order:
+
+1. observability (`Observation`, api/observability.py): request id, log context, HTTP metrics, the access log
+   line, and the cancel scope that draining uses;
+2. OpenAI's `x-ratelimit-*-requests` headers on every answer to a rate-limited credential, errors included;
+3. the last resort (api/errors.py): whatever escapes the app is answered with the envelope, and swallowed, so the
+   server keeps the connection;
+4. the body limit (413 before parsing) and camelCase query parameters;
+5. `Idempotency-Key` (api/idempotency.py), for a POST that carries the header.
+
+One layer rather than one per concern: every await that suspends inside a route resumes each layer's frame on
+its way back, and every message the route sends goes through each layer's `send`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +21,12 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from threadline.api.errors import error_body
+from threadline.api import idempotency
+from threadline.api.asgi import header, quota_holder, replaying
+from threadline.api.errors import error_body, unexpected_response
+from threadline.api.observability import Observation
 from threadline.domain.limits import openai_duration
+from threadline.observability import Observer
 from threadline.services.rate_limits import RequestQuota
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -20,35 +36,15 @@ def snake_case(name: str) -> str:
     return _CAMEL.sub(r"_\1", name).lower()
 
 
-class QueryCaseMiddleware:
-    """Requests accept camelCase as well as snake_case (docs/surfaces.md): `?organizationId=` ≡ `?organization_id=`."""
+class RequestMiddleware:
+    """Steps 1–5 above. `max_bytes` is the body limit; `streamed` maps the paths of routes that read their body as a
+    stream (an import) to their own, larger limit."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, *, observer: Observer, max_bytes: int, streamed: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("query_string"):
-            raw = scope["query_string"].decode("latin-1")
-            pairs = parse_qsl(raw, keep_blank_values=True)
-            if any(_CAMEL.search(k) for k, _ in pairs):
-                normalized = urlencode([(snake_case(k), v) for k, v in pairs])
-                scope = dict(scope, query_string=normalized.encode("latin-1"))
-        await self.app(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over `max_bytes` with 413 before parsing them.
-
-    A declared `Content-Length` is checked up front (the server holds the body to it). A body without one
-    (`Transfer-Encoding: chunked`) is read here, counting the bytes as they arrive, and handed on once complete:
-    stopping it inside the route instead would surface as FastAPI's generic "error parsing the body" 400.
-
-    `streamed` maps the paths of routes that read their body as a stream (an import) to their own, larger limit:
-    a declared length is checked against it here, and a chunked body passes through unread (the route counts it).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Mapping[str, int] | None = None) -> None:
-        self.app = app
+        self.observer = observer
         self.max_bytes = max_bytes
         self.streamed = dict(streamed or {})
 
@@ -56,103 +52,113 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        observation = Observation(scope, self.observer)
+        quotas = quota_holder(scope)  # filled by the route's authentication (api/deps.py)
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if quotas:
+                    message = _with_quota_headers(message, quotas[-1])
+                message = observation.starting(message)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                observation.finished = True
+            await send(message)
+
+        try:
+            if observation.probe:
+                await self._answer(scope, receive, observed_send, observation)
+            else:
+                with self.observer.lifecycle.track() as cancel_scope:
+                    await self._answer(scope, receive, observed_send, observation)
+                if cancel_scope.cancelled_caught:
+                    await observation.interrupted(observed_send)
+        finally:
+            observation.close(scope)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, observation: Observation) -> None:
+        """Steps 3–5. An exception after the response started cannot be answered any more: it goes on to the
+        server, which ends that (broken) response's connection."""
+        try:
+            limited = await self._within_limit(scope, receive, send)
+            if limited is None:
+                return
+            scope = _snake_case_query(scope)
+            key = header(scope, b"idempotency-key") if scope["method"] == "POST" else None
+            if key is None:
+                await self.app(scope, limited, send)
+            else:
+                await idempotency.recorded(self.app, scope, limited, send, key)
+        except Exception as exc:
+            if observation.started:
+                raise
+            await unexpected_response(exc)(scope, receive, send)
+
+    async def _within_limit(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """The body limit: `receive` for a body within it, None once refused with a 413 (or the client went away).
+
+        A declared `Content-Length` is checked up front (the server holds the body to it). A body without one
+        (`Transfer-Encoding: chunked`) is read here, counting the bytes as they arrive, and handed on once complete:
+        stopping it inside the route instead would surface as FastAPI's generic "error parsing the body" 400. A
+        chunked body to a streamed route passes through unread (the route counts it).
+        """
         declared = dict(scope["headers"]).get(b"content-length")
         limit = self.streamed.get(scope["path"])
         if limit is not None:
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await self._reject(send, limit)
-                return
-            await self.app(scope, receive, send)
-            return
+                await _too_large(send, limit)
+                return None
+            return receive
         if declared is not None and declared.isdigit():
             if int(declared) > self.max_bytes:
-                await self._reject(send, self.max_bytes)
-                return
-            await self.app(scope, receive, send)
-            return
+                await _too_large(send, self.max_bytes)
+                return None
+            return receive
         chunks: list[bytes] = []
         received = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away mid-body
-                return
+                return None
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_bytes:
-                await self._reject(send, self.max_bytes)
-                return
+                await _too_large(send, self.max_bytes)
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
-
-    async def _reject(self, send: Send, limit: int) -> None:
-        body = json.dumps(
-            error_body(
-                f"The request body is larger than {limit} bytes.",
-                "invalid_request_error",
-                "payload_too_large",
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"x-should-retry", b"false")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        return replaying(b"".join(chunks), receive)
 
 
-def replaying(body: bytes, receive: Receive) -> Receive:
-    """Hand an already-read body to the app, then pass through (disconnect detection for streams)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+def _snake_case_query(scope: Scope) -> Scope:
+    """Requests accept camelCase as well as snake_case (docs/surfaces.md): `?organizationId=` ≡ `?organization_id=`."""
+    if not scope.get("query_string"):
+        return scope
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    if not any(_CAMEL.search(k) for k, _ in pairs):
+        return scope
+    normalized = urlencode([(snake_case(k), v) for k, v in pairs])
+    return dict(scope, query_string=normalized.encode("latin-1"))
 
 
-_QUOTA_KEY = "threadline.request_quota"
+def _with_quota_headers(message: Message, quota: RequestQuota) -> Message:
+    extra = [
+        (b"x-ratelimit-limit-requests", str(quota.limit).encode()),
+        (b"x-ratelimit-remaining-requests", str(quota.remaining).encode()),
+        (b"x-ratelimit-reset-requests", openai_duration(quota.reset_seconds).encode()),
+    ]
+    return {**message, "headers": [*message.get("headers", []), *extra]}
 
 
-def record_request_quota(scope: Scope, quota: RequestQuota) -> None:
-    """Hand the credential's standing to `RateLimitHeadersMiddleware` (called where the request is counted)."""
-    holder: list[RequestQuota] | None = scope.get(_QUOTA_KEY)
-    if holder is not None:
-        holder.append(quota)
-
-
-class RateLimitHeadersMiddleware:
-    """OpenAI's `x-ratelimit-*-requests` headers on every answer to a rate-limited credential, errors included.
-
-    The holder list travels in the scope: the middlewares below copy the scope, but shallowly, so the route's
-    dependency fills the same list this layer reads when the response starts."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        holder: list[RequestQuota] = []
-        scope[_QUOTA_KEY] = holder
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and holder:
-                quota = holder[-1]
-                extra = [
-                    (b"x-ratelimit-limit-requests", str(quota.limit).encode()),
-                    (b"x-ratelimit-remaining-requests", str(quota.remaining).encode()),
-                    (b"x-ratelimit-reset-requests", openai_duration(quota.reset_seconds).encode()),
-                ]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps(
+        error_body(f"The request body is larger than {limit} bytes.", "invalid_request_error", "payload_too_large")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"x-should-retry", b"false")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,5 @@
-"""The HTTP side of observability: the request middleware, `/metrics`, `/readyz`, and the wiring of metrics and
-traces into the app (called from api/app.py)."""
+"""The HTTP side of observability: what the request layer (api/middleware.py) notes of each request, `/metrics`,
+`/readyz`, and the wiring of metrics and traces into the app (called from api/app.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import hmac
 import logging
 import re
 import time
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope, Send
 
 from threadline import observability
+from threadline.api.asgi import header
 from threadline.api.errors import error_body
 from threadline.config import Settings
 from threadline.ids import new_id
@@ -25,7 +25,6 @@ from threadline.services import health
 
 access_logger = logging.getLogger("threadline.access")
 
-# Probes and scrapes: never held up by (or holding up) draining, logged at debug level only.
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -64,103 +63,85 @@ async def record_route(request: HTTPConnection) -> None:
         context.route = getattr(route, "path", None)
 
 
-class ObservabilityMiddleware:
-    """Outermost pure ASGI middleware (streams pass through untouched): request id, per-request context for logs
-    and services, HTTP metrics, the access log line, and the cancel scope that draining uses."""
+class Observation:
+    """One HTTP request as observability sees it (api/middleware.py drives it): its request id, log context and
+    observer, bound from the start; the answer's status, noted as it leaves; then the HTTP metrics and the access
+    log line. Draining's cancel scope is the middleware's (`observer.lifecycle.track()`)."""
 
-    def __init__(self, app: ASGIApp, observer: Observer) -> None:
-        self.app = app
-        self.observer = observer
+    def __init__(self, scope: Scope, observer: Observer) -> None:
+        self.started_at = time.perf_counter()
+        offered = header(scope, b"x-request-id")
+        self.request_id = offered if offered is not None and _REQUEST_ID.match(offered) else new_id("req")
+        self.method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        # Probes and scrapes: never held up by (or holding up) draining, logged at debug level only.
+        self.probe = scope["path"] in _PROBES
+        self.metrics = observer.metrics
+        self.status = 500
+        self.started = self.finished = self.stream = False
+        self.context = RequestContext(request_id=self.request_id, method=self.method)
+        self._request_token = bind_request(self.context)
+        self._observer_token = observability.bind(observer)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        offered = _header(scope, b"x-request-id")
-        request_id = offered if offered is not None and _REQUEST_ID.match(offered) else new_id("req")
-        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        context = RequestContext(request_id=request_id, method=method)
-        request_token = bind_request(context)
-        observer_token = observability.bind(self.observer)
-        metrics = self.observer.metrics
-        state: dict[str, Any] = {"status": 500, "started": False, "finished": False, "stream": False}
+    def starting(self, message: Message) -> Message:
+        """The response's start: noted, and given the request id unless it has its own (a replayed response)."""
+        self.status = message["status"]
+        self.started = True
+        headers = list(message.get("headers", []))
+        if not any(k.lower() == b"x-request-id" for k, _ in headers):
+            headers.append((b"x-request-id", self.request_id.encode()))
+            message = {**message, "headers": headers}
+        if _is_stream(headers) and self.metrics is not None:
+            self.stream = True
+            self.metrics.streams_in_flight.inc()
+        return message
 
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                state["started"] = True
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):  # a replayed response keeps its own
-                    headers.append((b"x-request-id", request_id.encode()))
-                    message = {**message, "headers": headers}
-                if _is_stream(headers) and metrics is not None:
-                    state["stream"] = True
-                    metrics.streams_in_flight.inc()
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                state["finished"] = True
-            await send(message)
-
+    async def interrupted(self, send: Send) -> None:
+        """A request stopped by draining: answer 503 if nothing was sent yet, else end the body cleanly."""
         try:
-            if scope["path"] in _PROBES:
-                await self.app(scope, receive, observed_send)
-            else:
-                with self.observer.lifecycle.track() as cancel_scope:
-                    await self.app(scope, receive, observed_send)
-                if cancel_scope.cancelled_caught:
-                    await _interrupted(observed_send, state)
-        finally:
-            if state["stream"] and metrics is not None:
-                metrics.streams_in_flight.dec()
-            route = context.route or _route_of(scope) or UNMATCHED
-            context.route = route
-            elapsed = time.perf_counter() - started
-            status = str(state["status"])
-            if metrics is not None:
-                metrics.http_requests.labels(method, route, status).inc()
-                metrics.http_duration.labels(method, route, status).observe(elapsed)
-            level = logging.DEBUG if scope["path"] in _PROBES else logging.INFO
-            # The peer as uvicorn resolved it: behind a trusted proxy, the address the proxy forwarded.
-            client = (scope.get("client") or ("-",))[0]
-            access_logger.log(
-                level,
-                "%s %s %s %.1fms client=%s",
-                method,
-                route,
-                status,
-                elapsed * 1000,
-                client,
-                extra={
-                    "method": method,
-                    "status": state["status"],
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "client": client,
-                },
-            )
-            observability.unbind(observer_token)
-            unbind_request(request_token)
+            if not self.started:
+                body = error_body(
+                    "The server is shutting down; retry the request.", "api_error", "server_shutting_down"
+                )
+                response = JSONResponse(body, 503, headers={"x-should-retry": "true", "retry-after": "1"})
+                await send({"type": "http.response.start", "status": 503, "headers": response.raw_headers})
+                await send({"type": "http.response.body", "body": response.body})
+            elif not self.finished:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client is gone already
+            pass
 
-
-async def _interrupted(send: Send, state: dict[str, Any]) -> None:
-    """A request stopped by draining: answer 503 if nothing was sent yet, else end the body cleanly."""
-    try:
-        if not state["started"]:
-            body = error_body("The server is shutting down; retry the request.", "api_error", "server_shutting_down")
-            response = JSONResponse(body, 503, headers={"x-should-retry": "true", "retry-after": "1"})
-            await send({"type": "http.response.start", "status": 503, "headers": response.raw_headers})
-            await send({"type": "http.response.body", "body": response.body})
-        elif not state["finished"]:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except OSError:  # the client is gone already
-        pass
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            decoded: str = value.decode("latin-1")
-            return decoded
-    return None
+    def close(self, scope: Scope) -> None:
+        """The request is over: the metrics, the access log line, and the bindings undone."""
+        metrics = self.metrics
+        if self.stream and metrics is not None:
+            metrics.streams_in_flight.dec()
+        context = self.context
+        route = context.route or _route_of(scope) or UNMATCHED
+        context.route = route
+        elapsed = time.perf_counter() - self.started_at
+        status = str(self.status)
+        if metrics is not None:
+            metrics.http_requests.labels(self.method, route, status).inc()
+            metrics.http_duration.labels(self.method, route, status).observe(elapsed)
+        # The peer as uvicorn resolved it: behind a trusted proxy, the address the proxy forwarded.
+        client = (scope.get("client") or ("-",))[0]
+        access_logger.log(
+            logging.DEBUG if self.probe else logging.INFO,
+            "%s %s %s %.1fms client=%s",
+            self.method,
+            route,
+            status,
+            elapsed * 1000,
+            client,
+            extra={
+                "method": self.method,
+                "status": self.status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "client": client,
+            },
+        )
+        observability.unbind(self._observer_token)
+        unbind_request(self._request_token)
 
 
 def _is_stream(headers: list[tuple[bytes, bytes]]) -> bool:

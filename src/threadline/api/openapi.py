@@ -3,7 +3,7 @@
 What an operation can answer follows first from its shape, read off the route here so that no route can forget it:
 
     any parameter or body           400  a rule broken (`code` says which)
-    a request body                  413  over the size limit (BodyLimitMiddleware)
+    a request body                  413  over the size limit (api/middleware.py)
     authenticated                   401, 429  no or bad credential / over the credential's rate limit
     acts in an organization         400, 403  `organization_id` required / not the caller's
     a path parameter                404  the resource in the path is missing, or another organization's

@@ -17,7 +17,7 @@ from threadline.storage.repositories.threads import ThreadFilter
 
 router = APIRouter(prefix="/v1", tags=["threads"])
 
-# The body limit of this one route is its own (BodyLimitMiddleware, `max_import_bytes`).
+# The body limit of this one route is its own (api/middleware.py, `max_import_bytes`).
 IMPORT_PATH = "/v1/threads/import"
 NDJSON = "application/x-ndjson"
 _EXPORT_200: dict[int | str, dict[str, Any]] = {
