@@ -15,7 +15,7 @@ import httpx
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from threadline import __version__, observability
+from threadline import __version__, observability, tls
 from threadline.api import background_responses, errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import RequestMiddleware
@@ -88,6 +88,7 @@ def create_app(
         app.state.sessionmaker = create_sessionmaker(engine)
         # The one HTTP client for every upstream model call; per-provider timeouts override these defaults.
         http_client = httpx.AsyncClient(
+            verify=tls.client_context(trust_env=True),
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )

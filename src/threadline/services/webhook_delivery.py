@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from threadline import __version__, observability
+from threadline import __version__, observability, tls
 from threadline.config import Settings
 from threadline.domain import webhooks as rules
 from threadline.domain.clock import utcnow
@@ -93,6 +93,7 @@ def new_client() -> httpx.AsyncClient:
     """The client deliveries go through: no redirects followed, no proxy or other setting from the environment (a
     proxy would connect to the name, not to the checked address). Timeouts are per attempt (`attempt_delivery`)."""
     return httpx.AsyncClient(
+        verify=tls.client_context(trust_env=False),
         follow_redirects=False,
         trust_env=False,
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -130,8 +131,9 @@ def dialect_insert(session: AsyncSession, table: Any) -> Any:
     return pg_insert(table)
 
 
+@functools.cache
 def head_revision() -> str | None:
-    """The newest migration shipped with this code."""
+    """The newest migration shipped with this code (read once: parsing the scripts costs every app start)."""
     from alembic.script import ScriptDirectory
 
     head: str | None = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
