@@ -117,7 +117,7 @@ class _PathReader:
                 if used > budget:
                     return _oldest_first(chunks), False
                 before = rows[0].seq
-                page = _next_page(budget - used, used, sum(len(c) for c in chunks))
+                page = min(page * 2, MAX_PAGE)
             if used > budget and index < last:
                 return _oldest_first(chunks), False
         return _oldest_first(chunks), True
@@ -180,13 +180,6 @@ class _PathReader:
     def total(self) -> int:
         """Live messages in the conversation: counted where read whole, else from the thread rows."""
         return sum(self.whole.get(i, s.estimated_count()) for i, s in enumerate(self.segments))
-
-
-def _next_page(left: int, used: int, read: int) -> int:
-    """Enough rows to fill what is `left` of the budget at the average size read so far (plus a few), so the last
-    page over-reads by little rather than by up to half."""
-    average = max(used / max(read, 1), 1.0)
-    return max(16, min(int(left / average * 1.2) + 8, MAX_PAGE))
 
 
 def _oldest_first(newest_first_chunks: list[list[HistoryMessage]]) -> list[HistoryMessage]:
