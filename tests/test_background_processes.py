@@ -18,7 +18,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import _empty_all_tables
+from tests.helpers import with_session
 from tests.servers import free_port, running, serve_command, threadline_env, until, upstream_server
 from threadline.services import auth
-from threadline.storage.engine import create_engine, create_sessionmaker
 from threadline.storage.tables import Job, Response, ResponseEvent
 
 pytestmark = pytest.mark.slow
@@ -45,20 +45,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The held-back upstream: a first word at once, the rest at the next release (docs/testing.md)."""
     with upstream_server(tmp_path_factory.mktemp("upstream") / "upstream.log", words=64, gate="rest") as held:
         yield held.url
-
-
-def _db(database_url: str, work: Callable[[Any], Any]) -> Any:
-    async def run() -> Any:
-        engine = create_engine(database_url)
-        try:
-            async with create_sessionmaker(engine)() as session:
-                result = await work(session)
-                await session.commit()
-                return result
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture
@@ -75,7 +61,7 @@ def env(database_url: str, upstream: str) -> Iterator[dict[str, str]]:
         THREADLINE_DEFAULT_MODEL=MODEL,
         THREADLINE_THREAD_LEASE_SECONDS=str(LEASE_SECONDS),
         THREADLINE_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
-        API_KEY=_db(database_url, key),
+        API_KEY=with_session(database_url, key),
     )
     yield values
     asyncio.run(_empty_all_tables(database_url))
@@ -104,7 +90,7 @@ def recorded(database_url: str, response_id: str) -> list[str]:
         )
         return list((await session.scalars(query)).all())
 
-    found: list[str] = _db(database_url, read)
+    found: list[str] = with_session(database_url, read)
     return found
 
 
@@ -113,7 +99,7 @@ def response_row(database_url: str, response_id: str) -> tuple[str, str | None]:
         row = (await session.scalars(sa.select(Response).where(Response.id == response_id))).one()
         return row.status, (row.error or {}).get("code")
 
-    found: tuple[str, str | None] = _db(database_url, read)
+    found: tuple[str, str | None] = with_session(database_url, read)
     return found
 
 
@@ -205,7 +191,7 @@ def test_a_killed_servers_background_turn_is_settled_and_the_queued_one_behind_i
     async def jobs(session: Any) -> list[tuple[str, int]]:
         return [(j.status, j.attempts) for j in (await session.scalars(sa.select(Job).order_by(Job.id))).all()]
 
-    statuses = _db(database_url, jobs)
+    statuses = with_session(database_url, jobs)
     assert [status for status, _ in statuses] == ["done", "done"]
     assert statuses[0][1] >= 2  # taken over after the kill
 
