@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.storage.tables import ApiKey, Membership, Organization, User, UserToken
+from threadline.storage.statements import param
+from threadline.storage.tables import ApiKey, Membership, Organization, User, UserToken, core_table
 
 
 class ApiKeyGrant(NamedTuple):
@@ -20,6 +21,35 @@ class ApiKeyGrant(NamedTuple):
     email: str
     requests_per_minute: int | None
     concurrent_turns: int | None
+
+
+def _api_key_grant() -> sa.Select[tuple[Any, ...]]:
+    """What an API key grants: one statement instead of four (key, user, membership, organization), plain columns,
+    built once (authentication runs on every request; docs/storage.md)."""
+    keys, users, organizations = core_table(ApiKey), core_table(User), core_table(Organization)
+    memberships = core_table(Membership)
+    return (
+        sa.select(
+            keys.c.id,
+            keys.c.organization_id,
+            keys.c.revoked_at,
+            keys.c.last_used_at,
+            users.c.id,
+            users.c.email,
+            organizations.c.rate_limit_requests_per_minute,
+            organizations.c.rate_limit_concurrent_turns,
+        )
+        .join(users, users.c.id == keys.c.user_id)
+        .join(organizations, organizations.c.id == keys.c.organization_id)
+        .join(
+            memberships,
+            sa.and_(memberships.c.organization_id == keys.c.organization_id, memberships.c.user_id == keys.c.user_id),
+        )
+        .where(keys.c.key_hash == param("key_hash"))
+    )
+
+
+_API_KEY_GRANT = _api_key_grant()
 
 
 class IdentityRepository:
@@ -64,31 +94,8 @@ class IdentityRepository:
         await self.session.flush()
 
     async def api_key_grant(self, key_hash: str) -> ApiKeyGrant | None:
-        """What an API key grants, only while its user is still a member of the key's organization.
-
-        One statement instead of four (key, user, membership, organization), and plain columns instead of three
-        ORM objects: authentication runs on every request.
-        """
-        query = (
-            sa.select(
-                ApiKey.id,
-                ApiKey.organization_id,
-                ApiKey.revoked_at,
-                ApiKey.last_used_at,
-                User.id,
-                User.email,
-                Organization.rate_limit_requests_per_minute,
-                Organization.rate_limit_concurrent_turns,
-            )
-            .join(User, User.id == ApiKey.user_id)
-            .join(Organization, Organization.id == ApiKey.organization_id)
-            .join(
-                Membership,
-                sa.and_(Membership.organization_id == ApiKey.organization_id, Membership.user_id == ApiKey.user_id),
-            )
-            .where(ApiKey.key_hash == key_hash)
-        )
-        row = (await self.session.execute(query)).one_or_none()
+        """What an API key grants, only while its user is still a member of the key's organization."""
+        row = (await self.session.execute(_API_KEY_GRANT, {"p_key_hash": key_hash})).one_or_none()
         return None if row is None else ApiKeyGrant(*row)
 
     async def api_key(self, organization_id: str, key_id: str) -> ApiKey | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
+from threadline.storage.statements import param
 from threadline.storage.tables import Message, MessageEdit, core_table
 
 
@@ -27,7 +29,23 @@ def _live(organization_id: str, thread_id: str, roles: Collection[str] | None = 
 
 _messages = core_table(Message)
 # A `Message` attribute's column name (they differ where the attribute would shadow a name, as `metadata_`).
+_INSERT = sa.insert(_messages)  # built once (docs/storage.md)
 _COLUMN_OF = {attribute.key: attribute.columns[0].key for attribute in Message.__mapper__.column_attrs}
+
+
+@functools.cache
+def _context_query(newest: bool, before: bool, after: bool) -> sa.Select[Any]:
+    """`MessageRepository.context_rows`'s statement, built once per shape (docs/storage.md)."""
+    m = _messages.c
+    query = sa.select(m.id, m.seq, m.role, m.content, m.token_count, m.tokenizer, m.type, m.call_id, m.payload)
+    query = query.where(
+        m.organization_id == param("organization_id"), m.thread_id == param("thread_id"), m.deleted_at.is_(None)
+    )
+    if before:
+        query = query.where(m.seq < param("before_seq"))
+    if after:
+        query = query.where(m.seq > param("after_seq"))
+    return query.order_by(m.seq.desc() if newest else m.seq.asc()).limit(param("limit", sa.Integer()))
 
 
 class ContextRow(NamedTuple):
@@ -55,7 +73,7 @@ class MessageRepository:
         objects, no unit-of-work flush (a turn's save)."""
         if rows:
             await self.session.execute(
-                sa.insert(_messages), [{_COLUMN_OF[key]: value for key, value in row.items()} for row in rows]
+                _INSERT, [{_COLUMN_OF[key]: value for key, value in row.items()} for row in rows]
             )
 
     async def get(
@@ -127,23 +145,13 @@ class MessageRepository:
         Plain rows, not ORM objects: a turn reads hundreds of them, and building entities would cost more than
         the query.
         """
-        query = sa.select(
-            Message.id,
-            Message.seq,
-            Message.role,
-            Message.content,
-            Message.token_count,
-            Message.tokenizer,
-            Message.type,
-            Message.call_id,
-            Message.payload,
-        ).where(*_live(organization_id, thread_id))
+        values = {"p_organization_id": organization_id, "p_thread_id": thread_id, "p_limit": limit}
         if before_seq is not None:
-            query = query.where(Message.seq < before_seq)
+            values["p_before_seq"] = before_seq
         if after_seq:
-            query = query.where(Message.seq > after_seq)
-        query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
-        rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
+            values["p_after_seq"] = after_seq
+        query = _context_query(newest, before_seq is not None, bool(after_seq))
+        rows = [ContextRow(*row) for row in (await self.session.execute(query, values)).all()]
         if newest:
             rows.reverse()
         return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,9 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS, REQUIRES_ACTION
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
+from threadline.storage.statements import param
 from threadline.storage.tables import Response, core_table
 
 _responses = core_table(Response)
+# A turn's statements are built once (docs/storage.md): the columns to write are the parameters' other keys.
+_INSERT = sa.insert(_responses)
+
+
+@functools.cache
+def _update(read: tuple[str, ...]) -> sa.Update:
+    r = _responses.c
+    query = sa.update(_responses).where(r.organization_id == param("organization_id"), r.id == param("id"))
+    return query.returning(*(r[name] for name in read)) if read else query
 
 
 class ResponseRepository:
@@ -27,7 +38,7 @@ class ResponseRepository:
 
     async def insert(self, values: Mapping[str, Any]) -> None:
         """Insert a row given by its columns: one Core INSERT, no ORM object (a turn's start)."""
-        await self.session.execute(sa.insert(_responses), values)
+        await self.session.execute(_INSERT, values)
 
     async def get(self, organization_id: str, response_id: str) -> Response | None:
         query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
@@ -38,12 +49,11 @@ class ResponseRepository:
     ) -> dict[str, Any]:
         """Write `values` in one Core UPDATE, with no read before the write; returns the columns named in `read` as
         stored after it (the caller has the rest)."""
-        r = _responses.c
-        query = sa.update(_responses).where(r.organization_id == organization_id, r.id == response_id).values(**values)
+        key = {"p_organization_id": organization_id, "p_id": response_id}
         if not read:
-            await self.session.execute(query)
+            await self.session.execute(_update(()), {**values, **key})
             return {}
-        row = (await self.session.execute(query.returning(*(r[name] for name in read)))).one()
+        row = (await self.session.execute(_update(tuple(read)), {**values, **key})).one()
         return dict(row._mapping)
 
     async def fail_if_in_progress(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -16,7 +17,8 @@ from threadline.domain.threads import INACTIVE, STREAMING
 from threadline.domain.turns import REQUIRES_ACTION
 from threadline.errors import AlreadyExists
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.tables import Message, Response, Thread, WebhookEndpoint, core_table
+from threadline.storage.statements import constant, param
+from threadline.storage.tables import Message, Response, Thread, UTCDateTime, WebhookEndpoint, core_table
 
 
 @dataclass(frozen=True)
@@ -87,19 +89,19 @@ class FreedThread:
 _threads = core_table(Thread)
 
 
-def _leased(organization_id: str, thread_id: str) -> tuple[sa.ColumnElement[Any], ...]:
+def _leased() -> tuple[sa.ColumnElement[Any], ...]:
     """The RETURNING list of `LeasedThread`. (The lookups name the thread by value: SQLite's RETURNING cannot
     refer to the updated row from inside a subquery.)"""
     t, responses, messages = _threads.c, core_table(Response).c, core_table(Message).c
     run_waiting = sa.exists().where(
-        responses.organization_id == organization_id,
-        responses.thread_id == thread_id,
-        responses.status == REQUIRES_ACTION,
+        responses.organization_id == param("organization_id"),
+        responses.thread_id == param("thread_id"),
+        responses.status == constant(REQUIRES_ACTION),
     )
     compacted = sa.exists().where(
-        messages.organization_id == organization_id,
-        messages.thread_id == thread_id,
-        messages.type == "compaction",
+        messages.organization_id == param("organization_id"),
+        messages.thread_id == param("thread_id"),
+        messages.type == constant("compaction"),
         messages.deleted_at.is_(None),
     )
     return (
@@ -112,6 +114,61 @@ def _leased(organization_id: str, thread_id: str) -> tuple[sa.ColumnElement[Any]
         t.inherited_message_count,
         run_waiting,
         compacted,
+    )
+
+
+def _this_thread() -> tuple[sa.ColumnElement[bool], ...]:
+    t = _threads.c
+    return t.organization_id == param("organization_id"), t.id == param("thread_id"), t.deleted_at.is_(None)
+
+
+@functools.cache
+def _acquire(after_seq: bool) -> sa.Update:
+    """`acquire_free_lease`'s statement (built once per shape: docs/storage.md)."""
+    t = _threads.c
+    query = sa.update(_threads).where(*_this_thread(), t.status == constant(INACTIVE))
+    if after_seq:
+        query = query.where(t.next_seq == param("next_seq"))
+    return query.values(
+        status=constant(STREAMING), lease_owner=param("owner"), lease_expires_at=param("expires_at", UTCDateTime())
+    ).returning(*_leased())
+
+
+# What `_release` sets itself when messages are appended.
+_APPENDING = frozenset({"next_seq", "message_count", "updated_at", "last_message_at"})
+
+
+@functools.cache
+def _release(appended: bool, changed: frozenset[str]) -> sa.Update:
+    """`release_lease_returning`'s statement: the columns a turn's save changes, each a parameter."""
+    t = _threads.c
+    endpoints = core_table(WebhookEndpoint).c
+    webhooks = sa.exists().where(
+        endpoints.organization_id == param("organization_id"), endpoints.status == constant("enabled")
+    )
+    values: dict[str, Any] = {"status": constant(INACTIVE), "lease_owner": None, "lease_expires_at": None}
+    values |= {name: param(f"set_{name}", t[name].type) for name in sorted(changed)}
+    if appended:
+        values.update(  # the keys of _APPENDING
+            next_seq=t.next_seq + param("appended", sa.Integer()),
+            message_count=t.message_count + param("appended", sa.Integer()),
+            updated_at=param("now", UTCDateTime()),
+            last_message_at=param("now", UTCDateTime()),
+        )
+    return (
+        sa.update(_threads)
+        .where(*_this_thread(), t.lease_owner == param("owner"))
+        .values(**values)
+        .returning(
+            t.organization_id,
+            t.id,
+            t.assistant_id,
+            t.compact_at,
+            t.message_count,
+            t.inherited_message_count,
+            t.next_seq - param("appended", sa.Integer()),
+            webhooks,
+        )
     )
 
 
@@ -270,18 +327,11 @@ class ThreadRepository:
         The database row is the lock, so this works across processes and hosts. With `next_seq`, only while the
         thread has had no message since (a chain continued from its latest turn).
         """
-        t = _threads.c
-        conditions = [t.organization_id == organization_id, t.id == thread_id, t.deleted_at.is_(None)]
-        conditions.append(t.status == INACTIVE)
+        values: dict[str, Any] = {"p_organization_id": organization_id, "p_thread_id": thread_id, "p_owner": owner}
+        values["p_expires_at"] = expires_at
         if next_seq is not None:
-            conditions.append(t.next_seq == next_seq)
-        query = (
-            sa.update(_threads)
-            .where(*conditions)
-            .values(status=STREAMING, lease_owner=owner, lease_expires_at=expires_at)
-            .returning(*_leased(organization_id, thread_id))
-        )
-        row = (await self.session.execute(query)).first()
+            values["p_next_seq"] = next_seq
+        row = (await self.session.execute(_acquire(next_seq is not None), values)).first()
         return LeasedThread(*row) if row is not None else None
 
     async def take_over_lease(
@@ -294,17 +344,12 @@ class ThreadRepository:
         expires_at: datetime,
     ) -> LeasedThread | None:
         """Take a lease that `holder` let expire (a crashed server); only if nobody else took it first."""
-        t = _threads.c
         result = await self.session.execute(
             sa.update(_threads)
-            .where(
-                t.organization_id == organization_id,
-                t.id == thread_id,
-                t.deleted_at.is_(None),
-                *_streaming_under_expired_lease(holder, now),
-            )
+            .where(*_this_thread(), *_streaming_under_expired_lease(holder, now))
             .values(lease_owner=owner, lease_expires_at=expires_at)
-            .returning(*_leased(organization_id, thread_id))
+            .returning(*_leased()),
+            {"p_organization_id": organization_id, "p_thread_id": thread_id},
         )
         row = result.first()
         return LeasedThread(*row) if row is not None else None
@@ -368,34 +413,13 @@ class ThreadRepository:
         """`release_lease` for a turn's save, in the one statement: hands out `appended` consecutive message seqs
         (counts and timestamps follow; the row stays locked until commit) and returns what the save needs of the
         thread. None if `owner` no longer holds it (or the thread was deleted)."""
-        t = _threads.c
-        endpoints = core_table(WebhookEndpoint).c
-        webhooks = sa.exists().where(endpoints.organization_id == organization_id, endpoints.status == "enabled")
-        values: dict[str, Any] = {"status": INACTIVE, "lease_owner": None, "lease_expires_at": None, **changes}
+        values: dict[str, Any] = {"p_organization_id": organization_id, "p_thread_id": thread_id, "p_owner": owner}
+        values["p_appended"] = appended
         if appended:
-            values.update(
-                next_seq=t.next_seq + appended,
-                message_count=t.message_count + appended,
-                updated_at=now,
-                last_message_at=now,
-            )
-        query = (
-            sa.update(_threads)
-            .where(t.organization_id == organization_id, t.id == thread_id, t.lease_owner == owner)
-            .where(t.deleted_at.is_(None))
-            .values(**values)
-            .returning(
-                t.organization_id,
-                t.id,
-                t.assistant_id,
-                t.compact_at,
-                t.message_count,
-                t.inherited_message_count,
-                t.next_seq - appended,
-                webhooks,
-            )
-        )
-        row = (await self.session.execute(query)).first()
+            values["p_now"] = now
+            changes = {name: value for name, value in changes.items() if name not in _APPENDING}
+        values |= {f"p_set_{name}": value for name, value in changes.items()}
+        row = (await self.session.execute(_release(appended > 0, frozenset(changes)), values)).first()
         return FreedThread(*row) if row is not None else None
 
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:
