@@ -15,7 +15,7 @@ import httpx
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from threadline import __version__, observability, tls
+from threadline import __version__, observability
 from threadline.api import background_responses, errors, idempotency, openapi
 from threadline.api import observability as api_observability
 from threadline.api.middleware import RequestMiddleware
@@ -42,6 +42,7 @@ from threadline.observability import Lifecycle, Metrics, Observer
 from threadline.observability.metrics import process_exited
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.registry import ModelRegistry
+from threadline.providers.transport import upstream_client
 from threadline.services import compaction_jobs, jobs, recovery, retention, webhook_delivery
 from threadline.services.background import Background
 from threadline.services.response_streams import StreamHub
@@ -87,11 +88,7 @@ def create_app(
         observer_token = observability.bind(observer)  # the sweeper and other lifespan tasks report through it
         app.state.sessionmaker = create_sessionmaker(engine)
         # The one HTTP client for every upstream model call; per-provider timeouts override these defaults.
-        http_client = httpx.AsyncClient(
-            verify=tls.client_context(trust_env=True),
-            timeout=httpx.Timeout(120.0, connect=10.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        http_client = upstream_client()
         # Webhook deliveries have their own client: no redirects, no proxy (services/webhook_delivery.py).
         app.state.webhook_http = webhook_delivery.new_client()
         if tracer_provider is not None:

@@ -15,13 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import httpx
-
 from threadline.config import Settings
 from threadline.domain.messages import ChatMessage
 from threadline.errors import ThreadlineError, ThreadNotFound
 from threadline.ids import new_id
 from threadline.providers.registry import ModelRegistry
+from threadline.providers.transport import upstream_client
 from threadline.services import auth
 from threadline.services import threads as thread_service
 from threadline.services.auth import Principal
@@ -71,7 +70,7 @@ async def chat(settings: Settings, options: ChatOptions, stdin: TextIO, stdout: 
     """Run the chat until end of input or /quit; returns the exit code (1 if any turn failed)."""
     engine = create_engine(settings.database_url)
     maker = create_sessionmaker(engine)
-    http_client = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0))
+    http_client = upstream_client()
     models: ModelRegistry | None = None
     try:
         models = await asyncio.to_thread(ModelRegistry.from_settings, settings, http_client)

@@ -1,0 +1,113 @@
+"""The transport under the upstream `httpx.AsyncClient`: aiohttp's connection pool and C parser.
+
+httpx's own transport (httpcore, h11, anyio streams) cost ~3 ms of CPU per streamed chat completion here, about
+four times the model turn's whole budget for it; through aiohttp the same request costs ~1 ms (bench/README.md).
+The client keeps httpx's API, so providers and tests (`httpx.MockTransport`) are unchanged, and an environment
+proxy still goes through httpx's proxy transport (httpx mounts it per URL pattern).
+
+`httpx-aiohttp` exists, but maps every aiohttp connection error to `httpx.ConnectTimeout`: a refused
+connection or a server that hangs up would read as a timeout (504) instead of an unavailable upstream (502).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+
+from threadline import tls
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """The one HTTP client of a process for every upstream model call; per-provider timeouts override these."""
+    context = tls.client_context(trust_env=True)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(context, max_connections=200),
+        verify=context,  # for the proxy transports httpx mounts from the environment
+        timeout=httpx.Timeout(120.0, connect=10.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    def __init__(self, ssl_context: ssl.SSLContext, *, max_connections: int, keepalive_seconds: float = 5.0) -> None:
+        self._ssl = ssl_context
+        self._limit = max_connections
+        self._keepalive = keepalive_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit, keepalive_timeout=self._keepalive)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        with _as_httpx_errors(request):
+            response = await self._client().request(
+                request.method,
+                str(request.url),
+                # aiohttp frames the body itself, and httpx decodes what `Accept-Encoding` brings back.
+                headers=[(k, v) for k, v in request.headers.multi_items() if k.lower() not in _FRAMING],
+                data=await request.aread() or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read"), connect=timeout.get("pool")
+                ),
+            )
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors(self._request):
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Back to the pool when the body was read to its end; otherwise aiohttp closes the connection.
+        self._response.release()
+
+
+class _as_httpx_errors:
+    """aiohttp's exceptions as the httpx ones the providers handle (a timeout, a connection that could not be
+    made, one that broke)."""
+
+    def __init__(self, request: httpx.Request) -> None:
+        self._request = request
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            raise httpx.ConnectTimeout(str(exc), request=self._request) from exc
+        if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
+            raise httpx.ReadTimeout(str(exc) or "timed out", request=self._request) from exc
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise httpx.ConnectError(str(exc), request=self._request) from exc
+        if isinstance(exc, aiohttp.ClientError):
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=self._request) from exc
