@@ -204,9 +204,7 @@ async def test_every_cut_of_the_stream_reads_the_same() -> None:
         pieces = Pieces(body[:cut], body[cut:])
         client = httpx.AsyncClient(
             transport=httpx.MockTransport(
-                lambda _r, pieces=pieces: httpx.Response(
-                    200, headers={"content-type": "text/event-stream"}, stream=pieces
-                )
+                lambda _r, pieces=pieces: httpx.Response(200, headers=SSE_HEADERS, stream=pieces)
             )
         )
         p = OpenAICompatProvider(name="up", base_url="http://up.test/v1", models=["m"], http_client=client)
