@@ -9,7 +9,6 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.domain.threads import INACTIVE, STREAMING
@@ -139,6 +138,47 @@ def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[s
     return t.status == STREAMING, holder_matches, lease_expired(now)
 
 
+def _path_query() -> sa.Select[tuple[str, str | None, int | None, int]]:
+    """`ThreadRepository.path`'s statement, built once: building a recursive CTE with an aliased table proxies
+    every column of the table, which cost more than running the query (a chain turn's start, docs/chains.md)."""
+    t = _threads.c
+    start = (
+        sa.select(
+            t.organization_id,
+            t.id,
+            t.parent_thread_id,
+            t.parent_seq,
+            t.message_count,
+            sa.literal(1, sa.Integer).label("depth"),
+        )
+        .where(t.organization_id == sa.bindparam("organization_id"), t.id == sa.bindparam("thread_id"))
+        .cte("path", recursive=True)
+    )
+    parent = _threads.alias("parent")
+    step = (
+        sa.select(
+            parent.c.organization_id,
+            parent.c.id,
+            parent.c.parent_thread_id,
+            parent.c.parent_seq,
+            parent.c.message_count,
+            start.c.depth + 1,
+        )
+        .join(
+            start,
+            sa.and_(parent.c.organization_id == start.c.organization_id, parent.c.id == start.c.parent_thread_id),
+        )
+        .where(parent.c.deleted_at.is_(None), start.c.depth < sa.bindparam("limit", type_=sa.Integer))
+    )
+    path = start.union_all(step)
+    return sa.select(path.c.id, path.c.parent_thread_id, path.c.parent_seq, path.c.message_count).order_by(
+        path.c.depth
+    )
+
+
+_PATH = _path_query()
+
+
 class ThreadRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -223,38 +263,8 @@ class ThreadRepository:
 
         The walk stops at a parent that is deleted or already purged: a chain's reads end at that gap.
         """
-        start = (
-            sa.select(
-                Thread.organization_id,
-                Thread.id,
-                Thread.parent_thread_id,
-                Thread.parent_seq,
-                Thread.message_count,
-                sa.literal(1, sa.Integer).label("depth"),
-            )
-            .where(Thread.organization_id == organization_id, Thread.id == thread_id)
-            .cte("path", recursive=True)
-        )
-        parent = aliased(Thread)
-        step = (
-            sa.select(
-                parent.organization_id,
-                parent.id,
-                parent.parent_thread_id,
-                parent.parent_seq,
-                parent.message_count,
-                start.c.depth + 1,
-            )
-            .join(
-                start, sa.and_(parent.organization_id == start.c.organization_id, parent.id == start.c.parent_thread_id)
-            )
-            .where(parent.deleted_at.is_(None), start.c.depth < limit)
-        )
-        path = start.union_all(step)
-        query = sa.select(path.c.id, path.c.parent_thread_id, path.c.parent_seq, path.c.message_count).order_by(
-            path.c.depth
-        )
-        return [PathRow(*row) for row in (await self.session.execute(query)).all()]
+        params = {"organization_id": organization_id, "thread_id": thread_id, "limit": limit}
+        return [PathRow(*row) for row in (await self.session.execute(_PATH, params)).all()]
 
     async def acquire_free_lease(
         self,
