@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -40,6 +41,24 @@ class ContextRow(NamedTuple):
     type: str
     call_id: str | None
     payload: dict[str, Any] | None
+
+
+@functools.cache
+def _context_query(newest: bool, before: bool, after: bool) -> sa.Select[Any]:
+    """`MessageRepository.context_rows`' statement of one shape, with bind parameters (Core columns: no ORM
+    loading step per row)."""
+    m = _messages.c
+    query = sa.select(*(m[name] for name in ContextRow._fields)).where(
+        m.organization_id == sa.bindparam("organization_id"),
+        m.thread_id == sa.bindparam("thread_id"),
+        m.deleted_at.is_(None),
+    )
+    if before:
+        query = query.where(m.seq < sa.bindparam("before_seq"))
+    if after:
+        query = query.where(m.seq > sa.bindparam("after_seq"))
+    order = m.seq.desc() if newest else m.seq.asc()
+    return query.order_by(order).limit(sa.bindparam("limit", type_=sa.Integer))
 
 
 class MessageRepository:
@@ -124,26 +143,16 @@ class MessageRepository:
     ) -> list[ContextRow]:
         """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
 
-        Plain rows, not ORM objects: a turn reads hundreds of them, and building entities would cost more than
-        the query.
+        Plain rows, not ORM objects, from a statement built once per shape (`_context_query`): a turn reads
+        hundreds of rows, and building entities, or the statement, would cost more than the query.
         """
-        query = sa.select(
-            Message.id,
-            Message.seq,
-            Message.role,
-            Message.content,
-            Message.token_count,
-            Message.tokenizer,
-            Message.type,
-            Message.call_id,
-            Message.payload,
-        ).where(*_live(organization_id, thread_id))
+        params: dict[str, Any] = {"organization_id": organization_id, "thread_id": thread_id, "limit": limit}
         if before_seq is not None:
-            query = query.where(Message.seq < before_seq)
+            params["before_seq"] = before_seq
         if after_seq:
-            query = query.where(Message.seq > after_seq)
-        query = query.order_by(Message.seq.desc() if newest else Message.seq.asc()).limit(limit)
-        rows = [ContextRow(*row) for row in (await self.session.execute(query)).all()]
+            params["after_seq"] = after_seq
+        query = _context_query(newest, before_seq is not None, bool(after_seq))
+        rows = list(map(ContextRow._make, (await self.session.execute(query, params)).tuples()))
         if newest:
             rows.reverse()
         return rows
