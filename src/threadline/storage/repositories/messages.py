@@ -152,7 +152,7 @@ class MessageRepository:
         if after_seq:
             params["after_seq"] = after_seq
         query = _context_query(newest, before_seq is not None, bool(after_seq))
-        rows = list(map(ContextRow._make, (await self.session.execute(query, params)).tuples()))
+        rows = list(map(ContextRow._make, (await self.session.execute(query, params)).all()))
         if newest:
             rows.reverse()
         return rows
