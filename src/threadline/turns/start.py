@@ -449,7 +449,8 @@ async def _resolve_references(
 def _check_vision(prompt: Sequence[PromptMessage], info: ModelInfo) -> None:
     """Images in what the model would see (this turn's inputs or the history it gets) need the `vision`
     capability."""
-    if not info.vision and any(has_images(m.parts) for m in prompt):
+    # Most items have no parts: the check looks only at those that do (it runs for every item of the prompt).
+    if not info.vision and any(has_images(m.parts) for m in prompt if m.parts):
         raise InvalidRequest(
             f"The model '{info.name}' does not accept images: use a model whose configuration has vision, or "
             "send the request without image parts.",
