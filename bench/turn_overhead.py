@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,12 +125,28 @@ async def prefill(url: str, organization_id: str, thread_id: str, count: int) ->
                 .where(Thread.organization_id == organization_id, Thread.id == thread_id)
                 .values(next_seq=count + 1, message_count=count)
             )
-        # Fresh statistics, as autovacuum (PostgreSQL) would have them for a table that grew over time: right
-        # after a bulk insert the planner still thinks the table is tiny.
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("ANALYZE"))
+        if not url.startswith("sqlite"):
+            # Fresh statistics, as autovacuum (PostgreSQL) would have them for a table that grew over time: right
+            # after a bulk insert the planner still thinks the table is tiny. (Not on SQLite: Threadline never
+            # analyzes it, and the server's connections would keep the plans they prepared under the statistics
+            # of an earlier pre-fill: the 10,000-message thread's lease statement, planned while the threads were
+            # short, scanned the thread's messages for a compaction item, ~4-6 ms a turn.)
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("ANALYZE"))
+        else:
+            # And SQLite's write-ahead log emptied, as its checkpoints keep it for a database that grew turn by
+            # turn: right after the bulk insert every page read looks the page up in a WAL of ~10,000 rows (the
+            # 10,000-message thread's turns cost ~12 ms more until a checkpoint could reset it).
+            await asyncio.to_thread(_checkpoint, url.split(":///", 1)[1])
     finally:
         await engine.dispose()
+
+
+def _checkpoint(path: str) -> None:
+    """Copy the WAL into the database file and empty it (outside any transaction: the app's dialect begins one
+    for every statement)."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 # ---------------------------------------------------------------- timing

@@ -108,7 +108,7 @@ def serve(
     if workers == 1:
         from threadline.api.app import create_app
 
-        uvicorn.run(create_app(settings, drain_on_sigterm=True), **options)
+        uvicorn.run(create_app(settings, drain_on_sigterm=True, tune_gc=True), **options)
         return
     # Several workers: each builds its app through `worker_app`, and Prometheus' multiprocess mode adds up
     # their metrics in a directory of files that lives as long as this command.
@@ -138,7 +138,7 @@ async def _work(settings: Settings) -> None:
 
     from threadline.api.app import create_app
 
-    application = create_app(settings)
+    application = create_app(settings, tune_gc=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -153,7 +153,7 @@ def worker_app() -> Any:
     """The app of one `serve --workers N` worker process (a uvicorn factory)."""
     from threadline.api.app import create_app
 
-    return create_app(Settings(), drain_on_sigterm=True)
+    return create_app(Settings(), drain_on_sigterm=True, tune_gc=True)
 
 
 def _redacted(url: str) -> str:

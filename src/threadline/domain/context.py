@@ -21,6 +21,7 @@ Function calls and their outputs are one unit (docs/items.md): a run of consecut
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -380,10 +381,7 @@ def _plan(
 
 
 def _count_types(items: Sequence[HistoryMessage | PromptMessage]) -> tuple[tuple[str, int], ...]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.type] = counts.get(item.type, 0) + 1
-    return tuple(sorted(counts.items()))
+    return tuple(sorted(Counter(item.type for item in items).items()))
 
 
 def _smart_or_recent(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.messages import ChatMessage, NewMessage, unanswered_calls
 from threadline.storage.repositories.messages import MessageRepository
-from threadline.storage.repositories.threads import LeasedThread, ThreadRepository
+from threadline.storage.repositories.threads import LeasedThread, PathRow, ThreadRepository
 from threadline.storage.tables import Thread
 
 # Threads on one conversation's path: a turn may need one query per segment, so forks are bounded.
@@ -33,6 +33,8 @@ class Segment:
     last_seq: int | None
     # Live messages of the whole thread.
     message_count: int
+    # Whether the thread may hold a live compaction item (False: the path's statement saw none).
+    compacted: bool = True
 
     @property
     def before_seq(self) -> int | None:
@@ -52,11 +54,16 @@ async def conversation_path(
     """The segments of `thread`'s conversation, newest first (at most `limit`)."""
     if thread.parent_thread_id is None:
         return [Segment(thread.id, 0, None, thread.message_count)]
-    rows = await ThreadRepository(session).path(thread.organization_id, thread.id, limit)
+    return segments_of(await ThreadRepository(session).path(thread.organization_id, thread.id, limit))
+
+
+def segments_of(rows: Sequence[PathRow]) -> list[Segment]:
+    """The segments of a path read by `ThreadRepository.path` (the thread first): each parent's ends where its
+    child forked."""
     segments: list[Segment] = []
     last_seq: int | None = None
     for row in rows:
-        segments.append(Segment(row.id, row.parent_seq or 0, last_seq, row.message_count))
+        segments.append(Segment(row.id, row.parent_seq or 0, last_seq, row.message_count, row.compacted))
         last_seq = row.parent_seq
     return segments
 

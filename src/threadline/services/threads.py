@@ -15,7 +15,7 @@ from threadline.services import forks
 from threadline.services.assistants import get_assistant
 from threadline.services.auth import Principal
 from threadline.storage.repositories.pagination import Page, PageRequest
-from threadline.storage.repositories.threads import ThreadFilter, ThreadRepository
+from threadline.storage.repositories.threads import ChainParent, ThreadFilter, ThreadRepository
 from threadline.storage.tables import Thread
 
 _UPDATABLE = {
@@ -111,7 +111,9 @@ async def create_hidden_thread(
     )
 
 
-async def create_chain_thread(session: AsyncSession, principal: Principal, parent: Thread, parent_seq: int) -> Thread:
+async def create_chain_thread(
+    session: AsyncSession, principal: Principal, parent: Thread | ChainParent, parent_seq: int
+) -> Thread:
     """A hidden `previousResponseId` chain forked from `parent` after seq `parent_seq` (docs/chains.md).
 
     Nothing is copied: the chain's history is the parent's live messages up to `parent_seq`, then its own, which

@@ -19,9 +19,10 @@ from threadline.errors import InvalidRequest, NotFound, ThreadNotFound
 from threadline.services import threads as thread_service
 from threadline.services import webhooks
 from threadline.services.auth import Principal
+from threadline.services.conversation import MAX_CHAIN_SEGMENTS, Segment, conversation_path, segments_of
 from threadline.storage.repositories.responses import ResponseRepository
-from threadline.storage.repositories.threads import LeasedThread, ThreadRepository
-from threadline.storage.tables import Response, Thread
+from threadline.storage.repositories.threads import LeasedThread, PathRow, PreviousResponse, ThreadRepository
+from threadline.storage.tables import Thread
 from threadline.turns.request import TurnRequest
 
 
@@ -40,15 +41,21 @@ class LeaseAttempt:
     def expires_at(self) -> datetime:
         return self.now + timedelta(seconds=self.settings.thread_lease_seconds)
 
-    async def take(self) -> LeasedThread | None:
-        """The leased thread; None while another live turn holds it.
+    async def take(self) -> tuple[LeasedThread, list[Segment]] | None:
+        """The leased thread and its conversation's path (services/conversation.py); None while another live turn
+        holds it."""
+        if self.request.previous_response_id is not None:
+            return await self._chain(self.request.previous_response_id)
+        thread = await self._thread()
+        if thread is None:
+            return None
+        return thread, await conversation_path(self.session, thread)
 
-        Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
+    async def _thread(self) -> LeasedThread | None:
+        """Fast path (an existing, idle thread): one UPDATE … RETURNING. Otherwise read the thread to tell apart a
         missing thread (create it), a busy one (wait) and one whose holder died (take the lease over).
         """
         request = self.request
-        if request.previous_response_id is not None:
-            return await self._chain(request.previous_response_id)
         org = request.organization_id
         repo = ThreadRepository(self.session)
         thread_id = request.thread_id
@@ -79,16 +86,18 @@ class LeaseAttempt:
         assert leased is not None, "a thread created in this transaction is free"
         return leased
 
-    async def _chain(self, previous_id: str) -> LeasedThread:
+    async def _chain(self, previous_id: str) -> tuple[LeasedThread, list[Segment]]:
         """`previousResponseId = R`: the turn's context is R's conversation up to and including R's output.
 
         When R is the latest turn of an idle chain thread, the turn is appended to that chain. Otherwise (R in a
         plain or `store=false` thread, an earlier turn of a chain, a chain busy with another continuation of R) a
         new hidden chain thread forks from R: it records (R's thread, R's output seq) as its parent and copies
-        nothing. So a branch never waits for another, and a linear chain stays one thread.
+        nothing. So a branch never waits for another, and a linear chain stays one thread. R, its thread and the
+        thread's path come from one statement; the path of the turn's thread follows from it.
         """
         org = self.request.organization_id
-        previous = await ResponseRepository(self.session).get(org, previous_id)
+        repo = ThreadRepository(self.session)
+        previous = await repo.previous_response(org, previous_id, MAX_CHAIN_SEGMENTS + 1)
         if previous is None:
             raise NotFound(
                 f"No response found with id '{previous_id}'.",
@@ -96,8 +105,7 @@ class LeaseAttempt:
                 param="previous_response_id",
             )
         output_seq = self._chainable(previous)
-        repo = ThreadRepository(self.session)
-        parent = await repo.get(org, previous.thread_id or "")
+        parent, path = previous.thread, previous.path
         if parent is None:
             # The conversation R belongs to was deleted.
             raise NotFound(
@@ -109,12 +117,14 @@ class LeaseAttempt:
             # The lease is taken only while nothing was appended since R (the condition is part of the UPDATE).
             leased = await repo.acquire_free_lease(org, parent.id, self.owner, self.expires_at, next_seq=output_seq + 1)
             if leased is not None:
-                return leased
-        return await self._lease_new(
-            await thread_service.create_chain_thread(self.session, self.principal, parent, output_seq)
-        )
+                # The lease's count is the current one (a message may have been deleted since the path was read).
+                own = path[0]._replace(message_count=leased.message_count)
+                return leased, segments_of([own, *path[1:]])
+        chain = await thread_service.create_chain_thread(self.session, self.principal, parent, output_seq)
+        fork = PathRow(chain.id, parent.id, output_seq, 0, False)
+        return await self._lease_new(chain), segments_of([fork, *path])
 
-    def _chainable(self, previous: Response) -> int:
+    def _chainable(self, previous: PreviousResponse) -> int:
         """Raise unless `previous` can be continued; returns the seq of its output (where its conversation ends)."""
         hours = self.settings.response_chain_hours
         if self.now - previous.created_at > timedelta(hours=hours):

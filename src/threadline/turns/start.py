@@ -46,7 +46,6 @@ from threadline.services.auth import Principal
 from threadline.services.conversation import (
     MAX_CHAIN_SEGMENTS,
     Segment,
-    conversation_path,
     known_calls,
     pending_calls,
 )
@@ -172,10 +171,10 @@ class TurnStarter:
         owner = request.resume_run or request.response_id or new_id("resp")
         lease = LeaseAttempt(session, self.settings, principal, request, owner, utcnow())
         with watch.span("turn.lease"):
-            thread = await lease.take()
-        if thread is None:
+            taken = await lease.take()
+        if taken is None:
             return None
-        segments = await conversation_path(session, thread)
+        thread, segments = taken
         self._check_thread(thread, request, items, segments)
         if request.resume_run is None and thread.run_waiting:
             # A run waiting for tool outputs holds no lease: its thread refuses other turns by this check.
@@ -204,8 +203,8 @@ class TurnStarter:
                 )
                 if request.compaction
                 else None,
-                # A compaction item is looked up only where the lease's statement saw one, or along a chain.
-                summarized=thread.compacted or len(segments) > 1,
+                # A compaction item is looked up only where the lease's or the path's statement saw one.
+                summarized=thread.compacted or any(s.compacted for s in segments[1:]),
             )
         # Pairing (docs/items.md): outputs need their calls, a new user turn needs every call answered. The
         # history the plan read usually shows the calls still waiting; otherwise they are looked up.
@@ -450,7 +449,8 @@ async def _resolve_references(
 def _check_vision(prompt: Sequence[PromptMessage], info: ModelInfo) -> None:
     """Images in what the model would see (this turn's inputs or the history it gets) need the `vision`
     capability."""
-    if not info.vision and any(has_images(m.parts) for m in prompt):
+    # Most items have no parts: the check looks only at those that do (it runs for every item of the prompt).
+    if not info.vision and any(has_images(m.parts) for m in prompt if m.parts):
         raise InvalidRequest(
             f"The model '{info.name}' does not accept images: use a model whose configuration has vision, or "
             "send the request without image parts.",

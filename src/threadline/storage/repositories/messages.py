@@ -142,8 +142,8 @@ class MessageRepository:
     ) -> list[ContextRow]:
         """What the context builder needs of the newest (or oldest) `limit` live messages, oldest first.
 
-        Plain rows, not ORM objects: a turn reads hundreds of them, and building entities would cost more than
-        the query.
+        Plain rows, not ORM objects, from a statement built once per shape (`_context_query`): a turn reads
+        hundreds of rows, and building entities, or the statement, would cost more than the query.
         """
         values = {"p_organization_id": organization_id, "p_thread_id": thread_id, "p_limit": limit}
         if before_seq is not None:
@@ -151,7 +151,7 @@ class MessageRepository:
         if after_seq:
             values["p_after_seq"] = after_seq
         query = _context_query(newest, before_seq is not None, bool(after_seq))
-        rows = [ContextRow(*row) for row in (await self.session.execute(query, values)).all()]
+        rows = list(map(ContextRow._make, (await self.session.execute(query, values)).all()))
         if newest:
             rows.reverse()
         return rows

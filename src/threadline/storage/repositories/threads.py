@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -10,7 +11,6 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.domain.threads import INACTIVE, STREAMING
@@ -179,6 +179,35 @@ class PathRow(NamedTuple):
     parent_thread_id: str | None
     parent_seq: int | None
     message_count: int
+    # The thread holds a live compaction item (anywhere: a parent's may lie past the fork point).
+    compacted: bool
+
+
+class ChainParent(NamedTuple):
+    """The thread a previous response belongs to, as a turn continuing that response needs it (docs/chains.md)."""
+
+    organization_id: str
+    id: str
+    assistant_id: str | None
+    kind: str
+    state: str
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousResponse:
+    """A response a turn continues (`previousResponseId`), its thread and that thread's path, read in one statement
+    (`ThreadRepository.previous_response`)."""
+
+    id: str
+    created_at: datetime
+    status: str
+    thread_id: str | None
+    output_seq: int | None
+    # None: the thread was deleted (or the response has none).
+    thread: ChainParent | None
+    # The thread's path, the thread first (empty when it was deleted).
+    path: list[PathRow]
 
 
 def lease_expired(now: datetime) -> sa.ColumnElement[bool]:
@@ -194,6 +223,73 @@ def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[s
     t = _threads.c
     holder_matches = t.lease_owner.is_(None) if holder is None else t.lease_owner == holder
     return t.status == STREAMING, holder_matches, lease_expired(now)
+
+
+def _path_query(
+    start_where: sa.ColumnElement[bool], outer: sa.FromClause | None = None, outer_columns: Sequence[Any] = ()
+) -> sa.Select[Any]:
+    """A recursive walk up a conversation's path from the thread `start_where` names, built once per use (building
+    a recursive CTE over an aliased table proxies every column of the table, which costs more than running it).
+    `outer`: a table the path is LEFT JOINed to (its `outer_columns` come first in every row)."""
+    t = _threads.c
+    columns = (t.organization_id, t.id, t.parent_thread_id, t.parent_seq, t.message_count)
+    chain = (t.assistant_id, t.kind, t.state, t.next_seq)
+    start = (
+        sa.select(*columns, *chain, sa.literal(1, sa.Integer).label("depth"))
+        .where(start_where)
+        .cte("path", recursive=True)
+    )
+    parent = _threads.alias("parent")
+    step = (
+        sa.select(*(parent.c[c.key] for c in (*columns, *chain)), start.c.depth + 1)
+        .join(
+            start,
+            sa.and_(parent.c.organization_id == start.c.organization_id, parent.c.id == start.c.parent_thread_id),
+        )
+        .where(parent.c.deleted_at.is_(None), start.c.depth < sa.bindparam("limit", type_=sa.Integer))
+    )
+    path = start.union_all(step)
+    messages = core_table(Message).c
+    compacted = sa.exists().where(
+        messages.organization_id == path.c.organization_id,
+        messages.thread_id == path.c.id,
+        messages.type == "compaction",
+        messages.deleted_at.is_(None),
+    )
+    selected = [
+        *outer_columns,
+        path.c.id,
+        path.c.parent_thread_id,
+        path.c.parent_seq,
+        path.c.message_count,
+        compacted,
+        *(path.c[c.key] for c in (t.organization_id, *chain)),
+    ]
+    query = sa.select(*selected)
+    if outer is not None:
+        query = query.select_from(outer).outerjoin(path, sa.true())
+    return query.order_by(path.c.depth)
+
+
+_PATH = _path_query(
+    sa.and_(_threads.c.organization_id == sa.bindparam("organization_id"), _threads.c.id == sa.bindparam("thread_id"))
+)
+_responses = core_table(Response)
+_PREVIOUS_RESPONSE = _path_query(
+    sa.and_(
+        _threads.c.organization_id == sa.bindparam("organization_id"),
+        _threads.c.id
+        == sa.select(_responses.c.thread_id)
+        .where(
+            _responses.c.organization_id == sa.bindparam("organization_id"),
+            _responses.c.id == sa.bindparam("response_id"),
+        )
+        .scalar_subquery(),
+        _threads.c.deleted_at.is_(None),
+    ),
+    _responses,
+    (_responses.c.id, _responses.c.created_at, _responses.c.status, _responses.c.thread_id, _responses.c.output_seq),
+).where(_responses.c.organization_id == sa.bindparam("organization_id"), _responses.c.id == sa.bindparam("response_id"))
 
 
 class ThreadRepository:
@@ -280,38 +376,21 @@ class ThreadRepository:
 
         The walk stops at a parent that is deleted or already purged: a chain's reads end at that gap.
         """
-        start = (
-            sa.select(
-                Thread.organization_id,
-                Thread.id,
-                Thread.parent_thread_id,
-                Thread.parent_seq,
-                Thread.message_count,
-                sa.literal(1, sa.Integer).label("depth"),
-            )
-            .where(Thread.organization_id == organization_id, Thread.id == thread_id)
-            .cte("path", recursive=True)
-        )
-        parent = aliased(Thread)
-        step = (
-            sa.select(
-                parent.organization_id,
-                parent.id,
-                parent.parent_thread_id,
-                parent.parent_seq,
-                parent.message_count,
-                start.c.depth + 1,
-            )
-            .join(
-                start, sa.and_(parent.organization_id == start.c.organization_id, parent.id == start.c.parent_thread_id)
-            )
-            .where(parent.deleted_at.is_(None), start.c.depth < limit)
-        )
-        path = start.union_all(step)
-        query = sa.select(path.c.id, path.c.parent_thread_id, path.c.parent_seq, path.c.message_count).order_by(
-            path.c.depth
-        )
-        return [PathRow(*row) for row in (await self.session.execute(query)).all()]
+        params = {"organization_id": organization_id, "thread_id": thread_id, "limit": limit}
+        return [PathRow(*row[:5]) for row in (await self.session.execute(_PATH, params)).all()]
+
+    async def previous_response(self, organization_id: str, response_id: str, limit: int) -> PreviousResponse | None:
+        """The response, its (live) thread and that thread's path (at most `limit` rows) in one statement: what a
+        turn continuing it needs before it takes a lease (docs/chains.md). None: no such response."""
+        params = {"organization_id": organization_id, "response_id": response_id, "limit": limit}
+        rows = (await self.session.execute(_PREVIOUS_RESPONSE, params)).all()
+        if not rows:
+            return None
+        first = rows[0]
+        path = [PathRow(*row[5:10]) for row in rows if row[5] is not None]
+        thread = ChainParent(first[10], first[5], *first[11:]) if path else None
+        response_id, created_at, status, thread_id, output_seq = first[:5]
+        return PreviousResponse(response_id, created_at, status, thread_id, output_seq, thread, path)
 
     async def acquire_free_lease(
         self,
