@@ -7,11 +7,9 @@ from fastapi import APIRouter
 from threadline.api.deps import ModelsDep, OrganizationDep, PrincipalDep, SessionDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.assistants import AssistantCreate, AssistantList, AssistantRead, AssistantUpdate
-from threadline.api.schemas.common import LimitQuery, OrderQuery
-from threadline.api.schemas.freddy import CursorQuery, Deleted, IdPath
+from threadline.api.schemas.freddy import Deleted, IdPath, PageQueryDep
 from threadline.api.statuses import REFERENCES
 from threadline.services import assistants
-from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(prefix="/v1/assistants", tags=["assistants"])
 
@@ -28,17 +26,8 @@ async def create_assistant(
 
 
 @router.get("", response_model=AssistantList)
-async def list_assistants(
-    session: SessionDep,
-    organization_id: OrganizationDep,
-    limit: LimitQuery = 20,
-    order: OrderQuery = "desc",
-    after: CursorQuery = None,
-    before: CursorQuery = None,
-    include_total: bool = False,
-) -> AssistantList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
-    return AssistantList.of(await assistants.list_assistants(session, organization_id, page), limit)
+async def list_assistants(session: SessionDep, organization_id: OrganizationDep, page: PageQueryDep) -> AssistantList:
+    return AssistantList.of(await assistants.list_assistants(session, organization_id, page), page.limit)
 
 
 @router.get("/{assistant_id}", response_model=AssistantRead)

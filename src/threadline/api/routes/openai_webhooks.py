@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path
 
 from threadline.api.deps import OrganizationDep, SessionDep, SessionmakerDep, SettingsDep, WebhookHttpDep
 from threadline.api.idempotency import Idempotent
-from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
-from threadline.api.schemas.openai import OpenAICursorQuery
+from threadline.api.schemas.common import ID_PATTERN
+from threadline.api.schemas.openai import OpenAIPageQueryDep
 from threadline.api.schemas.openai_webhooks import (
     WebhookEndpointCreate,
     WebhookEndpointDeleted,
@@ -25,7 +25,6 @@ from threadline.api.schemas.openai_webhooks import (
 )
 from threadline.api.statuses import ENDPOINT_CALL
 from threadline.services import webhooks
-from threadline.storage.repositories.pagination import PageRequest
 
 router = APIRouter(tags=["webhooks (OpenAI)"])
 
@@ -51,14 +50,8 @@ async def create_webhook_endpoint(
 
 @router.get("/v1/webhook_endpoints", response_model=WebhookEndpointList)
 async def list_webhook_endpoints(
-    session: SessionDep,
-    organization_id: OrganizationDep,
-    limit: LimitQuery = 20,
-    order: OrderQuery = "desc",
-    after: OpenAICursorQuery = None,
-    before: OpenAICursorQuery = None,
+    session: SessionDep, organization_id: OrganizationDep, page: OpenAIPageQueryDep
 ) -> WebhookEndpointList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before)
     return WebhookEndpointList.of(await webhooks.list_endpoints(session, organization_id, page))
 
 

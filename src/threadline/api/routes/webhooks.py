@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from threadline.api.deps import OrganizationDep, PrincipalDep, SessionDep, SettingsDep
 from threadline.api.idempotency import Idempotent
 from threadline.api.schemas.common import ID_PATTERN, LimitQuery, OrderQuery
-from threadline.api.schemas.freddy import CursorQuery, Deleted
+from threadline.api.schemas.freddy import Deleted, PageQueryDep
 from threadline.api.schemas.webhooks import (
     WebhookCreate,
     WebhookDeliveryList,
@@ -47,17 +47,8 @@ async def create_webhook(
 
 
 @router.get("", response_model=WebhookList)
-async def list_webhooks(
-    session: SessionDep,
-    organization_id: OrganizationDep,
-    limit: LimitQuery = 20,
-    order: OrderQuery = "desc",
-    after: CursorQuery = None,
-    before: CursorQuery = None,
-    include_total: bool = False,
-) -> WebhookList:
-    page = PageRequest(limit=limit, order=order, after=after, before=before, include_total=include_total)
-    return WebhookList.of(await webhooks.list_endpoints(session, organization_id, page), limit)
+async def list_webhooks(session: SessionDep, organization_id: OrganizationDep, page: PageQueryDep) -> WebhookList:
+    return WebhookList.of(await webhooks.list_endpoints(session, organization_id, page), page.limit)
 
 
 @router.get("/{webhook_id}", response_model=WebhookRead)
