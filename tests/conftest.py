@@ -11,7 +11,12 @@ Tests are marked here by what they use (`postgres`, `browser`, `nginx`; `slow` b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
+import shutil
+import sqlite3
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -32,7 +37,7 @@ from threadline.config import Settings
 from threadline.providers.fake import FakeProvider
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
-from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
+from threadline.storage.engine import create_sessionmaker, upgrade
 from threadline.storage.tables import Base
 
 # The tool-calling upstream process and the app wired to it (fixtures `tool_upstream_url`, `tool_app`).
@@ -43,6 +48,18 @@ POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql:
 # What a test needs beyond this process and SQLite, told by the fixtures it uses (their whole closure).
 NEEDS_BY_FIXTURE = {"postgresql_url": "postgres", "postgres_database": "postgres", "browser": "browser"}
 NEEDS_BY_FIXTURE |= {"nginx_stack": "nginx"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection() -> Iterator[None]:
+    """No garbage collection while the tests are collected (what collection builds lives on), then all of it out
+    of the collector's sight (`gc.freeze`), so the collections during the tests do not walk it again and again."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -124,18 +141,35 @@ def postgresql_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path: Path = tmp_path_factory.mktemp("db") / "threadline.db"
+def sqlite_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This worker's directory for SQLite files: in memory (/dev/shm) where there is one, so no test waits on the
+    disk for a commit; else the session's temporary directory."""
+    if not os.path.isdir("/dev/shm"):
+        yield tmp_path_factory.mktemp("db")
+        return
+    directory = Path(tempfile.mkdtemp(prefix="threadline-test-", dir="/dev/shm"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(sqlite_dir: Path) -> str:
+    path = sqlite_dir / "threadline.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
     return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def empty_database_url(request: pytest.FixtureRequest, sqlite_dir: Path) -> Iterator[str]:
     """An empty, unmigrated database (a fresh file or a fresh PostgreSQL database), dropped afterwards."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        path = sqlite_dir / f"empty_{uuid.uuid4().hex[:12]}.db"
+        yield f"sqlite+aiosqlite:///{path}"
+        for leftover in sqlite_dir.glob(f"{path.name}*"):  # with its -wal and -shm files
+            leftover.unlink()
         return
     with new_postgres_database("threadline_empty") as url:
         yield url
@@ -147,14 +181,23 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
+# Every table, the referencing ones first (the order their rows can go in).
+_DELETES = [f'DELETE FROM "{table.name}"' for table in reversed(Base.metadata.sorted_tables)]
+
+
 async def _empty_all_tables(url: str) -> None:
-    engine = create_engine(url)
+    """Delete every row, through the driver: no engine to build and dispose after each test."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        with contextlib.closing(sqlite3.connect(str(parsed.database))) as conn, conn:
+            for statement in _DELETES:
+                conn.execute(statement)
+        return
+    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(hide_password=False))
     try:
-        async with engine.begin() as conn:
-            for table in reversed(Base.metadata.sorted_tables):
-                await conn.execute(sa.delete(table))
+        await conn.execute(";".join(_DELETES))
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 @pytest.fixture
