@@ -10,8 +10,17 @@ Tests are marked here by what they use (`postgres`, `browser`, `nginx`; `slow` b
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
+import functools
+import gc
+import itertools
 import os
+import re
+import shutil
+import sqlite3
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -23,6 +32,7 @@ import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
+from _pytest.mark.expression import Expression  # what `-m` compiles to (pytest has no public parser)
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -32,7 +42,7 @@ from threadline.config import Settings
 from threadline.providers.fake import FakeProvider
 from threadline.providers.registry import ModelRegistry
 from threadline.services import auth
-from threadline.storage.engine import create_engine, create_sessionmaker, upgrade
+from threadline.storage.engine import create_sessionmaker, upgrade
 from threadline.storage.tables import Base
 
 # The tool-calling upstream process and the app wired to it (fixtures `tool_upstream_url`, `tool_app`).
@@ -43,6 +53,64 @@ POSTGRES_ADMIN_URL = os.environ.get("THREADLINE_TEST_POSTGRES_URL", "postgresql:
 # What a test needs beyond this process and SQLite, told by the fixtures it uses (their whole closure).
 NEEDS_BY_FIXTURE = {"postgresql_url": "postgres", "postgres_database": "postgres", "browser": "browser"}
 NEEDS_BY_FIXTURE |= {"nginx_stack": "nginx"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection() -> Iterator[None]:
+    """No garbage collection while the tests are collected (what collection builds lives on), then all of it out
+    of the collector's sight (`gc.freeze`), so the collections during the tests do not walk it again and again."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Not even imported: a test file whose module-level markers (`pytestmark`) already put every test of it out
+    of the `-m` expression (`make check`'s slow files), whatever markers its tests add. Anything else is collected."""
+    expression = config.getoption("markexpr")
+    if not expression or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
+        return None
+    marked = _module_markers(collection_path)
+    if not marked:
+        return None
+    compiled = Expression.compile(expression)
+    # Every combination of the expression's other names: a test of the file may carry any of them.
+    others = sorted(set(re.findall(r"[\w.+-]+", expression)) - {"and", "or", "not"} - marked)
+    combinations = itertools.chain.from_iterable(itertools.combinations(others, n) for n in range(len(others) + 1))
+    if any(compiled.evaluate(functools.partial(_carries, marked | set(extra))) for extra in combinations):
+        return None
+    return True
+
+
+def _carries(markers: set[str], name: str, /, **kwargs: object) -> bool:
+    return name in markers
+
+
+def _module_markers(path: Path) -> set[str]:
+    """The marker names of a module's one top-level `pytestmark = pytest.mark.NAME…` (or a list or tuple of them);
+    nothing when it has none, or assigns it more than once or in any other shape."""
+    source = path.read_text(encoding="utf-8")
+    if "pytestmark" not in source:
+        return set()
+    assigned = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(target, ast.Name) and target.id == "pytestmark" for target in targets):
+                assigned.append(node)
+    if len(assigned) != 1 or not isinstance(assigned[0], ast.Assign):
+        return set()
+    value = assigned[0].value
+    names = set()
+    for mark in value.elts if isinstance(value, ast.List | ast.Tuple) else [value]:
+        called = mark.func if isinstance(mark, ast.Call) else mark
+        if not (isinstance(called, ast.Attribute) and ast.unparse(called.value) == "pytest.mark"):
+            return set()
+        names.add(called.attr)
+    return names
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -124,18 +192,35 @@ def postgresql_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path: Path = tmp_path_factory.mktemp("db") / "threadline.db"
+def sqlite_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This worker's directory for SQLite files: in memory (/dev/shm) where there is one, so no test waits on the
+    disk for a commit; else the session's temporary directory."""
+    if not os.path.isdir("/dev/shm"):
+        yield tmp_path_factory.mktemp("db")
+        return
+    directory = Path(tempfile.mkdtemp(prefix="threadline-test-", dir="/dev/shm"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(sqlite_dir: Path) -> str:
+    path = sqlite_dir / "threadline.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
     return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def empty_database_url(request: pytest.FixtureRequest, sqlite_dir: Path) -> Iterator[str]:
     """An empty, unmigrated database (a fresh file or a fresh PostgreSQL database), dropped afterwards."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        path = sqlite_dir / f"empty_{uuid.uuid4().hex[:12]}.db"
+        yield f"sqlite+aiosqlite:///{path}"
+        for leftover in sqlite_dir.glob(f"{path.name}*"):  # with its -wal and -shm files
+            leftover.unlink()
         return
     with new_postgres_database("threadline_empty") as url:
         yield url
@@ -147,14 +232,23 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
+# Every table, the referencing ones first (the order their rows can go in).
+_DELETES = [f'DELETE FROM "{table.name}"' for table in reversed(Base.metadata.sorted_tables)]
+
+
 async def _empty_all_tables(url: str) -> None:
-    engine = create_engine(url)
+    """Delete every row, through the driver: no engine to build and dispose after each test."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        with contextlib.closing(sqlite3.connect(str(parsed.database))) as conn, conn:
+            for statement in _DELETES:
+                conn.execute(statement)
+        return
+    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(hide_password=False))
     try:
-        async with engine.begin() as conn:
-            for table in reversed(Base.metadata.sorted_tables):
-                await conn.execute(sa.delete(table))
+        await conn.execute(";".join(_DELETES))
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""The application factory: everything is built from the Settings passed in, nothing at import time."""
+"""The application factory: everything is built from the Settings passed in, nothing at import time (the routes,
+which depend on no setting, are built once per process: `_routes`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -13,8 +15,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from threadline import __version__, observability
 from threadline.api import background_responses, errors, idempotency, openapi
@@ -171,6 +174,7 @@ def create_app(
             process_exited(os.getpid())
 
     app = FastAPI(
+        routes=list(_routes(settings.web_ui_enabled)),
         title="Threadline",
         version=__version__,
         description="Persistent LLM conversation threads: the Freddy Threads API and OpenAI wire compatibility. "
@@ -180,7 +184,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.observer = observer
-    app.router.dependencies.append(Depends(api_observability.record_route))
+    app.router.dependencies.append(Depends(api_observability.record_route))  # for the routes added to the app
     errors.install(app)
     idempotency.install(app)
     # Our one pure-ASGI layer: observability, rate-limit headers, the last resort, the body limit, the query's
@@ -196,44 +200,52 @@ def create_app(
 
         FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz,readyz,metrics")
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    openapi.install(app, [module.router for module in ROUTERS])
+    return app
 
-    api_observability.install_routes(app, settings)
 
-    # openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise
-    # reach the Freddy routes of the same paths (docs/surfaces.md, "one path, two shapes").
-    # `search` before `threads`: /v1/threads/search must not be read as a thread id.
-    # openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
-    routers = (
-        auth,
-        # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
-        thread_data,
-        compaction_routes,
-        openai_runs,
-        openai_threads,
-        search,
-        threads,
-        messages,
-        conversations,
-        assistants,
-        responses,
-        openai_responses,
-        openai_responses_ws,
-        models_routes,
-        webhooks,
-        openai_webhooks,
-    )
+# openai_threads first: its routes match only `OpenAI-Beta: assistants=v2` requests, which would otherwise reach
+# the Freddy routes of the same paths (docs/surfaces.md, "one path, two shapes").
+# `search` before `threads`: /v1/threads/search must not be read as a thread id.
+# openai_runs before openai_threads: POST /v1/threads/runs (create and run) is no thread called "runs".
+ROUTERS = (
+    auth,
+    # Before the routes of /v1/threads/{thread_id}: "export" and "import" are not thread ids.
+    thread_data,
+    compaction_routes,
+    openai_runs,
+    openai_threads,
+    search,
+    threads,
+    messages,
+    conversations,
+    assistants,
+    responses,
+    openai_responses,
+    openai_responses_ws,
+    models_routes,
+    webhooks,
+    openai_webhooks,
+)
+
+
+@functools.cache
+def _routes(web_ui: bool) -> tuple[BaseRoute, ...]:
+    """Every app's routes, built once per process: FastAPI derives each route's handler, dependencies and fields
+    for the router that includes it (a few tenths of a second per app), and no route depends on settings (each
+    reads `request.app.state`). Shared by the apps, so `app.dependency_overrides` does not reach them (nothing
+    uses it)."""
+    # record_route labels every request with its route template (api/observability.py).
+    router = APIRouter(dependencies=[Depends(api_observability.record_route)])
+    router.include_router(api_observability.router)
     # Matched with the turn routes first (documented in the order above): a request is matched against every route
     # of the routers before its own, a few µs each, and no other router has a path under theirs.
     hot = (responses, openai_responses)
-    for module in (*hot, *(module for module in routers if module not in hot)):
-        app.include_router(module.router)
-    if settings.web_ui_enabled:
-        app.include_router(ui_router())
-    openapi.install(app, [module.router for module in routers])
-    return app
+    for module in (*hot, *(module for module in ROUTERS if module not in hot)):
+        router.include_router(module.router)
+    if web_ui:
+        router.include_router(ui_router())
+    return tuple(router.routes)
 
 
 def _instrument(engine: AsyncEngine, http_client: httpx.AsyncClient, tracer_provider: TracerProvider) -> None:

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import HTTPConnection
 from starlette.types import Message, Scope, Send
@@ -154,27 +154,36 @@ def _route_of(scope: Scope) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def install_routes(app: FastAPI, settings: Settings) -> None:
-    """`/readyz` and `/metrics` (next to `/healthz`, which only says the process is alive)."""
-    token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
+# `/healthz` (the process is alive), `/readyz` and `/metrics`: module-level like every router, so their routes are
+# built once per process (api/app.py `_routes`); each reads its app's state.
+router = APIRouter(include_in_schema=False)
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> JSONResponse:
-        observer: Observer = request.app.state.observer
-        if observer.draining:
-            return JSONResponse({"status": "draining"}, 503)
-        report = await health.readiness(request.app.state.engine, request.app.state.schema_head)
-        return JSONResponse(report.as_dict(), 200 if report.ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        if token is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                body = error_body(
-                    "Scraping /metrics needs the metrics token.", "authentication_error", "invalid_credentials"
-                )
-                return JSONResponse(body, 401, headers={"www-authenticate": "Bearer"})
-        observer: Observer = request.app.state.observer
-        assert observer.metrics is not None
-        return Response(observer.metrics.exposition(), media_type=CONTENT_TYPE)
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    observer: Observer = request.app.state.observer
+    if observer.draining:
+        return JSONResponse({"status": "draining"}, 503)
+    report = await health.readiness(request.app.state.engine, request.app.state.schema_head)
+    return JSONResponse(report.as_dict(), 200 if report.ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token is not None:
+        token = settings.metrics_token.get_secret_value()
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            body = error_body(
+                "Scraping /metrics needs the metrics token.", "authentication_error", "invalid_credentials"
+            )
+            return JSONResponse(body, 401, headers={"www-authenticate": "Bearer"})
+    observer: Observer = request.app.state.observer
+    assert observer.metrics is not None
+    return Response(observer.metrics.exposition(), media_type=CONTENT_TYPE)
