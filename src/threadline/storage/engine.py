@@ -17,14 +17,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from threadline.storage import sqlite
+from threadline.storage import postgresql, sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine. SQLite (any `sqlite…://` URL) runs on the event loop (storage/sqlite.py) with WAL and
-    foreign keys on every connection; PostgreSQL runs on asyncpg."""
+    foreign keys on every connection; PostgreSQL runs on asyncpg (storage/postgresql.py)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
@@ -50,6 +50,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
                 raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
 
         return engine
+    url = url.set(drivername=f"postgresql+{postgresql.DRIVER}")
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
 
 
