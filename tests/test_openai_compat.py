@@ -342,3 +342,10 @@ def test_the_request_body_is_what_json_writes() -> None:
     assert openai_compat.request_json(body) == written
     del body["tools"]
     assert openai_compat.request_json(body) == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_chunks_are_read_as_json_reads_them() -> None:
+    for data in ['{"choices":[{"delta":{"content":"h\\u00e9 \\ud83d\\ude00"}}],"x":1.5e-7}', '{"logprob":NaN}']:
+        assert repr(openai_compat._loads(data)) == repr(json.loads(data))
+    with pytest.raises(ValueError):
+        openai_compat._loads('{"choices":')

@@ -492,7 +492,7 @@ async def _read_to_end(events: AsyncIterator[str]) -> None:
 
 def _parse_chunk(upstream: str, data: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = _loads(data)
     except ValueError as exc:
         raise UpstreamError(
             f"Upstream '{upstream}' sent a chunk that is not JSON: {data[:200]!r}", code="upstream_bad_stream"
@@ -504,6 +504,16 @@ def _parse_chunk(upstream: str, data: str) -> dict[str, Any]:
         detail = _error_message(json.dumps(chunk).encode()) or "unknown error"
         raise UpstreamError(f"Upstream '{upstream}' failed mid-stream: {detail}", code="upstream_error")
     return chunk
+
+
+def _loads(data: str) -> Any:
+    """json.loads, by orjson (~2x faster; every chunk of every stream comes through here). What orjson refuses and
+    json reads (NaN, Infinity) is read by json; an integer past 64 bits, which no chunk field holds, comes back a
+    float."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _error_message(body: bytes) -> str | None:
