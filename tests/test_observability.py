@@ -29,6 +29,7 @@ from tests.servers import upstream_server
 from threadline import observability
 from threadline.config import ProviderConfig, Settings
 from threadline.domain.clock import utcnow
+from threadline.observability import logs
 from threadline.observability.logs import JsonFormatter, RequestContext, bind_request, unbind_request
 from threadline.observability.tracing import tracer_provider_from_env
 from threadline.providers.fake import FakeProvider, Script
@@ -282,6 +283,23 @@ def test_log_lines_mask_secrets_and_name_the_request() -> None:
     assert entry["level"] == "error" and "RuntimeError" in entry["exception"]
     for secret in ("AbCdEfGhIjKlMnOpQrStUv", "ZyXwVuTsRqPoNm", "abc.def.ghi-jkl", "hunter2secret", "0123456789abcdef"):
         assert secret not in line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "POST /v1/model/response 200 4.2ms client=127.0.0.1 [request_id=req_1]",
+        "Authorization: BEARER abcdefghijk Token = xyz https://u:p@h/ tl_abcdefghij TL_abcdefghij sk-abcdefghij",
+        "PassWord=hunter2 basic abcdefghijkl apikey:'x' SECRET=\"y\"",
+        # Not ASCII: re's case-insensitive matching folds these letters (dotless i, long s, Kelvin sign) to ASCII.
+        "apı_key=zzz paſſword=zzz \u212aey toKen=é bearer é_abcdefghij",
+    ],
+)
+def test_redaction_skips_only_patterns_that_cannot_match(line: str) -> None:
+    expected = line
+    for pattern, replacement, _words in logs._SECRETS:
+        expected = pattern.sub(replacement, expected)
+    assert logs.redact(line) == expected
 
 
 def test_traces_are_off_unless_the_otel_variables_ask() -> None:

@@ -323,3 +323,29 @@ async def test_an_event_after_done_is_not_read() -> None:
     body = HAPPY + sse(chunk("ignored"))
     events = await collect(provider_for(lambda _: stream_response(body)))
     assert events == [TextDelta("Hel"), TextDelta("lo"), TextDelta("!"), Finished("stop", 12, 3)]
+
+
+def test_the_request_body_is_what_json_writes() -> None:
+    """orjson writes the upstream body (providers/openai_compat.py): the bytes httpx's `json=` wrote, escapes and
+    non-ASCII text included; an integer past 64 bits (a tool's schema) falls back to json."""
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": 'héllo "x"\n\t\x01 \u2028 😀 </script>'},
+            {"role": "assistant", "content": None},
+        ],
+        "stream": True,
+        "temperature": 0.7,
+        "tools": [{"type": "function", "function": {"parameters": {"maximum": 2**70}}}],
+    }
+    written = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    assert openai_compat.request_json(body) == written
+    del body["tools"]
+    assert openai_compat.request_json(body) == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_chunks_are_read_as_json_reads_them() -> None:
+    for data in ['{"choices":[{"delta":{"content":"h\\u00e9 \\ud83d\\ude00"}}],"x":1.5e-7}', '{"logprob":NaN}']:
+        assert repr(openai_compat._loads(data)) == repr(json.loads(data))
+    with pytest.raises(ValueError):
+        openai_compat._loads('{"choices":')

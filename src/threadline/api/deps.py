@@ -97,12 +97,15 @@ def _note(principal: Principal) -> None:
         note_organization(principal.organization_ids[0])
 
 
-async def get_principal(request: Request, maker: SessionmakerDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """Who is calling, counted against the credential's requests per minute (429 when over it).
 
     In a transaction of its own, committed before the route runs: the rate-limit counter row stays locked only
     for its one statement, never for a whole request, and a model turn holds no transaction across the model call.
+    The sessionmaker is read here, not through `SessionmakerDep`: every dependency FastAPI resolves costs some
+    µs, and every authenticated request runs this one.
     """
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     return await authenticate(request, maker)
 
 

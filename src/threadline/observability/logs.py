@@ -46,22 +46,30 @@ def unbind_request(token: contextvars.Token[RequestContext | None]) -> None:
     _request.reset(token)
 
 
+# Each pattern with the words one of which any text it matches holds (lower-cased).
 _SECRETS = (
     # Threadline API keys and user tokens (services/auth.py prefixes), and OpenAI-style keys.
-    (re.compile(r"\b(tl_|tlu_|sk-)[A-Za-z0-9_\-]{8,}"), r"\1[redacted]"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 [redacted]"),
+    (re.compile(r"\b(tl_|tlu_|sk-)[A-Za-z0-9_\-]{8,}"), r"\1[redacted]", ("tl_", "tlu_", "sk-")),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 [redacted]", ("bearer", "basic")),
     # scheme://user:password@host
-    (re.compile(r"(://[^/\s:@]+):[^@\s/]+@"), r"\1:[redacted]@"),
+    (re.compile(r"(://[^/\s:@]+):[^@\s/]+@"), r"\1:[redacted]@", ("://",)),
     (
         re.compile(r"(?i)\b(password|passwd|api_key|apikey|token|secret)(\"?\s*[:=]\s*\"?)[^\s\",}&]+"),
         r"\1\2[redacted]",
+        ("password", "passwd", "api_key", "apikey", "token", "secret"),
     ),
 )
 
 
 def redact(text: str) -> str:
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
+    """`text` with every secret masked. Every line goes through here, and almost none holds a secret: an ASCII
+    line (where re's case-insensitive matching is plain ASCII) skips each pattern whose words it lacks, a search
+    several times cheaper than the pattern's."""
+    lowered = text.lower() if text.isascii() else None
+    for pattern, replacement, words in _SECRETS:
+        if lowered is None or any(word in lowered for word in words):
+            text = pattern.sub(replacement, text)
+            lowered = text.lower() if lowered is not None else None
     return text
 
 

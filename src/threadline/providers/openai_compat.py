@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from threadline.domain.messages import ChatMessage, ToolCall
 from threadline.domain.tokens import reply_overhead
@@ -163,14 +164,14 @@ class OpenAICompatProvider:
         self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[StreamEvent]:
         self._info(model)
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         url = f"{self.base_url}/chat/completions"
         request = self._client.build_request(
             "POST",
             url,
-            json=self._request(model, messages, params),
+            content=request_json(self._request(model, messages, params)),
             headers=headers,
             timeout=self._timeout if self._timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
@@ -364,6 +365,17 @@ def _reasoning(message: dict[str, Any]) -> str | None:
     return None
 
 
+def request_json(body: dict[str, Any]) -> bytes:
+    """The request body as httpx's `json=` writes it (compact, UTF-8), by orjson: ~10x faster than json, which
+    for a long prompt was the biggest cost per message after reading it. The same bytes, except a float may take
+    another notation of the same number (`0.00001` for `1e-05`). An integer past 64 bits (in a tool's schema)
+    is beyond orjson: json writes it. NaN never gets here (requests refuse it, api/schemas/common.py)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Items as chat-completions messages: consecutive function calls become ONE assistant message with
     `tool_calls`, outputs `tool` messages with their `tool_call_id`; a message with images sends its parts. A
@@ -480,7 +492,7 @@ async def _read_to_end(events: AsyncIterator[str]) -> None:
 
 def _parse_chunk(upstream: str, data: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = _loads(data)
     except ValueError as exc:
         raise UpstreamError(
             f"Upstream '{upstream}' sent a chunk that is not JSON: {data[:200]!r}", code="upstream_bad_stream"
@@ -492,6 +504,16 @@ def _parse_chunk(upstream: str, data: str) -> dict[str, Any]:
         detail = _error_message(json.dumps(chunk).encode()) or "unknown error"
         raise UpstreamError(f"Upstream '{upstream}' failed mid-stream: {detail}", code="upstream_error")
     return chunk
+
+
+def _loads(data: str) -> Any:
+    """json.loads, by orjson (~2x faster; every chunk of every stream comes through here). What orjson refuses and
+    json reads (NaN, Infinity) is read by json; an integer past 64 bits, which no chunk field holds, comes back a
+    float."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _error_message(body: bytes) -> str | None:
