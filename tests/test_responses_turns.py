@@ -28,9 +28,12 @@ from threadline.storage.tables import Response, Thread
 from threadline.turns.request import TurnRequest
 from threadline.turns.turn import OutputDelta
 
+# A lease that no stall of a loaded machine outlives: these turns free their threads themselves (or the test
+# expires a lease by hand). With a 1 s lease, a heartbeat delayed by more than ~0.7 s let the recovery pass settle
+# a live turn as `turn_interrupted` before it could record its own outcome.
 pytestmark = [
     pytest.mark.fake_model(),
-    pytest.mark.app_settings(thread_busy_timeout_seconds=10, thread_lease_seconds=1.0),
+    pytest.mark.app_settings(thread_busy_timeout_seconds=10, thread_lease_seconds=30.0),
 ]
 
 
