@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.statements import param
+from threadline.storage.statements import constant, param
 from threadline.storage.tables import Message, MessageEdit, core_table
 
 
@@ -185,7 +185,7 @@ class MessageRepository:
             Message.payload,
         ).where(
             Message.organization_id == organization_id,
-            Message.type == "compaction",
+            Message.type == constant("compaction"),
             Message.deleted_at.is_(None),
             sa.or_(*conditions),
         )

@@ -253,7 +253,7 @@ def _path_query(
     compacted = sa.exists().where(
         messages.organization_id == path.c.organization_id,
         messages.thread_id == path.c.id,
-        messages.type == "compaction",
+        messages.type == constant("compaction"),  # a constant: the partial index applies (statements.py)
         messages.deleted_at.is_(None),
     )
     selected = [
