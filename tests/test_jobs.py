@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.conftest import _empty_all_tables
+from tests.test_query_plans import generic_plan
 from threadline import observability
 from threadline.domain.backoff import backoff_seconds
 from threadline.domain.clock import utcnow
@@ -396,3 +397,28 @@ async def test_a_job_that_ended_as_the_runner_stopped_is_settled(
         await runner.stop()
     row = await job_row(maker, job_id)
     assert (row.status, row.attempts, row.lease_owner) == ("done", 1, None)
+
+
+async def test_the_claim_reads_only_the_index_of_unfinished_jobs(
+    maker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """Every process claims every poll: on the partial indexes of unfinished jobs (the claimable ones, and those of
+    a queue key ahead), also under PostgreSQL's generic plan, whatever the number of finished jobs kept."""
+    await enqueue(maker, "test.plan", queue_key="thread_1")
+    statements: list[tuple[str, object]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
+        statements.append((statement, parameters))
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with maker() as session:
+            now = utcnow()
+            claimed = await JobRepository(session).claim(["test.plan"], "lease_a", now, now + timedelta(seconds=30), 1)
+            assert len(claimed) == 1
+            await session.rollback()
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    statement, parameters = next((s, p) for s, p in statements if s.lstrip().startswith("SELECT"))
+    plan = await generic_plan(engine, statement, parameters)
+    assert "ix_jobs_claimable" in plan and "ix_jobs_queue_key" in plan, plan

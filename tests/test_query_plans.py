@@ -8,12 +8,13 @@ order. `bench/threads_list.py` prints the same plans on 100,000 threads with the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Caller, make_caller
 from threadline.domain.clock import utcnow
@@ -49,6 +50,37 @@ async def _plan(app: FastAPI, statement: str, parameters: Any) -> str:
         rows = (await conn.exec_driver_sql("EXPLAIN " + statement, parameters)).all()
         await conn.rollback()
         return "\n".join(str(r[0]) for r in rows)
+
+
+async def generic_plan(engine: AsyncEngine, statement: str, parameters: Any) -> str:
+    """The plan of a captured statement as a long-lived server runs it: on PostgreSQL, the generic plan of a
+    prepared statement (asyncpg prepares every statement, and PostgreSQL plans it for any value after five
+    executions, so a bound value cannot choose a partial index), with sequential scans disabled (tiny test
+    tables); on SQLite, EXPLAIN QUERY PLAN."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
+            await conn.rollback()
+            return "\n".join(str(r[-1]) for r in rows)
+        await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql("PREPARE explained AS " + statement)
+        values = ", ".join(_sql_literal(v) for v in parameters)
+        rows = (await conn.exec_driver_sql(f"EXPLAIN EXECUTE explained({values})")).all()
+        await conn.exec_driver_sql("DEALLOCATE explained")
+        await conn.rollback()
+        return "\n".join(str(r[0]) for r in rows)
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _assert_range_scan(plan: str, dialect: str, index: str) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tests.conftest import Caller, registry_with
 from tests.helpers import refused
 from tests.responses_helpers import prefill, thread_messages, turn
-from tests.test_query_plans import _assert_range_scan, _plan, _Recorder
+from tests.test_query_plans import _assert_range_scan, _plan, _Recorder, generic_plan
 from threadline.api.app import create_app
 from threadline.config import Settings
 from threadline.domain.clock import utcnow
@@ -406,23 +406,7 @@ async def test_a_chained_turn_finds_compaction_items_on_their_partial_index(
     finally:
         sa.event.remove(app.state.engine.sync_engine, "before_cursor_execute", recorder)
     statement, parameters = next((s, p) for s, p in recorder.statements if "WITH RECURSIVE" in s)
-    engine = app.state.engine
-    async with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
-            plan = "\n".join(str(r[-1]) for r in rows)
-        else:
-            values = ", ".join(
-                str(v) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'" for v in parameters
-            )
-            # Whether the index can serve, not what tiny test tables cost: no sequential scans.
-            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-            await conn.exec_driver_sql("PREPARE previous_response AS " + statement)
-            rows = (await conn.exec_driver_sql(f"EXPLAIN EXECUTE previous_response({values})")).all()
-            plan = "\n".join(str(r[0]) for r in rows)
-            await conn.exec_driver_sql("DEALLOCATE previous_response")
-        await conn.rollback()
+    plan = await generic_plan(app.state.engine, statement, parameters)
     assert "ix_messages_compaction" in plan, plan
 
 

@@ -458,7 +458,7 @@ class ThreadRepository:
         small partial index of streaming threads (migration 0004), never the whole table."""
         query = (
             sa.select(Thread.organization_id, Thread.id, Thread.lease_owner)
-            .where(Thread.status == STREAMING, lease_expired(now))
+            .where(Thread.status == constant(STREAMING), lease_expired(now))  # the partial index: statements.py
             .order_by(Thread.lease_expires_at)
             .limit(limit)
         )
