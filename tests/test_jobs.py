@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.conftest import _empty_all_tables
-from tests.test_query_plans import generic_plan
+from tests.test_query_plans import _Recorder, generic_plan
 from threadline import observability
 from threadline.domain.backoff import backoff_seconds
 from threadline.domain.clock import utcnow
@@ -405,12 +405,8 @@ async def test_the_claim_reads_only_the_index_of_unfinished_jobs(
     """Every process claims every poll: on the partial indexes of unfinished jobs (the claimable ones, and those of
     a queue key ahead), also under PostgreSQL's generic plan, whatever the number of finished jobs kept."""
     await enqueue(maker, "test.plan", queue_key="thread_1")
-    statements: list[tuple[str, object]] = []
-
-    def record(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> None:
-        statements.append((statement, parameters))
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    recorder = _Recorder()
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", recorder)
     try:
         async with maker() as session:
             now = utcnow()
@@ -418,7 +414,7 @@ async def test_the_claim_reads_only_the_index_of_unfinished_jobs(
             assert len(claimed) == 1
             await session.rollback()
     finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
-    statement, parameters = next((s, p) for s, p in statements if s.lstrip().startswith("SELECT"))
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", recorder)
+    statement, parameters = next((s, p) for s, p in recorder.statements if s.lstrip().startswith("SELECT"))
     plan = await generic_plan(engine, statement, parameters)
     assert "ix_jobs_claimable" in plan and "ix_jobs_queue_key" in plan, plan
