@@ -10,14 +10,10 @@ Tests are marked here by what they use (`postgres`, `browser`, `nginx`; `slow` b
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
-import functools
 import gc
-import itertools
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -32,7 +28,6 @@ import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
-from _pytest.mark.expression import Expression  # what `-m` compiles to (pytest has no public parser)
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -65,52 +60,6 @@ def pytest_collection() -> Iterator[None]:
     finally:
         gc.enable()
         gc.freeze()
-
-
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Not even imported: a test file whose module-level markers (`pytestmark`) already put every test of it out
-    of the `-m` expression (`make check`'s slow files), whatever markers its tests add. Anything else is collected."""
-    expression = config.getoption("markexpr")
-    if not expression or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
-        return None
-    marked = _module_markers(collection_path)
-    if not marked:
-        return None
-    compiled = Expression.compile(expression)
-    # Every combination of the expression's other names: a test of the file may carry any of them.
-    others = sorted(set(re.findall(r"[\w.+-]+", expression)) - {"and", "or", "not"} - marked)
-    combinations = itertools.chain.from_iterable(itertools.combinations(others, n) for n in range(len(others) + 1))
-    if any(compiled.evaluate(functools.partial(_carries, marked | set(extra))) for extra in combinations):
-        return None
-    return True
-
-
-def _carries(markers: set[str], name: str, /, **kwargs: object) -> bool:
-    return name in markers
-
-
-def _module_markers(path: Path) -> set[str]:
-    """The marker names of a module's one top-level `pytestmark = pytest.mark.NAME…` (or a list or tuple of them);
-    nothing when it has none, or assigns it more than once or in any other shape."""
-    source = path.read_text(encoding="utf-8")
-    if "pytestmark" not in source:
-        return set()
-    assigned = []
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(target, ast.Name) and target.id == "pytestmark" for target in targets):
-                assigned.append(node)
-    if len(assigned) != 1 or not isinstance(assigned[0], ast.Assign):
-        return set()
-    value = assigned[0].value
-    names = set()
-    for mark in value.elts if isinstance(value, ast.List | ast.Tuple) else [value]:
-        called = mark.func if isinstance(mark, ast.Call) else mark
-        if not (isinstance(called, ast.Attribute) and ast.unparse(called.value) == "pytest.mark"):
-            return set()
-        names.add(called.attr)
-    return names
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
