@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import sqlite3
@@ -179,27 +180,43 @@ class Listener:
         self._channel = channel
         self._callback = callback
         self._connection: Any = None
+        # Callers ensure at once (every stream follower whose poll times out): one connects, the others find its
+        # connection. Without the lock each would connect and all but the last connection would be lost, open.
+        self._connecting = asyncio.Lock()
+        self._closed = asyncio.Event()
 
     @property
     def active(self) -> bool:
         return self._connection is not None and not self._connection.is_closed()
 
     async def ensure(self) -> bool:
-        """Connect and listen unless already listening; False (logged by the caller's poll) if it cannot."""
-        if self._url.get_backend_name() != "postgresql" or self.active:
-            return self.active
-        await self.close()
-        url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
-        connection = await asyncpg.connect(url, timeout=10)
-        try:
-            await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
-        except BaseException:
-            connection.terminate()  # failed or cancelled (shutdown): never left to the garbage collector
-            raise
-        self._connection = connection
-        return True
+        """Connect and listen unless already listening; False (logged by the caller's poll) if it cannot, and
+        after `close()`."""
+        if self._url.get_backend_name() != "postgresql":
+            return False
+        async with self._connecting:
+            if self.active or self._closed.is_set():
+                return self.active
+            await self._drop()
+            url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+            connection = await asyncpg.connect(url, timeout=10)
+            try:
+                await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
+            except BaseException:
+                connection.terminate()  # failed or cancelled (shutdown): never left to the garbage collector
+                raise
+            if self._closed.is_set():  # closed while this connected: nothing outlives the close
+                connection.terminate()
+                return False
+            self._connection = connection
+            return True
 
     async def close(self) -> None:
+        """Stop listening for good (shutdown): a later or concurrent `ensure()` connects no more."""
+        self._closed.set()
+        await self._drop()
+
+    async def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
