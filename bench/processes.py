@@ -24,10 +24,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def child_env(**settings: str) -> dict[str, str]:
-    """This checkout's code, the sweeper off, none of the parent's own THREADLINE_ settings, then `settings`."""
+def child_env(src: Path = REPO / "src", **settings: str) -> dict[str, str]:
+    """This checkout's code (or the tree `src`), the sweeper off, none of the parent's own THREADLINE_ settings,
+    then `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update(PYTHONPATH=str(REPO / "src"), THREADLINE_RETENTION_ENABLED="false", **settings)
+    env.update(PYTHONPATH=str(src), THREADLINE_RETENTION_ENABLED="false", **settings)
     return env
 
 

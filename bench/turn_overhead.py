@@ -2,13 +2,14 @@
 
 Sequential turns through Threadline against an instant upstream, versus the same calls made directly to that
 upstream, on threads of 10, 1,000 and 10,000 messages (pre-filled by bulk insert), on SQLite and PostgreSQL.
-Prints p50/p99 per length, the time added per turn, and each length's ratio to the 10-message turn.
-Aims: < 3 ms p50 added per turn; the 10,000-message turn within 1.2x of the 10-message turn.
+Prints p50/p99 per length, the time added per turn, the server's CPU per turn (median and mean) and each length's
+CPU ratio to the 10-message turn. Aims: <= 4 ms of server CPU per turn; <= 8 us per message in context; the
+10,000-message turn within 1.1x of the 10-message one at equal context, and a chain turn no dearer than a thread turn.
 
 A long thread fills the model's window while a 10-message one does not, so with a wide window the longer turn
 also carries a bigger prompt (more rows read, counted, sent): that is O(window), not O(thread length). Each run
 therefore measures two windows by default: the wide one, and one small enough that every length fills it
-(equal context), which is the comparison the 1.2x aim is about. The `ctx` column is the number of history
+(equal context), which is the comparison the 1.1x aim is about. The `ctx` column is the number of history
 messages the last turn's model call received.
 
 Modes:
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import sqlite3
 import statistics
@@ -36,7 +39,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -65,10 +68,12 @@ class Row:
     direct: list[float]
     # CPU per Threadline turn of the process serving it: this process in-process, `threadline serve` in server
     # mode. Unlike latency it does not grow with the machine's load, so it is the figure to compare runs by.
-    cpu_ms: float
+    cpu_ms: float  # the median turn's
+    cpu_mean_ms: float
     window: int = 0
     included: int = 0  # history messages in the last turn's model call
     chain: bool = False  # turns continuing `previousResponseId` (forked off the `length`-message thread)
+    against: bool = False  # served by the `--against` tree
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -161,86 +166,124 @@ async def timed(n: int, call: Callable[[], Awaitable[None]]) -> list[float]:
     return samples
 
 
+@dataclass
+class Target:
+    """A server under measurement: how to reach it and read its CPU, and its database (for the pre-fill)."""
+
+    threadline: httpx.AsyncClient
+    headers: dict[str, str]
+    url: str
+    server_cpu: Callable[[], float] = time.process_time
+    against: bool = False
+
+
+@dataclass
+class Series:
+    """One row's turns as they are measured: its turn, and what each of its turns took."""
+
+    target: Target
+    length: int
+    turn: Callable[[], Awaitable[int]]  # returns the history messages the model call received
+    chain: bool = False
+    threadline: list[float] = field(default_factory=list)
+    direct: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    included: int = 0
+
+
 async def measure_lengths(
     backend: str,
-    url: str,
+    targets: list[Target],
     lengths: list[int],
     turns: int,
-    threadline: httpx.AsyncClient,
-    headers: dict[str, str],
     direct: Callable[[], Awaitable[None]],
     window: int,
-    server_cpu: Callable[[], float] = time.process_time,
     chain: bool = True,
 ) -> list[Row]:
-    rows = []
-    for length in lengths:
-        thread_id = f"bench_{length}"
-        created = await threadline.post("/v1/threads", json={"id": thread_id}, headers=headers)
-        created.raise_for_status()
-        await prefill(url, created.json()["organization_id"], thread_id, length)
+    """Every row's turns interleaved (of every target), one turn of each row a round, each turn's server CPU
+    taken on its own.
 
-        included: list[int] = []
+    Interleaving puts a slow minute of the machine (a neighbour, a frequency step: a fixed loop's time varies 2x
+    within seconds on this VM) into every row alike instead of into whichever row ran then; the median per turn
+    leaves out the turns that also paid for a garbage collection or a background job (the mean, printed beside
+    it, keeps them)."""
+    series = []
+    for target in targets:
+        for length in lengths:
+            thread_id = f"bench_{length}"
+            created = await target.threadline.post("/v1/threads", json={"id": thread_id}, headers=target.headers)
+            created.raise_for_status()
+            await prefill(target.url, created.json()["organization_id"], thread_id, length)
+            series.append(Series(target, length, _thread_turn(target, thread_id)))
+        if chain:
+            series.append(Series(target, lengths[-1], await _chain_turn(target, f"bench_{lengths[-1]}"), chain=True))
+    for one in series:
+        for _ in range(3):  # warm-up: first counts of the tail, connection pools, caches
+            await one.turn()
+    for _ in range(turns):
+        for one in series:
+            cpu_started = one.target.server_cpu()
+            started = time.perf_counter()
+            one.included = await one.turn()
+            one.threadline.append((time.perf_counter() - started) * 1000)
+            one.cpu.append((one.target.server_cpu() - cpu_started) * 1000)
+            one.direct += await timed(1, direct)
+    return [
+        Row(
+            backend,
+            one.length,
+            one.threadline,
+            one.direct,
+            statistics.median(one.cpu),
+            statistics.fmean(one.cpu),
+            window,
+            one.included,
+            one.chain,
+            one.target.against,
+        )
+        for one in series
+    ]
 
-        async def one_turn(thread_id: str = thread_id, included: list[int] = included) -> None:
-            response = await threadline.post(
-                "/v1/model/response",
-                json={"thread": thread_id, "inputs": QUESTION, "maxOutputTokens": 64},
-                headers=headers,
-            )
-            if response.status_code != 200:
-                raise SystemExit(f"turn failed: {response.status_code} {response.text}")
-            included.append(response.json()["context"]["messages_included"])
 
-        await timed(3, one_turn)  # warm-up: first counts of the tail, connection pools, caches
-        cpu_started = server_cpu()
-        samples = await timed(turns, one_turn)
-        cpu_ms = (server_cpu() - cpu_started) * 1000 / turns
-        rows.append(Row(backend, length, samples, await timed(turns, direct), cpu_ms, window, included[-1]))
-    if chain:
-        rows.append(await measure_chain(backend, lengths[-1], turns, threadline, headers, direct, window, server_cpu))
-    return rows
+def _thread_turn(target: Target, thread_id: str) -> Callable[[], Awaitable[int]]:
+    async def turn() -> int:
+        response = await target.threadline.post(
+            "/v1/model/response",
+            json={"thread": thread_id, "inputs": QUESTION, "maxOutputTokens": 64},
+            headers=target.headers,
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"turn failed: {response.status_code} {response.text}")
+        return int(response.json()["context"]["messages_included"])
+
+    return turn
 
 
-async def measure_chain(
-    backend: str,
-    length: int,
-    turns: int,
-    threadline: httpx.AsyncClient,
-    headers: dict[str, str],
-    direct: Callable[[], Awaitable[None]],
-    window: int,
-    server_cpu: Callable[[], float],
-) -> Row:
-    """Turns that each continue the previous one by `previousResponseId`, starting from the last turn of the
-    `length`-message thread: the first forks a hidden chain thread off it, the others append to that chain, whose
-    context reaches back into the thread. Same question, same window: the same context as a thread turn."""
-    first = await threadline.post(
+async def _chain_turn(target: Target, thread_id: str) -> Callable[[], Awaitable[int]]:
+    """Turns that each continue the previous one by `previousResponseId`, starting from a turn of the long thread:
+    the first forks a hidden chain thread off it, the others append to that chain, whose context reaches back into
+    the thread. Same question, same window: the same context as a thread turn."""
+    first = await target.threadline.post(
         "/v1/model/response",
-        json={"thread": f"bench_{length}", "inputs": QUESTION, "maxOutputTokens": 64},
-        headers=headers,
+        json={"thread": thread_id, "inputs": QUESTION, "maxOutputTokens": 64},
+        headers=target.headers,
     )
     first.raise_for_status()
     last = [first.json()["id"]]
-    included: list[int] = []
 
-    async def one_turn() -> None:
-        response = await threadline.post(
+    async def turn() -> int:
+        response = await target.threadline.post(
             "/v1/model/response",
             json={"previousResponseId": last[-1], "inputs": QUESTION, "maxOutputTokens": 64},
-            headers=headers,
+            headers=target.headers,
         )
         if response.status_code != 200:
             raise SystemExit(f"chain turn failed: {response.status_code} {response.text}")
         body = response.json()
         last.append(body["id"])
-        included.append(body["context"]["messages_included"])
+        return int(body["context"]["messages_included"])
 
-    await timed(3, one_turn)
-    cpu_started = server_cpu()
-    samples = await timed(turns, one_turn)
-    cpu_ms = (server_cpu() - cpu_started) * 1000 / turns
-    return Row(backend, length, samples, await timed(turns, direct), cpu_ms, window, included[-1], chain=True)
+    return turn
 
 
 # ---------------------------------------------------------------- modes
@@ -276,17 +319,17 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
                 async for _ in fake.stream("fake-model", messages, GenerationParams(max_output_tokens=64)):
                     pass
 
-            return await measure_lengths(
-                backend, url, lengths, turns, client, {"X-API-Key": secret}, direct, window, chain=chain
-            )
+            target = Target(client, {"X-API-Key": secret}, url)
+            return await measure_lengths(backend, [target], lengths, turns, direct, window, chain=chain)
 
 
 def start_processes(
-    url: str, window: int, workdir: Path, backend: str, workers: int = 1
+    url: str, window: int, workdir: Path, backend: str, workers: int = 1, src: Path = REPO / "src"
 ) -> tuple[list[subprocess.Popen[bytes]], str, int, int]:
-    """The stub upstream and `threadline serve` (configured through THREADLINE_CONFIG), plus an API key."""
+    """The stub upstream and `threadline serve` of the tree `src` (configured through THREADLINE_CONFIG), plus an
+    API key."""
     stub_port = free_port()
-    config = workdir / f"threadline-{backend}.toml"
+    config = workdir / f"threadline-{backend}-{stub_port}.toml"
     config.write_text(
         f'database_url = "{url}"\n'
         "local_model_enabled = false\n"
@@ -302,7 +345,7 @@ def start_processes(
         f"context_window = {window}\n"
         'tokenizer = "o200k"\n'
     )
-    env = child_env(THREADLINE_CONFIG=str(config), BENCH_STUB_KEY="stub-secret")
+    env = child_env(src, THREADLINE_CONFIG=str(config), BENCH_STUB_KEY="stub-secret")
     secret = create_key(env)
     quiet = subprocess.DEVNULL
     stub_cmd = [sys.executable, str(REPO / "tests" / "upstream.py"), "--port", str(stub_port), "--reply", STUB_REPLY]
@@ -317,21 +360,52 @@ def start_processes(
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of another process so far (Linux /proc; clock-tick resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU of another process so far, all its threads (SQLite's driver works in a thread of its own): the
+    scheduler's nanosecond count (Linux /proc schedstat), fine enough to time a single turn."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 async def run_server(
-    backend: str, url: str, lengths: list[int], turns: int, window: int, workdir: Path, chain: bool
+    backend: str,
+    urls: list[str],
+    lengths: list[int],
+    turns: int,
+    window: int,
+    workdir: Path,
+    chain: bool,
+    against: Path | None = None,
 ) -> list[Row]:
-    procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, window, workdir, backend)
+    """This checkout's server on `urls[0]`; with `against`, that tree's server too, on `urls[1]`, measured in the
+    same rounds."""
+    trees = [REPO / "src"] + ([against / "src"] if against is not None else [])
+    started = [
+        await asyncio.to_thread(start_processes, url, window, workdir, backend, 1, tree)
+        for url, tree in zip(urls, trees, strict=True)
+    ]
     try:
         limits = httpx.Limits(max_keepalive_connections=4)
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as client,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{stub_port}", timeout=60, limits=limits) as upstream,
-        ):
+        async with contextlib.AsyncExitStack() as clients:
+            targets = []
+            for (procs, secret, _, port), url, tree in zip(started, urls, trees, strict=True):
+                client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits)
+                await clients.enter_async_context(client)
+                pid = procs[1].pid
+                targets.append(
+                    Target(
+                        client,
+                        {"X-API-Key": secret},
+                        url,
+                        server_cpu=functools.partial(process_cpu_seconds, pid),
+                        against=tree != REPO / "src",
+                    )
+                )
+            stub_port = started[0][2]
+            upstream = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stub_port}", timeout=60, limits=limits)
+            await clients.enter_async_context(upstream)
             body = {
                 "model": "stub-model",
                 "stream": True,
@@ -343,47 +417,39 @@ async def run_server(
                     async for _ in response.aiter_lines():
                         pass
 
-            serve_pid = procs[1].pid
-            return await measure_lengths(
-                backend,
-                url,
-                lengths,
-                turns,
-                client,
-                {"X-API-Key": secret},
-                direct,
-                window,
-                server_cpu=lambda: process_cpu_seconds(serve_pid),
-                chain=chain,
-            )
+            return await measure_lengths(backend, targets, lengths, turns, direct, window, chain=chain)
     finally:
-        await asyncio.to_thread(stop, procs)
+        for procs, *_ in started:
+            await asyncio.to_thread(stop, procs)
 
 
 def report(rows: list[Row]) -> None:
     print(
         f"{'window':>6} {'backend':<11}{'messages':>15} {'ctx':>5} | {'threadline p50':>14} {'p99':>7} | "
-        f"{'direct p50':>10} {'p99':>7} | {'added p50':>9} | {'vs 10 msgs':>10} | {'server cpu/turn':>15}"
+        f"{'direct p50':>10} {'p99':>7} | {'added p50':>9} | {'server cpu/turn':>15} {'mean':>8} | {'vs 10 msgs':>10}"
     )
-    base: dict[tuple[int, str], float] = {}
+    base: dict[tuple[int, str, bool], float] = {}
     for row in rows:
         p50 = statistics.median(row.threadline)
-        base.setdefault((row.window, row.backend), p50)
+        base.setdefault((row.window, row.backend, row.against), row.cpu_ms)
         d50 = statistics.median(row.direct)
-        label = f"chain@{row.length}" if row.chain else str(row.length)
+        label = (f"chain@{row.length}" if row.chain else str(row.length)) + (" (against)" if row.against else "")
         print(
             f"{row.window:>6} {row.backend:<11}{label:>15} {row.included:>5} | {p50:>11.2f} ms "
             f"{percentile(row.threadline, 0.99):>7.2f} | {d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | "
-            f"{p50 - d50:>6.2f} ms | {p50 / base[(row.window, row.backend)]:>9.2f}x | {row.cpu_ms:>5.2f} ms"
+            f"{p50 - d50:>6.2f} ms | {row.cpu_ms:>12.2f} ms {row.cpu_mean_ms:>5.2f} ms | "
+            f"{row.cpu_ms / base[(row.window, row.backend, row.against)]:>9.2f}x"
         )
     # CPU per message in context: the same thread length at two windows, the difference over the extra messages.
     plain = [row for row in rows if not row.chain]
     for row in plain:
         for other in plain:
-            if (other.backend, other.length) == (row.backend, row.length) and other.included > row.included + 100:
+            same = (other.backend, other.length, other.against) == (row.backend, row.length, row.against)
+            if same and other.included > row.included + 100:
                 per_message = (other.cpu_ms - row.cpu_ms) * 1000 / (other.included - row.included)
+                name = f"{row.backend} {row.length} messages" + (" (against)" if row.against else "")
                 print(
-                    f"{row.backend} {row.length} messages: {per_message:.1f} us of server CPU per message in context "
+                    f"{name}: {per_message:.1f} us of server CPU per message in context "
                     f"(ctx {row.included} -> {other.included}: {row.cpu_ms:.2f} -> {other.cpu_ms:.2f} ms)"
                 )
 
@@ -514,6 +580,12 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="`threadline serve --workers` for --concurrency")
     parser.add_argument("--seconds", type=float, default=10, help="how long --concurrency runs each side")
     parser.add_argument("--memory", action="store_true", help="idle RSS of `threadline serve`, then after a turn")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another source tree (a `git worktree` of an earlier commit, say): its server is measured in the same "
+        "rounds, on a database of its own, rows marked (against); the comparison this noisy machine allows",
+    )
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.concurrency or args.memory:
@@ -528,14 +600,18 @@ async def main() -> None:
     rows: list[Row] = []
     for window in [int(x) for x in args.context_windows.split(",")]:
         for backend in args.backends.split(","):
-            with tempfile.TemporaryDirectory() as tmp:
-                async with database(backend, Path(tmp)) as url:
-                    if args.mode == "server":
-                        rows += await run_server(
-                            backend, url, lengths, args.turns, window, Path(tmp), not args.no_chain
-                        )
-                    else:
+            with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_against:
+                async with contextlib.AsyncExitStack() as databases:
+                    url = await databases.enter_async_context(database(backend, Path(tmp)))
+                    if args.mode == "in-process":
                         rows += await run_in_process(backend, url, lengths, args.turns, window, not args.no_chain)
+                        continue
+                    urls = [url]
+                    if args.against is not None:
+                        urls.append(await databases.enter_async_context(database(backend, Path(tmp_against))))
+                    rows += await run_server(
+                        backend, urls, lengths, args.turns, window, Path(tmp), not args.no_chain, args.against
+                    )
     load = os.getloadavg()[0]
     print(f"mode={args.mode} turns={args.turns} cpus={os.cpu_count()} load={load:.1f} (milliseconds)")
     report(rows)
