@@ -86,10 +86,10 @@ def percentile(values: list[float], q: float) -> float:
 
 @asynccontextmanager
 async def database(backend: str, workdir: Path) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-        return
     name = f"threadline_bench_{uuid.uuid4().hex[:10]}"
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / name}.db"
+        return
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
@@ -173,6 +173,7 @@ class Target:
     threadline: httpx.AsyncClient
     headers: dict[str, str]
     url: str
+    window: int
     server_cpu: Callable[[], float] = time.process_time
     against: bool = False
 
@@ -197,11 +198,10 @@ async def measure_lengths(
     lengths: list[int],
     turns: int,
     direct: Callable[[], Awaitable[None]],
-    window: int,
     chain: bool = True,
 ) -> list[Row]:
-    """Every row's turns interleaved (of every target), one turn of each row a round, each turn's server CPU
-    taken on its own.
+    """Every row's turns interleaved (of every target: each window, each tree), one turn of each row a round,
+    each turn's server CPU taken on its own.
 
     Interleaving puts a slow minute of the machine (a neighbour, a frequency step: a fixed loop's time varies 2x
     within seconds on this VM) into every row alike instead of into whichever row ran then; the median per turn
@@ -236,7 +236,7 @@ async def measure_lengths(
             one.direct,
             statistics.median(one.cpu),
             statistics.fmean(one.cpu),
-            window,
+            one.target.window,
             one.included,
             one.chain,
             one.target.against,
@@ -319,8 +319,8 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
                 async for _ in fake.stream("fake-model", messages, GenerationParams(max_output_tokens=64)):
                     pass
 
-            target = Target(client, {"X-API-Key": secret}, url)
-            return await measure_lengths(backend, [target], lengths, turns, direct, window, chain=chain)
+            target = Target(client, {"X-API-Key": secret}, url, window)
+            return await measure_lengths(backend, [target], lengths, turns, direct, chain=chain)
 
 
 def start_processes(
@@ -371,56 +371,47 @@ def process_cpu_seconds(pid: int) -> float:
 
 async def run_server(
     backend: str,
-    urls: list[str],
     lengths: list[int],
     turns: int,
-    window: int,
+    windows: list[int],
     workdir: Path,
     chain: bool,
     against: Path | None = None,
 ) -> list[Row]:
-    """This checkout's server on `urls[0]`; with `against`, that tree's server too, on `urls[1]`, measured in the
-    same rounds."""
+    """A server of this checkout for each window, and with `against` one of that tree for each window too, each on
+    a database of its own, all measured in the same rounds."""
     trees = [REPO / "src"] + ([against / "src"] if against is not None else [])
-    started = [
-        await asyncio.to_thread(start_processes, url, window, workdir, backend, 1, tree)
-        for url, tree in zip(urls, trees, strict=True)
-    ]
-    try:
-        limits = httpx.Limits(max_keepalive_connections=4)
-        async with contextlib.AsyncExitStack() as clients:
-            targets = []
-            for (procs, secret, _, port), url, tree in zip(started, urls, trees, strict=True):
-                client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits)
-                await clients.enter_async_context(client)
-                pid = procs[1].pid
-                targets.append(
-                    Target(
-                        client,
-                        {"X-API-Key": secret},
-                        url,
-                        server_cpu=functools.partial(process_cpu_seconds, pid),
-                        against=tree != REPO / "src",
-                    )
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for window in windows:
+            for tree in trees:
+                url = await stack.enter_async_context(database(backend, workdir))
+                procs, secret, stub_port, port = await asyncio.to_thread(
+                    start_processes, url, window, workdir, backend, 1, tree
                 )
-            stub_port = started[0][2]
-            upstream = httpx.AsyncClient(base_url=f"http://127.0.0.1:{stub_port}", timeout=60, limits=limits)
-            await clients.enter_async_context(upstream)
-            body = {
-                "model": "stub-model",
-                "stream": True,
-                "messages": [{"role": "user", "content": QUESTION[0]["texts"][0]["text"]}],
-            }
+                stack.push_async_callback(asyncio.to_thread, stop, procs)
+                started.append((procs[1].pid, secret, stub_port, port, url, window, tree))
+        limits = httpx.Limits(max_keepalive_connections=4)
+        targets = []
+        for pid, secret, _, port, url, window, tree in started:
+            client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits)
+            await stack.enter_async_context(client)
+            cpu = functools.partial(process_cpu_seconds, pid)
+            targets.append(Target(client, {"X-API-Key": secret}, url, window, cpu, against=tree != REPO / "src"))
+        upstream = httpx.AsyncClient(base_url=f"http://127.0.0.1:{started[0][2]}", timeout=60, limits=limits)
+        await stack.enter_async_context(upstream)
+        body = {
+            "model": "stub-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": QUESTION[0]["texts"][0]["text"]}],
+        }
 
-            async def direct() -> None:
-                async with upstream.stream("POST", "/v1/chat/completions", json=body) as response:
-                    async for _ in response.aiter_lines():
-                        pass
+        async def direct() -> None:
+            async with upstream.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for _ in response.aiter_lines():
+                    pass
 
-            return await measure_lengths(backend, targets, lengths, turns, direct, window, chain=chain)
-    finally:
-        for procs, *_ in started:
-            await asyncio.to_thread(stop, procs)
+        return await measure_lengths(backend, targets, lengths, turns, direct, chain=chain)
 
 
 def report(rows: list[Row]) -> None:
@@ -598,20 +589,18 @@ async def main() -> None:
                         await run_concurrency(backend, url, args.concurrency, args.workers, args.seconds, Path(tmp))
         return
     rows: list[Row] = []
-    for window in [int(x) for x in args.context_windows.split(",")]:
-        for backend in args.backends.split(","):
-            with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_against:
-                async with contextlib.AsyncExitStack() as databases:
-                    url = await databases.enter_async_context(database(backend, Path(tmp)))
-                    if args.mode == "in-process":
-                        rows += await run_in_process(backend, url, lengths, args.turns, window, not args.no_chain)
-                        continue
-                    urls = [url]
-                    if args.against is not None:
-                        urls.append(await databases.enter_async_context(database(backend, Path(tmp_against))))
-                    rows += await run_server(
-                        backend, urls, lengths, args.turns, window, Path(tmp), not args.no_chain, args.against
-                    )
+    windows = [int(x) for x in args.context_windows.split(",")]
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.mode == "server":
+                rows += await run_server(
+                    backend, lengths, args.turns, windows, Path(tmp), not args.no_chain, args.against
+                )
+                continue
+            for window in windows:
+                async with database(backend, Path(tmp)) as url:
+                    rows += await run_in_process(backend, url, lengths, args.turns, window, not args.no_chain)
+    rows.sort(key=lambda row: -row.window)  # the wide window first, as the rows of each were measured
     load = os.getloadavg()[0]
     print(f"mode={args.mode} turns={args.turns} cpus={os.cpu_count()} load={load:.1f} (milliseconds)")
     report(rows)
