@@ -67,7 +67,8 @@ class Row:
     threadline: list[float]
     direct: list[float]
     # CPU per Threadline turn of the process serving it: this process in-process, `threadline serve` in server
-    # mode. Unlike latency it does not grow with the machine's load, so it is the figure to compare runs by.
+    # mode. Unlike latency it does not grow with the machine's load, but it follows the VM's speed, which drifts:
+    # compare the rows of one run (measured in the same rounds), not runs.
     cpu_ms: float  # the median turn's
     cpu_mean_ms: float
     window: int = 0
