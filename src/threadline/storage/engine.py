@@ -177,7 +177,7 @@ class Listener:
 
     def __init__(self, engine: AsyncEngine, channel: str, callback: Callable[[str], None]) -> None:
         self._url = engine.url
-        self._channel = channel
+        self.channel = channel
         self._callback = callback
         self._connection: Any = None
         # Callers ensure at once (every stream follower whose poll times out): one connects, the others find its
@@ -201,11 +201,12 @@ class Listener:
             url = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
             connection = await asyncpg.connect(url, timeout=10)
             try:
-                await connection.add_listener(self._channel, lambda *args: self._callback(str(args[-1])))
+                if not self._closed.is_set():
+                    await connection.add_listener(self.channel, lambda *args: self._callback(str(args[-1])))
             except BaseException:
                 connection.terminate()  # failed or cancelled (shutdown): never left to the garbage collector
                 raise
-            if self._closed.is_set():  # closed while this connected: nothing outlives the close
+            if self._closed.is_set():  # closed while this connected or listened: nothing outlives the close
                 connection.terminate()
                 return False
             self._connection = connection
