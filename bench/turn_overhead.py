@@ -361,8 +361,8 @@ def start_processes(
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """CPU of another process so far, all its threads (SQLite's driver works in a thread of its own): the
-    scheduler's nanosecond count (Linux /proc schedstat), fine enough to time a single turn."""
+    """CPU of another process so far, all its threads (a tokenizer's first load, anything sent to a worker thread):
+    the scheduler's nanosecond count (Linux /proc schedstat), fine enough to time a single turn."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with suppress(FileNotFoundError):  # a thread that just ended
