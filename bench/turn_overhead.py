@@ -158,13 +158,10 @@ def _checkpoint(path: str) -> None:
 # ---------------------------------------------------------------- timing
 
 
-async def timed(n: int, call: Callable[[], Awaitable[None]]) -> list[float]:
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+async def elapsed_ms(call: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000
 
 
 @dataclass
@@ -228,7 +225,7 @@ async def measure_lengths(
             one.included = await one.turn()
             one.threadline.append((time.perf_counter() - started) * 1000)
             one.cpu.append((one.target.server_cpu() - cpu_started) * 1000)
-            one.direct += await timed(1, direct)
+            one.direct.append(await elapsed_ms(direct))
     return [
         Row(
             backend,
@@ -580,6 +577,8 @@ async def main() -> None:
     )
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
+    if args.against is not None and (args.mode != "server" or args.concurrency or args.memory):
+        parser.error("--against compares servers turn by turn: server mode, without --concurrency or --memory")
     if args.concurrency or args.memory:
         for backend in args.backends.split(","):
             with tempfile.TemporaryDirectory() as tmp:
