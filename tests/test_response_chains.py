@@ -410,6 +410,64 @@ async def test_a_chained_turn_finds_compaction_items_on_their_partial_index(
     assert "ix_messages_compaction" in plan, plan
 
 
+@pytest.mark.app_settings(job_concurrency=0)  # no job's statements among the turn's
+async def test_appending_to_a_chain_takes_the_lease_and_the_path_in_one_statement(
+    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, app: FastAPI
+) -> None:
+    """A chain's usual turn continues its latest response: the lease of its thread and the conversation's path come
+    from one UPDATE (storage/repositories/threads.py · `continue_chain`), whose look for compaction items along
+    the path uses the partial index `ix_messages_compaction` under the generic plan too."""
+    first = await ok(await turn(client, caller, "one", thread="t_root"))
+    tip = await ok(await turn(client, caller, "two", previousResponseId=first["id"]))  # forks the chain
+    recorder = _Recorder()
+    sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", recorder)
+    try:
+        appended = await ok(await turn(client, caller, "three", previousResponseId=tip["id"]))
+    finally:
+        sa.event.remove(app.state.engine.sync_engine, "before_cursor_execute", recorder)
+    assert appended["thread_id"] == tip["thread_id"]
+    assert seen(fake) == ["one", "echo: one", "two", "echo: two", "three"]
+    assert appended["context"]["context_segments"] == [
+        {"thread_id": "t_root", "first_seq": 1, "last_seq": 2},
+        {"thread_id": tip["thread_id"], "first_seq": 3, "last_seq": 4},
+    ]
+    # Up to the turn's record, the only statement on threads is the lease's (no separate path or response read).
+    record = next(i for i, (s, _) in enumerate(recorder.statements) if s.startswith("INSERT INTO responses"))
+    on_threads = [(s, p) for s, p in recorder.statements[:record] if "threads" in s]
+    assert len(on_threads) == 1, recorder.statements[:record]
+    statement, parameters = on_threads[0]
+    assert statement.startswith("UPDATE threads") and "WITH RECURSIVE" in statement, statement
+    plan = await generic_plan(app.state.engine, statement, parameters)
+    assert "ix_messages_compaction" in plan, plan
+
+
+async def test_a_chain_tip_that_cannot_be_continued_is_refused_as_before(
+    client: httpx.AsyncClient, caller: Caller, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The one-statement append takes only a completed, unexpired latest turn of a live chain; every other tip
+    goes the long way, which says why it is refused."""
+    first = await ok(await turn(client, caller, "one"))
+    old = await ok(await turn(client, caller, "two", previousResponseId=first["id"]))
+    async with maker() as session:
+        await session.execute(
+            sa.update(Response).where(Response.id == old["id"]).values(created_at=utcnow() - timedelta(hours=25))
+        )
+        await session.commit()
+    refused(await turn(client, caller, "x", previousResponseId=old["id"]), 400, "previous_response_expired")
+
+    failed = await ok(await turn(client, caller, "three", previousResponseId=first["id"]))
+    async with maker() as session:
+        await session.execute(sa.update(Response).where(Response.id == failed["id"]).values(status="failed"))
+        await session.commit()
+    refused(await turn(client, caller, "x", previousResponseId=failed["id"]), 400, "previous_response_not_completed")
+
+    tip = await ok(await turn(client, caller, "four", previousResponseId=first["id"]))
+    async with maker() as session:
+        await session.execute(sa.update(Thread).where(Thread.id == tip["thread_id"]).values(deleted_at=utcnow()))
+        await session.commit()
+    refused(await turn(client, caller, "x", previousResponseId=tip["id"]), 404, "previous_response_not_found")
+
+
 # No background summary: the smart turn below would queue one (it leaves out items no summary covers), and the
 # job's own reads, should it run before the assertions, would count as the turn's.
 @pytest.mark.app_settings(smart_summaries=False)
@@ -449,8 +507,10 @@ async def test_a_chained_turn_reads_only_the_window_of_a_long_parent(
     assert report["context_segments"] == [{"thread_id": "t_big", "first_seq": 1840, "last_seq": 2002}]
     # Pages of 64, 128: a bounded read, whatever the parent's length; a handful of statements in all.
     assert sum(reads) <= 2 * 163 and len(reads) <= 3
-    # (One of them finds the newest compaction item of the path, on a partial index: docs/compaction.md.)
-    assert sum(1 for statement, _ in recorder.statements if "FROM messages" in statement) <= 5
+    # (One of them finds the newest compaction item of the path, on a partial index: docs/compaction.md. One more
+    # is the chain's one-statement lease, tried first: it finds no chain to append to here, as the tip is in a
+    # plain thread, and reads no message.)
+    assert sum(1 for statement, _ in recorder.statements if "FROM messages" in statement) <= 6
     # The parent is read through the (organization_id, thread_id, seq) index, a range below the fork point. (No
     # ANALYZE here: statistics of this lopsided table would stay in the shared test database and sway the plans
     # that later tests check.)

@@ -92,11 +92,21 @@ class LeaseAttempt:
         When R is the latest turn of an idle chain thread, the turn is appended to that chain. Otherwise (R in a
         plain or `store=false` thread, an earlier turn of a chain, a chain busy with another continuation of R) a
         new hidden chain thread forks from R: it records (R's thread, R's output seq) as its parent and copies
-        nothing. So a branch never waits for another, and a linear chain stays one thread. R, its thread and the
-        thread's path come from one statement; the path of the turn's thread follows from it.
+        nothing. So a branch never waits for another, and a linear chain stays one thread. Appending to the chain
+        takes one statement (the lease and the chain's path); otherwise R, its thread and the thread's path come
+        from one statement, and the path of the turn's thread follows from it.
         """
         org = self.request.organization_id
         repo = ThreadRepository(self.session)
+        created_after = self.now - timedelta(hours=self.settings.response_chain_hours)
+        continued = await repo.continue_chain(
+            org, previous_id, self.owner, self.expires_at, created_after, MAX_CHAIN_SEGMENTS + 1
+        )
+        if continued is not None:
+            # The usual case, in one statement: R is the latest turn of its idle chain.
+            tip_thread, chain_path = continued
+            own = chain_path[0]._replace(message_count=tip_thread.message_count)
+            return tip_thread, segments_of([own, *chain_path[1:]])
         previous = await repo.previous_response(org, previous_id, MAX_CHAIN_SEGMENTS + 1)
         if previous is None:
             raise NotFound(

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from threadline.domain.threads import INACTIVE, STREAMING
-from threadline.domain.turns import REQUIRES_ACTION
+from threadline.domain.turns import COMPLETED, REQUIRES_ACTION
 from threadline.errors import AlreadyExists
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
-from threadline.storage.statements import constant, param
+from threadline.storage.statements import constant, json_rows, param, qualified
 from threadline.storage.tables import Message, Response, Thread, UTCDateTime, WebhookEndpoint, core_table
 
 
@@ -89,18 +89,19 @@ class FreedThread:
 _threads = core_table(Thread)
 
 
-def _leased() -> tuple[sa.ColumnElement[Any], ...]:
-    """The RETURNING list of `LeasedThread`. (The lookups name the thread by value: SQLite's RETURNING cannot
-    refer to the updated row from inside a subquery.)"""
+def _leased(thread_id: sa.ColumnElement[str] | None = None) -> tuple[sa.ColumnElement[Any], ...]:
+    """The RETURNING list of `LeasedThread`. (The lookups name the thread by value, `thread_id` (default: the
+    parameter): SQLite's RETURNING cannot refer to the updated row from inside a subquery.)"""
     t, responses, messages = _threads.c, core_table(Response).c, core_table(Message).c
+    thread_id = param("thread_id") if thread_id is None else thread_id
     run_waiting = sa.exists().where(
         responses.organization_id == param("organization_id"),
-        responses.thread_id == param("thread_id"),
+        responses.thread_id == thread_id,
         responses.status == constant(REQUIRES_ACTION),
     )
     compacted = sa.exists().where(
         messages.organization_id == param("organization_id"),
-        messages.thread_id == param("thread_id"),
+        messages.thread_id == thread_id,
         messages.type == constant("compaction"),
         messages.deleted_at.is_(None),
     )
@@ -225,19 +226,17 @@ def _streaming_under_expired_lease(holder: str | None, now: datetime) -> tuple[s
     return t.status == STREAMING, holder_matches, lease_expired(now)
 
 
-def _path_query(
-    start_where: sa.ColumnElement[bool], outer: sa.FromClause | None = None, outer_columns: Sequence[Any] = ()
-) -> sa.Select[Any]:
-    """A recursive walk up a conversation's path from the thread `start_where` names, built once per use (building
-    a recursive CTE over an aliased table proxies every column of the table, which costs more than running it).
-    `outer`: a table the path is LEFT JOINed to (its `outer_columns` come first in every row)."""
+def _path(start_where: sa.ColumnElement[bool], *, nesting: bool = False) -> tuple[sa.CTE, sa.ColumnElement[bool]]:
+    """A recursive walk up a conversation's path from the thread `start_where` names, and whether each thread on it
+    holds a live compaction item. `nesting`: the walk is written inside the subquery that uses it, not hoisted to
+    the top of the statement (as SQLAlchemy writes a CTE by default)."""
     t = _threads.c
     columns = (t.organization_id, t.id, t.parent_thread_id, t.parent_seq, t.message_count)
     chain = (t.assistant_id, t.kind, t.state, t.next_seq)
     start = (
         sa.select(*columns, *chain, sa.literal(1, sa.Integer).label("depth"))
         .where(start_where)
-        .cte("path", recursive=True)
+        .cte("path", recursive=True, nesting=nesting)
     )
     parent = _threads.alias("parent")
     step = (
@@ -256,6 +255,17 @@ def _path_query(
         messages.type == constant("compaction"),  # a constant: the partial index applies (statements.py)
         messages.deleted_at.is_(None),
     )
+    return path, compacted
+
+
+def _path_query(
+    start_where: sa.ColumnElement[bool], outer: sa.FromClause | None = None, outer_columns: Sequence[Any] = ()
+) -> sa.Select[Any]:
+    """The rows of `_path`, built once per use (building a recursive CTE over an aliased table proxies every column
+    of the table, which costs more than running it). `outer`: a table the path is LEFT JOINed to (its
+    `outer_columns` come first in every row)."""
+    t = _threads.c
+    path, compacted = _path(start_where)
     selected = [
         *outer_columns,
         path.c.id,
@@ -263,7 +273,7 @@ def _path_query(
         path.c.parent_seq,
         path.c.message_count,
         compacted,
-        *(path.c[c.key] for c in (t.organization_id, *chain)),
+        *(path.c[c.key] for c in (t.organization_id, t.assistant_id, t.kind, t.state, t.next_seq)),
     ]
     query = sa.select(*selected)
     if outer is not None:
@@ -290,6 +300,52 @@ _PREVIOUS_RESPONSE = _path_query(
     _responses,
     (_responses.c.id, _responses.c.created_at, _responses.c.status, _responses.c.thread_id, _responses.c.output_seq),
 ).where(_responses.c.organization_id == sa.bindparam("organization_id"), _responses.c.id == sa.bindparam("response_id"))
+
+
+@functools.cache
+def _continue_chain() -> sa.Update:
+    """`continue_chain`'s statement: the lease of the chain thread whose latest turn is the response R, and that
+    thread's path as one JSON column. R is named by value throughout (SQLite's RETURNING cannot refer to the
+    updated row from inside a subquery)."""
+    t, r = _threads.c, _responses.c
+
+    def of_previous(column: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+        return (
+            sa.select(column)
+            .where(
+                r.organization_id == param("organization_id"),
+                r.id == param("response_id"),
+                r.status == constant(COMPLETED),
+                r.created_at >= param("created_after", UTCDateTime()),
+            )
+            .scalar_subquery()
+        )
+
+    thread_id = of_previous(r.thread_id)
+    path, compacted = _path(
+        sa.and_(t.organization_id == param("organization_id"), t.id == thread_id, t.deleted_at.is_(None)),
+        nesting=True,
+    )
+    path_rows = sa.select(
+        json_rows(path.c.depth, path.c.id, path.c.parent_thread_id, path.c.parent_seq, path.c.message_count, compacted)
+    ).scalar_subquery()
+    return (
+        sa.update(_threads)
+        .where(
+            t.organization_id == param("organization_id"),
+            t.id == thread_id,
+            t.deleted_at.is_(None),
+            t.status == constant(INACTIVE),
+            t.kind == constant("chain"),
+            t.state == constant("open"),
+            # Nothing appended since R: R's output is the thread's last message.
+            t.next_seq == of_previous(r.output_seq + 1),
+        )
+        .values(
+            status=constant(STREAMING), lease_owner=param("owner"), lease_expires_at=param("expires_at", UTCDateTime())
+        )
+        .returning(*_leased(thread_id), qualified(path_rows))
+    )
 
 
 class ThreadRepository:
@@ -391,6 +447,35 @@ class ThreadRepository:
         thread = ChainParent(first[10], first[5], *first[11:]) if path else None
         response_id, created_at, status, thread_id, output_seq = first[:5]
         return PreviousResponse(response_id, created_at, status, thread_id, output_seq, thread, path)
+
+    async def continue_chain(
+        self,
+        organization_id: str,
+        response_id: str,
+        owner: str,
+        expires_at: datetime,
+        created_after: datetime,
+        limit: int,
+    ) -> tuple[LeasedThread, list[PathRow]] | None:
+        """A chain's fast path in one statement (docs/chains.md): when the completed response `response_id`, made
+        at or after `created_after`, is the latest turn of an idle, open chain thread, take that thread's lease
+        and return it with its path (at most `limit` rows). None otherwise; `previous_response` then tells why."""
+        values = {
+            "p_organization_id": organization_id,
+            "p_response_id": response_id,
+            "p_owner": owner,
+            "p_expires_at": expires_at,
+            "p_created_after": created_after,
+            "limit": limit,
+        }
+        row = (await self.session.execute(_continue_chain(), values)).first()
+        if row is None:
+            return None
+        path = [
+            PathRow(thread_id, parent_id, parent_seq, count, bool(compacted))  # SQLite's JSON has 0/1 for booleans
+            for _depth, thread_id, parent_id, parent_seq, count, compacted in sorted(row[-1], key=lambda r: r[0])
+        ]
+        return LeasedThread(*row[:-1]), path
 
     async def acquire_free_lease(
         self,
