@@ -26,10 +26,9 @@ pytestmark = pytest.mark.slow
 WINDOW = 320
 
 
-@pytest.fixture
-async def small_app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
+def small_settings(database_url: str, tool_upstream_url: str, **overrides: Any) -> Settings:
     """A model with a small window on the real upstream, `smart` by default."""
-    settings = Settings(
+    return Settings(
         database_url=database_url,
         local_model_enabled=False,
         retention_enabled=False,
@@ -46,8 +45,20 @@ async def small_app(database_url: str, tool_upstream_url: str) -> AsyncIterator[
                 capabilities={"tools": False},
             )
         ],
+        **overrides,
     )
-    async for application in started_app(settings):
+
+
+@pytest.fixture
+async def small_app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
+    async for application in started_app(small_settings(database_url, tool_upstream_url)):
+        yield application
+
+
+@pytest.fixture
+async def quiet_app(database_url: str, tool_upstream_url: str) -> AsyncIterator[FastAPI]:
+    """`small_app` without a job runner: queued summaries stay queued."""
+    async for application in started_app(small_settings(database_url, tool_upstream_url, job_concurrency=0)):
         yield application
 
 
@@ -146,3 +157,39 @@ async def test_compact_at_compacts_any_mode_past_its_share_of_the_window(
     # A share is of the window: more than all of it is refused.
     refused = await client.patch("/v1/threads/shared", json={"compactAt": 2}, headers=caller.headers)
     assert refused.status_code == 400
+
+
+async def test_an_assistants_compact_at_holds_for_its_threads_and_the_save_reads_no_assistant(
+    quiet_app: FastAPI,
+) -> None:
+    """A thread without a share of its own is compacted past its assistant's; the start read that assistant
+    already, so the turn's save does not read it again. (No job runner here: the summary job reads the assistant
+    too, and its statements would land among a turn's.)"""
+    caller = await make_caller(quiet_app)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=quiet_app), base_url="http://t") as client:
+        made = await client.post("/v1/assistants", json={"name": "a", "compactAt": 0.4}, headers=caller.headers)
+        assert made.status_code == 200, made.text
+        created = await client.post(
+            "/v1/threads", json={"id": "assisted", "assistantId": made.json()["id"]}, headers=caller.headers
+        )
+        assert created.status_code == 200, created.text
+        sa.event.listen(quiet_app.state.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            for i in range(6):
+                statements.clear()
+                body = await turn(client, caller, "assisted", f"message number {i} " * 4, threadContextMode="recent")
+                reads = [s for s in statements if "FROM assistants" in s]
+                assert len(reads) == 1, reads  # the start's
+                if body["context"]["input_tokens"] > 0.4 * WINDOW:
+                    break
+            else:
+                pytest.fail("the prompt never passed the threshold")
+        finally:
+            sa.event.remove(quiet_app.state.engine.sync_engine, "before_cursor_execute", record)
+    queued = [j for j in await compaction_jobs(quiet_app) if j.payload["thread_id"] == "assisted"]
+    assert [j.status for j in queued] == ["queued"]

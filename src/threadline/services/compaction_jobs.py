@@ -29,16 +29,26 @@ KIND = "compaction.thread"
 
 
 async def enqueue_if_due(
-    session: AsyncSession, settings: Settings, thread: FreedThread, report: Mapping[str, Any], mode: str, window: int
+    session: AsyncSession,
+    settings: Settings,
+    thread: FreedThread,
+    report: Mapping[str, Any],
+    mode: str,
+    window: int,
+    assistant_compact_at: tuple[str, float | None] | None = None,
 ) -> None:
     """In a turn's saving transaction: queue the thread's compaction if the turn's context `report` (its prompt
-    in `mode`, for a model of `window` tokens) asks for one."""
+    in `mode`, for a model of `window` tokens) asks for one. `assistant_compact_at`: (an assistant, its
+    `compact_at`) as the turn's start read them; the thread's assistant is read only when it is another."""
     if report.get("compaction_item"):
         return  # the turn compacted first: its summary is fresh
     compact_at = thread.compact_at
     if compact_at is None and thread.assistant_id is not None:
-        assistant = await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
-        compact_at = assistant.compact_at if assistant is not None else None
+        if assistant_compact_at is not None and assistant_compact_at[0] == thread.assistant_id:
+            compact_at = assistant_compact_at[1]
+        else:
+            assistant = await AssistantRepository(session).get(thread.organization_id, thread.assistant_id)
+            compact_at = assistant.compact_at if assistant is not None else None
     compact_at = compact_at if compact_at is not None else settings.compact_at
     if not compaction_due(
         report, mode=mode, window=window, compact_at=compact_at, smart_summaries=settings.smart_summaries

@@ -78,7 +78,13 @@ class TurnSaver:
             # A prompt that asked for a new summary queues it, for the next turns.
             report, window = turn.record.context, turn.info.context_window
             await compaction_jobs.enqueue_if_due(
-                session, self.settings, thread, report, str(turn.record.context_mode or ""), window
+                session,
+                self.settings,
+                thread,
+                report,
+                str(turn.record.context_mode or ""),
+                window,
+                turn.assistant_compact_at,
             )
             # Written without reading it back, before or after: the start recorded it and only this turn (holding
             # the lease) writes it until now. A run continued after tool outputs (turns/waiting.py) adds this

@@ -216,6 +216,8 @@ class TurnStarter:
         row = await self._record(session, principal, request, thread, lease.owner, lease.now, items, choices, plan)
         turn = _turn(row, thread, principal, request, choices, plan, inputs)
         turn.compaction = compacting
+        if choices.assistant is not None and choices.assistant.id == thread.assistant_id:
+            turn.assistant_compact_at = (choices.assistant.id, choices.assistant.compact_at)
         return turn
 
     def _check_thread(
