@@ -245,7 +245,7 @@ def _path(start_where: sa.ColumnElement[bool], *, nesting: bool = False) -> tupl
             start,
             sa.and_(parent.c.organization_id == start.c.organization_id, parent.c.id == start.c.parent_thread_id),
         )
-        .where(parent.c.deleted_at.is_(None), start.c.depth < sa.bindparam("limit", type_=sa.Integer))
+        .where(parent.c.deleted_at.is_(None), start.c.depth < param("limit", sa.Integer()))
     )
     path = start.union_all(step)
     messages = core_table(Message).c
@@ -282,24 +282,24 @@ def _path_query(
 
 
 _PATH = _path_query(
-    sa.and_(_threads.c.organization_id == sa.bindparam("organization_id"), _threads.c.id == sa.bindparam("thread_id"))
+    sa.and_(_threads.c.organization_id == param("organization_id"), _threads.c.id == param("thread_id"))
 )
 _responses = core_table(Response)
 _PREVIOUS_RESPONSE = _path_query(
     sa.and_(
-        _threads.c.organization_id == sa.bindparam("organization_id"),
+        _threads.c.organization_id == param("organization_id"),
         _threads.c.id
         == sa.select(_responses.c.thread_id)
         .where(
-            _responses.c.organization_id == sa.bindparam("organization_id"),
-            _responses.c.id == sa.bindparam("response_id"),
+            _responses.c.organization_id == param("organization_id"),
+            _responses.c.id == param("response_id"),
         )
         .scalar_subquery(),
         _threads.c.deleted_at.is_(None),
     ),
     _responses,
     (_responses.c.id, _responses.c.created_at, _responses.c.status, _responses.c.thread_id, _responses.c.output_seq),
-).where(_responses.c.organization_id == sa.bindparam("organization_id"), _responses.c.id == sa.bindparam("response_id"))
+).where(_responses.c.organization_id == param("organization_id"), _responses.c.id == param("response_id"))
 
 
 @functools.cache
@@ -432,13 +432,13 @@ class ThreadRepository:
 
         The walk stops at a parent that is deleted or already purged: a chain's reads end at that gap.
         """
-        params = {"organization_id": organization_id, "thread_id": thread_id, "limit": limit}
+        params = {"p_organization_id": organization_id, "p_thread_id": thread_id, "p_limit": limit}
         return [PathRow(*row[:5]) for row in (await self.session.execute(_PATH, params)).all()]
 
     async def previous_response(self, organization_id: str, response_id: str, limit: int) -> PreviousResponse | None:
         """The response, its (live) thread and that thread's path (at most `limit` rows) in one statement: what a
         turn continuing it needs before it takes a lease (docs/chains.md). None: no such response."""
-        params = {"organization_id": organization_id, "response_id": response_id, "limit": limit}
+        params = {"p_organization_id": organization_id, "p_response_id": response_id, "p_limit": limit}
         rows = (await self.session.execute(_PREVIOUS_RESPONSE, params)).all()
         if not rows:
             return None
@@ -466,7 +466,7 @@ class ThreadRepository:
             "p_owner": owner,
             "p_expires_at": expires_at,
             "p_created_after": created_after,
-            "limit": limit,
+            "p_limit": limit,
         }
         row = (await self.session.execute(_continue_chain(), values)).first()
         if row is None:
