@@ -58,7 +58,7 @@ class Turn:
     # A compaction to run before the model call (OpenAI `context_management`, a `compaction_trigger`).
     compaction: PendingCompaction | None = None
     # (the thread's assistant, its `compact_at`) as the start read them: the save's check for a due compaction
-    # needs no second read of the assistant. None: the thread had no assistant.
+    # needs no second read of the assistant. None: not read (no assistant, or a run's other than the thread's).
     assistant_compact_at: tuple[str, float | None] | None = None
 
     @property
