@@ -104,9 +104,7 @@ class LeaseAttempt:
         )
         if continued is not None:
             # The usual case, in one statement: R is the latest turn of its idle chain.
-            tip_thread, chain_path = continued
-            own = chain_path[0]._replace(message_count=tip_thread.message_count)
-            return tip_thread, segments_of([own, *chain_path[1:]])
+            return _appended(*continued)
         previous = await repo.previous_response(org, previous_id, MAX_CHAIN_SEGMENTS + 1)
         if previous is None:
             raise NotFound(
@@ -127,9 +125,7 @@ class LeaseAttempt:
             # The lease is taken only while nothing was appended since R (the condition is part of the UPDATE).
             leased = await repo.acquire_free_lease(org, parent.id, self.owner, self.expires_at, next_seq=output_seq + 1)
             if leased is not None:
-                # The lease's count is the current one (a message may have been deleted since the path was read).
-                own = path[0]._replace(message_count=leased.message_count)
-                return leased, segments_of([own, *path[1:]])
+                return _appended(leased, path)
         chain = await thread_service.create_chain_thread(self.session, self.principal, parent, output_seq)
         fork = PathRow(chain.id, parent.id, output_seq, 0, False)
         return await self._lease_new(chain), segments_of([fork, *path])
@@ -168,3 +164,10 @@ class LeaseAttempt:
         ):
             await webhooks.response_settled(self.session, org, holder)
         return leased
+
+
+def _appended(leased: LeasedThread, path: list[PathRow]) -> tuple[LeasedThread, list[Segment]]:
+    """A chain leased to append to, and its conversation's segments (`path`: the chain first). The lease's count
+    is the current one: a message may have been deleted since the path was read."""
+    own = path[0]._replace(message_count=leased.message_count)
+    return leased, segments_of([own, *path[1:]])
