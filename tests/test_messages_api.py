@@ -8,12 +8,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.conftest import Caller
 from tests.helpers import refused
 from threadline.api.app import create_app
 from threadline.config import Settings
+from threadline.storage.tables import JSONType
 
 
 async def _thread(client: httpx.AsyncClient, caller: Caller) -> str:
@@ -209,3 +211,30 @@ async def test_concurrent_writes_keep_counts_exact(client: httpx.AsyncClient, ca
     statuses = sorted(r.status_code for r in creates)
     assert statuses == [200] + [409] * 5, [r.text for r in creates]
     assert all(r.json()["error"]["code"] == "thread_exists" for r in creates if r.status_code == 409)
+
+
+async def test_an_absent_payload_is_sql_null_and_a_stored_json_null_still_reads(
+    app: FastAPI, client: httpx.AsyncClient, caller: Caller
+) -> None:
+    """A plain message has no payload: it is stored as SQL NULL, so reading the row parses no JSON. Rows written
+    before (the JSON text `null`) read the same."""
+    tid = await _thread(client, caller)
+    old = await _append(client, caller, tid, content="old")
+    new = await _append(client, caller, tid, content="new")
+    messages = sa.table("messages", sa.column("id"), sa.column("payload", JSONType))
+    async with app.state.engine.begin() as connection:
+        # JSONType writes None as JSON null, as every row was written before OptionalJSON.
+        await connection.execute(sa.update(messages).where(messages.c.id == old["id"]).values(payload=None))
+        stored = dict(
+            (
+                await connection.execute(
+                    sa.text("SELECT id, payload IS NULL FROM messages WHERE thread_id = :t"), {"t": tid}
+                )
+            ).all()
+        )
+    assert stored == {old["id"]: False, new["id"]: True}
+    page = (await client.get(f"/v1/threads/{tid}/messages", params={"order": "asc"}, headers=caller.headers)).json()
+    assert [(m["id"], m["content"], m["texts"]) for m in page["data"]] == [
+        (old["id"], "old", [{"text": "old"}]),
+        (new["id"], "new", [{"text": "new"}]),
+    ]

@@ -42,6 +42,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# For the columns that may be absent: Python's None is SQL NULL, not the JSON text `null` (JSONType's default), so
+# reading a row without one parses no JSON. A plain message has no payload, and a turn reads every row of its context.
+OptionalJSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -141,7 +144,7 @@ class Assistant(Base):
     summary_model: Mapped[str | None] = mapped_column(sa.String(200))
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     # Function tools in the Assistants v2 spelling (migration 0013); a run's `tools` replace them.
-    tools: Mapped[list[Any] | None] = mapped_column(JSONType)
+    tools: Mapped[list[Any] | None] = mapped_column(OptionalJSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -268,7 +271,7 @@ class Message(Base):
     role: Mapped[str] = mapped_column(sa.String(16))
     type: Mapped[str] = mapped_column(sa.String(32), default="message", server_default="message")
     call_id: Mapped[str | None] = mapped_column(sa.String(128))
-    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(OptionalJSON)
     content: Mapped[str] = mapped_column(sa.Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     token_count: Mapped[int | None]
@@ -364,7 +367,7 @@ class Response(Base):
     output_text: Mapped[str | None] = mapped_column(sa.Text)
     input_tokens: Mapped[int | None]
     output_tokens: Mapped[int | None]
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(OptionalJSON)
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
 
@@ -392,7 +395,7 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(sa.String(64))
     status: Mapped[str] = mapped_column(sa.String(16))  # in_progress | completed
     response_status: Mapped[int | None]
-    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(OptionalJSON)
     response_body: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
