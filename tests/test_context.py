@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,9 @@ from threadline.domain.context import (
     seq_ranges,
 )
 from threadline.errors import ContextLengthExceeded
+from threadline.services.conversation import Segment
+from threadline.storage.repositories.messages import ContextRow
+from threadline.turns.context import FIRST_PAGE, MAX_PAGE, _Counter, _PathReader
 
 
 def history(*tokens: int, roles: str = "") -> list[HistoryMessage]:
@@ -208,3 +213,38 @@ def test_smart_drops_the_anchor_when_the_anchor_and_its_gap_note_do_not_fit() ->
     assert plan.report.input_tokens + 20 <= 60
     assert not plan.report.gap_marked
     assert [m.seq for m in plan.messages if m.seq] == [3]
+
+
+class _Thread:
+    """`MessageRepository.context_rows` over one thread of `count` rows of `tokens` tokens each, counting reads."""
+
+    def __init__(self, count: int, tokens: int) -> None:
+        self.rows = [
+            ContextRow(f"m{seq}", seq, "user", f"m{seq}", tokens, "o200k", "message", None, None)
+            for seq in range(1, count + 1)
+        ]
+        self.reads: list[int] = []
+
+    async def context_rows(
+        self, org: str, thread_id: str, limit: int, *, newest: bool, before_seq: int | None = None, after_seq: int = 0
+    ) -> list[ContextRow]:
+        assert newest
+        below = [r for r in self.rows if after_seq < r.seq and (before_seq is None or r.seq < before_seq)]
+        self.reads.append(len(below[-limit:]))
+        return below[-limit:]
+
+
+@pytest.mark.parametrize("budget", [100, 1_000, 3_900, 40_000])
+async def test_the_tail_reads_about_what_the_budget_holds(budget: int) -> None:
+    """The pages after the first are sized by the tokens per row read so far: a long thread's tail takes two reads
+    and little more than the rows the budget holds, where doubling pages read up to twice as many."""
+    thread = _Thread(count=20_000, tokens=12)
+    reader = _PathReader(thread, _Counter(None, "o200k"), "org", [Segment("t", 0, None, 20_000)])  # type: ignore[arg-type]
+    messages, reached_start = await reader.tail(budget)
+    assert not reached_start
+    fits = budget // 12
+    assert sum(m.tokens for m in messages) > budget  # the tail goes past the budget, for the builder to cut
+    read = sum(thread.reads)
+    assert len(thread.reads) <= max(2, math.ceil(fits / MAX_PAGE) + 1)
+    # A quarter over what fits (the estimate's margin), or two first pages for a budget the first page nearly holds.
+    assert read <= max(fits * 1.25 + 2, 2 * FIRST_PAGE), thread.reads

@@ -9,6 +9,7 @@ by another tokenizer (or never counted) are counted once here and the counts are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,6 +78,15 @@ class _Counter:
         return out
 
 
+def _next_page(page: int, remaining: int, used: int, counted: int) -> int:
+    """Rows enough for the `remaining` tokens at the tokens per row read so far, a quarter more to spare: the next
+    read most often ends the tail, and it reads far fewer rows than doubling the page did (up to twice what the
+    window holds)."""
+    if used <= 0:
+        return min(page * 2, MAX_PAGE)  # no counted rows yet (compaction items only): nothing to estimate from
+    return max(FIRST_PAGE, min(math.ceil(remaining * counted / used * 1.25) + 1, MAX_PAGE))
+
+
 def _name(row: ContextRow) -> str | None:
     name = (row.payload or {}).get("name")
     return name if isinstance(name, str) else None
@@ -96,7 +106,7 @@ class _PathReader:
         """Newest messages, page by page and segment by segment, until they exceed the budget or the
         conversation's start is reached (then True)."""
         chunks: list[list[HistoryMessage]] = []
-        used = 0
+        used = counted = 0
         page = FIRST_PAGE
         last = len(self.segments) - 1
         for index, segment in enumerate(self.segments):
@@ -109,6 +119,7 @@ class _PathReader:
                 history = self.counter.history(rows, segment.thread_id)
                 chunks.append(history)
                 used += sum(m.tokens for m in history)
+                counted += len(history)
                 read += len(rows)
                 # Seqs of a segment start right above `after_seq`: reaching it means nothing older is left.
                 if len(rows) < page or rows[0].seq <= segment.after_seq + 1:
@@ -117,7 +128,7 @@ class _PathReader:
                 if used > budget:
                     return _oldest_first(chunks), False
                 before = rows[0].seq
-                page = min(page * 2, MAX_PAGE)
+                page = _next_page(page, budget - used, used, counted)
             if used > budget and index < last:
                 return _oldest_first(chunks), False
         return _oldest_first(chunks), True
