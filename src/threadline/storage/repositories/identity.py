@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.storage import driver
 from threadline.storage.statements import param
 from threadline.storage.tables import ApiKey, Membership, Organization, User, UserToken, core_table
 
@@ -95,7 +96,7 @@ class IdentityRepository:
 
     async def api_key_grant(self, key_hash: str) -> ApiKeyGrant | None:
         """What an API key grants, only while its user is still a member of the key's organization."""
-        row = (await self.session.execute(_API_KEY_GRANT, {"p_key_hash": key_hash})).one_or_none()
+        row = await driver.first(self.session, _API_KEY_GRANT, {"p_key_hash": key_hash})
         return None if row is None else ApiKeyGrant(*row)
 
     async def api_key(self, organization_id: str, key_id: str) -> ApiKey | None:

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.storage import driver
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.statements import constant, param
 from threadline.storage.tables import Message, MessageEdit, core_table
@@ -151,7 +152,7 @@ class MessageRepository:
         if after_seq:
             values["p_after_seq"] = after_seq
         query = _context_query(newest, before_seq is not None, bool(after_seq))
-        rows = list(map(ContextRow._make, (await self.session.execute(query, values)).all()))
+        rows = list(map(ContextRow._make, await driver.rows(self.session, query, values)))
         if newest:
             rows.reverse()
         return rows

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.domain.turns import CANCELLED, FAILED, IN_PROGRESS, REQUIRES_ACTION
+from threadline.storage import driver
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.statements import param
 from threadline.storage.tables import Response, core_table
@@ -50,11 +51,10 @@ class ResponseRepository:
         """Write `values` in one Core UPDATE, with no read before the write; returns the columns named in `read` as
         stored after it (the caller has the rest)."""
         key = {"p_organization_id": organization_id, "p_id": response_id}
+        found = await driver.rows(self.session, _update(tuple(read)), {**values, **key})
         if not read:
-            await self.session.execute(_update(()), {**values, **key})
             return {}
-        row = (await self.session.execute(_update(tuple(read)), {**values, **key})).one()
-        return dict(row._mapping)
+        return dict(zip(read, found[0], strict=True))
 
     async def fail_if_in_progress(
         self, organization_id: str, response_id: str, error: dict[str, Any], now: datetime

@@ -16,6 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from threadline.domain.threads import INACTIVE, STREAMING
 from threadline.domain.turns import COMPLETED, REQUIRES_ACTION
 from threadline.errors import AlreadyExists
+from threadline.storage import driver
 from threadline.storage.repositories.pagination import Page, PageRequest, check_cursors, fetch_page
 from threadline.storage.statements import constant, json_rows, param, qualified
 from threadline.storage.tables import Message, Response, Thread, UTCDateTime, WebhookEndpoint, core_table
@@ -468,7 +469,7 @@ class ThreadRepository:
             "p_created_after": created_after,
             "p_limit": limit,
         }
-        row = (await self.session.execute(_continue_chain(), values)).first()
+        row = await driver.first(self.session, _continue_chain(), values)
         if row is None:
             return None
         path = [
@@ -495,7 +496,7 @@ class ThreadRepository:
         values["p_expires_at"] = expires_at
         if next_seq is not None:
             values["p_next_seq"] = next_seq
-        row = (await self.session.execute(_acquire(next_seq is not None), values)).first()
+        row = await driver.first(self.session, _acquire(next_seq is not None), values)
         return LeasedThread(*row) if row is not None else None
 
     async def take_over_lease(
@@ -583,7 +584,7 @@ class ThreadRepository:
             values["p_now"] = now
             changes = {name: value for name, value in changes.items() if name not in _APPENDING}
         values |= {f"p_set_{name}": value for name, value in changes.items()}
-        row = (await self.session.execute(_release(appended > 0, frozenset(changes)), values)).first()
+        row = await driver.first(self.session, _release(appended > 0, frozenset(changes)), values)
         return FreedThread(*row) if row is not None else None
 
     async def adjust_message_count(self, thread: Thread, delta: int, now: datetime) -> None:

@@ -1,0 +1,178 @@
+"""Hot statements executed on the driver's own connection, inside the session's transaction (docs/storage.md,
+"Hot statements").
+
+SQLAlchemy spends ~50–100 µs of Python on each execution of a cached statement (its execution context, cursor
+result and row processing) against ~2 µs for `sqlite3` and ~20 µs for asyncpg themselves. The UPDATE … RETURNING
+and SELECT statements of every turn therefore run here: SQLAlchemy compiles each once per dialect and set of
+values, and the driver executes it on the connection the session holds, in the session's transaction, which the
+session still begins, commits and rolls back. What SQLAlchemy would do around the driver is kept:
+
+- values in and out pass through the columns' own type processors (JSON, `UTCDateTime`, booleans), as
+  SQLAlchemy's execution applies them, so a row reads the same either way;
+- while anyone listens to SQLAlchemy's cursor events (tracing's SQL spans, a test counting statements), the
+  statements go through SQLAlchemy's execution instead, so the listeners see what they always did;
+- a driver error goes through SQLAlchemy's own handling: wrapped in its exception classes (`IntegrityError`…),
+  and a lost connection invalidated.
+
+Statements with Python-side defaults, expanding (`IN`) or literal-execute parameters are refused: they need
+SQLAlchemy's execution. INSERTs stay there (their column defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
+from sqlalchemy.util import greenlet_spawn
+
+# What comes here: statements of the tables, built once.
+Statement = sa.Select[Any] | sa.Update | sa.Insert | sa.Delete
+_NO_VALUE = object()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    # Per positional parameter: the key of the caller's values (None: a value fixed in the statement), that fixed
+    # value, and the type's bind processor.
+    names: tuple[str | None, ...]
+    fixed: tuple[Any, ...]
+    binds: tuple[Callable[[Any], Any] | None, ...]
+    # The columns' result processors, by the types the driver reports (asyncpg's OIDs choose some of them, the
+    # numeric ones; SQLite reports none).
+    results: dict[tuple[int | None, ...], tuple[Callable[[Any], Any] | None, ...]]
+    result_types: tuple[TypeEngine[Any], ...]
+
+    def processors(
+        self, dialect: Dialect, driver_types: tuple[int | None, ...]
+    ) -> tuple[Callable[[Any], Any] | None, ...]:
+        found = self.results.get(driver_types)
+        if found is None:
+            found = tuple(
+                type_._cached_result_processor(dialect, driver_type)
+                for type_, driver_type in zip(self.result_types, driver_types, strict=True)
+            )
+            self.results[driver_types] = found
+        return found
+
+
+# Keyed by the statement's id, with the statement kept beside its compiled form: alive, its id stays its own.
+# Only statements built once (at import or by a `functools.cache`d builder) come here, so this stays small.
+_compiled: dict[tuple[int, str, frozenset[str]], tuple[Statement, _Compiled]] = {}
+_MOST_STATEMENTS = 1000
+
+
+def _compile(statement: Statement, dialect: Dialect, keys: frozenset[str]) -> _Compiled:
+    cache_key = (id(statement), dialect.name, keys)
+    found = _compiled.get(cache_key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    # The values that are not bound parameters of the statement name the columns an UPDATE sets.
+    compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
+    assert isinstance(compiled, SQLCompiler)
+    assert compiled.positiontup is not None, "a positional paramstyle (qmark, numeric_dollar)"
+    if compiled.prefetch or compiled.literal_execute_params or compiled.post_compile_params:
+        raise ValueError(f"needs SQLAlchemy's execution (column defaults, expanding parameters): {compiled}")
+    if len(_compiled) >= _MOST_STATEMENTS:
+        raise ValueError("statements for the driver are built once, not per call (storage/statements.py)")
+    names: list[str | None] = []
+    fixed: list[Any] = []
+    binds: list[Callable[[Any], Any] | None] = []
+    processors = compiled._bind_processors
+    for position_name in compiled.positiontup:
+        bind = compiled.binds[position_name]
+        if bind.callable is not None:
+            raise ValueError(f"a parameter with a callable value: {bind.key}")
+        if bind.key in keys:
+            names.append(bind.key)
+            fixed.append(_NO_VALUE)
+        else:
+            if bind.required:
+                raise ValueError(f"no value for {bind.key}")
+            names.append(None)
+            fixed.append(bind.value)
+        binds.append(processors.get(position_name))  # type: ignore[arg-type]  # one callable a scalar bind
+    result_types = tuple(column.type for column in compiled._result_columns)
+    entry = _Compiled(compiled.string, tuple(names), tuple(fixed), tuple(binds), {}, result_types)
+    _compiled[cache_key] = (statement, entry)
+    return entry
+
+
+async def rows(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Execute `statement` (built once) with `values` in `session`'s transaction; its rows as tuples (none for a
+    statement without RETURNING)."""
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    dialect = connection.dialect
+    compiled = _compile(statement, dialect, frozenset(values))
+    dispatch = connection.dispatch
+    if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+        # Someone observes statements (tracing's SQL spans, a test counting them): SQLAlchemy's own execution, whose
+        # events carry everything they may use (the execution context, errors, a rewritten statement).
+        result = await session.execute(statement, values)
+        return [tuple(row) for row in result] if result.returns_rows else []  # type: ignore[attr-defined]
+    bound = []
+    for name, value, process in zip(compiled.names, compiled.fixed, compiled.binds, strict=True):
+        if name is not None:
+            value = values[name]
+        bound.append(value if process is None else process(value))
+    parameters = tuple(bound)
+    pooled = connection.connection
+    try:
+        if dialect.name == "postgresql":
+            fetched, driver_types = await _asyncpg_fetch(pooled.dbapi_connection, dialect, compiled.sql, parameters)
+        else:
+            sqlite = pooled.dbapi_connection
+            assert sqlite is not None
+            fetched = sqlite.execute(compiled.sql, parameters).fetchall()
+            driver_types = (None,) * len(compiled.result_types)
+    except Exception as error:
+        await greenlet_spawn(_raise_as_sqlalchemy, connection, error, compiled.sql, parameters)
+        raise AssertionError("unreachable") from error
+    if not fetched:
+        return []
+    results = compiled.processors(dialect, driver_types)
+    if not any(results):
+        return [tuple(row) for row in fetched]
+    return [
+        tuple(value if process is None else process(value) for value, process in zip(row, results, strict=True))
+        for row in fetched
+    ]
+
+
+async def first(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    found = await rows(session, statement, values)
+    return found[0] if found else None
+
+
+async def _asyncpg_fetch(
+    adapted: Any, dialect: Any, sql: str, parameters: tuple[Any, ...]
+) -> tuple[list[Any], tuple[int | None, ...]]:
+    """What SQLAlchemy's asyncpg cursor does for a statement: the BEGIN its adapter defers to the connection's
+    first statement (none in autocommit), the statement prepared through the adapter's per-connection cache, the
+    rows fetched; with the column types (OIDs) the result processors depend on."""
+    try:
+        async with adapted._execute_mutex:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            prepared, attributes = await adapted._prepare(sql, dialect._invalidate_schema_cache_asof)
+            fetched: list[Any] = await prepared.fetch(*parameters)
+            return fetched, tuple(attribute.type.oid for attribute in attributes)
+    except Exception as error:
+        if isinstance(error, adapted.dbapi.Error):
+            raise
+        adapted._handle_exception(error)  # raises the adapter's DBAPI error for asyncpg's, as its cursor does
+        raise
+
+
+def _raise_as_sqlalchemy(connection: Connection, error: Exception, sql: str, parameters: tuple[Any, ...]) -> None:
+    """SQLAlchemy's handling of a DBAPI error (run in its greenlet: invalidating a lost connection may await)."""
+    if isinstance(error, connection.dialect.loaded_dbapi.Error):
+        connection._handle_dbapi_exception(error, sql, parameters, None, None)
+    raise error

@@ -1,0 +1,136 @@
+"""Hot statements on the driver connection (storage/driver.py): the same rows and errors as through SQLAlchemy's
+execution, inside the session's transaction, on both backends; SQLAlchemy's own path while anyone listens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from sqlalchemy import exc as sa_exc
+
+from tests.conftest import Caller
+from tests.responses_helpers import turn
+from threadline.storage import driver
+from threadline.storage.repositories.threads import _acquire
+from threadline.storage.statements import constant, param
+from threadline.storage.tables import Message, Response, Thread, UTCDateTime, core_table
+
+pytestmark = pytest.mark.fake_model()
+
+_threads, _messages = core_table(Thread), core_table(Message)
+
+# JSON (an object, an array, SQL NULL), timestamps, booleans from EXISTS, an integer expression, a NULL column.
+_PROBE = sa.select(
+    _threads.c.id,
+    _threads.c["metadata"],
+    _threads.c.space_ids,
+    _threads.c.created_at,
+    _threads.c.pinned_at,
+    _threads.c.visible_in_ui,
+    _threads.c.next_seq - param("less", sa.Integer()),
+    sa.exists().where(_messages.c.thread_id == _threads.c.id, _messages.c.role == constant("user")),
+    sa.select(_messages.c.payload).where(_messages.c.thread_id == _threads.c.id).limit(1).scalar_subquery(),
+).where(_threads.c.organization_id == param("organization_id"), _threads.c.created_at >= param("since", UTCDateTime()))
+
+_SET_TITLE = (
+    sa.update(_threads)
+    .where(_threads.c.organization_id == param("organization_id"), _threads.c.id == param("thread_id"))
+    .values(title=param("title"))
+    .returning(_threads.c.title, _threads.c.updated_at)
+)
+
+# Moving a thread to an organization that does not exist breaks its foreign key.
+_MOVE = (
+    sa.update(_threads)
+    .where(_threads.c.organization_id == param("organization_id"), _threads.c.id == param("thread_id"))
+    .values(organization_id=param("to"))
+)
+
+
+async def _thread_with_a_turn(client: Any, caller: Caller, metadata: dict[str, Any]) -> str:
+    created = await client.post("/v1/threads", json={"metadata": metadata}, headers=caller.headers)
+    assert created.status_code == 200, created.text
+    thread_id: str = created.json()["id"]
+    answered = await turn(client, caller, "hello", thread=thread_id)
+    assert answered.status_code == 200, answered.text
+    return thread_id
+
+
+async def test_rows_read_the_same_as_through_sqlalchemy(app: FastAPI, client: Any, caller: Caller) -> None:
+    thread_id = await _thread_with_a_turn(client, caller, {"k": "v", "n": "1"})
+    values = {"p_organization_id": caller.organization_id, "p_since": datetime(2000, 1, 1, tzinfo=UTC), "p_less": 1}
+    # Nobody listens to the cursor events, so `driver.rows` runs on the driver (listeners get SQLAlchemy's path).
+    assert not app.state.engine.sync_engine.dispatch.before_cursor_execute
+    async with app.state.sessionmaker() as session:
+        direct = await driver.rows(session, _PROBE, values)
+        through = [tuple(row) for row in (await session.execute(_PROBE, values)).all()]
+    assert direct == through
+    (row,) = direct
+    assert row[0] == thread_id and row[1] == {"k": "v", "n": "1"} and row[2] == []
+    assert isinstance(row[3], datetime) and row[3].tzinfo is not None and row[4] is None
+    assert row[5] is True and row[6] == row[6] // 1 and row[7] is True
+
+
+async def test_an_update_runs_inside_the_sessions_transaction(app: FastAPI, client: Any, caller: Caller) -> None:
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    async with app.state.sessionmaker() as session:
+        assert await driver.first(session, _SET_TITLE, {**key, "p_title": "rolled back"}) is not None
+        await session.rollback()
+    assert (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()["title"] is None
+    async with app.state.sessionmaker() as session:
+        found = await driver.first(session, _SET_TITLE, {**key, "p_title": "committed"})
+        await session.commit()
+    assert found is not None and found[0] == "committed" and isinstance(found[1], datetime)
+    read = await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)
+    assert read.json()["title"] == "committed"
+
+
+async def test_a_driver_error_is_sqlalchemys_and_the_session_recovers(
+    app: FastAPI, client: Any, caller: Caller
+) -> None:
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    async with app.state.sessionmaker() as session:
+        with pytest.raises(sa_exc.IntegrityError):
+            await driver.rows(session, _MOVE, {**key, "p_to": "org_that_does_not_exist"})
+        await session.rollback()
+        leased = await driver.first(
+            session,
+            _acquire(False),
+            {**key, "p_owner": "resp_test", "p_expires_at": datetime(2100, 1, 1, tzinfo=UTC)},
+        )
+        await session.rollback()
+    assert leased is not None and leased[1] == thread_id
+
+
+async def test_listeners_hear_each_statement(app: FastAPI, client: Any, caller: Caller) -> None:
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    heard: list[tuple[str, Any]] = []
+
+    def hear(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        heard.append((statement, parameters))
+
+    values = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id, "p_title": "t"}
+    sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", hear)
+    try:
+        async with app.state.sessionmaker() as session:
+            await driver.rows(session, _SET_TITLE, values)
+            await session.rollback()
+    finally:
+        sa.event.remove(app.state.engine.sync_engine, "before_cursor_execute", hear)
+    (statement, parameters) = next((s, p) for s, p in heard if s.lstrip().upper().startswith("UPDATE"))
+    assert "title" in statement and list(parameters) == ["t", caller.organization_id, thread_id]
+
+
+async def test_a_statement_needing_sqlalchemys_execution_is_refused(app: FastAPI) -> None:
+    """An INSERT of `responses` has Python-side column defaults; an IN list expands at execution."""
+    expanding = sa.select(_threads.c.id).where(_threads.c.id.in_(param("ids")))
+    async with app.state.sessionmaker() as session:
+        with pytest.raises(ValueError, match="SQLAlchemy's execution"):
+            await driver.rows(session, sa.insert(core_table(Response)), {"organization_id": "o", "id": "resp_x"})
+        with pytest.raises(ValueError, match="SQLAlchemy's execution"):
+            await driver.rows(session, expanding, {"p_ids": ["a", "b"]})
