@@ -16,7 +16,7 @@ from tests.responses_helpers import turn
 from threadline.storage import driver
 from threadline.storage.repositories.threads import _acquire
 from threadline.storage.statements import constant, param
-from threadline.storage.tables import Message, Response, Thread, UTCDateTime, core_table
+from threadline.storage.tables import Message, Thread, UTCDateTime, core_table
 
 pytestmark = pytest.mark.fake_model()
 
@@ -126,11 +126,37 @@ async def test_listeners_hear_each_statement(app: FastAPI, client: Any, caller: 
     assert "title" in statement and list(parameters) == ["t", caller.organization_id, thread_id]
 
 
+_INSERT_THREAD = sa.insert(_threads)
+_COMPACT_AT = sa.select(_threads.c.compact_at, _threads.c.inherited_message_count).where(
+    _threads.c.organization_id == param("organization_id"), _threads.c.id == param("id")
+)
+
+
+async def test_an_insert_fills_the_python_defaults_as_sqlalchemy_does(app: FastAPI, caller: Caller) -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    row = {"organization_id": caller.organization_id, "created_at": now, "updated_at": now, "last_message_at": now}
+    row |= {"title": None, "compact_at": 0.75}
+    async with app.state.sessionmaker() as session:
+        await driver.execute_many(session, _INSERT_THREAD, [{**row, "id": "th_driver_1"}, {**row, "id": "th_driver_2"}])
+        await session.execute(_INSERT_THREAD, [{**row, "id": "th_sqlalchemy"}])
+        await session.commit()
+    async with app.state.sessionmaker() as session:
+        stored = {
+            found.id: {k: v for k, v in found._mapping.items() if k != "id"}
+            for found in (await session.execute(sa.select(_threads).where(_threads.c.id.like("th_%")))).all()
+        }
+        read = await driver.first(
+            session, _COMPACT_AT, {"p_organization_id": caller.organization_id, "p_id": "th_driver_2"}
+        )
+    assert stored["th_driver_1"] == stored["th_driver_2"] == stored["th_sqlalchemy"]
+    assert stored["th_driver_1"]["metadata"] == {} and stored["th_driver_1"]["space_ids"] == []
+    assert stored["th_driver_1"]["kind"] == "thread" and stored["th_driver_1"]["visible_in_ui"] is True
+    assert read == (0.75, 0)
+
+
 async def test_a_statement_needing_sqlalchemys_execution_is_refused(app: FastAPI) -> None:
-    """An INSERT of `responses` has Python-side column defaults; an IN list expands at execution."""
+    """An IN list expands at execution."""
     expanding = sa.select(_threads.c.id).where(_threads.c.id.in_(param("ids")))
     async with app.state.sessionmaker() as session:
-        with pytest.raises(ValueError, match="SQLAlchemy's execution"):
-            await driver.rows(session, sa.insert(core_table(Response)), {"organization_id": "o", "id": "resp_x"})
         with pytest.raises(ValueError, match="SQLAlchemy's execution"):
             await driver.rows(session, expanding, {"p_ids": ["a", "b"]})

@@ -14,13 +14,14 @@ session still begins, commits and rolls back. What SQLAlchemy would do around th
 - a driver error goes through SQLAlchemy's own handling: wrapped in its exception classes (`IntegrityError`…),
   and a lost connection invalidated.
 
-Statements with Python-side defaults, expanding (`IN`) or literal-execute parameters are refused: they need
-SQLAlchemy's execution. INSERTs stay there (their column defaults).
+A column left out of an INSERT gets its Python-side default as SQLAlchemy would compute it (a value, or a
+function of no arguments). Statements with expanding (`IN`) or literal-execute parameters, or a default that
+needs SQLAlchemy's execution context, are refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,16 +34,16 @@ from sqlalchemy.util import greenlet_spawn
 
 # What comes here: statements of the tables, built once.
 Statement = sa.Select[Any] | sa.Update | sa.Insert | sa.Delete
-_NO_VALUE = object()
+# Where a positional parameter's value comes from.
+_GIVEN, _FIXED, _DEFAULT = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    # Per positional parameter: the key of the caller's values (None: a value fixed in the statement), that fixed
-    # value, and the type's bind processor.
-    names: tuple[str | None, ...]
-    fixed: tuple[Any, ...]
+    # Per positional parameter: where its value comes from (`_GIVEN`: the caller's values, by key; `_FIXED`: a value
+    # in the statement; `_DEFAULT`: the column's Python default, called), and the type's bind processor.
+    sources: tuple[tuple[int, Any], ...]
     binds: tuple[Callable[[Any], Any] | None, ...]
     # The columns' result processors, by the types the driver reports (asyncpg's OIDs choose some of them, the
     # numeric ones; SQLite reports none).
@@ -61,6 +62,13 @@ class _Compiled:
             self.results[driver_types] = found
         return found
 
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        bound = []
+        for (source, what), process in zip(self.sources, self.binds, strict=True):
+            value = values[what] if source == _GIVEN else what if source == _FIXED else what(None)
+            bound.append(value if process is None else process(value))
+        return tuple(bound)
+
 
 # Keyed by the statement's id, with the statement kept beside its compiled form: alive, its id stays its own.
 # Only statements built once (at import or by a `functools.cache`d builder) come here, so this stays small.
@@ -77,31 +85,40 @@ def _compile(statement: Statement, dialect: Dialect, keys: frozenset[str]) -> _C
     compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
     assert isinstance(compiled, SQLCompiler)
     assert compiled.positiontup is not None, "a positional paramstyle (qmark, numeric_dollar)"
-    if compiled.prefetch or compiled.literal_execute_params or compiled.post_compile_params:
-        raise ValueError(f"needs SQLAlchemy's execution (column defaults, expanding parameters): {compiled}")
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        raise ValueError(f"needs SQLAlchemy's execution (expanding or literal parameters): {compiled}")
     if len(_compiled) >= _MOST_STATEMENTS:
         raise ValueError("statements for the driver are built once, not per call (storage/statements.py)")
-    names: list[str | None] = []
-    fixed: list[Any] = []
+    # Columns left out whose Python-side default (INSERT) or onupdate (UPDATE) SQLAlchemy would compute.
+    defaults = {column.key: column.default for column in compiled.insert_prefetch}
+    defaults |= {column.key: column.onupdate for column in compiled.update_prefetch}
+    sources: list[tuple[int, Any]] = []
     binds: list[Callable[[Any], Any] | None] = []
     processors = compiled._bind_processors
     for position_name in compiled.positiontup:
         bind = compiled.binds[position_name]
-        if bind.callable is not None:
-            raise ValueError(f"a parameter with a callable value: {bind.key}")
         if bind.key in keys:
-            names.append(bind.key)
-            fixed.append(_NO_VALUE)
+            sources.append((_GIVEN, bind.key))
+        elif bind.key in defaults:
+            sources.append(_default_source(defaults[bind.key], bind.key))
+        elif bind.callable is None and not bind.required:
+            sources.append((_FIXED, bind.value))
         else:
-            if bind.required:
-                raise ValueError(f"no value for {bind.key}")
-            names.append(None)
-            fixed.append(bind.value)
+            raise ValueError(f"no value for {bind.key}")
         binds.append(processors.get(position_name))  # type: ignore[arg-type]  # one callable a scalar bind
     result_types = tuple(column.type for column in compiled._result_columns)
-    entry = _Compiled(compiled.string, tuple(names), tuple(fixed), tuple(binds), {}, result_types)
+    entry = _Compiled(compiled.string, tuple(sources), tuple(binds), {}, result_types)
     _compiled[cache_key] = (statement, entry)
     return entry
+
+
+def _default_source(default: Any, key: str) -> tuple[int, Any]:
+    if default is not None and default.is_scalar:
+        return _FIXED, default.arg
+    if default is not None and default.is_callable:
+        # SQLAlchemy wraps a function of no arguments to take the execution context: ours take none.
+        return _DEFAULT, default.arg
+    raise ValueError(f"needs SQLAlchemy's execution (the default of {key})")
 
 
 async def rows(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -117,12 +134,7 @@ async def rows(session: AsyncSession, statement: Statement, values: Mapping[str,
         # events carry everything they may use (the execution context, errors, a rewritten statement).
         result = await session.execute(statement, values)
         return [tuple(row) for row in result] if result.returns_rows else []  # type: ignore[attr-defined]
-    bound = []
-    for name, value, process in zip(compiled.names, compiled.fixed, compiled.binds, strict=True):
-        if name is not None:
-            value = values[name]
-        bound.append(value if process is None else process(value))
-    parameters = tuple(bound)
+    parameters = compiled.parameters(values)
     pooled = connection.connection
     try:
         if dialect.name == "postgresql":
@@ -151,17 +163,49 @@ async def first(session: AsyncSession, statement: Statement, values: Mapping[str
     return found[0] if found else None
 
 
+async def execute_many(session: AsyncSession, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Execute `statement` (an INSERT without RETURNING, built once) once for each of `rows`, all giving the same
+    keys, in `session`'s transaction: the driver's executemany (one round trip on asyncpg)."""
+    if not rows:
+        return
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    dialect = connection.dialect
+    compiled = _compile(statement, dialect, frozenset(rows[0]))
+    if compiled.result_types or any(frozenset(row) != frozenset(rows[0]) for row in rows):
+        raise ValueError("execute_many takes rows of the same keys, for a statement without RETURNING")
+    if connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute:
+        await session.execute(statement, list(rows))  # someone listens: see `rows`
+        return
+    many = [compiled.parameters(row) for row in rows]
+    pooled = connection.connection
+    try:
+        if dialect.name == "postgresql":
+            await _asyncpg_fetch(pooled.dbapi_connection, dialect, compiled.sql, many, many=True)
+        else:
+            sqlite = pooled.dbapi_connection
+            assert sqlite is not None
+            sqlite.executemany(compiled.sql, many)
+    except Exception as error:
+        await greenlet_spawn(_raise_as_sqlalchemy, connection, error, compiled.sql, many)
+        raise AssertionError("unreachable") from error
+
+
 async def _asyncpg_fetch(
-    adapted: Any, dialect: Any, sql: str, parameters: tuple[Any, ...]
+    adapted: Any, dialect: Any, sql: str, parameters: Any, *, many: bool = False
 ) -> tuple[list[Any], tuple[int | None, ...]]:
     """What SQLAlchemy's asyncpg cursor does for a statement: the BEGIN its adapter defers to the connection's
     first statement (none in autocommit), the statement prepared through the adapter's per-connection cache, the
-    rows fetched; with the column types (OIDs) the result processors depend on."""
+    rows fetched (`many`: executed once per tuple of `parameters`, nothing fetched); with the column types (OIDs)
+    the result processors depend on."""
     try:
         async with adapted._execute_mutex:
             if adapted._transaction is None:
                 await adapted._start_transaction()
             prepared, attributes = await adapted._prepare(sql, dialect._invalidate_schema_cache_asof)
+            if many:
+                await prepared.executemany(parameters)
+                return [], ()
             fetched: list[Any] = await prepared.fetch(*parameters)
             return fetched, tuple(attribute.type.oid for attribute in attributes)
     except Exception as error:
@@ -171,7 +215,7 @@ async def _asyncpg_fetch(
         raise
 
 
-def _raise_as_sqlalchemy(connection: Connection, error: Exception, sql: str, parameters: tuple[Any, ...]) -> None:
+def _raise_as_sqlalchemy(connection: Connection, error: Exception, sql: str, parameters: Any) -> None:
     """SQLAlchemy's handling of a DBAPI error (run in its greenlet: invalidating a lost connection may await)."""
     if isinstance(error, connection.dialect.loaded_dbapi.Error):
         connection._handle_dbapi_exception(error, sql, parameters, None, None)

@@ -72,10 +72,9 @@ class MessageRepository:
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows given by `Message` attribute (as `Message(**row)` takes them) in one Core INSERT: no ORM
         objects, no unit-of-work flush (a turn's save)."""
-        if rows:
-            await self.session.execute(
-                _INSERT, [{_COLUMN_OF[key]: value for key, value in row.items()} for row in rows]
-            )
+        await driver.execute_many(
+            self.session, _INSERT, [{_COLUMN_OF[key]: value for key, value in row.items()} for row in rows]
+        )
 
     async def get(
         self, organization_id: str, thread_id: str, message_id: str, *, roles: Collection[str] | None = None

@@ -39,7 +39,7 @@ class ResponseRepository:
 
     async def insert(self, values: Mapping[str, Any]) -> None:
         """Insert a row given by its columns: one Core INSERT, no ORM object (a turn's start)."""
-        await self.session.execute(_INSERT, values)
+        await driver.rows(self.session, _INSERT, values)
 
     async def get(self, organization_id: str, response_id: str) -> Response | None:
         query = sa.select(Response).where(Response.organization_id == organization_id, Response.id == response_id)
