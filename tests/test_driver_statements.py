@@ -148,6 +148,10 @@ async def test_an_insert_fills_the_python_defaults_as_sqlalchemy_does(app: FastA
         read = await driver.first(
             session, _COMPACT_AT, {"p_organization_id": caller.organization_id, "p_id": "th_driver_2"}
         )
+    async with app.state.sessionmaker() as session:
+        with pytest.raises(sa_exc.IntegrityError):  # the same key twice
+            await driver.execute_many(session, _INSERT_THREAD, [{**row, "id": "th_twice"}, {**row, "id": "th_twice"}])
+        await session.rollback()
     assert stored["th_driver_1"] == stored["th_driver_2"] == stored["th_sqlalchemy"]
     assert stored["th_driver_1"]["metadata"] == {} and stored["th_driver_1"]["space_ids"] == []
     assert stored["th_driver_1"]["kind"] == "thread" and stored["th_driver_1"]["visible_in_ui"] is True

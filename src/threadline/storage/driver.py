@@ -124,25 +124,47 @@ def _default_source(default: Any, key: str) -> tuple[int, Any]:
 async def rows(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """Execute `statement` (built once) with `values` in `session`'s transaction; its rows as tuples (none for a
     statement without RETURNING)."""
+    return await _execute(session, statement, [values], many=False)
+
+
+async def first(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    found = await rows(session, statement, values)
+    return found[0] if found else None
+
+
+async def execute_many(session: AsyncSession, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Execute `statement` (an INSERT without RETURNING, built once) once for each of `rows`, all giving the same
+    keys, in `session`'s transaction: the driver's executemany (one round trip on asyncpg)."""
+    if rows:
+        await _execute(session, statement, rows, many=True)
+
+
+async def _execute(
+    session: AsyncSession, statement: Statement, rows: Sequence[Mapping[str, Any]], *, many: bool
+) -> list[tuple[Any, ...]]:
     connection = (await session.connection()).sync_connection
     assert connection is not None
     dialect = connection.dialect
-    compiled = _compile(statement, dialect, frozenset(values))
-    dispatch = connection.dispatch
-    if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+    keys = frozenset(rows[0])
+    compiled = _compile(statement, dialect, keys)
+    if many and (compiled.result_types or any(frozenset(row) != keys for row in rows)):
+        raise ValueError("execute_many takes rows of the same keys, for a statement without RETURNING")
+    if connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute:
         # Someone observes statements (tracing's SQL spans, a test counting them): SQLAlchemy's own execution, whose
         # events carry everything they may use (the execution context, errors, a rewritten statement).
-        result = await session.execute(statement, values)
+        result = await session.execute(statement, list(rows) if many else rows[0])
         return [tuple(row) for row in result] if result.returns_rows else []  # type: ignore[attr-defined]
-    parameters = compiled.parameters(values)
-    pooled = connection.connection
+    parameters: Any = [compiled.parameters(row) for row in rows] if many else compiled.parameters(rows[0])
+    driver = connection.connection.dbapi_connection
     try:
         if dialect.name == "postgresql":
-            fetched, driver_types = await _asyncpg_fetch(pooled.dbapi_connection, dialect, compiled.sql, parameters)
+            fetched, driver_types = await _asyncpg_fetch(driver, dialect, compiled.sql, parameters, many=many)
         else:
-            sqlite = pooled.dbapi_connection
-            assert sqlite is not None
-            fetched = sqlite.execute(compiled.sql, parameters).fetchall()
+            assert driver is not None
+            if many:
+                driver.executemany(compiled.sql, parameters)
+                return []
+            fetched = driver.execute(compiled.sql, parameters).fetchall()
             driver_types = (None,) * len(compiled.result_types)
     except Exception as error:
         await greenlet_spawn(_raise_as_sqlalchemy, connection, error, compiled.sql, parameters)
@@ -156,39 +178,6 @@ async def rows(session: AsyncSession, statement: Statement, values: Mapping[str,
         tuple(value if process is None else process(value) for value, process in zip(row, results, strict=True))
         for row in fetched
     ]
-
-
-async def first(session: AsyncSession, statement: Statement, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    found = await rows(session, statement, values)
-    return found[0] if found else None
-
-
-async def execute_many(session: AsyncSession, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Execute `statement` (an INSERT without RETURNING, built once) once for each of `rows`, all giving the same
-    keys, in `session`'s transaction: the driver's executemany (one round trip on asyncpg)."""
-    if not rows:
-        return
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
-    dialect = connection.dialect
-    compiled = _compile(statement, dialect, frozenset(rows[0]))
-    if compiled.result_types or any(frozenset(row) != frozenset(rows[0]) for row in rows):
-        raise ValueError("execute_many takes rows of the same keys, for a statement without RETURNING")
-    if connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute:
-        await session.execute(statement, list(rows))  # someone listens: see `rows`
-        return
-    many = [compiled.parameters(row) for row in rows]
-    pooled = connection.connection
-    try:
-        if dialect.name == "postgresql":
-            await _asyncpg_fetch(pooled.dbapi_connection, dialect, compiled.sql, many, many=True)
-        else:
-            sqlite = pooled.dbapi_connection
-            assert sqlite is not None
-            sqlite.executemany(compiled.sql, many)
-    except Exception as error:
-        await greenlet_spawn(_raise_as_sqlalchemy, connection, error, compiled.sql, many)
-        raise AssertionError("unreachable") from error
 
 
 async def _asyncpg_fetch(
