@@ -46,6 +46,29 @@ async def test_a_connection_the_server_ended_is_unavailable(postgresql_url: str)
         await engine.dispose()
 
 
+async def test_a_connection_lost_under_a_driver_statement_is_unavailable_and_invalidated(
+    postgresql_url: str,
+) -> None:
+    """storage/driver.py runs a turn's statements on asyncpg itself: a lost connection still reaches SQLAlchemy's
+    handling (the same error, the connection invalidated, not handed out again)."""
+    from threadline.storage import driver
+    from threadline.storage.engine import create_sessionmaker
+    from threadline.storage.repositories.identity import _API_KEY_GRANT
+
+    engine = create_engine(postgresql_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            pid = (await session.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            assert await _terminate_backends(sa.make_url(postgresql_url).database or "", pid=pid) == 1
+            with pytest.raises(sa_exc.DBAPIError) as raised:
+                await driver.rows(session, _API_KEY_GRANT, {"p_key_hash": "x"})
+            assert raised.value.connection_invalidated and is_unavailable(raised.value)
+        async with create_sessionmaker(engine)() as session:  # the pool lends a live connection next
+            assert await driver.rows(session, _API_KEY_GRANT, {"p_key_hash": "x"}) == []
+    finally:
+        await engine.dispose()
+
+
 async def test_a_wrong_statement_is_not_unavailable(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
