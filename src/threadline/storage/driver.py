@@ -2,8 +2,8 @@
 "Hot statements").
 
 SQLAlchemy spends ~50–100 µs of Python on each execution of a cached statement (its execution context, cursor
-result and row processing) against ~2 µs for `sqlite3` and ~20 µs for asyncpg themselves. The UPDATE … RETURNING
-and SELECT statements of every turn therefore run here: SQLAlchemy compiles each once per dialect and set of
+result and row processing) against ~2 µs for `sqlite3` and ~20 µs for asyncpg themselves. The statements every
+turn runs (storage/statements.py) therefore run here: SQLAlchemy compiles each once per dialect and set of
 values, and the driver executes it on the connection the session holds, in the session's transaction, which the
 session still begins, commits and rolls back. What SQLAlchemy would do around the driver is kept:
 

@@ -54,6 +54,8 @@ class ResponseRepository:
         found = await driver.rows(self.session, _update(tuple(read)), {**values, **key})
         if not read:
             return {}
+        if len(found) != 1:  # as SQLAlchemy's `Result.one()` did
+            raise sa.exc.NoResultFound(f"response '{response_id}' to update: {len(found)} rows")
         return dict(zip(read, found[0], strict=True))
 
     async def fail_if_in_progress(
