@@ -71,7 +71,7 @@ async def test_rows_read_the_same_as_through_sqlalchemy(app: FastAPI, client: An
     (row,) = direct
     assert row[0] == thread_id and row[1] == {"k": "v", "n": "1"} and row[2] == []
     assert isinstance(row[3], datetime) and row[3].tzinfo is not None and row[4] is None
-    assert row[5] is True and row[6] == row[6] // 1 and row[7] is True
+    assert row[5] is True and row[6] == 2 and row[7] is True
 
 
 async def test_an_update_runs_inside_the_sessions_transaction(app: FastAPI, client: Any, caller: Caller) -> None:

@@ -79,7 +79,7 @@ _MOST_STATEMENTS = 1000
 def _compile(statement: Statement, dialect: Dialect, keys: frozenset[str]) -> _Compiled:
     cache_key = (id(statement), dialect.name, keys)
     found = _compiled.get(cache_key)
-    if found is not None and found[0] is statement:
+    if found is not None:
         return found[1]
     # The values that are not bound parameters of the statement name the columns an UPDATE sets.
     compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
