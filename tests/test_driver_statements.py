@@ -3,11 +3,14 @@ execution, inside the session's transaction, on both backends; SQLAlchemy's own 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.dialects.sqlite
 from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 
@@ -164,3 +167,76 @@ async def test_a_statement_needing_sqlalchemys_execution_is_refused(app: FastAPI
     async with app.state.sessionmaker() as session:
         with pytest.raises(ValueError, match="SQLAlchemy's execution"):
             await driver.rows(session, expanding, {"p_ids": ["a", "b"]})
+
+
+async def test_each_transaction_of_a_session_runs_on_its_own_connection(
+    app: FastAPI, client: Any, caller: Caller
+) -> None:
+    """The driver keeps a transaction's connection for its next statements, and only for them: after a commit the
+    session's next statement runs in a new transaction, which its rollback undoes."""
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    async with app.state.sessionmaker() as session:
+        await driver.first(session, _SET_TITLE, {**key, "p_title": "first"})
+        assert (await driver.first(session, _SET_TITLE, {**key, "p_title": "kept"})) is not None
+        await session.commit()
+        await driver.first(session, _SET_TITLE, {**key, "p_title": "undone"})
+        await session.rollback()
+        await driver.first(session, _SET_TITLE, {**key, "p_title": "undone too"})
+    assert (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()["title"] == "kept"
+
+
+async def test_a_session_gives_its_connection_back_however_it_ends(app: FastAPI, client: Any, caller: Caller) -> None:
+    """Committed, left in a transaction, left by an error, cancelled in a transaction (storage/engine.py,
+    `Session`): only the commit is kept, and nothing still holds a connection or SQLite's write lock."""
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    maker = app.state.sessionmaker
+    async with maker() as session:
+        await driver.first(session, _SET_TITLE, {**key, "p_title": "committed"})
+        await session.commit()
+    async with maker() as session:
+        await driver.first(session, _SET_TITLE, {**key, "p_title": "left open"})
+    with pytest.raises(LookupError):
+        async with maker() as session:
+            await driver.first(session, _SET_TITLE, {**key, "p_title": "failed"})
+            raise LookupError
+    inside = asyncio.Event()
+
+    async def cancelled() -> None:
+        async with maker() as session:
+            await driver.first(session, _SET_TITLE, {**key, "p_title": "cancelled"})
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(cancelled())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pool = app.state.engine.sync_engine.pool
+    if isinstance(pool, sa.pool.QueuePool):
+        assert pool.checkedout() == 0
+    assert (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()["title"] == "committed"
+    renamed = await client.patch(f"/v1/threads/{thread_id}", json={"title": "after"}, headers=caller.headers)
+    assert renamed.status_code == 200, renamed.text
+
+
+def test_sqlite_timestamps_are_the_text_sqlalchemys_datetime_writes() -> None:
+    """UTCDateTime writes SQLite's text itself (storage/tables.py); the text must stay SQLAlchemy's, which the rows
+    already stored hold and which SQL compares as text."""
+    dialect = sa.dialects.sqlite.dialect()
+    ours = UTCDateTime()._cached_bind_processor(dialect)
+    sqlalchemys = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None and sqlalchemys is not None
+    rng = random.Random(7)
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]
+    for _ in range(5_000):
+        naive = datetime(1, 1, 2) + timedelta(microseconds=rng.randrange(0, 9_990 * 365 * 86_400 * 10**6))
+        if rng.random() < 0.2:
+            naive = naive.replace(microsecond=0)
+        value = naive.replace(tzinfo=UTC).astimezone(rng.choice(zones))
+        assert ours(value) == sqlalchemys(naive), value
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 1, 1))

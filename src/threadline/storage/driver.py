@@ -74,6 +74,8 @@ class _Compiled:
 # Only statements built once (at import or by a `functools.cache`d builder) come here, so this stays small.
 _compiled: dict[tuple[int, str, frozenset[str]], tuple[Statement, _Compiled]] = {}
 _MOST_STATEMENTS = 1000
+# Where a session keeps its transaction's connection (`_connection`).
+_HELD = "threadline.driver_connection"
 
 
 def _compile(statement: Statement, dialect: Dialect, keys: frozenset[str]) -> _Compiled:
@@ -142,8 +144,7 @@ async def execute_many(session: AsyncSession, statement: Statement, rows: Sequen
 async def _execute(
     session: AsyncSession, statement: Statement, rows: Sequence[Mapping[str, Any]], *, many: bool
 ) -> list[tuple[Any, ...]]:
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
+    connection = await _connection(session)
     dialect = connection.dialect
     keys = frozenset(rows[0])
     compiled = _compile(statement, dialect, keys)
@@ -178,6 +179,22 @@ async def _execute(
         tuple(value if process is None else process(value) for value, process in zip(row, results, strict=True))
         for row in fetched
     ]
+
+
+async def _connection(session: AsyncSession) -> Connection:
+    """The connection of the session's transaction. The session is asked for it once a transaction (that checks
+    one out of the pool, and suspends through a greenlet); the transaction's other statements find it kept on the
+    session, while the transaction is active and the connection open and valid."""
+    transaction = session.sync_session.get_transaction()
+    held = session.info.get(_HELD)
+    if held is not None and held[0] is transaction and transaction is not None and transaction.is_active:
+        connection: Connection = held[1]
+        if not connection.closed and not connection.invalidated:
+            return connection
+    connection = (await session.connection()).sync_connection  # type: ignore[assignment]
+    assert connection is not None
+    session.info[_HELD] = (session.sync_session.get_transaction(), connection)
+    return connection
 
 
 async def _asyncpg_fetch(
