@@ -191,8 +191,8 @@ async def _connection(session: AsyncSession) -> Connection:
         connection: Connection = held[1]
         if not connection.closed and not connection.invalidated:
             return connection
-    connection = (await session.connection()).sync_connection  # type: ignore[assignment]
-    assert connection is not None
+    # What `AsyncSession.connection()` does, without wrapping the connection in an AsyncConnection to unwrap it.
+    connection = await greenlet_spawn(session.sync_session.connection)
     session.info[_HELD] = (session.sync_session.get_transaction(), connection)
     return connection
 

@@ -172,12 +172,15 @@ class TurnRunner:
         """The model's events as turn events, collecting the answer."""
         timeout = self.settings.model_idle_timeout_seconds
         cap = answer.cap
+        # The upstream call's spans are the model call's children while tracing is on; without it the span is
+        # the no-op one, and making it current (~5 µs an event) would change nothing.
+        traced = model_call.get_span_context().is_valid
         while True:
             try:
                 # Only the wait for the model is timed (never our consumer): a model that goes silent would
                 # otherwise hold the thread forever, its lease renewed by the heartbeat.
                 async with asyncio.timeout(timeout):
-                    with trace.use_span(model_call, end_on_exit=False):
+                    with trace.use_span(model_call, end_on_exit=False) if traced else contextlib.nullcontext():
                         event = await anext(stream)
             except StopAsyncIteration:
                 return
