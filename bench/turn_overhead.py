@@ -446,11 +446,13 @@ def report(rows: list[Row]) -> None:
 # ---------------------------------------------------------------- concurrency and memory
 
 
-async def run_concurrency(backend: str, url: str, clients: int, workers: int, seconds: float, workdir: Path) -> None:
+async def run_concurrency(
+    backend: str, url: str, window: int, clients: int, workers: int, seconds: float, workdir: Path
+) -> None:
     """`clients` clients, each on its own conversation, for `seconds`, through `threadline serve --workers N`;
     then the same clients calling the stub directly. Checks every guarantee afterwards: each conversation holds
     exactly its turns' messages, user and assistant alternating (one turn at a time, nothing lost)."""
-    procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, 4096, workdir, backend, workers)
+    procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, window, workdir, backend, workers)
     headers = {"X-API-Key": secret}
     try:
         limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
@@ -461,6 +463,8 @@ async def run_concurrency(backend: str, url: str, clients: int, workers: int, se
             for i in range(clients):
                 (await client.post("/v1/threads", json={"id": f"conc_{i}"}, headers=headers)).raise_for_status()
 
+            included: list[int] = []
+
             async def turn(i: int) -> None:
                 response = await client.post(
                     "/v1/model/response",
@@ -469,6 +473,7 @@ async def run_concurrency(backend: str, url: str, clients: int, workers: int, se
                 )
                 if response.status_code != 200:
                     raise SystemExit(f"turn failed: {response.status_code} {response.text}")
+                included.append(int(response.json()["context"]["messages_included"]))
 
             body = {"model": "stub-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -502,8 +507,10 @@ async def run_concurrency(backend: str, url: str, clients: int, workers: int, se
                 assert roles == ["user", "assistant"] * (len(roles) // 2), f"conversation {i}: turns interleaved"
     finally:
         await asyncio.to_thread(stop, procs)
+    last = included[-clients:]
     print(
-        f"{backend} --workers {workers}, {clients} clients on {clients} conversations, {seconds:g} s: "
+        f"{backend} --workers {workers}, window {window} (context {min(last)}–{max(last)} messages at the end), "
+        f"{clients} clients on {clients} conversations, {seconds:g} s: "
         f"{rate:.1f} turns/s through Threadline ({cpu * 1000 / sum(done):.2f} ms server CPU per turn), "
         f"{direct_rate:.1f} calls/s straight to the stub: {rate / direct_rate:.2f} of the direct rate; "
         f"every conversation complete and alternating"
@@ -579,17 +586,21 @@ async def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.against is not None and (args.mode != "server" or args.concurrency or args.memory):
         parser.error("--against compares servers turn by turn: server mode, without --concurrency or --memory")
+    windows = [int(x) for x in args.context_windows.split(",")]
     if args.concurrency or args.memory:
         for backend in args.backends.split(","):
-            with tempfile.TemporaryDirectory() as tmp:
-                async with database(backend, Path(tmp)) as url:
-                    if args.memory:
+            if args.memory:
+                with tempfile.TemporaryDirectory() as tmp:
+                    async with database(backend, Path(tmp)) as url:
                         await run_memory(backend, url, Path(tmp))
-                    if args.concurrency:
-                        await run_concurrency(backend, url, args.concurrency, args.workers, args.seconds, Path(tmp))
+            for window in windows if args.concurrency else []:  # each window on a database of its own
+                with tempfile.TemporaryDirectory() as tmp:
+                    async with database(backend, Path(tmp)) as url:
+                        await run_concurrency(
+                            backend, url, window, args.concurrency, args.workers, args.seconds, Path(tmp)
+                        )
         return
     rows: list[Row] = []
-    windows = [int(x) for x in args.context_windows.split(",")]
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             if args.mode == "server":

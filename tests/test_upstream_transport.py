@@ -4,6 +4,7 @@ keep-alive, server-sent events cut anywhere, and each fault as the provider's er
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,11 +96,13 @@ async def collect(p: OpenAICompatProvider) -> list[StreamEvent]:
     return [e async for e in p.stream("m", MESSAGES, PARAMS)]
 
 
-async def answer_in_pieces(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def answer_in_pieces(
+    _reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes = STREAM_HEAD
+) -> None:
     """One answer written in awkward pieces: CRLF line ends split between writes, two events in one write."""
     body = event("Hel") + b"\r\n\r\n" + event("lo") + b"\r\n\r\n" + event(finish_reason="stop") + b"\r\n\r\n"
     body += b": a comment\r\n\r\ndata: [DONE]\r\n\r\n"
-    writer.write(STREAM_HEAD)
+    writer.write(head)
     for start in range(0, len(body), 37):
         writer.write(chunked(body[start : start + 37]))
         await writer.drain()
@@ -129,6 +132,18 @@ async def test_a_stream_cut_anywhere_reads_as_its_events_and_the_connection_is_k
     assert names.count("host") == names.count("content-length") == 1
     assert dict((name.lower(), value) for name, value in headers)["authorization"] == "Bearer secret-key"
     assert json.loads(body)["messages"] == [{"role": "user", "content": "Say hi"}]
+
+
+async def test_cookies_an_upstream_sets_are_never_sent_back() -> None:
+    """One client serves every organization: what one caller's answer set must not ride on the next request."""
+    head = STREAM_HEAD.replace(b"\r\n\r\n", b"\r\nset-cookie: session=org-a; Path=/\r\n\r\n", 1)
+    async with upstream(functools.partial(answer_in_pieces, head=head)) as up:
+        # A host name, not an IP address: aiohttp's own jar would keep cookies only for a name.
+        url = up.url.replace("127.0.0.1", "localhost")
+        async with provider(url) as p:
+            assert await collect(p) == await collect(p) == [TextDelta("Hel"), TextDelta("lo"), Finished("stop")]
+    assert len(up.requests) == 2
+    assert all(b"\r\ncookie:" not in head.lower() for head, _ in up.requests)
 
 
 async def test_nothing_listening_is_an_unavailable_upstream() -> None:

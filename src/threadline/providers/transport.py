@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar
+from typing import Any
 
 import aiohttp
 import httpx
@@ -25,6 +27,7 @@ def upstream_client() -> httpx.AsyncClient:
     context = tls.client_context(trust_env=True)
     return httpx.AsyncClient(
         transport=AiohttpTransport(context, max_connections=200),
+        cookies=_NoCookies(),
         verify=context,  # for the proxy transports httpx mounts from the environment
         timeout=httpx.Timeout(120.0, connect=10.0),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -32,6 +35,15 @@ def upstream_client() -> httpx.AsyncClient:
 
 
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class _NoCookies(CookieJar):
+    """Keeps no cookie. One client serves every organization and every provider, and they authenticate by header:
+    a cookie an upstream sets (api.openai.com sets Cloudflare's on every answer, a gateway may set a session) must
+    not go back with another caller's request. Nothing is parsed either."""
+
+    def extract_cookies(self, *_: Any) -> None:
+        return None
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -45,7 +57,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit, keepalive_timeout=self._keepalive)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            # No cookie jar here either (`_NoCookies`).
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
