@@ -263,6 +263,22 @@ async def test_a_turn_is_traced_request_steps_sql_and_upstream(settings: Setting
     )
 
 
+async def test_a_global_tracer_provider_adds_no_spans(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caller: Caller, client: httpx.AsyncClient
+) -> None:
+    """Something else in the process (`opentelemetry-instrument`, a library) set a global provider: with Threadline's
+    tracing off, a request still makes no span (FastAPI's own telemetry is off too)."""
+    from opentelemetry import trace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    assert (await client.post("/v1/threads", json={"title": "untraced"}, headers=caller.headers)).status_code == 200
+    assert (await client.post("/v1/threads", content=b"{", headers=caller.headers)).status_code == 400
+    assert exporter.get_finished_spans() == ()
+
+
 def test_log_lines_mask_secrets_and_name_the_request() -> None:
     record = logging.LogRecord("threadline.x", logging.ERROR, __file__, 1, "login with %s", ("x",), None)
     record.msg = (

@@ -181,6 +181,10 @@ def create_app(
         "The Assistants v2 dialect of /v1/threads… (the same paths, with `OpenAI-Beta: assistants=v2`) has its own "
         f"document: {openapi.ASSISTANTS_V2_URL}.",
         lifespan=lifespan,
+        # Traces and metrics are Threadline's own (README, "Traces" and "Metrics"). FastAPI's built-in telemetry
+        # would add spans, metrics and log records of its own as soon as anything in the process set a global
+        # OpenTelemetry provider (`opentelemetry-instrument`, a library), tracing on or off.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False},
     )
     app.state.settings = settings
     app.state.observer = observer
