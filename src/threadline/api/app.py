@@ -184,7 +184,13 @@ def create_app(
         # Traces and metrics are Threadline's own (README, "Traces" and "Metrics"). FastAPI's built-in telemetry
         # would add spans, metrics and log records of its own as soon as anything in the process set a global
         # OpenTelemetry provider (`opentelemetry-instrument`, a library), tracing on or off.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False},
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
     app.state.settings = settings
     app.state.observer = observer
