@@ -446,12 +446,16 @@ def report(rows: list[Row]) -> None:
 # ---------------------------------------------------------------- concurrency and memory
 
 
+ROUNDS = 3
+
+
 async def run_concurrency(
     backend: str, url: str, window: int, clients: int, workers: int, seconds: float, workdir: Path
 ) -> None:
-    """`clients` clients, each on its own conversation, for `seconds`, through `threadline serve --workers N`;
-    then the same clients calling the stub directly. Checks every guarantee afterwards: each conversation holds
-    exactly its turns' messages, user and assistant alternating (one turn at a time, nothing lost)."""
+    """`clients` clients, each on its own conversation, for `seconds`, through `threadline serve --workers N`,
+    and the same clients calling the stub directly for as long, in `ROUNDS` alternating rounds. Checks every
+    guarantee afterwards: each conversation holds exactly its turns' messages, user and assistant alternating (one
+    turn at a time, nothing lost)."""
     procs, secret, stub_port, port = await asyncio.to_thread(start_processes, url, window, workdir, backend, workers)
     headers = {"X-API-Key": secret}
     try:
@@ -482,8 +486,8 @@ async def run_concurrency(
                     async for _line in response.aiter_lines():
                         pass
 
-            async def loop(call: Callable[[int], Awaitable[None]], seconds: float) -> tuple[float, list[int]]:
-                done = [0] * clients
+            async def loop(call: Callable[[int], Awaitable[None]], seconds: float, done: list[int]) -> float:
+                """Every client calls until `seconds` have passed; adds each one's calls to `done`; the time taken."""
                 deadline = time.monotonic() + seconds
 
                 async def one(i: int) -> None:
@@ -493,14 +497,19 @@ async def run_concurrency(
 
                 started = time.monotonic()
                 await asyncio.gather(*(one(i) for i in range(clients)))
-                return sum(done) / (time.monotonic() - started), done
+                return time.monotonic() - started
 
-            await loop(turn, 2)  # warm-up
+            await loop(turn, 2, [0] * clients)  # warm-up
             warm = [await _message_count(client, headers, i) for i in range(clients)]
-            cpu_started = sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid))
-            rate, done = await loop(turn, seconds)
-            cpu = sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid)) - cpu_started
-            direct_rate, _ = await loop(direct, seconds)
+            # Both sides in alternating rounds, so a slow stretch of this machine is shared by both.
+            done, direct_done = [0] * clients, [0] * clients
+            elapsed = direct_elapsed = cpu = 0.0
+            for _ in range(ROUNDS):
+                cpu_started = sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid))
+                elapsed += await loop(turn, seconds / ROUNDS, done)
+                cpu += sum(process_cpu_seconds(pid) for pid in _tree(procs[1].pid)) - cpu_started
+                direct_elapsed += await loop(direct, seconds / ROUNDS, direct_done)
+            rate, direct_rate = sum(done) / elapsed, sum(direct_done) / direct_elapsed
             for i in range(clients):
                 roles = await _roles(client, headers, i)
                 assert len(roles) == warm[i] + 2 * done[i], f"conversation {i}: messages lost or added"
