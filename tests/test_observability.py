@@ -264,7 +264,7 @@ async def test_a_turn_is_traced_request_steps_sql_and_upstream(settings: Setting
 
 
 async def test_a_global_tracer_provider_adds_no_spans(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, caller: Caller, client: httpx.AsyncClient
+    monkeypatch: pytest.MonkeyPatch, caller: Caller, client: httpx.AsyncClient
 ) -> None:
     """Something else in the process (`opentelemetry-instrument`, a library) set a global provider: with Threadline's
     tracing off, a request still makes no span (FastAPI's own telemetry is off too)."""

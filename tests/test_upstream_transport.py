@@ -143,7 +143,7 @@ async def test_cookies_an_upstream_sets_are_never_sent_back() -> None:
         async with provider(url) as p:
             assert await collect(p) == await collect(p) == [TextDelta("Hel"), TextDelta("lo"), Finished("stop")]
     assert len(up.requests) == 2
-    assert all(b"\r\ncookie:" not in head.lower() for head, _ in up.requests)
+    assert all(b"\r\ncookie:" not in request_head.lower() for request_head, _ in up.requests)
 
 
 async def test_nothing_listening_is_an_unavailable_upstream() -> None:
