@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -152,3 +153,36 @@ async def test_off_by_default_nothing_is_named(
     assert await _title(client, caller, response.json()["thread_id"]) is None
     assert len(fake.calls) == 1
     assert app.state.turns.observer is None
+
+
+async def test_only_turns_that_follow_no_answer_of_their_thread_reach_the_namer(
+    app: FastAPI, client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn whose context held an answer of its own thread is no first exchange: the namer is not told (no
+    session, no reads). A fork's first turn is told, though its context holds its source's answers."""
+    namer = app.state.turns.observer
+    heard: list[str | None] = []
+
+    def turn_saved(principal: Any, stored: Any) -> None:
+        heard.append(stored.thread_id)
+        original(principal, stored)
+
+    original = namer.turn_saved
+    monkeypatch.setattr(namer, "turn_saved", turn_saved)
+    fake.script(Script(reply="answer"), Script(reply="Auto title"), Script(reply="again"))
+    assert (await turn(client, caller, "first", thread="chat")).status_code == 200
+    await _background(app).wait()
+    assert await _title(client, caller, "chat") == "Auto title"
+    assert (await turn(client, caller, "second", thread="chat")).status_code == 200
+    await _background(app).wait()
+    assert heard == ["chat"]
+
+    fake.script(Script(reply="forked answer"), Script(reply="Fork title"))
+    forked = await client.post("/v1/threads/chat/fork", json={}, headers=caller.headers)
+    assert forked.status_code == 200, forked.text
+    fork_id = forked.json()["id"]
+    await client.put(f"/v1/threads/{fork_id}/rename", json={"title": None}, headers=caller.headers)  # it took chat's
+    assert (await turn(client, caller, "on the fork", thread=fork_id)).status_code == 200
+    await _background(app).wait()
+    assert heard == ["chat", fork_id]
+    assert await _title(client, caller, fork_id) == "Fork title"

@@ -32,16 +32,19 @@ class TurnEngine:
         self.maker = maker
         self.settings = settings
         self.models = models
-        # Hears about every saved turn of a caller's request (auto-naming); None when nothing listens.
+        # Hears about the saved turns of a caller's request that may be their thread's first exchange
+        # (auto-naming); None when nothing listens.
         self.observer = observer
         self._starter = TurnStarter(maker, settings, models)
         self._runner = TurnRunner(maker, settings, TurnSaver(maker, settings))
 
     async def start(self, principal: Principal, request: TurnRequest, *, observed: bool = False) -> Turn:
         """The start: lease and context plan, the turn recorded `in_progress`. Refusals raise here, before any
-        streaming. `observed`: the observer hears about it once saved (Freddy turns: auto-naming follows them)."""
+        streaming. `observed`: the observer hears about it once saved (Freddy turns: auto-naming follows them),
+        unless its context already held an answer of its thread: then it is not the thread's first exchange, and
+        the observer's check of that (a session and two reads) is spared."""
         turn = await self._starter.start(principal, request)
-        if observed and self.observer is not None:
+        if observed and self.observer is not None and not turn.follows_an_answer:
             turn.after_save = functools.partial(self.observer.turn_saved, principal)
         return turn
 

@@ -22,7 +22,7 @@ from threadline.config import Settings
 from threadline.domain import threads as rules
 from threadline.domain.clock import utcnow
 from threadline.domain.compaction import seen_text
-from threadline.domain.context import CONTEXT_MODES, ContextMode, ContextPlan, PromptMessage
+from threadline.domain.context import CONTEXT_MODES, ContextMode, ContextPlan, HistoryMessage, PromptMessage
 from threadline.domain.messages import ChatMessage, ItemReference, check_pairing, has_images, parts_of
 from threadline.domain.tokens import item_token_count, message_token_count
 from threadline.domain.turns import IN_PROGRESS
@@ -370,6 +370,16 @@ def _turn(
         output_message_id=record.output_message_id,
         input_metadata=[dict(m) for m in request.run.input_metadata] if request.run else [],
         defer_calls=request.run is not None,
+        follows_an_answer=_follows_an_answer(plan, thread.id),
+    )
+
+
+def _follows_an_answer(plan: ContextPlan, thread_id: str) -> bool:
+    """Whether the context holds an answer stored in this thread (a chain's context also holds its ancestors'),
+    read from the newest end, where the last answer most often is."""
+    return any(
+        isinstance(m, HistoryMessage) and m.role == "assistant" and m.type == "message" and m.thread_id == thread_id
+        for m in reversed(plan.messages)
     )
 
 

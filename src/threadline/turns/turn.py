@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 class TurnObserver(Protocol):
-    """Told about every saved turn (auto-naming listens); must return at once, and never holds up the turn."""
+    """Told about each saved turn that may be its thread's first exchange (auto-naming listens; turns/engine.py ·
+    `start`); must return at once, and never holds up the turn."""
 
     def turn_saved(self, principal: Principal, turn: StoredTurn) -> None: ...
 
@@ -46,6 +47,8 @@ class Turn:
     output_message_id: str
     # Called once the turn is saved (auto-naming schedules its work here); must return at once, never raise.
     after_save: Callable[[StoredTurn], None] | None = None
+    # The context held an answer (an assistant message) of this thread: the turn is not the thread's first exchange.
+    follows_an_answer: bool = False
     # Metadata saved with each input (same order as `inputs`; missing entries mean none).
     input_metadata: list[dict[str, Any]] = field(default_factory=list)
     # At most this many function calls of the answer are kept (None: all).
