@@ -75,6 +75,9 @@ class Row:
     included: int = 0  # history messages in the last turn's model call
     chain: bool = False  # turns continuing `previousResponseId` (forked off the `length`-message thread)
     against: bool = False  # served by the `--against` tree
+    # The serving process's CPU over all the measured rounds over its turns (every row it serves): what each turn
+    # left running after its answer, and the process's own background work, included.
+    cpu_all_in_ms: float = 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -218,14 +221,22 @@ async def measure_lengths(
     for one in series:
         for _ in range(3):  # warm-up: first counts of the tail, connection pools, caches
             await one.turn()
-    for _ in range(turns):
-        for one in series:
+    targets_started = [(target, target.server_cpu()) for target in targets]
+    for round_ in range(turns):
+        # Each round starts at another row: the first turn after the direct call and the other rows' turns costs
+        # more (reversing the rows' order reversed which of two equal rows looked dearer by 10-20%).
+        start = round_ % len(series)
+        for one in series[start:] + series[:start]:
             cpu_started = one.target.server_cpu()
             started = time.perf_counter()
             one.included = await one.turn()
             one.threadline.append((time.perf_counter() - started) * 1000)
             one.cpu.append((one.target.server_cpu() - cpu_started) * 1000)
             one.direct.append(await elapsed_ms(direct))
+    all_in = {
+        id(target): (target.server_cpu() - started) * 1000 / (turns * sum(one.target is target for one in series))
+        for target, started in targets_started
+    }
     return [
         Row(
             backend,
@@ -238,6 +249,7 @@ async def measure_lengths(
             one.included,
             one.chain,
             one.target.against,
+            all_in[id(one.target)],
         )
         for one in series
     ]
@@ -428,6 +440,12 @@ def report(rows: list[Row]) -> None:
             f"{percentile(row.threadline, 0.99):>7.2f} | {d50:>7.2f} ms {percentile(row.direct, 0.99):>7.2f} | "
             f"{p50 - d50:>6.2f} ms | {row.cpu_ms:>12.2f} ms {row.cpu_mean_ms:>5.2f} ms | "
             f"{row.cpu_ms / base[(row.window, row.backend, row.against)]:>9.2f}x"
+        )
+    servers = {(row.window, row.backend, row.against): row.cpu_all_in_ms for row in rows}
+    for (window, backend, against), all_in in servers.items():
+        print(
+            f"{backend} window {window}{' (against)' if against else ''}: {all_in:.2f} ms server CPU per turn all in "
+            "(the process's CPU over every round, over its turns: what a turn leaves running after its answer included)"
         )
     # CPU per message in context: the same thread length at two windows, the difference over the extra messages.
     plain = [row for row in rows if not row.chain]
