@@ -66,12 +66,17 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 def serve(
-    env: dict[str, str], cwd: str | Path | None = None, timeout: float = 60, workers: int = 1
+    env: dict[str, str],
+    cwd: str | Path | None = None,
+    timeout: float = 60,
+    workers: int = 1,
+    under: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`threadline serve` on a free port, answering; returns the process and its base URL."""
+    """`threadline serve` on a free port, answering; returns the process and its base URL. `under`: a command
+    that runs it (`valgrind --tool=callgrind …`)."""
     port = free_port()
     proc = subprocess.Popen(
-        threadline("serve", "--port", str(port), *(["--workers", str(workers)] if workers > 1 else [])),
+        [*under, *threadline("serve", "--port", str(port), *(["--workers", str(workers)] if workers > 1 else []))],
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,

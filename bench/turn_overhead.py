@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,10 +334,17 @@ async def run_in_process(backend: str, url: str, lengths: list[int], turns: int,
 
 
 def start_processes(
-    url: str, window: int, workdir: Path, backend: str, workers: int = 1, src: Path = REPO / "src"
+    url: str,
+    window: int,
+    workdir: Path,
+    backend: str,
+    workers: int = 1,
+    src: Path = REPO / "src",
+    under: Sequence[str] = (),
+    timeout: float = 60,
 ) -> tuple[list[subprocess.Popen[bytes]], str, int, int]:
-    """The stub upstream and `threadline serve` of the tree `src` (configured through THREADLINE_CONFIG), plus an
-    API key."""
+    """The stub upstream and `threadline serve` of the tree `src` (configured through THREADLINE_CONFIG, run by
+    the command `under` if any), plus an API key."""
     stub_port = free_port()
     config = workdir / f"threadline-{backend}-{stub_port}.toml"
     config.write_text(
@@ -362,7 +369,7 @@ def start_processes(
     stub = subprocess.Popen(stub_cmd, stdout=quiet, stderr=quiet)
     try:
         wait_http(f"http://127.0.0.1:{stub_port}/v1/models", stub, "the stub upstream")
-        server, base = serve(env, workers=workers)
+        server, base = serve(env, workers=workers, under=under, timeout=timeout)
     except BaseException:
         stop([stub])
         raise

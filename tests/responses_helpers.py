@@ -39,8 +39,9 @@ async def thread_messages(client: httpx.AsyncClient, caller: Caller, thread_id: 
     return data
 
 
-async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int) -> None:
-    """A long thread written in bulk, with no token counts yet (as imported history would be)."""
+async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int, words: str = "") -> None:
+    """A long thread written in bulk, with no token counts yet (as imported history would be); each message is
+    `m<seq>`, then `words`."""
     now = utcnow()
     async with app.state.sessionmaker() as session:
         session.add_all(
@@ -50,7 +51,7 @@ async def prefill(app: FastAPI, caller: Caller, thread_id: str, count: int) -> N
                 thread_id=thread_id,
                 seq=seq,
                 role="user" if seq % 2 else "assistant",
-                content=f"m{seq}",
+                content=f"m{seq} {words}" if words else f"m{seq}",
                 metadata_={},
                 created_at=now,
                 edit_count=0,

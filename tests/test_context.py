@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -19,7 +21,7 @@ from threadline.domain.context import (
 from threadline.errors import ContextLengthExceeded
 from threadline.services.conversation import Segment
 from threadline.storage.repositories.messages import ContextRow
-from threadline.turns.context import FIRST_PAGE, MAX_PAGE, _Counter, _PathReader
+from threadline.turns.context import FIRST_PAGE, MAX_PAGE, RowSizes, _Counter, _PathReader
 
 
 def history(*tokens: int, roles: str = "") -> list[HistoryMessage]:
@@ -216,12 +218,14 @@ def test_smart_drops_the_anchor_when_the_anchor_and_its_gap_note_do_not_fit() ->
 
 
 class _Thread:
-    """`MessageRepository.context_rows` over one thread of `count` rows of `tokens` tokens each, counting reads."""
+    """`MessageRepository.context_rows` over one thread of `count` rows of `tokens` tokens each (or the tokens of
+    each row, oldest first), counting reads."""
 
-    def __init__(self, count: int, tokens: int) -> None:
+    def __init__(self, count: int, tokens: int | Sequence[int]) -> None:
+        costs = [tokens] * count if isinstance(tokens, int) else list(tokens)
         self.rows = [
-            ContextRow(f"m{seq}", seq, "user", f"m{seq}", tokens, "o200k", "message", None, None)
-            for seq in range(1, count + 1)
+            ContextRow(f"m{seq}", seq, "user", f"m{seq}", cost, "o200k", "message", None, None)
+            for seq, cost in enumerate(costs, start=1)
         ]
         self.reads: list[int] = []
 
@@ -248,3 +252,69 @@ async def test_the_tail_reads_about_what_the_budget_holds(budget: int) -> None:
     assert len(thread.reads) <= max(2, math.ceil(fits / MAX_PAGE) + 1)
     # A quarter over what fits (the estimate's margin), or two first pages for a budget the first page nearly holds.
     assert read <= max(fits * 1.25 + 2, 2 * FIRST_PAGE), thread.reads
+
+
+def _reader(thread: _Thread, sizes: RowSizes | None = None) -> _PathReader:
+    segments = [Segment("t", 0, None, len(thread.rows))]
+    return _PathReader(thread, _Counter(None, "o200k"), "org", segments, sizes)  # type: ignore[arg-type]
+
+
+def _fitting(tail: list[HistoryMessage], budget: int) -> list[int]:
+    """The seqs of the newest messages of `tail` that fit `budget`: what the builder can take from it."""
+    taken, used = [], 0
+    for message in reversed(tail):
+        used += message.tokens
+        if used > budget:
+            break
+        taken.append(message.seq)
+    return taken
+
+
+async def test_a_threads_next_tail_reads_first_the_rows_its_budget_holds() -> None:
+    """A thread of long messages: its first tail read takes a first page of FIRST_PAGE rows; the next read of that
+    thread takes what the budget holds at the tokens per row seen (a quarter more), and the same tail results."""
+    thread = _Thread(count=2_000, tokens=500)
+    sizes = RowSizes()
+    first, _ = await _reader(thread, sizes).tail(4_000)
+    assert thread.reads == [FIRST_PAGE]
+    thread.reads.clear()
+    again, _ = await _reader(thread, sizes).tail(4_000)
+    assert thread.reads == [math.ceil(4_000 / 500 * 1.25) + 1]  # 11 rows, not 64
+    assert _fitting(again, 4_000) == _fitting(first, 4_000) == list(range(2_000, 1_992, -1))
+    assert sum(m.tokens for m in again) > 4_000  # still past the budget, for the builder to cut
+
+
+@given(
+    costs=st.lists(st.integers(min_value=1, max_value=3_000), min_size=1, max_size=300),
+    budget=st.integers(min_value=0, max_value=20_000),
+    hinted=st.floats(min_value=1, max_value=5_000),
+)
+def test_the_first_page_changes_the_reads_never_the_tail_the_builder_sees(
+    costs: list[int], budget: int, hinted: float
+) -> None:
+    """Whatever size a thread's rows were last seen at (however wrong for them now), the tail gives the builder the
+    same newest messages. A smaller first page may stop short of a start the default page reached, past the budget
+    (the plan then counts the history from the thread's counts, which says the same)."""
+    thread = _Thread(count=len(costs), tokens=costs)
+    plain, plain_start = asyncio.run(_reader(thread).tail(budget))
+    sizes = RowSizes()
+    sizes.learn(("org", "t"), round(hinted * 10), 10)
+    hinted_tail, hinted_start = asyncio.run(_reader(thread, sizes).tail(budget))
+    assert _fitting(hinted_tail, budget) == _fitting(plain, budget)
+    if not hinted_start:
+        assert sum(m.tokens for m in hinted_tail) > budget
+    else:
+        assert plain_start and len(hinted_tail) == len(plain) == len(costs)
+
+
+def test_row_sizes_keep_the_threads_used_last() -> None:
+    sizes = RowSizes(kept=2)
+    for thread in ("a", "b", "c"):
+        sizes.learn(("org", thread), 1_000, 10)  # 100 tokens a row: 1,000 tokens take 14 rows
+    sizes.learn(("org", "b"), 1_000, 10)  # used again: now the newest
+    sizes.learn(("org", "d"), 1_000, 10)  # forgets the least recently used, c
+    assert [sizes.first_page(("org", t), 1_000) for t in "abcd"] == [FIRST_PAGE, 14, FIRST_PAGE, 14]
+    assert sizes.first_page(("other-org", "b"), 1_000) == FIRST_PAGE  # by organization and thread
+    assert sizes.first_page(("org", "b"), 1_000_000) == FIRST_PAGE  # never more than FIRST_PAGE
+    sizes.learn(("org", "e"), 0, 0)  # nothing counted (compaction items only): nothing learnt
+    assert sizes.first_page(("org", "e"), 1_000) == FIRST_PAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from tests.helpers import refused
 from tests.responses_helpers import prefill, thread_messages, turn, user
 from threadline.domain.clock import utcnow
 from threadline.providers.fake import FakeProvider
+from threadline.storage.repositories.messages import MessageRepository
 from threadline.storage.tables import Assistant, Message, Response
 
 pytestmark = pytest.mark.fake_model()
@@ -297,3 +299,31 @@ async def test_a_turn_reads_only_the_tail_it_can_use(
     assert prompt[2].startswith("[… ") and "earlier messages omitted" in prompt[2]
     assert prompt[-1] == "again"
     assert smart["context"]["gap_marked"] is True
+
+
+async def test_a_threads_next_turn_reads_first_the_rows_its_window_holds(
+    client: httpx.AsyncClient, caller: Caller, fake: FakeProvider, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long messages: a thread's first turn reads a first page of 64 rows where its window holds 9; the next turn's
+    first read asks for about what the window holds at the tokens per row seen (turns/context.py · RowSizes), and
+    sends the same history."""
+    await client.post("/v1/threads", json={"id": "t_wide"}, headers=caller.headers)
+    await prefill(app, caller, "t_wide", 500, words=" ".join(["word"] * 100))
+    limits: list[int] = []
+    original = MessageRepository.context_rows
+
+    async def recording(self: MessageRepository, org: str, thread_id: str, limit: int, **kwargs: Any) -> Any:
+        limits.append(limit)
+        return await original(self, org, thread_id, limit, **kwargs)
+
+    monkeypatch.setattr(MessageRepository, "context_rows", recording)
+    first = (await turn(client, caller, "next", thread="t_wide", maxOutputTokens=10)).json()["context"]
+    first_prompt = [m.content for m in fake.calls[-1]][:-1]
+    assert limits == [64] and first["messages_included"] == 9
+    limits.clear()
+    second = (await turn(client, caller, "next", thread="t_wide", maxOutputTokens=10)).json()["context"]
+    # ~107 tokens a row seen, a 981-token budget: 9 rows fit, a quarter more and one.
+    assert limits == [13], limits
+    # The same 9 long messages, then the first turn's question and answer (short: they fit too).
+    assert second["messages_included"] == 11 and second["seq_ranges"] == [[492, 502]]
+    assert [m.content for m in fake.calls[-1]][:9] == first_prompt

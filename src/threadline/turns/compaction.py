@@ -35,7 +35,7 @@ from threadline.providers.registry import ModelRegistry
 from threadline.services import compaction
 from threadline.services.conversation import Segment
 from threadline.storage.tables import Assistant
-from threadline.turns.context import plan_context
+from threadline.turns.context import RowSizes, plan_context
 
 if TYPE_CHECKING:
     from threadline.turns.turn import Turn
@@ -110,9 +110,10 @@ async def plan(
     last_messages: int | None = None,
     compacting: CompactionContext | None = None,
     summarized: bool = True,
+    row_sizes: RowSizes | None = None,
 ) -> tuple[ContextPlan, list[str] | None, PendingCompaction | None]:
-    """`plan_context` (`summarized` as there), unless the inputs hold a compaction item (then no history is
-    read); with `compacting`, also the compaction the turn must run first, if any."""
+    """`plan_context` (`summarized` and `row_sizes` as there), unless the inputs hold a compaction item (then no
+    history is read); with `compacting`, also the compaction the turn must run first, if any."""
     summary, shown = input_summary(inputs, tokenizer)
     if summary is not None:
         return _from_input_summary(
@@ -144,6 +145,7 @@ async def plan(
             priming_tokens=priming_tokens,
             last_messages=last_messages,
             summarized=summarized,
+            row_sizes=row_sizes,
         )
     except ContextLengthExceeded as exc:
         if compacting is None or exc.param != "thread_context_mode":

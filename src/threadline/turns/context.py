@@ -32,6 +32,8 @@ from threadline.storage.repositories.messages import ContextRow, MessageReposito
 
 FIRST_PAGE = 64
 MAX_PAGE = 1024
+# How many threads `RowSizes` remembers (~100 bytes each).
+ROW_SIZES_KEPT = 10_000
 # Smart mode's anchor is the leading system messages and the first exchange: a short head is enough.
 HEAD_LIMIT = 16
 
@@ -92,22 +94,56 @@ def _name(row: ContextRow) -> str | None:
     return name if isinstance(name, str) else None
 
 
+class RowSizes:
+    """The tokens per row a thread's last tail read found, by thread, for the process's most recent threads: the
+    next read's first page is what the budget holds at that size (a quarter more), when that is under FIRST_PAGE.
+    A thread of long messages then reads the few rows its window takes, not FIRST_PAGE of them. Only page sizes
+    follow from it, never the plan: a page that falls short is followed by another read."""
+
+    def __init__(self, kept: int = ROW_SIZES_KEPT) -> None:
+        self._tokens_per_row: dict[tuple[str, str], float] = {}
+        self._kept = kept
+
+    def first_page(self, thread: tuple[str, str], budget: int) -> int:
+        per_row = self._tokens_per_row.get(thread)
+        if per_row is None:
+            return FIRST_PAGE
+        return max(1, min(FIRST_PAGE, math.ceil(max(budget, 0) / per_row * 1.25) + 1))
+
+    def learn(self, thread: tuple[str, str], used: int, counted: int) -> None:
+        if counted == 0:
+            return
+        sizes = self._tokens_per_row
+        sizes.pop(thread, None)  # re-inserted last: the dict's order is the order of use
+        if len(sizes) >= self._kept:
+            del sizes[next(iter(sizes))]
+        sizes[thread] = max(used / counted, 1.0)
+
+
 class _PathReader:
     """Reads a conversation's segments; remembers which segments it read whole, to count the history exactly."""
 
-    def __init__(self, repo: MessageRepository, counter: _Counter, org: str, segments: Sequence[Segment]) -> None:
+    def __init__(
+        self,
+        repo: MessageRepository,
+        counter: _Counter,
+        org: str,
+        segments: Sequence[Segment],
+        sizes: RowSizes | None = None,
+    ) -> None:
         self.repo = repo
         self.counter = counter
         self.org = org
         self.segments = segments
         self.whole: dict[int, int] = {}
+        self.sizes = sizes
 
     async def tail(self, budget: int) -> tuple[list[HistoryMessage], bool]:
         """Newest messages, page by page and segment by segment, until they exceed the budget or the
         conversation's start is reached (then True)."""
         chunks: list[list[HistoryMessage]] = []
         used = counted = 0
-        page = FIRST_PAGE
+        page = FIRST_PAGE if self.sizes is None or not self.segments else self.sizes.first_page(self._thread, budget)
         last = len(self.segments) - 1
         for index, segment in enumerate(self.segments):
             before = segment.before_seq
@@ -126,12 +162,24 @@ class _PathReader:
                     self.whole[index] = read
                     break
                 if used > budget:
-                    return _oldest_first(chunks), False
+                    return self._read(chunks, used, counted, reached_start=False)
                 before = rows[0].seq
                 page = _next_page(page, budget - used, used, counted)
             if used > budget and index < last:
-                return _oldest_first(chunks), False
-        return _oldest_first(chunks), True
+                return self._read(chunks, used, counted, reached_start=False)
+        return self._read(chunks, used, counted, reached_start=True)
+
+    @property
+    def _thread(self) -> tuple[str, str]:
+        """The thread whose rows come first (the newest segment's)."""
+        return self.org, self.segments[0].thread_id
+
+    def _read(
+        self, chunks: list[list[HistoryMessage]], used: int, counted: int, *, reached_start: bool
+    ) -> tuple[list[HistoryMessage], bool]:
+        if self.sizes is not None and self.segments:
+            self.sizes.learn(self._thread, used, counted)
+        return _oldest_first(chunks), reached_start
 
     async def head(self, limit: int, segments: Sequence[Segment] | None = None) -> list[HistoryMessage]:
         """The conversation's oldest `limit` messages: the root segment's head (and the next ones' if it is short).
@@ -214,6 +262,7 @@ async def plan_context(
     priming_tokens: int,
     last_messages: int | None = None,
     summarized: bool = True,
+    row_sizes: RowSizes | None = None,
 ) -> tuple[ContextPlan, list[str] | None]:
     """Read what the turn needs of the conversation `segments` (from `conversation_path`) and choose the prompt;
     stores newly computed token counts. Also returns the calls still waiting for their output when the history
@@ -221,7 +270,8 @@ async def plan_context(
 
     `last_messages` (an Assistants run's `truncation_strategy`) caps the prompt at that many messages, inputs
     included: only the newest `last_messages - len(inputs)` history messages are candidates. `summarized=False`
-    says the conversation holds no compaction item (the start knows it from the lease's statement): no lookup."""
+    says the conversation holds no compaction item (the start knows it from the lease's statement): no lookup.
+    `row_sizes`: what sizes the tail's first page (and learns from this read)."""
     budget = history_budget(
         window, max_output_tokens, sum(m.tokens for m in pinned), sum(m.tokens for m in inputs), priming_tokens
     )
@@ -236,7 +286,7 @@ async def plan_context(
     if summary is not None and summary.tokens > budget:
         summary, fallback = None, "summary_too_large"
     view = summaries.after(segments, summary.last_seq) if summary is not None else list(segments)
-    reader = _PathReader(repo, counter, org, view)
+    reader = _PathReader(repo, counter, org, view, row_sizes)
     head: list[HistoryMessage] = []
     whole = False
     after_summary: int | None = None

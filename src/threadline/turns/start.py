@@ -56,6 +56,7 @@ from threadline.storage.repositories.responses import ResponseRepository
 from threadline.storage.repositories.threads import LeasedThread
 from threadline.storage.tables import Assistant
 from threadline.turns import compaction, sampling, waiting
+from threadline.turns.context import RowSizes
 from threadline.turns.lease import LeaseAttempt
 from threadline.turns.record import RESPONSE_COLUMNS, request_record, row_values, stored_values
 from threadline.turns.request import RunOptions, TurnRequest, validate, validate_run
@@ -82,6 +83,7 @@ class TurnStarter:
         self.maker = maker
         self.settings = settings
         self.models = models
+        self.row_sizes = RowSizes()
 
     async def start(self, principal: Principal, request: TurnRequest) -> Turn:
         """Waits (bounded by `thread_busy_timeout_seconds`) while another turn holds the thread.
@@ -205,6 +207,7 @@ class TurnStarter:
                 else None,
                 # A compaction item is looked up only where the lease's or the path's statement saw one.
                 summarized=thread.compacted or any(s.compacted for s in segments[1:]),
+                row_sizes=self.row_sizes,
             )
         # Pairing (docs/items.md): outputs need their calls, a new user turn needs every call answered. The
         # history the plan read usually shows the calls still waiting; otherwise they are looked up.
