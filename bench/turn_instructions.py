@@ -4,8 +4,8 @@
 5% between runs, so a change that saves 3% cannot be told from noise. Callgrind counts the instructions the server
 process executes (all its threads, user space; not the kernel's work for its system calls, nor cache misses),
 whatever else the machine does: two trees of the same code measured in one run differed by 0.1-0.2%, one tree
-across runs by up to 5% (PostgreSQL; 2.5% SQLite). So the count, both trees in one run, is the figure for an A/B of a change to the turn's own
-work; the CPU time stays the figure for round trips and waiting.
+across runs by up to 5% (PostgreSQL; 2.5% SQLite). So the count, both trees in one run, is the figure for an A/B
+of a change to the turn's own work; the CPU time stays the figure for round trips and waiting.
 
 Each tree (this checkout, and each `--against` tree) is served under `valgrind --tool=callgrind` on a database of
 its own with the stub upstream; one thread gets `--warmup` turns (counts, pools and caches), then the counters are
