@@ -91,8 +91,14 @@ class OpenAICompatProvider:
             raise ValueError(f"provider {name!r}: base_url must start with http:// or https://, not {base_url!r}")
         self._client = http_client
         # The key is this upstream's alone: it is only ever sent to self.base_url (redirects are not followed).
-        self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        api_key = os.environ.get(api_key_env) if api_key_env else None
         self._timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)) if timeout_seconds else None
+        # Parsed once: httpx parses a string URL and normalizes a dict of headers at every request (~15 µs).
+        self._completions_url = httpx.URL(f"{self.base_url}/chat/completions")
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = httpx.Headers(headers)
         self._max_tokens_param = max_tokens_param
         windows = dict(model_context_windows or {})
         names = {model: tokenizer_name_for(model, tokenizer) for model in models}
@@ -164,15 +170,11 @@ class OpenAICompatProvider:
         self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[StreamEvent]:
         self._info(model)
-        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        url = f"{self.base_url}/chat/completions"
         request = self._client.build_request(
             "POST",
-            url,
+            self._completions_url,
             content=request_json(self._request(model, messages, params)),
-            headers=headers,
+            headers=self._headers,
             timeout=self._timeout if self._timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
         try:
