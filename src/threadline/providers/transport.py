@@ -25,13 +25,16 @@ from threadline import tls
 def upstream_client() -> httpx.AsyncClient:
     """The one HTTP client of a process for every upstream model call; per-provider timeouts override these."""
     context = tls.client_context(trust_env=True)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         transport=AiohttpTransport(context, max_connections=200),
-        cookies=_NoCookies(),
         verify=context,  # for the proxy transports httpx mounts from the environment
         timeout=httpx.Timeout(120.0, connect=10.0),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
     )
+    # Set in place: httpx copies a `Cookies` given to it into a plain one (its jar given instead, httpx would
+    # still wrap every response and its request in urllib's shapes for the jar, ~13 µs a call).
+    client._cookies = _NoCookieStore()
+    return client
 
 
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -43,6 +46,17 @@ class _NoCookies(CookieJar):
     not go back with another caller's request. Nothing is parsed either."""
 
     def extract_cookies(self, *_: Any) -> None:
+        return None
+
+
+class _NoCookieStore(httpx.Cookies):
+    """The upstream client's cookies: the `_NoCookies` jar, and nothing read from a response. (Should httpx stop
+    reading its `_cookies`, `test_cookies_an_upstream_sets_are_never_sent_back` fails.)"""
+
+    def __init__(self) -> None:
+        super().__init__(_NoCookies())
+
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
 
