@@ -4,6 +4,7 @@ connections (as it does when it restarts)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 
 from tests.conftest import POSTGRES_ADMIN_URL, make_caller, started_app
+from tests.helpers import refused
 from threadline.config import Settings
 from threadline.storage.engine import create_engine, is_unavailable
 
@@ -100,3 +102,27 @@ async def test_requests_recover_after_postgresql_drops_every_connection(
         listed = await client.get("/v1/threads", headers=caller.headers)
         assert listed.status_code == 200, listed.text
         assert [t["id"] for t in listed.json()["data"]] == [created.json()["id"]]
+
+
+async def test_a_sqlite_write_lock_held_past_the_wait_is_a_retryable_503(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every SQLite transaction takes the write lock at BEGIN (storage/sqlite.py): while another process holds it,
+    a request waits for it, and past the wait it is told to retry; once the lock is free, requests pass again."""
+    from threadline.storage import sqlite
+
+    settings = Settings(database_url=sqlite_url, local_model_enabled=False, retention_enabled=False)
+    async for app in started_app(settings):
+        caller = await make_caller(app)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://threadline.test") as client:
+            monkeypatch.setattr(sqlite, "LOCK_WAIT_SECONDS", 0.05)
+            holder = sqlite3.connect(sa.make_url(sqlite_url).database or "", timeout=0, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                refused(await client.post("/v1/threads", json={}, headers=caller.headers), 503, "database_unavailable")
+                holder.execute("ROLLBACK")
+            finally:
+                holder.close()
+            created = await client.post("/v1/threads", json={}, headers=caller.headers)
+            assert created.status_code == 200, created.text

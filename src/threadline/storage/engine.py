@@ -41,15 +41,6 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
             dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _sqlite_begin_immediate(conn: Any) -> None:
-            # Take the write lock at BEGIN so two writers queue instead of one failing with "database is locked"
-            # when it upgrades a read transaction; the wait does not block the event loop.
-            try:
-                sqlite.begin_immediate(conn.connection.driver_connection)
-            except sqlite3.Error as error:
-                raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
-
         return engine
     url = url.set(drivername=f"postgresql+{postgresql.DRIVER}")
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
