@@ -25,6 +25,8 @@ from threadline.observability.metrics import Metrics
 __all__ = ["Lifecycle", "Metrics", "Observer", "RequestContext", "TurnRecorder", "bind", "current", "current_request"]
 
 _NO_TRACER = trace.NoOpTracer()
+# What `span` gives while tracing is off: reusable, and it makes nothing current.
+_NO_SPAN: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 class TurnRecorder:
@@ -84,11 +86,12 @@ class Observer:
             return "background"
         return self._surface_of(request.route)
 
-    @contextlib.contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
-        """A span around one step, a child of the current one (the request's, when tracing is on)."""
-        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
-            yield span
+    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[trace.Span]:
+        """A span around one step, a child of the current one (the request's), while tracing is on. Off, the no-op
+        tracer's span would still be made current and the context put back, for no reader (~8 µs a step)."""
+        if self.tracer is _NO_TRACER:
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(name, attributes=attributes)
 
     def turn(self, model: str) -> TurnRecorder:
         return TurnRecorder(self, model)
