@@ -4,7 +4,9 @@ execution, inside the session's transaction, on both backends; SQLAlchemy's own 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import weakref
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -220,6 +222,28 @@ async def test_a_session_gives_its_connection_back_however_it_ends(app: FastAPI,
     assert (await client.get(f"/v1/threads/{thread_id}", headers=caller.headers)).json()["title"] == "committed"
     renamed = await client.patch(f"/v1/threads/{thread_id}", json={"title": "after"}, headers=caller.headers)
     assert renamed.status_code == 200, renamed.text
+
+
+async def test_a_session_that_ran_driver_statements_is_freed_without_the_garbage_collector(
+    app: FastAPI, client: Any, caller: Caller
+) -> None:
+    """The connection the driver keeps on a session (`driver._connection`) makes no reference cycle: the session, its
+    transaction and their connection go when the last reference does, not at the collector's next pass (a turn's
+    three sessions, ~40 objects each, would otherwise wait for it)."""
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    gc.collect()
+    gc.disable()
+    try:
+        async with app.state.sessionmaker() as session:
+            await driver.first(session, _SET_TITLE, {**key, "p_title": "once"})
+            await driver.first(session, _SET_TITLE, {**key, "p_title": "twice"})  # the kept connection
+            await session.commit()
+        freed = weakref.ref(session.sync_session)
+        del session
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_sqlite_timestamps_are_the_text_sqlalchemys_datetime_writes() -> None:

@@ -21,6 +21,7 @@ needs SQLAlchemy's execution context, are refused.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,9 @@ class _Compiled:
 # Only statements built once (at import or by a `functools.cache`d builder) come here, so this stays small.
 _compiled: dict[tuple[int, str, frozenset[str]], tuple[Statement, _Compiled]] = {}
 _MOST_STATEMENTS = 1000
-# Where a session keeps its transaction's connection (`_connection`).
+# Where a session keeps its transaction's connection (`_connection`), beside a weak reference to that transaction: a
+# strong one would make the session a reference cycle (session → info → transaction → session), left for the
+# garbage collector with its transaction, connection and their event dispatch (~40 objects a session).
 _HELD = "threadline.driver_connection"
 
 
@@ -193,13 +196,13 @@ async def _connection(session: AsyncSession) -> Connection:
     session, while the transaction is active and the connection open and valid."""
     transaction = session.sync_session.get_transaction()
     held = session.info.get(_HELD)
-    if held is not None and held[0] is transaction and transaction is not None and transaction.is_active:
+    if held is not None and transaction is not None and held[0]() is transaction and transaction.is_active:
         connection: Connection = held[1]
         if not connection.closed and not connection.invalidated:
             return connection
     # What `AsyncSession.connection()` does, without wrapping the connection in an AsyncConnection to unwrap it.
     connection = await greenlet_spawn(session.sync_session.connection)
-    session.info[_HELD] = (session.sync_session.get_transaction(), connection)
+    session.info[_HELD] = (weakref.ref(session.sync_session.get_transaction()), connection)
     return connection
 
 
