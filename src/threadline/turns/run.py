@@ -88,8 +88,7 @@ class TurnRunner:
         settled = False
         watch = observability.current()
         recorder = watch.turn(turn.info.name)
-        beating = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(turn, beating))
+        heartbeat = _Heartbeat(self.maker, self.settings, turn)
         # A turn that compacts first writes its summary inside this stream (turns/compaction.py).
         stream: AsyncIterator[StreamEvent | compaction.Ready] = (
             compaction.stream(turn)
@@ -113,7 +112,7 @@ class TurnRunner:
                 error = exc
                 model_call.set_status(trace.StatusCode.ERROR, exc.code)
             _end(model_call)
-            await _stop(heartbeat, beating)
+            await heartbeat.stop()
             record, error = await self._settle(turn, answer, error, recorder)
             settled = True
             # Freed before the last event: a consumer that stops reading at TurnDone does not keep the slot.
@@ -122,7 +121,7 @@ class TurnRunner:
         finally:
             _end(model_call)
             with anyio.CancelScope(shield=True):
-                await _stop(heartbeat, beating)
+                await heartbeat.stop()
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     with contextlib.suppress(Exception):
@@ -227,34 +226,46 @@ class TurnRunner:
             # Not given back, it still expires with the lease time: the credential gets it back then.
             logger.warning("could not release a turn slot of thread %s", turn.thread_id, exc_info=True)
 
-    async def _heartbeat(self, turn: Turn, stopped: asyncio.Event) -> None:
-        """Keep the lease alive while the model generates, so only a dead process lets it expire. It ends when
-        `stopped` is set, between beats: a beat is never cut off inside its transaction (a cancelled SQLite write
-        can leave its connection holding the database's write lock)."""
-        seconds = self.settings.thread_lease_seconds
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), seconds / 3)
-            if stopped.is_set():
-                return
-            try:
-                async with self.maker() as session:
-                    expires_at = utcnow() + timedelta(seconds=seconds)
-                    await ThreadRepository(session).renew_lease(
-                        turn.organization_id, turn.thread_id, turn.id, expires_at
-                    )
-                    if turn.slot is not None:
-                        await rate_limits.renew_turn_slot(session, self.settings, turn.slot)
-                    await session.commit()
-            except Exception:
-                # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.
-                logger.warning("lease heartbeat failed for thread %s", turn.thread_id, exc_info=True)
 
+class _Heartbeat:
+    """Keeps the lease alive while the model generates, so only a dead process lets it expire: a beat every third of
+    the lease, each in a task of its own started by a timer (a turn shorter than that starts none). `stop` waits
+    for a beat under way: it is never cut off inside its transaction (a cancelled SQLite write can leave its
+    connection holding the database's write lock)."""
 
-async def _stop(heartbeat: asyncio.Task[None], stopped: asyncio.Event) -> None:
-    """End the heartbeat and wait for it: a beat under way finishes its transaction first."""
-    stopped.set()
-    await asyncio.wait([heartbeat])  # (its own outcome is not raised here: it logs its failures itself)
+    def __init__(self, maker: async_sessionmaker[AsyncSession], settings: Settings, turn: Turn) -> None:
+        self._maker = maker
+        self._settings = settings
+        self._turn = turn
+        self._interval = settings.thread_lease_seconds / 3
+        self._stopped = False
+        self._beat: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._start_beat)
+
+    def _start_beat(self) -> None:
+        self._beat = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        turn, seconds = self._turn, self._settings.thread_lease_seconds
+        try:
+            async with self._maker() as session:
+                expires_at = utcnow() + timedelta(seconds=seconds)
+                await ThreadRepository(session).renew_lease(turn.organization_id, turn.thread_id, turn.id, expires_at)
+                if turn.slot is not None:
+                    await rate_limits.renew_turn_slot(session, self._settings, turn.slot)
+                await session.commit()
+        except Exception:
+            # A database hiccup must not end the heartbeat: the next beat may succeed before the lease runs out.
+            logger.warning("lease heartbeat failed for thread %s", turn.thread_id, exc_info=True)
+        if not self._stopped:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._start_beat)
+
+    async def stop(self) -> None:
+        """No beat after this; one under way finishes first (its own failures it logs itself)."""
+        self._stopped = True
+        self._timer.cancel()
+        if self._beat is not None and not self._beat.done():
+            await asyncio.wait([self._beat])
 
 
 def _end(span: trace.Span) -> None:
