@@ -10,9 +10,11 @@ of a change to the turn's own work; the CPU time stays the figure for round trip
 Each tree (this checkout, and each `--against` tree) is served under `valgrind --tool=callgrind` on a database of
 its own with the stub upstream; one thread gets `--warmup` turns (counts, pools and caches), then the counters are
 zeroed, `--turns` turns are made (the same sequential turns as `turn_overhead.py` sends, window 256: a 16-message
-context), and the counters are dumped. Under valgrind a turn takes ~50x longer: 40 turns take about a minute.
+context), and the counters are dumped. Under valgrind a turn takes ~50x longer: 200 turns take about two minutes.
+Enough turns that a young garbage collection (~150 M instructions, every few hundred turns for a tree whose turns
+leave reference cycles) is paid for by the turns that caused it, not by whichever 40 turns it fell into.
 
-    PYTHONPATH=src .venv/bin/python bench/turn_instructions.py [--backends sqlite,postgresql] [--turns 40]
+    PYTHONPATH=src .venv/bin/python bench/turn_instructions.py [--backends sqlite,postgresql] [--turns 200]
                                                                 [--against /tmp/before ...]
 """
 
@@ -103,7 +105,7 @@ async def _control(pid: int, action: str) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--turns", type=int, default=40)
+    parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--against", type=Path, action="append", default=[], help="another source tree (repeatable)")
     args = parser.parse_args()
