@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import random
 import weakref
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from tests.conftest import Caller
 from tests.responses_helpers import turn
 from threadline.storage import driver
+from threadline.storage.engine import json_column_text
 from threadline.storage.repositories.threads import _acquire
 from threadline.storage.statements import constant, param
 from threadline.storage.tables import Message, Thread, UTCDateTime, core_table
@@ -77,6 +79,31 @@ async def test_rows_read_the_same_as_through_sqlalchemy(app: FastAPI, client: An
     assert row[0] == thread_id and row[1] == {"k": "v", "n": "1"} and row[2] == []
     assert isinstance(row[3], datetime) and row[3].tzinfo is not None and row[4] is None
     assert row[5] is True and row[6] == 2 and row[7] is True
+
+
+_SET_METADATA = (
+    sa.update(_threads)
+    .where(_threads.c.organization_id == param("organization_id"), _threads.c.id == param("thread_id"))
+    .values(metadata=param("metadata", _threads.c["metadata"].type))
+    .returning(_threads.c["metadata"])
+)
+
+
+async def test_json_columns_keep_what_orjson_cannot_write(app: FastAPI, client: Any, caller: Caller) -> None:
+    """JSON columns are written by orjson (storage/engine.py); what it refuses, an integer past 64 bits, goes through
+    json, and they are read back by json (orjson would read such an integer as a float): the value reads back the
+    same, on the driver and through SQLAlchemy."""
+    thread_id = await _thread_with_a_turn(client, caller, {})
+    key = {"p_organization_id": caller.organization_id, "p_thread_id": thread_id}
+    value = {"big": 2**70, "small": -(10**30), "text": 'é ü 漢字 "\\', "list": [1.5, None, True]}
+    async with app.state.sessionmaker() as session:
+        assert await driver.first(session, _SET_METADATA, {**key, "p_metadata": value}) == (value,)
+        await session.commit()
+    async with app.state.sessionmaker() as session:
+        read = (await session.execute(sa.select(_threads.c["metadata"]).where(_threads.c.id == thread_id))).scalar()
+    assert read == value
+    assert json.loads(json_column_text(value)) == value
+    assert json.loads(json_column_text({"é": [1, 2]})) == {"é": [1, 2]}
 
 
 async def test_an_update_runs_inside_the_sessions_transaction(app: FastAPI, client: Any, caller: Caller) -> None:
