@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import orjson
 
+from threadline.domain.json_text import compact_json
 from threadline.domain.messages import ChatMessage, ToolCall
 from threadline.domain.tokens import reply_overhead
 from threadline.errors import ModelNotFound, UpstreamError, UpstreamRejected, UpstreamTimeout
@@ -368,14 +369,9 @@ def _reasoning(message: dict[str, Any]) -> str | None:
 
 
 def request_json(body: dict[str, Any]) -> bytes:
-    """The request body as httpx's `json=` writes it (compact, UTF-8), by orjson: ~10x faster than json, which
-    for a long prompt was the biggest cost per message after reading it. The same bytes, except a float may take
-    another notation of the same number (`0.00001` for `1e-05`). An integer past 64 bits (in a tool's schema)
-    is beyond orjson: json writes it. NaN never gets here (requests refuse it, api/schemas/common.py)."""
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    """The request body as httpx's `json=` writes it (compact, UTF-8), by orjson (`domain/json_text.py`): for a
+    long prompt json's encoding was the biggest cost per message after reading it."""
+    return compact_json(body)
 
 
 def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, func, select
@@ -20,20 +18,17 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from threadline.domain.json_text import compact_json
 from threadline.storage import postgresql, sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def json_column_text(value: Any) -> str:
-    """A JSON column's value as text, by orjson (a turn writes ~8: its request, context, usage; json took ~5 µs
-    each). Compact and UTF-8 where json wrote `", "` and `\\u` escapes: the same JSON. An integer past 64 bits (a
-    tool's schema may hold one) is beyond orjson: json writes it. Columns are read back by json: orjson reads such an
-    integer as a float, silently."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """A JSON column's value as text, by orjson (`domain/json_text.py`; a turn writes ~8: its request, context,
+    usage; json took ~5 µs each). Compact and UTF-8 where json wrote `", "` and `\\u` escapes: the same JSON. Columns
+    are read back by json: orjson reads an integer past 64 bits as a float, silently."""
+    return compact_json(value).decode()
 
 
 _JSON: dict[str, Any] = {"json_serializer": json_column_text}
